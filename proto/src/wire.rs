@@ -1,0 +1,355 @@
+//! The agent <-> gateway wire protocol (`skiff.agent.v1`), generated at build
+//! time from `proto/skiff/agent/v1/agent.proto`, and conversions between the
+//! wire messages and the spec types.
+//!
+//! Conversions from the wire are fallible: a message from a newer peer may
+//! carry an enum value this build does not know, and a buggy peer may send a
+//! bad image reference. Each error names the field.
+
+use std::collections::BTreeMap;
+
+use crate::cluster::{AllocationState, Capacity};
+use crate::{
+    ByteSize, ContainerSpec, Cpu, Duration, ExecProbe, HealthSpec, HttpProbe, NetworkMode,
+    PortSpec, Protocol, Resources, RestartPolicy, TcpProbe,
+};
+
+/// Generated messages and services of `skiff.agent.v1`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("skiff.agent.v1");
+}
+
+/// A wire message that cannot become a spec value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct WireError {
+    pub field: String,
+    pub message: String,
+}
+
+fn wire_err(field: impl Into<String>, message: impl Into<String>) -> WireError {
+    WireError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn port(field: String, value: u32) -> Result<u32, WireError> {
+    if (1..=65535).contains(&value) {
+        Ok(value)
+    } else {
+        Err(wire_err(field, format!("{value} is not a port")))
+    }
+}
+
+impl From<Capacity> for v1::Resources {
+    fn from(c: Capacity) -> Self {
+        Self {
+            cpu_millis: c.cpu.millis(),
+            memory_bytes: c.memory.bytes(),
+            disk_bytes: c.disk.bytes(),
+        }
+    }
+}
+
+impl From<v1::Resources> for Capacity {
+    fn from(r: v1::Resources) -> Self {
+        Capacity::new(r.cpu_millis, r.memory_bytes, r.disk_bytes)
+    }
+}
+
+impl From<&Resources> for v1::Resources {
+    fn from(r: &Resources) -> Self {
+        Self {
+            cpu_millis: r.cpu.millis(),
+            memory_bytes: r.memory.bytes(),
+            disk_bytes: r.disk.map_or(0, ByteSize::bytes),
+        }
+    }
+}
+
+impl From<AllocationState> for v1::AllocationState {
+    fn from(s: AllocationState) -> Self {
+        match s {
+            AllocationState::Pending => Self::Pending,
+            AllocationState::Pulling => Self::Pulling,
+            AllocationState::Starting => Self::Starting,
+            AllocationState::Running => Self::Running,
+            AllocationState::Stopping => Self::Stopping,
+            AllocationState::Exited => Self::Exited,
+            AllocationState::Failed => Self::Failed,
+            AllocationState::Stopped => Self::Stopped,
+            AllocationState::Lost => Self::Lost,
+        }
+    }
+}
+
+/// The state a wire value stands for; `None` for unspecified or unknown
+/// values (a newer agent's state), which the receiver must tolerate.
+pub fn allocation_state(value: i32) -> Option<AllocationState> {
+    Some(match v1::AllocationState::try_from(value).ok()? {
+        v1::AllocationState::Unspecified => return None,
+        v1::AllocationState::Pending => AllocationState::Pending,
+        v1::AllocationState::Pulling => AllocationState::Pulling,
+        v1::AllocationState::Starting => AllocationState::Starting,
+        v1::AllocationState::Running => AllocationState::Running,
+        v1::AllocationState::Stopping => AllocationState::Stopping,
+        v1::AllocationState::Exited => AllocationState::Exited,
+        v1::AllocationState::Failed => AllocationState::Failed,
+        v1::AllocationState::Stopped => AllocationState::Stopped,
+        v1::AllocationState::Lost => AllocationState::Lost,
+    })
+}
+
+impl From<&ContainerSpec> for v1::ContainerSpec {
+    fn from(c: &ContainerSpec) -> Self {
+        let restart = match c.restart {
+            RestartPolicy::Never => v1::RestartPolicy::Never,
+            RestartPolicy::OnFailure => v1::RestartPolicy::OnFailure,
+            RestartPolicy::Always => v1::RestartPolicy::Always,
+        };
+        let network = match c.network {
+            NetworkMode::Bridge => v1::NetworkMode::Bridge,
+            NetworkMode::Host => v1::NetworkMode::Host,
+            NetworkMode::None => v1::NetworkMode::None,
+        };
+        Self {
+            image: c.image.to_string(),
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env: c.env.clone().into_iter().collect(),
+            resources: Some((&c.resources).into()),
+            ports: c
+                .ports
+                .iter()
+                .map(|p| v1::PortMapping {
+                    container_port: p.container,
+                    host_port: p.host.unwrap_or(0),
+                    protocol: match p.protocol {
+                        Protocol::Tcp => v1::Protocol::Tcp,
+                        Protocol::Udp => v1::Protocol::Udp,
+                    } as i32,
+                    host_ip: p.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            restart: restart as i32,
+            health: c.health.as_ref().map(health_to_wire),
+            network: network as i32,
+            stop_timeout_ms: c.stop_timeout.as_millis(),
+        }
+    }
+}
+
+fn health_to_wire(h: &HealthSpec) -> v1::HealthCheck {
+    use v1::health_check::Probe;
+    let probe = if let Some(http) = &h.http {
+        Some(Probe::Http(v1::HttpProbe {
+            path: http.path.clone(),
+            port: http.port,
+        }))
+    } else if let Some(tcp) = &h.tcp {
+        Some(Probe::Tcp(v1::TcpProbe { port: tcp.port }))
+    } else {
+        h.exec.as_ref().map(|e| {
+            Probe::Exec(v1::ExecProbe {
+                command: e.command.clone(),
+            })
+        })
+    };
+    v1::HealthCheck {
+        probe,
+        interval_ms: h.interval.as_millis(),
+        timeout_ms: h.timeout.as_millis(),
+        retries: h.retries,
+        start_period_ms: h.start_period.as_millis(),
+    }
+}
+
+fn health_from_wire(h: &v1::HealthCheck) -> Result<HealthSpec, WireError> {
+    use v1::health_check::Probe;
+    let mut spec = HealthSpec {
+        http: None,
+        tcp: None,
+        exec: None,
+        interval: Duration::from_millis(h.interval_ms),
+        timeout: Duration::from_millis(h.timeout_ms),
+        retries: h.retries,
+        start_period: Duration::from_millis(h.start_period_ms),
+    };
+    match &h.probe {
+        Some(Probe::Http(p)) => {
+            spec.http = Some(HttpProbe {
+                path: p.path.clone(),
+                port: port("health.http.port".into(), p.port)?,
+            })
+        }
+        Some(Probe::Tcp(p)) => {
+            spec.tcp = Some(TcpProbe {
+                port: port("health.tcp.port".into(), p.port)?,
+            })
+        }
+        Some(Probe::Exec(p)) => {
+            spec.exec = Some(ExecProbe {
+                command: p.command.clone(),
+            })
+        }
+        None => return Err(wire_err("health.probe", "no probe this agent knows")),
+    }
+    Ok(spec)
+}
+
+impl TryFrom<&v1::ContainerSpec> for ContainerSpec {
+    type Error = WireError;
+
+    fn try_from(c: &v1::ContainerSpec) -> Result<Self, WireError> {
+        let image = c
+            .image
+            .parse()
+            .map_err(|e: crate::image::ImageRefError| wire_err("image", e.to_string()))?;
+        let r = c
+            .resources
+            .ok_or_else(|| wire_err("resources", "missing"))?;
+        let resources = Resources {
+            cpu: Cpu::from_millis(r.cpu_millis),
+            memory: ByteSize::from_bytes(r.memory_bytes),
+            disk: (r.disk_bytes > 0).then(|| ByteSize::from_bytes(r.disk_bytes)),
+        };
+        let ports = c
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let protocol = match v1::Protocol::try_from(p.protocol) {
+                    Ok(v1::Protocol::Tcp | v1::Protocol::Unspecified) => Protocol::Tcp,
+                    Ok(v1::Protocol::Udp) => Protocol::Udp,
+                    Err(_) => {
+                        return Err(wire_err(
+                            format!("ports[{i}].protocol"),
+                            format!("unknown protocol {}", p.protocol),
+                        ));
+                    }
+                };
+                let host_ip = if p.host_ip.is_empty() {
+                    None
+                } else {
+                    Some(p.host_ip.parse().map_err(|_| {
+                        wire_err(
+                            format!("ports[{i}].host_ip"),
+                            format!("{:?} is not an IP address", p.host_ip),
+                        )
+                    })?)
+                };
+                Ok(PortSpec {
+                    container: port(format!("ports[{i}].container_port"), p.container_port)?,
+                    host: match p.host_port {
+                        0 => None,
+                        h => Some(port(format!("ports[{i}].host_port"), h)?),
+                    },
+                    protocol,
+                    host_ip,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let restart = match v1::RestartPolicy::try_from(c.restart) {
+            Ok(v1::RestartPolicy::Never) => RestartPolicy::Never,
+            Ok(v1::RestartPolicy::OnFailure) => RestartPolicy::OnFailure,
+            Ok(v1::RestartPolicy::Always | v1::RestartPolicy::Unspecified) => RestartPolicy::Always,
+            Err(_) => {
+                return Err(wire_err(
+                    "restart",
+                    format!("unknown restart policy {}", c.restart),
+                ));
+            }
+        };
+        let network = match v1::NetworkMode::try_from(c.network) {
+            Ok(v1::NetworkMode::Bridge | v1::NetworkMode::Unspecified) => NetworkMode::Bridge,
+            Ok(v1::NetworkMode::Host) => NetworkMode::Host,
+            Ok(v1::NetworkMode::None) => NetworkMode::None,
+            Err(_) => {
+                return Err(wire_err(
+                    "network",
+                    format!("unknown network mode {}", c.network),
+                ));
+            }
+        };
+        Ok(ContainerSpec {
+            image,
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env: c.env.clone().into_iter().collect::<BTreeMap<_, _>>(),
+            resources,
+            ports,
+            restart,
+            health: c.health.as_ref().map(health_from_wire).transpose()?,
+            network,
+            stop_timeout: Duration::from_millis(c.stop_timeout_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Format, parse_workloads};
+    use prost::Message;
+
+    const SPEC: &str = r#"
+name: web
+replicas: 2
+image: 127.0.0.1:5000/shop/web:1.4
+command: [/bin/web]
+args: ["--port", "8080"]
+env: { A: "1", B: two }
+resources: { cpu: 1.5, memory: 256Mi, disk: 1Gi }
+ports: [{ container: 8080, host: 80 }, { container: 53, protocol: udp, host: 5353, host_ip: 127.0.0.1 }]
+restart: on-failure
+health: { exec: { command: [/bin/true] }, interval: 5s, timeout: 1s, retries: 2, start_period: 30s }
+network: bridge
+stop_timeout: 3s
+"#;
+
+    #[test]
+    fn container_spec_survives_the_wire() {
+        let w = &parse_workloads(SPEC, Format::Yaml).unwrap()[0];
+        let spec = w.container_spec();
+        let wire = v1::ContainerSpec::from(&spec);
+        let bytes = wire.encode_to_vec();
+        let decoded = v1::ContainerSpec::decode(bytes.as_slice()).unwrap();
+        assert_eq!(ContainerSpec::try_from(&decoded).unwrap(), spec);
+    }
+
+    #[test]
+    fn unknown_enum_values_are_named() {
+        let w = &parse_workloads(SPEC, Format::Yaml).unwrap()[0];
+        let mut wire = v1::ContainerSpec::from(&w.container_spec());
+        wire.restart = 42;
+        let e = ContainerSpec::try_from(&wire).unwrap_err();
+        assert_eq!(e.to_string(), "restart: unknown restart policy 42");
+        assert_eq!(allocation_state(99), None);
+        assert_eq!(allocation_state(4), Some(AllocationState::Running));
+    }
+
+    #[test]
+    fn bad_ports_from_the_wire_are_refused() {
+        let w = &parse_workloads(SPEC, Format::Yaml).unwrap()[0];
+        let mut wire = v1::ContainerSpec::from(&w.container_spec());
+        wire.ports[1].container_port = 70000;
+        let e = ContainerSpec::try_from(&wire).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ports[1].container_port: 70000 is not a port"
+        );
+    }
+
+    #[test]
+    fn every_state_maps_both_ways() {
+        use AllocationState::*;
+        for s in [
+            Pending, Pulling, Starting, Running, Stopping, Exited, Failed, Stopped, Lost,
+        ] {
+            let w = v1::AllocationState::from(s) as i32;
+            assert_eq!(allocation_state(w), Some(s));
+        }
+    }
+}

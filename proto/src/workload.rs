@@ -1,0 +1,476 @@
+//! The workload spec: what an operator writes in `web.yaml`.
+//!
+//! Every struct denies unknown fields, so a typo (`replica: 3`) is an error,
+//! never silently ignored. [`WorkloadSpec::validate`] checks what the types
+//! cannot (ranges, names, cross-field rules) and reports every problem with
+//! its field path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Collector, SpecErrors};
+use crate::{ByteSize, Constraint, Cpu, Duration, ImageRef};
+
+/// Most replicas one workload may ask for.
+pub const MAX_REPLICAS: u32 = 100_000;
+/// Smallest memory limit a container can start with.
+pub const MIN_MEMORY: ByteSize = ByteSize::mib(4);
+
+/// A workload: `replicas` copies of one container, placed by the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    /// Unique name: lowercase letters, digits and '-', at most 63 characters.
+    pub name: String,
+    /// How many copies to run.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// The image to run.
+    pub image: ImageRef,
+    /// Replaces the image's ENTRYPOINT (as in Kubernetes); the image CMD is
+    /// dropped unless `args` is given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Replaces the image's CMD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables, added to the image's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// What one replica reserves, and its limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Container ports, optionally published on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// When the agent restarts the container after it exits.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// A probe that tells whether a replica is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+    /// Where replicas may and should run.
+    #[serde(default)]
+    pub placement: Placement,
+    /// 1 (lowest) to 100; higher may preempt lower when the fleet is full.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// Network mode of each replica.
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// How long `stop` waits after SIGTERM before SIGKILL.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Duration,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_priority() -> u32 {
+    50
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// CPU and memory (and, optionally, scratch disk) for one replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Reserved for placement and enforced as a CPU quota. Default 100m.
+    #[serde(default = "default_cpu")]
+    pub cpu: Cpu,
+    /// Reserved for placement and enforced as a hard limit. Default 128Mi.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Scratch disk reserved for placement. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<ByteSize>,
+}
+
+fn default_cpu() -> Cpu {
+    Cpu::from_millis(100)
+}
+fn default_memory() -> ByteSize {
+    ByteSize::mib(128)
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu: default_cpu(),
+            memory: default_memory(),
+            disk: None,
+        }
+    }
+}
+
+/// A container port, published on the node when `host` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    #[schemars(range(min = 1, max = 65535))]
+    pub container: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub host: Option<u32>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Node address to publish on; all addresses when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+    #[default]
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Bridge,
+    Host,
+    None,
+}
+
+/// Exactly one of `http`, `tcp` or `exec`, with timing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecProbe>,
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Consecutive failures before the replica is unhealthy.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Failures during this time after start do not count.
+    #[serde(default)]
+    pub start_period: Duration,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_retries() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub path: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProbe {
+    pub command: Vec<String>,
+}
+
+/// Where replicas may run and where they should go first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Sites allowed; empty allows every site.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+    /// Sites to fill first, in order (e.g. the cheapest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefer: Vec<String>,
+    /// Spread replicas evenly over sites or nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+    /// With `spread`: the largest allowed difference in replica count
+    /// between any two sites (or nodes). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_skew: Option<u32>,
+    /// Every constraint must hold on the node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<Constraint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    Site,
+    Node,
+}
+
+/// What one replica runs: the part of a workload an agent needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub image: ImageRef,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub ports: Vec<PortSpec>,
+    pub restart: RestartPolicy,
+    pub health: Option<HealthSpec>,
+    pub network: NetworkMode,
+    pub stop_timeout: Duration,
+}
+
+/// Whether `name` is a valid workload, site or node name (an RFC 1123 label).
+pub fn is_valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+const NAME_RULE: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+
+fn check_port(errs: &mut Collector, path: String, port: u32) {
+    if !(1..=65535).contains(&port) {
+        errs.push(path, format!("{port} is not a port"));
+    }
+}
+
+impl WorkloadSpec {
+    /// Checks everything the types cannot; `root` prefixes every path (`spec`).
+    pub fn validate(&self, root: &str) -> Result<(), SpecErrors> {
+        let mut errs = Collector::default();
+        let p = |field: &str| format!("{root}.{field}");
+
+        if !is_valid_name(&self.name) {
+            errs.push(
+                p("name"),
+                format!("{:?} is not a valid name ({NAME_RULE})", self.name),
+            );
+        }
+        if self.replicas > MAX_REPLICAS {
+            errs.push(
+                p("replicas"),
+                format!(
+                    "{} is more than the maximum of {MAX_REPLICAS}",
+                    self.replicas
+                ),
+            );
+        }
+        for (i, arg) in self.command.iter().chain(&self.args).enumerate() {
+            if arg.contains('\0') {
+                let (field, idx) = if i < self.command.len() {
+                    ("command", i)
+                } else {
+                    ("args", i - self.command.len())
+                };
+                errs.push(format!("{root}.{field}[{idx}]"), "contains a NUL byte");
+            }
+        }
+        if self.command.first().is_some_and(String::is_empty) {
+            errs.push(p("command[0]"), "the program must not be empty");
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                errs.push(
+                    p(&format!("env.{k}")),
+                    format!("{k:?} is not a valid variable name"),
+                );
+            } else if v.contains('\0') {
+                errs.push(p(&format!("env.{k}")), "value contains a NUL byte");
+            }
+        }
+        if self.resources.cpu.millis() == 0 {
+            errs.push(p("resources.cpu"), "must be more than 0");
+        }
+        if self.resources.memory < MIN_MEMORY {
+            errs.push(
+                p("resources.memory"),
+                format!(
+                    "{} is less than the minimum of {MIN_MEMORY}",
+                    self.resources.memory
+                ),
+            );
+        }
+        self.validate_ports(root, &mut errs);
+        if let Some(h) = &self.health {
+            h.validate(&p("health"), &mut errs);
+        }
+        self.placement.validate(&p("placement"), &mut errs);
+        if !(1..=100).contains(&self.priority) {
+            errs.push(
+                p("priority"),
+                format!("{} is not between 1 and 100", self.priority),
+            );
+        }
+        if self.network != NetworkMode::Bridge && self.ports.iter().any(|pt| pt.host.is_some()) {
+            errs.push(p("network"), "published ports need the bridge network");
+        }
+        errs.finish()
+    }
+
+    fn validate_ports(&self, root: &str, errs: &mut Collector) {
+        let mut container = BTreeSet::new();
+        let mut host = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let path = format!("{root}.ports[{i}]");
+            check_port(errs, format!("{path}.container"), port.container);
+            if !container.insert((port.container, port.protocol)) {
+                errs.push(
+                    format!("{path}.container"),
+                    format!("{} is listed twice", port.container),
+                );
+            }
+            if let Some(h) = port.host {
+                check_port(errs, format!("{path}.host"), h);
+                if !host.insert((h, port.protocol)) {
+                    errs.push(format!("{path}.host"), format!("{h} is published twice"));
+                }
+            } else if port.host_ip.is_some() {
+                errs.push(format!("{path}.host_ip"), "needs a host port");
+            }
+        }
+    }
+
+    /// The part of the spec one replica runs.
+    pub fn container_spec(&self) -> ContainerSpec {
+        ContainerSpec {
+            image: self.image.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            resources: self.resources,
+            ports: self.ports.clone(),
+            restart: self.restart,
+            health: self.health.clone(),
+            network: self.network,
+            stop_timeout: self.stop_timeout,
+        }
+    }
+}
+
+impl HealthSpec {
+    fn validate(&self, path: &str, errs: &mut Collector) {
+        let probes = [self.http.is_some(), self.tcp.is_some(), self.exec.is_some()];
+        match probes.iter().filter(|p| **p).count() {
+            1 => {}
+            0 => errs.push(path, "needs one probe: http, tcp or exec"),
+            _ => errs.push(
+                path,
+                "has more than one probe; choose one of http, tcp or exec",
+            ),
+        }
+        if let Some(http) = &self.http {
+            check_port(errs, format!("{path}.http.port"), http.port);
+            if !http.path.starts_with('/') {
+                errs.push(
+                    format!("{path}.http.path"),
+                    format!("{:?} must start with '/'", http.path),
+                );
+            }
+        }
+        if let Some(tcp) = &self.tcp {
+            check_port(errs, format!("{path}.tcp.port"), tcp.port);
+        }
+        if let Some(exec) = &self.exec
+            && exec.command.first().is_none_or(String::is_empty)
+        {
+            errs.push(format!("{path}.exec.command"), "must name a program");
+        }
+        if self.interval.is_zero() {
+            errs.push(format!("{path}.interval"), "must be more than 0s");
+        }
+        if self.timeout.is_zero() {
+            errs.push(format!("{path}.timeout"), "must be more than 0s");
+        }
+        if self.retries == 0 {
+            errs.push(format!("{path}.retries"), "must be at least 1");
+        }
+    }
+}
+
+impl Placement {
+    fn validate(&self, path: &str, errs: &mut Collector) {
+        let mut seen = BTreeSet::new();
+        for (i, s) in self.sites.iter().enumerate() {
+            if !is_valid_name(s) {
+                errs.push(
+                    format!("{path}.sites[{i}]"),
+                    format!("{s:?} is not a valid site name ({NAME_RULE})"),
+                );
+            } else if !seen.insert(s) {
+                errs.push(
+                    format!("{path}.sites[{i}]"),
+                    format!("{s:?} is listed twice"),
+                );
+            }
+        }
+        let mut preferred = BTreeSet::new();
+        for (i, s) in self.prefer.iter().enumerate() {
+            let field = format!("{path}.prefer[{i}]");
+            if !is_valid_name(s) {
+                errs.push(
+                    field,
+                    format!("{s:?} is not a valid site name ({NAME_RULE})"),
+                );
+            } else if !self.sites.is_empty() && !self.sites.contains(s) {
+                errs.push(field, format!("{s:?} is not one of the allowed sites"));
+            } else if !preferred.insert(s) {
+                errs.push(field, format!("{s:?} is listed twice"));
+            }
+        }
+        match (self.spread, self.max_skew) {
+            (None, Some(_)) => errs.push(format!("{path}.max_skew"), "needs spread"),
+            (_, Some(0)) => errs.push(format!("{path}.max_skew"), "must be at least 1"),
+            _ => {}
+        }
+    }
+
+    /// The largest allowed replica-count difference under `spread`.
+    pub fn max_skew(&self) -> u32 {
+        self.max_skew.unwrap_or(1)
+    }
+}
