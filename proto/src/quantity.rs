@@ -88,7 +88,7 @@ fn scale_exact(int: &str, frac: &str, scale: u128) -> Option<u64> {
         let frac_v: u128 = frac.parse().ok()?;
         let denom = 10u128.checked_pow(frac.len() as u32)?;
         let num = frac_v.checked_mul(scale)?;
-        if num % denom != 0 {
+        if !num.is_multiple_of(denom) {
             return None;
         }
         total = total.checked_add(num / denom)?;
@@ -162,7 +162,7 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for Cpu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -181,7 +181,7 @@ impl fmt::Display for ByteSize {
             }
             for (name, exp) in DECIMAL {
                 let scale = 10u64.pow(exp);
-                if v % scale == 0 {
+                if v.is_multiple_of(scale) {
                     return write!(f, "{}{name}", v / scale);
                 }
             }

@@ -1,0 +1,131 @@
+//! Debian's `docker-registry` (the CNCF distribution registry) on loopback.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::net::{free_port, wait_for_listener};
+use crate::procs::ChildGuard;
+use crate::tools::{require, run};
+
+/// Basic-auth credentials a registry requires.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// A running registry; stopped and its storage removed on drop.
+#[derive(Debug)]
+pub struct Registry {
+    addr: SocketAddr,
+    credentials: Option<Credentials>,
+    // Dropped first: stop the process before its directory goes.
+    process: ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// An anonymous registry.
+    pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// A registry that requires these credentials (htpasswd, bcrypt).
+    pub fn start_with_auth(username: &str, password: &str) -> Result<Self> {
+        Self::start_with(Some(Credentials {
+            username: username.into(),
+            password: password.into(),
+        }))
+    }
+
+    fn start_with(credentials: Option<Credentials>) -> Result<Self> {
+        let bin = require("docker-registry")?;
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-registry-")
+            .tempdir()?;
+        let auth = match &credentials {
+            Some(c) => {
+                let htpasswd = require("htpasswd")?;
+                let line = run(Command::new(htpasswd).args(["-Bbn", &c.username, &c.password]))?;
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, line.trim())?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: skiff-test\n    path: {}\n",
+                    path.display()
+                )
+            }
+            None => String::new(),
+        };
+        // A port can be taken between free_port() and the bind: try a few.
+        let mut last_err = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+                    dir.path().join("storage").display()
+                ),
+            )?;
+            let log = std::fs::File::create(dir.path().join("registry.log"))?;
+            let mut process = ChildGuard::spawn(
+                "docker-registry",
+                Command::new(&bin)
+                    .arg("serve")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone()?)
+                    .stderr(log),
+            )?;
+            match wait_for_listener(addr, Duration::from_secs(10)) {
+                Ok(()) if process.is_running() => {
+                    return Ok(Self {
+                        addr,
+                        credentials,
+                        process,
+                        dir,
+                    });
+                }
+                Ok(()) => last_err = Some(anyhow::anyhow!("docker-registry exited at start")),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let log = std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
+        Err(last_err.unwrap()).context(format!("docker-registry did not start: {log}"))
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of image references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Where the registry keeps its blobs.
+    pub fn storage_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// `skopeo` arguments that authenticate to this registry, if it needs it.
+    pub fn skopeo_creds(&self, flag: &str) -> Vec<String> {
+        match &self.credentials {
+            Some(c) => vec![flag.into(), format!("{}:{}", c.username, c.password)],
+            None => Vec::new(),
+        }
+    }
+}
