@@ -236,6 +236,9 @@ pub struct Placement {
     /// Every constraint must hold on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<Constraint>,
+    /// Never run two replicas on one node (implied by published host ports).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub distinct_nodes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -1,0 +1,217 @@
+//! The scheduler's inputs and outputs. Everything here is plain data: the
+//! gateway builds a [`Snapshot`] and [`Request`]s from its store, and carries
+//! out the [`Plan`] it gets back.
+
+use std::collections::BTreeMap;
+
+use skiff_proto::cluster::{Capacity, NodeStatus, SiteKind};
+use skiff_proto::{Constraint, Protocol, Spread, WorkloadSpec};
+
+use super::explain::Explanation;
+
+/// A price in millionths of a currency unit per hour (exact, no floats).
+pub type MicrosPerHour = u64;
+
+/// A shape a cloud site can launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceType {
+    pub name: String,
+    /// What workloads can use on such a VM (after the system reservation).
+    pub allocatable: Capacity,
+    pub price: MicrosPerHour,
+    pub arch: String,
+}
+
+/// A site and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteInfo {
+    pub name: String,
+    pub kind: SiteKind,
+    /// Lower is cheaper; used after the workload's own `prefer` order.
+    /// Static (on-prem) sites usually rank 0.
+    pub cost_rank: u32,
+    /// Most nodes the site may have, joined and launching together.
+    pub max_nodes: Option<u32>,
+    /// Most the site may cost per hour, over its cloud nodes.
+    pub budget: Option<MicrosPerHour>,
+    /// What it can launch (empty for static sites).
+    pub instance_types: Vec<InstanceType>,
+    /// Labels every node launched here gets.
+    pub launch_labels: BTreeMap<String, String>,
+}
+
+/// A node that has joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub site: String,
+    pub status: NodeStatus,
+    pub allocatable: Capacity,
+    pub labels: BTreeMap<String, String>,
+    pub arch: String,
+    pub os: String,
+    /// Price of the node per hour (0 for on-prem), counted against the budget.
+    pub price: MicrosPerHour,
+}
+
+/// A VM launched but not joined yet: capacity on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchingVm {
+    pub id: String,
+    pub site: String,
+    pub instance_type: String,
+}
+
+/// An allocation already running (or assigned) on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingAllocation {
+    pub id: String,
+    pub node: String,
+    pub workload: String,
+    pub demand: Capacity,
+    pub priority: u32,
+    pub host_ports: Vec<(u16, Protocol)>,
+}
+
+/// Everything the scheduler looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub sites: Vec<SiteInfo>,
+    pub nodes: Vec<NodeInfo>,
+    pub allocations: Vec<ExistingAllocation>,
+    pub launching: Vec<LaunchingVm>,
+}
+
+/// Placement rules shared by the replicas of one workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub workload: String,
+    pub demand: Capacity,
+    pub priority: u32,
+    pub host_ports: Vec<(u16, Protocol)>,
+    /// Allowed sites; empty allows all.
+    pub sites: Vec<String>,
+    /// Sites to fill first, in order.
+    pub prefer: Vec<String>,
+    pub spread: Option<Spread>,
+    pub max_skew: u32,
+    pub constraints: Vec<Constraint>,
+    pub distinct_nodes: bool,
+}
+
+impl Group {
+    /// The placement rules of a workload spec.
+    pub fn from_spec(spec: &WorkloadSpec) -> Self {
+        let r = &spec.resources;
+        let host_ports: Vec<_> = spec
+            .ports
+            .iter()
+            .filter_map(|p| p.host.map(|h| (h as u16, p.protocol)))
+            .collect();
+        Self {
+            workload: spec.name.clone(),
+            demand: Capacity::new(
+                r.cpu.millis(),
+                r.memory.bytes(),
+                r.disk.map_or(0, |d| d.bytes()),
+            ),
+            priority: spec.priority,
+            distinct_nodes: spec.placement.distinct_nodes || !host_ports.is_empty(),
+            host_ports,
+            sites: spec.placement.sites.clone(),
+            prefer: spec.placement.prefer.clone(),
+            spread: spec.placement.spread,
+            max_skew: spec.placement.max_skew(),
+            constraints: spec.placement.constraints.clone(),
+        }
+    }
+}
+
+/// One replica to place: an index into the groups passed alongside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub id: String,
+    pub group: usize,
+}
+
+/// How to score nodes that fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// Fullest node that fits first: fewer nodes, idle ones can go.
+    #[default]
+    BinPack,
+    /// Emptiest node first: spreads load.
+    Spread,
+}
+
+/// Knobs of one scheduling pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub policy: Policy,
+    /// Breaks ties between equally good nodes; same seed, same plan.
+    pub seed: u64,
+    /// Let higher-priority requests evict lower-priority allocations.
+    pub preemption: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            policy: Policy::BinPack,
+            seed: 0,
+            preemption: true,
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A joined node (its id).
+    Node(String),
+    /// A VM launching already (its id).
+    Launching(String),
+    /// A VM this plan asks to launch: index into [`Plan::launches`].
+    NewVm(usize),
+}
+
+/// A placed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub request: usize,
+    pub target: Target,
+}
+
+/// An allocation to stop so a higher-priority request fits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    pub allocation: String,
+    pub node: String,
+    pub priority: u32,
+    /// The request it makes room for.
+    pub for_request: usize,
+}
+
+/// A VM to launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub site: String,
+    pub instance_type: String,
+}
+
+/// A request left unplaced, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplaced {
+    pub request: usize,
+    pub explanation: Explanation,
+}
+
+/// The result of one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub placements: Vec<Placement>,
+    pub evictions: Vec<Eviction>,
+    /// VMs to launch, cheapest first; requests waiting on them point here.
+    pub launches: Vec<Launch>,
+    pub unplaced: Vec<Unplaced>,
+}
