@@ -1,8 +1,9 @@
 //! The Skiff node agent.
 //!
-//! Built so far: nothing beyond the contract it will speak (`skiff-proto`).
-//! The image store, runtime and networking arrive with their issues; see
-//! `ARCHITECTURE.md` for the planned module layout.
+//! Built so far: the image store ([`images`]). The runtime and networking
+//! arrive with their issues; see `ARCHITECTURE.md`.
+
+pub mod images;
 
 /// Version reported to the gateway at registration.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1 @@
+//! Safe layer extraction (being written).

@@ -1,0 +1,19 @@
+//! Test support shared by Skiff's integration and end-to-end tests.
+//!
+//! * [`procs`]: helper processes that are always stopped, by pid, when the
+//!   guard drops (also when a test panics).
+//! * [`registry`]: Debian's `docker-registry` on a free loopback port, with
+//!   optional htpasswd basic auth.
+//! * [`images`]: small OCI images built from `busybox-static` with `umoci`,
+//!   as an OCI layout, an `oci-archive` and a `docker-archive`, pushed to a
+//!   registry with `skopeo`.
+//!
+//! Everything a test starts lives in a temporary directory that is removed
+//! on drop. The tools come from Debian packages that `scripts/test`
+//! installs; [`tools::require`] fails with that hint when one is missing.
+
+pub mod images;
+pub mod net;
+pub mod procs;
+pub mod registry;
+pub mod tools;
