@@ -1,8 +1,17 @@
 //! The Skiff node agent.
 //!
-//! Built so far: the image store ([`images`]). The runtime and networking
-//! arrive with their issues; see `ARCHITECTURE.md`.
+//! * [`images`]: the image store (pull, import, content store, safe unpack,
+//!   garbage collection).
+//! * [`api`]: the local API on a unix socket, server and client.
+//! * [`config`]: configuration (file, environment, flags).
+//! * [`cli`], [`daemon`]: the `skiff-agent` command line and daemon.
+//!
+//! The container runtime and node networking arrive with their issues.
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod images;
 
 /// Version reported to the gateway at registration.

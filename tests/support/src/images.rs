@@ -185,3 +185,23 @@ pub fn inspect(transport_ref: &str, extra_args: &[String]) -> Result<Value> {
         .arg(transport_ref))?;
     Ok(serde_json::from_str(&out)?)
 }
+
+/// Copies any skopeo source (`oci:DIR:TAG`, …) to `registry` as
+/// `repository:tag`, all platforms of an index included; returns the
+/// reference.
+pub fn push_transport(registry: &Registry, source: &str, repo_tag: &str) -> Result<String> {
+    let reference = format!("{}/{repo_tag}", registry.host());
+    let skopeo = require("skopeo")?;
+    run(Command::new(skopeo)
+        .args([
+            "copy",
+            "--quiet",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .args(registry.skopeo_creds("--dest-creds"))
+        .arg(source)
+        .arg(format!("docker://{reference}")))?;
+    Ok(reference)
+}

@@ -4,6 +4,8 @@
 //!   guard drops (also when a test panics).
 //! * [`registry`]: Debian's `docker-registry` on a free loopback port, with
 //!   optional htpasswd basic auth.
+//! * [`layout`]: OCI layouts written by hand from raw tar layers (any
+//!   content, hostile names included; multi-platform indexes).
 //! * [`images`]: small OCI images built from `busybox-static` with `umoci`,
 //!   as an OCI layout, an `oci-archive` and a `docker-archive`, pushed to a
 //!   registry with `skopeo`.
@@ -13,6 +15,7 @@
 //! installs; [`tools::require`] fails with that hint when one is missing.
 
 pub mod images;
+pub mod layout;
 pub mod net;
 pub mod procs;
 pub mod registry;

@@ -1,0 +1,44 @@
+//! `skiff-agent serve`: opens the stores and serves the local API until
+//! SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::server::{AppState, serve};
+use crate::config::AgentConfig;
+use crate::images::ImageStore;
+
+/// Runs the agent daemon.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
+    let images = ImageStore::open(&config.state_dir.join("images"), config.images.clone())
+        .with_context(|| format!("image store in {}", config.state_dir.display()))?;
+    let state = AppState {
+        images: Arc::new(images),
+    };
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        signals.cancel();
+    });
+    tracing::info!(node = %config.name, state_dir = %config.state_dir.display(), version = crate::VERSION, "agent starting");
+    serve(&config.socket, state, shutdown)
+        .await
+        .with_context(|| format!("socket {}", config.socket.display()))?;
+    Ok(())
+}
