@@ -47,7 +47,7 @@ fn layers() -> Vec<Vec<u8>> {
         .map(|l| {
             let mut tar = RawTar::new().dir(&format!("layer{l}"));
             for f in 0..600 {
-                let size = 8 * 1024 + (f % 7) * 64 * 1024;
+                let size = 4 * 1024 + (f % 7) * 34 * 1024;
                 tar = tar.file(
                     &format!("layer{l}/file{f:04}.so"),
                     &content(&mut seed, size),
