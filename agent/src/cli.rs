@@ -10,9 +10,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 
 use crate::api::client::{Client, query_value};
+use crate::api::containers::{OutputLine, RunRequest};
 use crate::api::{ImportRequest, PullLine, PullRequest};
 use crate::config::{AgentConfig, DEFAULT_SOCKET, Overrides};
 use crate::images::{DiskUsage, ImageRecord, ImageSummary, PruneReport, PullEvent};
+use crate::runtime::records::ContainerRecord;
+use crate::runtime::{ExitInfo, RunOptions};
 
 /// Skiff node agent: runs containers on this host.
 #[derive(Debug, Parser)]
@@ -57,11 +60,156 @@ enum Command {
     },
     /// Remove blobs and layers that no image or container uses.
     Prune,
+    /// Create and start a container from an image (attached by default:
+    /// streams its output and exits with its exit code).
+    Run(RunArgs),
+    /// List containers (running ones; -a for all).
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show a container's output.
+    Logs {
+        container: String,
+        /// Keep following until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Start a stopped container.
+    Start { container: String },
+    /// Stop containers: SIGTERM, then SIGKILL after the stop timeout.
+    Stop {
+        #[arg(required = true)]
+        containers: Vec<String>,
+        /// Seconds to wait before SIGKILL [default: the container's stop timeout].
+        #[arg(short = 't', long = "time")]
+        time: Option<u64>,
+    },
+    /// Send a signal to containers (default KILL).
+    Kill {
+        #[arg(required = true)]
+        containers: Vec<String>,
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+    },
+    /// Remove containers.
+    Rm {
+        #[arg(required = true)]
+        containers: Vec<String>,
+        /// Stop running containers first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Wait for a container to exit; prints its exit code.
+    Wait { container: String },
+    /// Show a container as JSON: state, exit, limits, usage.
+    Inspect { container: String },
     /// Disk used by images.
     Df {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+}
+
+/// Flags of `run`, shaped like `docker run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run in the background and print the container id.
+    #[arg(short, long)]
+    detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    #[arg(long)]
+    name: Option<String>,
+    /// Memory limit: 256m, 1g (Docker units) or 256Mi, 1Gi.
+    #[arg(short, long, value_parser = parse_memory)]
+    memory: Option<skiff_proto::ByteSize>,
+    /// CPU limit in cores: 0.5, 2, or 500m.
+    #[arg(long)]
+    cpus: Option<skiff_proto::Cpu>,
+    /// Most processes and threads.
+    #[arg(long = "pids-limit", alias = "pids")]
+    pids: Option<u64>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// User (name or uid, optionally :group), resolved in the image.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// Restart policy: never (default), on-failure, always.
+    #[arg(long, value_parser = parse_restart)]
+    restart: Option<skiff_proto::RestartPolicy>,
+    /// Seconds between SIGTERM and SIGKILL on stop [default: 10].
+    #[arg(long)]
+    stop_timeout: Option<u64>,
+    /// Network: none (default until bridge networking lands) or host.
+    #[arg(long, value_parser = parse_network)]
+    network: Option<skiff_proto::NetworkMode>,
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Replace the image's ENTRYPOINT.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// All capabilities, no seccomp, writable /sys: for trusted workloads only.
+    #[arg(long)]
+    privileged: bool,
+    /// Add a capability (NET_ADMIN, …).
+    #[arg(long)]
+    cap_add: Vec<String>,
+    /// Drop a capability (or ALL).
+    #[arg(long)]
+    cap_drop: Vec<String>,
+    /// The image.
+    image: String,
+    /// Command and arguments (replace the image's CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+fn parse_memory(s: &str) -> Result<skiff_proto::ByteSize, String> {
+    let lower = s.to_ascii_lowercase();
+    let docker = lower
+        .strip_suffix('b')
+        .map(|x| (x, 0))
+        .or_else(|| lower.strip_suffix('k').map(|x| (x, 10)))
+        .or_else(|| lower.strip_suffix('m').map(|x| (x, 20)))
+        .or_else(|| lower.strip_suffix('g').map(|x| (x, 30)));
+    if let Some((n, shift)) = docker
+        && let Ok(n) = n.parse::<u64>()
+    {
+        return n
+            .checked_mul(1 << shift)
+            .map(skiff_proto::ByteSize::from_bytes)
+            .ok_or_else(|| format!("{s:?} is too large"));
+    }
+    s.parse::<skiff_proto::ByteSize>()
+        .map_err(|e| e.to_string())
+}
+
+fn parse_restart(s: &str) -> Result<skiff_proto::RestartPolicy, String> {
+    match s {
+        "never" | "no" => Ok(skiff_proto::RestartPolicy::Never),
+        "on-failure" => Ok(skiff_proto::RestartPolicy::OnFailure),
+        "always" => Ok(skiff_proto::RestartPolicy::Always),
+        _ => Err(format!(
+            "{s:?} is not a restart policy (never, on-failure, always)"
+        )),
+    }
+}
+
+fn parse_network(s: &str) -> Result<skiff_proto::NetworkMode, String> {
+    match s {
+        "none" => Ok(skiff_proto::NetworkMode::None),
+        "host" => Ok(skiff_proto::NetworkMode::Host),
+        "bridge" => Ok(skiff_proto::NetworkMode::Bridge),
+        _ => Err(format!("{s:?} is not a network mode (bridge, host, none)")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -256,6 +404,117 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => run(&client, args).await,
+        Command::Ps { all, output } => {
+            let list: Vec<ContainerRecord> = client
+                .call(
+                    Method::GET,
+                    &format!("/v1/containers?all={all}"),
+                    None::<&()>,
+                )
+                .await?;
+            if output == Output::Json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!(
+                    "{:<12} {:<20} {:<40} {:<10} {:>8} STATUS",
+                    "ID", "NAME", "IMAGE", "STATE", "PID"
+                );
+                for c in list {
+                    let status = match (&c.reason, c.exit_code) {
+                        (Some(r), Some(code)) => format!("{r} ({code})"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{:<12} {:<20} {:<40} {:<10} {:>8} {}",
+                        &c.id[..12],
+                        c.name,
+                        c.image,
+                        c.state,
+                        c.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        status
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { container, follow } => {
+            let path = format!(
+                "/v1/containers/logs?id={}&follow={follow}",
+                query_value(&container)
+            );
+            let lines = client.get_stream(&path).await?;
+            print_output(lines).await
+        }
+        Command::Start { container } => {
+            let r: ContainerRecord = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/start?id={}", query_value(&container)),
+                    None::<&()>,
+                )
+                .await?;
+            println!("{}", r.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { containers, time } => {
+            for_each(&containers, |c| {
+                let mut path = format!("/v1/containers/stop?id={}", query_value(c));
+                if let Some(t) = time {
+                    path.push_str(&format!("&timeout_ms={}", t * 1000));
+                }
+                let client = client.clone();
+                async move {
+                    client
+                        .call::<ExitInfo>(Method::POST, &path, None::<&()>)
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await
+        }
+        Command::Kill { containers, signal } => {
+            for_each(&containers, |c| {
+                let path = format!(
+                    "/v1/containers/kill?id={}&signal={}",
+                    query_value(c),
+                    query_value(&signal)
+                );
+                let client = client.clone();
+                async move { client.call_empty(Method::POST, &path).await }
+            })
+            .await
+        }
+        Command::Rm { containers, force } => {
+            for_each(&containers, |c| {
+                let path = format!("/v1/containers?id={}&force={force}", query_value(c));
+                let client = client.clone();
+                async move { client.call_empty(Method::DELETE, &path).await }
+            })
+            .await
+        }
+        Command::Wait { container } => {
+            let e: ExitInfo = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/containers/wait?id={}", query_value(&container)),
+                    None::<&()>,
+                )
+                .await?;
+            println!("{}", e.exit_code);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { container } => {
+            let v: serde_json::Value = client
+                .call(
+                    Method::GET,
+                    &format!("/v1/containers/inspect?id={}", query_value(&container)),
+                    None::<&()>,
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Df { output } => {
             let d: DiskUsage = client
                 .call(Method::GET, "/v1/system/df", None::<&()>)
@@ -275,6 +534,94 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `f` for every name, printing each name that worked (as Docker
+/// does) and one line per failure; exit 1 if any failed.
+async fn for_each<F, Fut>(names: &[String], f: F) -> anyhow::Result<ExitCode>
+where
+    F: Fn(&String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::api::client::ClientError>>,
+{
+    let mut code = ExitCode::SUCCESS;
+    for n in names {
+        match f(n).await {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("skiff-agent: {e}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Prints a container's output stream; returns its exit code at the end.
+async fn print_output(mut lines: crate::api::client::Lines) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    while let Some(line) = lines.next::<OutputLine>().await? {
+        match line {
+            OutputLine::Log { log } => {
+                let out: &mut dyn Write = if log.stream == "stderr" {
+                    &mut stderr
+                } else {
+                    &mut stdout
+                };
+                let _ = out.write_all(log.log.as_bytes());
+                let _ = out.flush();
+            }
+            OutputLine::Exit { exit } => {
+                if exit.reason == "failed-to-start" {
+                    eprintln!("skiff-agent: {}", exit.message.unwrap_or_default());
+                }
+                return Ok(ExitCode::from(exit.exit_code.clamp(0, 255) as u8));
+            }
+            OutputLine::Failed { error } => {
+                eprintln!("skiff-agent: {}", error.message);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let options = RunOptions {
+        image: a.image,
+        name: a.name,
+        cmd: a.cmd,
+        entrypoint: a.entrypoint.map(|e| vec![e]),
+        env: a.env,
+        user: a.user,
+        workdir: a.workdir,
+        memory: a.memory,
+        cpus: a.cpus,
+        pids: a.pids,
+        restart: a.restart,
+        stop_timeout_ms: a.stop_timeout.map(|s| s * 1000),
+        network: a.network,
+        hostname: a.hostname,
+        privileged: a.privileged,
+        cap_add: a.cap_add,
+        cap_drop: a.cap_drop,
+        labels: Default::default(),
+        auto_remove: a.rm,
+    };
+    let req = RunRequest {
+        options,
+        attach: !a.detach,
+    };
+    if a.detach {
+        let r: ContainerRecord = client
+            .call(Method::POST, "/v1/containers/run", Some(&req))
+            .await?;
+        println!("{}", r.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines = client.stream("/v1/containers/run", &req).await?;
+    print_output(lines).await
 }
 
 /// Pulls with a progress bar per layer on a terminal, plain lines otherwise.

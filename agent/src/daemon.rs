@@ -16,9 +16,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let images = ImageStore::open(&config.state_dir.join("images"), config.images.clone())
         .with_context(|| format!("image store in {}", config.state_dir.display()))?;
-    let state = AppState {
-        images: Arc::new(images),
-    };
+    let images = Arc::new(images);
+    let runtime = crate::runtime::Runtime::open(&config.state_dir, Arc::clone(&images))
+        .await
+        .with_context(|| format!("container runtime in {}", config.state_dir.display()))?;
+    let state = AppState { images, runtime };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {

@@ -133,6 +133,22 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(protocol)
     }
 
+    /// A call with no answer body.
+    pub async fn call_empty(&self, method: Method, path: &str) -> Result<(), ClientError> {
+        let resp = self.send(method, path, None).await?;
+        let _ = resp.into_body().collect().await;
+        Ok(())
+    }
+
+    /// A GET whose answer streams JSON lines.
+    pub async fn get_stream(&self, path: &str) -> Result<Lines, ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        Ok(Lines {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        })
+    }
+
     /// A call whose answer streams JSON lines.
     pub async fn stream(&self, path: &str, body: &impl Serialize) -> Result<Lines, ClientError> {
         let body = serde_json::to_vec(body).map_err(protocol)?;

@@ -3,6 +3,7 @@
 //! (pull) stream newline-delimited JSON events.
 
 pub mod client;
+pub mod containers;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,6 @@
 //! The local API server (axum on a unix socket). Handlers are thin:
 //! validate, call the store, map errors in one place.
 
-use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use skiff_proto::ImageRef;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::containers;
 use super::{ErrorBody, ImportRequest, PullLine, PullRequest};
 use crate::images::{ImageError, ImageStore, ImageSummary};
 
@@ -25,6 +25,7 @@ use crate::images::{ImageError, ImageStore, ImageSummary};
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub images: Arc<ImageStore>,
+    pub runtime: Arc<crate::runtime::Runtime>,
 }
 
 /// An error response: one status, one code, one line.
@@ -32,7 +33,7 @@ pub struct AppState {
 pub struct ApiError(StatusCode, ErrorBody);
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self(
             status,
             ErrorBody {
@@ -91,6 +92,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images/import", post(import_image))
         .route("/v1/images/prune", post(prune_images))
         .route("/v1/system/df", get(disk_usage))
+        .route(
+            "/v1/containers",
+            get(containers::list).delete(containers::remove),
+        )
+        .route("/v1/containers/run", post(containers::run))
+        .route("/v1/containers/inspect", get(containers::inspect))
+        .route("/v1/containers/start", post(containers::start))
+        .route("/v1/containers/stop", post(containers::stop))
+        .route("/v1/containers/kill", post(containers::kill))
+        .route("/v1/containers/wait", post(containers::wait))
+        .route("/v1/containers/logs", get(containers::logs))
         .with_state(state)
 }
 
@@ -118,11 +130,15 @@ async fn remove_image(
     State(s): State<AppState>,
     Query(q): Query<NameQuery>,
 ) -> ApiResult<crate::images::PruneReport> {
-    Ok(Json(s.images.remove(&q.name, &BTreeSet::new()).await?))
+    Ok(Json(
+        s.images
+            .remove(&q.name, &containers::in_use(&s.runtime))
+            .await?,
+    ))
 }
 
 async fn prune_images(State(s): State<AppState>) -> ApiResult<crate::images::PruneReport> {
-    Ok(Json(s.images.prune(&BTreeSet::new()).await?))
+    Ok(Json(s.images.prune(&containers::in_use(&s.runtime)).await?))
 }
 
 async fn disk_usage(State(s): State<AppState>) -> ApiResult<crate::images::DiskUsage> {

@@ -650,12 +650,32 @@ struct Meta {
     mtime: TimeSpec,
 }
 
-fn header_id(value: io::Result<u64>, what: &str) -> Result<u32, Fail> {
-    value
+/// A numeric header field; a field left blank (all NULs or spaces) counts as
+/// 0, as in GNU tar and Go's archive/tar.
+fn numeric<T: Default>(value: io::Result<T>, raw: &[u8], what: &str) -> Result<T, Fail> {
+    match value {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(T::default()),
+        Err(_) => Err(Fail::refused(format!("invalid {what} field"))),
+    }
+}
+
+/// A uid or gid (`-1` would mean "unchanged" to chown).
+fn header_id(value: io::Result<u64>, raw: &[u8], what: &str) -> Result<u32, Fail> {
+    u32::try_from(numeric(value, raw, what)?)
         .ok()
-        .and_then(|v| u32::try_from(v).ok())
         .filter(|&v| v != u32::MAX)
-        .ok_or_else(|| Fail::refused(format!("invalid {what} field")))
+        .ok_or_else(|| Fail::refused(format!("{what} out of range")))
+}
+
+/// The raw device number fields (ustar and GNU headers keep them at the same
+/// offsets; old headers have none).
+fn raw_device_fields(header: &tar::Header) -> (&[u8], &[u8]) {
+    match (header.as_ustar(), header.as_gnu()) {
+        (Some(u), _) => (&u.dev_major, &u.dev_minor),
+        (None, Some(g)) => (&g.dev_major, &g.dev_minor),
+        (None, None) => (&[], &[]),
+    }
 }
 
 /// Parses a PAX time (`secs[.fraction]`, possibly negative).
@@ -952,14 +972,11 @@ impl<'l> Unpacker<'l> {
     /// mtime) from the PAX records.
     fn read_meta<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<Meta, Fail> {
         let header = entry.header();
-        let mode = header
-            .mode()
-            .map_err(|_| Fail::refused("invalid mode field"))?;
-        let uid = header_id(header.uid(), "uid")?;
-        let gid = header_id(header.gid(), "gid")?;
-        let secs = header
-            .mtime()
-            .map_err(|_| Fail::refused("invalid mtime field"))?;
+        let old = header.as_old();
+        let mode = numeric(header.mode(), &old.mode, "mode")?;
+        let uid = header_id(header.uid(), &old.uid, "uid")?;
+        let gid = header_id(header.gid(), &old.gid, "gid")?;
+        let secs = numeric(header.mtime(), &old.mtime, "mtime")?;
         let mut meta = Meta {
             mode: Mode::from_bits_truncate(mode & 0o7777),
             uid: Uid::from_raw(uid),
@@ -1120,9 +1137,9 @@ impl<'l> Unpacker<'l> {
             _ => SFlag::S_IFCHR,
         };
         let header = entry.header();
-        let bad = |_| Fail::refused("invalid device number");
-        let major = header.device_major().map_err(bad)?.unwrap_or(0);
-        let minor = header.device_minor().map_err(bad)?.unwrap_or(0);
+        let (raw_major, raw_minor) = raw_device_fields(header);
+        let major = numeric(header.device_major(), raw_major, "device major")?.unwrap_or(0);
+        let minor = numeric(header.device_minor(), raw_minor, "device minor")?.unwrap_or(0);
         let dev = makedev(major.into(), minor.into());
         let meta = self.read_meta(entry)?;
         let parent = self.walker.dir(&self.path, self.path.len() - 1, true)?;

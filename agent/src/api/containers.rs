@@ -1,0 +1,305 @@
+//! Container endpoints of the local API.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Seek};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::server::{ApiError, AppState};
+use crate::runtime::logfile::LogLine;
+use crate::runtime::records::ContainerRecord;
+use crate::runtime::{ContainerInfo, ExitInfo, RunOptions, Runtime, RuntimeError};
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        let (status, code) = match &e {
+            RuntimeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            RuntimeError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            RuntimeError::Running(_) => (StatusCode::CONFLICT, "conflict"),
+            RuntimeError::StartFailed { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "failed_to_start")
+            }
+            RuntimeError::Image(crate::images::ImageError::NotFound(_)) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            RuntimeError::Image(_) | RuntimeError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// `POST /v1/containers/run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub options: RunOptions,
+    /// Stream the output and end with the exit (like `docker run`).
+    #[serde(default)]
+    pub attach: bool,
+}
+
+/// One line of an output stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutputLine {
+    Log { log: LogLine },
+    Exit { exit: ExitInfo },
+    Failed { error: super::ErrorBody },
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IdQuery {
+    pub id: String,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub all: bool,
+}
+
+fn ndjson(rx: mpsc::UnboundedReceiver<OutputLine>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let mut v = serde_json::to_vec(&line).unwrap_or_default();
+        v.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(v)), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_default()
+}
+
+pub async fn run(
+    State(s): State<AppState>,
+    Json(req): Json<RunRequest>,
+) -> Result<Response, ApiError> {
+    let rt = Arc::clone(&s.runtime);
+    let record = rt.create(&req.options)?;
+    // Open the log before starting, so even the fastest exit is read.
+    let log = rt.log_path(&record.id)?.1;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(&log)
+        .map_err(|e| ApiError::from(RuntimeError::Internal(e.to_string())))?;
+    if let Err(e) = rt.start(&record.id).await {
+        // A container that cannot start is not left behind.
+        let _ = rt.remove(&record.id, true).await;
+        return Err(e.into());
+    }
+    if !req.attach {
+        let record = rt.resolve(&record.id).unwrap_or(record);
+        let body = serde_json::to_vec(&record).unwrap_or_default();
+        return Ok(Response::builder()
+            .status(StatusCode::CREATED)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap_or_default());
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(follow(rt, record.id, log, file, tx, true));
+    Ok(ndjson(rx))
+}
+
+/// Streams a container's log; with `follow`, until it has exited, then
+/// its exit.
+async fn follow(
+    rt: Arc<Runtime>,
+    id: String,
+    path: PathBuf,
+    file: std::fs::File,
+    tx: mpsc::UnboundedSender<OutputLine>,
+    follow: bool,
+) {
+    let mut reader = BufReader::new(file);
+    let _ = reader.rewind();
+    let mut inode = reader.get_ref().metadata().map(|m| m.ino()).unwrap_or(0);
+    let waiter = {
+        let rt = Arc::clone(&rt);
+        let id = id.clone();
+        tokio::spawn(async move { rt.wait(&id).await })
+    };
+    let mut waiter = Some(waiter);
+    let mut exit = None;
+    let mut buf = String::new();
+    loop {
+        // Everything written so far.
+        loop {
+            buf.clear();
+            match reader.read_line(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) if !buf.ends_with('\n') => {
+                    // A line still being written: read it again later.
+                    let _ = reader.seek_relative(-(buf.len() as i64));
+                    break;
+                }
+                Ok(_) => {
+                    if let Ok(log) = serde_json::from_str::<LogLine>(&buf)
+                        && tx.send(OutputLine::Log { log }).is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        // The file was rotated: continue with the new one.
+        if let Ok(m) = std::fs::metadata(&path)
+            && m.ino() != inode
+            && let Ok(f) = std::fs::File::open(&path)
+        {
+            inode = m.ino();
+            reader = BufReader::new(f);
+            continue;
+        }
+        if !follow || exit.is_some() {
+            break;
+        }
+        let w = waiter.as_mut().expect("waiter present until exit");
+        tokio::select! {
+            r = w => {
+                waiter = None;
+                exit = Some(r);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    match exit {
+        Some(Ok(Ok(e))) => {
+            let _ = tx.send(OutputLine::Exit { exit: e });
+        }
+        Some(Ok(Err(e))) => {
+            let e = ApiError::from(e);
+            let _ = tx.send(OutputLine::Failed {
+                error: e.body().clone(),
+            });
+        }
+        _ => {}
+    }
+}
+
+pub async fn logs(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+) -> Result<Response, ApiError> {
+    let (record, path) = s.runtime.log_path(&q.id)?;
+    let file = std::fs::File::open(&path)
+        .map_err(|e| ApiError::from(RuntimeError::Internal(format!("{}: {e}", path.display()))))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(follow(
+        Arc::clone(&s.runtime),
+        record.id,
+        path,
+        file,
+        tx,
+        q.follow,
+    ));
+    Ok(ndjson(rx))
+}
+
+pub async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<ContainerRecord>>, ApiError> {
+    Ok(Json(s.runtime.list(q.all)?))
+}
+
+pub async fn inspect(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+) -> Result<Json<ContainerInfo>, ApiError> {
+    Ok(Json(s.runtime.inspect(&q.id)?))
+}
+
+pub async fn start(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+) -> Result<Json<ContainerRecord>, ApiError> {
+    Ok(Json(s.runtime.start(&q.id).await?))
+}
+
+pub async fn stop(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+) -> Result<Json<ExitInfo>, ApiError> {
+    Ok(Json(
+        s.runtime
+            .stop(&q.id, q.timeout_ms.map(Duration::from_millis))
+            .await?,
+    ))
+}
+
+pub async fn wait(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+) -> Result<Json<ExitInfo>, ApiError> {
+    Ok(Json(s.runtime.wait(&q.id).await?))
+}
+
+pub async fn kill(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+) -> Result<StatusCode, ApiError> {
+    let name = q.signal.as_deref().unwrap_or("KILL");
+    let signal = parse_signal(name).ok_or_else(|| {
+        ApiError::from(RuntimeError::Invalid(format!(
+            "signal {name:?} is not a signal"
+        )))
+    })?;
+    s.runtime.kill(&q.id, signal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn remove(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+) -> Result<StatusCode, ApiError> {
+    s.runtime.remove(&q.id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `TERM`, `SIGTERM` or `15`.
+pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok();
+    }
+    let upper = s.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&full).ok()
+}
+
+/// Layers running containers use, so image GC keeps them.
+pub fn in_use(rt: &Runtime) -> BTreeSet<crate::images::Digest> {
+    rt.layers_in_use()
+        .iter()
+        .filter_map(|p| p.file_name())
+        .filter_map(|n| format!("sha256:{}", n.to_string_lossy()).parse().ok())
+        .collect()
+}

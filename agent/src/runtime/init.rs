@@ -1,0 +1,455 @@
+//! The container's first process, between `clone` and `execve`: it runs in
+//! the new namespaces, builds the root filesystem (overlayfs over the image
+//! layers, `/proc`, a minimal `/dev`, read-only `/sys`, masked paths),
+//! enters it with `pivot_root`, drops privileges (capabilities,
+//! `no_new_privs`, seccomp) and executes the workload.
+//!
+//! Everything is mounted inside the container's own mount namespace, so the
+//! kernel removes every mount when the container's last process exits:
+//! nothing is left to clean up on the host.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use nix::unistd::{Gid, Uid, chdir, pivot_root, sethostname};
+
+use super::caps;
+use super::spec::ContainerSpec;
+
+/// Paths hidden from the container (`/dev/null` over files, an empty
+/// read-only tmpfs over directories), as Docker and runc do.
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths made read-only: no write access to host kernel settings.
+const READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Character devices of the minimal `/dev`: name, major, minor.
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Why the container could not start: the step and the error.
+#[derive(Debug)]
+pub struct InitError(pub String);
+
+fn step<T, E: std::fmt::Display>(what: &str, r: Result<T, E>) -> Result<T, InitError> {
+    r.map_err(|e| InitError(format!("{what}: {e}")))
+}
+
+/// Everything the child needs, prepared by the shim before `clone`.
+#[derive(Debug)]
+pub struct InitArgs<'a> {
+    pub spec: &'a ContainerSpec,
+    /// The container's directory (upper, work, rootfs, etc files).
+    pub dir: &'a Path,
+    /// Read end of the "you are in your cgroup" pipe.
+    pub ready: OwnedFd,
+    /// Pipe ends that become stdout and stderr.
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// Seccomp filters to install last (empty when privileged).
+    pub filters: &'a [seccompiler::BpfProgram],
+}
+
+/// Runs in the child; only returns on failure (the message goes to the shim).
+pub fn run(a: InitArgs<'_>) -> InitError {
+    match setup_and_exec(a) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
+    // Wait until the shim has put us in our cgroup, then take a cgroup
+    // namespace rooted there.
+    let mut byte = [0u8; 1];
+    let _ = nix::unistd::read(&a.ready, &mut byte);
+    drop(a.ready);
+    step(
+        "cgroup namespace",
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+    )?;
+    step("new session", nix::unistd::setsid())?;
+
+    let spec = a.spec;
+    let rootfs = a.dir.join("rootfs");
+    mount_rootfs(spec, a.dir, &rootfs)?;
+    step("hostname", sethostname(&spec.hostname))?;
+    enter_rootfs(&rootfs)?;
+    if !spec.security.privileged {
+        harden_paths()?;
+    }
+
+    // stdin from /dev/null, stdout and stderr to the shim's pipes.
+    let null = step(
+        "open /dev/null",
+        nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, Mode::empty()),
+    )?;
+    step("stdin", nix::unistd::dup2_stdin(&null))?;
+    step("stdout", nix::unistd::dup2_stdout(&a.stdout))?;
+    step("stderr", nix::unistd::dup2_stderr(&a.stderr))?;
+    drop((null, a.stdout, a.stderr));
+
+    let p = &spec.process;
+    let program = resolve_program(&p.args[0], &p.env)?;
+    let cwd = Path::new(if p.cwd.is_empty() { "/" } else { &p.cwd });
+    if let Err(e) = chdir(cwd) {
+        return Err(InitError(format!(
+            "working directory {}: {e}",
+            cwd.display()
+        )));
+    }
+    let caps = caps::effective_set(&spec.security)?;
+    caps::drop_bounding(&caps)?;
+    let gids: Vec<Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    step("setgroups", nix::unistd::setgroups(&gids))?;
+    step(
+        "setgid",
+        nix::unistd::setresgid(
+            Gid::from_raw(p.gid),
+            Gid::from_raw(p.gid),
+            Gid::from_raw(p.gid),
+        ),
+    )?;
+    caps::keep_caps_across_setuid()?;
+    step(
+        "setuid",
+        nix::unistd::setresuid(
+            Uid::from_raw(p.uid),
+            Uid::from_raw(p.uid),
+            Uid::from_raw(p.uid),
+        ),
+    )?;
+    caps::apply(&caps, p.uid)?;
+    step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+
+    let argv: Vec<CString> = p
+        .args
+        .iter()
+        .map(|s| CString::new(s.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| InitError("argument contains a NUL byte".into()))?;
+    let envp: Vec<CString> = p
+        .env
+        .iter()
+        .map(|s| CString::new(s.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| InitError("environment contains a NUL byte".into()))?;
+    let path = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| InitError("program path contains a NUL byte".into()))?;
+    // Last: from here on only the allowed system calls work.
+    for f in a.filters {
+        step("seccomp", seccompiler::apply_filter(f))?;
+    }
+    let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    Err(InitError(format!("exec {}: {e}", program.display())))
+}
+
+fn mount_rootfs(spec: &ContainerSpec, dir: &Path, rootfs: &Path) -> Result<(), InitError> {
+    // Nothing we mount may propagate back to the host.
+    step(
+        "make / private",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )?;
+    let lower = spec
+        .layers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        dir.join("upper").display(),
+        dir.join("work").display()
+    );
+    step(
+        "mount the overlay root filesystem",
+        mount(
+            Some("overlay"),
+            rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        ),
+    )?;
+    let at = |p: &str| rootfs.join(p.trim_start_matches('/'));
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    mkdir_in_root(rootfs, "proc")?;
+    step(
+        "mount /proc",
+        mount(
+            Some("proc"),
+            &at("/proc"),
+            Some("proc"),
+            nosuid,
+            None::<&str>,
+        ),
+    )?;
+
+    mkdir_in_root(rootfs, "dev")?;
+    step(
+        "mount /dev",
+        mount(
+            Some("tmpfs"),
+            &at("/dev"),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        ),
+    )?;
+    for (name, major, minor) in DEVICES {
+        step(
+            &format!("/dev/{name}"),
+            mknod(
+                &at("/dev").join(name),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(*major, *minor),
+            ),
+        )?;
+        // mknod honours the umask; make the mode exact.
+        step(
+            &format!("/dev/{name}"),
+            nix::sys::stat::fchmodat(
+                nix::fcntl::AT_FDCWD,
+                &at("/dev").join(name),
+                Mode::from_bits_truncate(0o666),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            ),
+        )?;
+    }
+    for dir in ["pts", "shm", "mqueue"] {
+        step("mkdir /dev", std::fs::create_dir(at("/dev").join(dir)))?;
+    }
+    step(
+        "mount /dev/pts",
+        mount(
+            Some("devpts"),
+            &at("/dev/pts"),
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+    )?;
+    step(
+        "mount /dev/shm",
+        mount(
+            Some("shm"),
+            &at("/dev/shm"),
+            Some("tmpfs"),
+            nosuid,
+            Some("mode=1777,size=65536k"),
+        ),
+    )?;
+    step(
+        "mount /dev/mqueue",
+        mount(
+            Some("mqueue"),
+            &at("/dev/mqueue"),
+            Some("mqueue"),
+            nosuid,
+            None::<&str>,
+        ),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        step(
+            "/dev links",
+            std::os::unix::fs::symlink(target, at("/dev").join(link)),
+        )?;
+    }
+    // The console: /dev/null until terminals are supported, so programs that
+    // open it do not fail.
+    step("/dev/console", std::fs::File::create(at("/dev/console")))?;
+    step(
+        "/dev/console",
+        mount(
+            Some(&at("/dev/null")),
+            &at("/dev/console"),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ),
+    )?;
+
+    mkdir_in_root(rootfs, "sys")?;
+    let sys_flags = if spec.security.privileged {
+        nosuid
+    } else {
+        nosuid | MsFlags::MS_RDONLY
+    };
+    step(
+        "mount /sys",
+        mount(
+            Some("sysfs"),
+            &at("/sys"),
+            Some("sysfs"),
+            sys_flags,
+            None::<&str>,
+        ),
+    )?;
+
+    // /etc/hosts, /etc/hostname and /etc/resolv.conf from the container dir.
+    mkdir_in_root(rootfs, "etc")?;
+    for f in ["hosts", "hostname", "resolv.conf"] {
+        let target = at("/etc").join(f);
+        if std::fs::symlink_metadata(&target).is_err() {
+            step(&format!("/etc/{f}"), std::fs::File::create(&target))?;
+        }
+        step(
+            &format!("/etc/{f}"),
+            mount(
+                Some(&dir.join(f)),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Creates `name` directly under the root unless it exists (as a directory).
+fn mkdir_in_root(rootfs: &Path, name: &str) -> Result<(), InitError> {
+    let p = rootfs.join(name);
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(InitError(format!(
+            "/{name} in the image is not a directory"
+        ))),
+        Err(_) => step(&format!("mkdir /{name}"), std::fs::create_dir(&p)),
+    }
+}
+
+fn enter_rootfs(rootfs: &Path) -> Result<(), InitError> {
+    step("chdir rootfs", chdir(rootfs))?;
+    step("pivot_root", pivot_root(".", "."))?;
+    // The old root is stacked under the new one: detach it.
+    step("detach the host root", umount2(".", MntFlags::MNT_DETACH))?;
+    step("chdir /", chdir("/"))?;
+    Ok(())
+}
+
+fn harden_paths() -> Result<(), InitError> {
+    for p in MASKED {
+        let path = Path::new(p);
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => step(
+                &format!("mask {p}"),
+                mount(
+                    Some("tmpfs"),
+                    path,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None::<&str>,
+                ),
+            )?,
+            Ok(_) => step(
+                &format!("mask {p}"),
+                mount(
+                    Some("/dev/null"),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                ),
+            )?,
+            Err(_) => {}
+        }
+    }
+    for p in READ_ONLY {
+        let path = Path::new(p);
+        if path.exists() {
+            step(
+                &format!("read-only {p}"),
+                mount(
+                    Some(path),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                ),
+            )?;
+            step(
+                &format!("read-only {p}"),
+                mount(
+                    Some(path),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                    None::<&str>,
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds the program in the container's PATH (after pivot_root).
+fn resolve_program(arg0: &str, env: &[String]) -> Result<PathBuf, InitError> {
+    if arg0.contains('/') {
+        return Ok(PathBuf::from(arg0));
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(arg0);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.is_file()
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(InitError(format!(
+        "executable file not found in $PATH: {arg0}"
+    )))
+}

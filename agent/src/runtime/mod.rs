@@ -1,0 +1,847 @@
+//! The container runtime: creates containers from images in the store,
+//! starts each under its own shim ([`shim`]), supervises them (restart
+//! policies, stop timeouts), and re-adopts them after an agent restart.
+//!
+//! * [`spec`]: the resolved configuration of a container (`config.json`).
+//! * [`init`]: namespaces, root filesystem, `pivot_root`, hardening, exec.
+//! * [`caps`], [`seccomp`]: the default capability set and syscall filter.
+//! * [`cgroup`]: limits and accounting on cgroup v1 and v2 (cgroups-rs).
+//! * [`shim`]: the small per-container supervisor that outlives the agent.
+//! * [`logfile`]: JSON-lines log files with rotation.
+//! * [`records`]: the container index in an embedded database.
+//!
+//! On disk, `STATE/containers/<id>/` holds `config.json` (written by the
+//! agent at create), `state.json` (by the shim once running), `exit.json`
+//! (by the shim when it ends), the log, and the overlay `upper`/`work`
+//! dirs. Each file is written atomically, so after any crash the directory
+//! says where the container is.
+
+pub mod caps;
+pub mod cgroup;
+pub mod init;
+pub mod logfile;
+pub mod records;
+pub mod seccomp;
+pub mod shim;
+pub mod spec;
+mod user;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skiff_proto::{ByteSize, Cpu, NetworkMode, RestartPolicy};
+use tokio::sync::watch;
+
+use crate::images::ImageStore;
+use cgroup::{ContainerCgroup, Usage};
+use records::{ContainerRecord, Records, State};
+use shim::{EXIT, ExitRecord, RunState, STATE, StartReport, read_json, write_json};
+use spec::{ContainerSpec, Limits, ProcessSpec, Security};
+
+/// Everything that can go wrong in the runtime; each names the container,
+/// image or field.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no such container: {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("container {0} is running: stop it first or remove it with --force")]
+    Running(String),
+    #[error("container {name}: failed to start: {error}")]
+    StartFailed { name: String, error: String },
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Internal(e.to_string())
+}
+
+/// What `run` asks for (the CLI's flags, the API's body).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunOptions {
+    pub image: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Replaces the image's CMD (Docker's `IMAGE [CMD...]`).
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Replaces the image's ENTRYPOINT.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE`, added to the image's environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    #[serde(default)]
+    pub cpus: Option<Cpu>,
+    #[serde(default)]
+    pub pids: Option<u64>,
+    #[serde(default)]
+    pub restart: Option<RestartPolicy>,
+    #[serde(default)]
+    pub stop_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub network: Option<NetworkMode>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Remove the container when it exits.
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+/// How a container ended, as `wait` returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub exit_code: i32,
+    /// `exited`, `killed`, `oom-killed` or `failed-to-start`.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `inspect`: the record, the limits and live usage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    #[serde(flatten)]
+    pub record: ContainerRecord,
+    pub limits: Limits,
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+const DEFAULT_LOG_MAX: u64 = 10 << 20;
+const CGROUP_PARENT: &str = "skiff";
+
+struct Live {
+    /// Latest record, shared with waiters.
+    tx: watch::Sender<ContainerRecord>,
+    /// Set by stop/kill/remove: the restart policy must not restart it.
+    stopping: bool,
+}
+
+/// The runtime of one agent.
+pub struct Runtime {
+    root: PathBuf,
+    images: Arc<ImageStore>,
+    records: Records,
+    live: Mutex<HashMap<String, Live>>,
+    shim_exe: PathBuf,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("root", &self.root).finish()
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    if getrandom_fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b[..16].copy_from_slice(&t.to_le_bytes());
+        b[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    hex::encode(b)
+}
+
+fn getrandom_fill(b: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(b)
+}
+
+impl Runtime {
+    /// Opens the runtime under `state_dir` and re-adopts the containers the
+    /// previous agent left.
+    pub async fn open(
+        state_dir: &Path,
+        images: Arc<ImageStore>,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        let root = state_dir.join("containers");
+        std::fs::create_dir_all(&root).map_err(internal)?;
+        let records = Records::open(&state_dir.join("containers.redb")).map_err(internal)?;
+        let shim_exe = std::env::current_exe().map_err(internal)?;
+        let rt = Arc::new(Self {
+            root,
+            images,
+            records,
+            live: Mutex::new(HashMap::new()),
+            shim_exe,
+        });
+        rt.adopt().await?;
+        Ok(rt)
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Finds a container by id, unique id prefix, or name.
+    pub fn resolve(&self, key: &str) -> Result<ContainerRecord, RuntimeError> {
+        let all = self.records.all().map_err(internal)?;
+        if let Some(r) = all.iter().find(|r| r.id == key || r.name == key) {
+            return Ok(r.clone());
+        }
+        let hits: Vec<_> = all
+            .iter()
+            .filter(|r| key.len() >= 4 && r.id.starts_with(key))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(RuntimeError::NotFound(key.to_string())),
+            _ => Err(RuntimeError::Invalid(format!(
+                "{key:?} matches several containers"
+            ))),
+        }
+    }
+
+    pub fn list(&self, all: bool) -> Result<Vec<ContainerRecord>, RuntimeError> {
+        let mut v = self.records.all().map_err(internal)?;
+        if !all {
+            v.retain(|r| matches!(r.state, State::Running | State::Restarting));
+        }
+        v.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+        Ok(v)
+    }
+
+    pub fn inspect(&self, key: &str) -> Result<ContainerInfo, RuntimeError> {
+        let record = self.resolve(key)?;
+        let spec: ContainerSpec = read_json(&self.dir(&record.id), shim::CONFIG)
+            .ok_or_else(|| internal(format!("container {}: config.json is missing", record.id)))?;
+        let usage = matches!(record.state, State::Running)
+            .then(|| ContainerCgroup::load(&spec.cgroup).usage());
+        Ok(ContainerInfo {
+            record,
+            limits: spec.limits,
+            command: spec.process.args,
+            usage,
+        })
+    }
+
+    /// Creates a container (not started): resolves the image and user,
+    /// prepares its directory and cgroup. Bad input leaves nothing behind.
+    pub fn create(&self, opts: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
+        let image = self.images.get(&opts.image)?;
+        let id = random_id();
+        let name = match &opts.name {
+            Some(n) => {
+                let ok = !n.is_empty()
+                    && n.len() <= 128
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    return Err(RuntimeError::Invalid(format!(
+                        "name {n:?}: letters, digits, '_', '.' and '-' only"
+                    )));
+                }
+                if self
+                    .records
+                    .all()
+                    .map_err(internal)?
+                    .iter()
+                    .any(|r| &r.name == n)
+                {
+                    return Err(RuntimeError::Invalid(format!(
+                        "name {n:?} is already in use"
+                    )));
+                }
+                n.clone()
+            }
+            None => id[..12].to_string(),
+        };
+        if let Some(m) = opts.memory
+            && m.bytes() < 4 << 20
+        {
+            return Err(RuntimeError::Invalid(format!(
+                "memory {m}: the minimum is 4Mi"
+            )));
+        }
+        if let Some(c) = opts.cpus
+            && c.millis() == 0
+        {
+            return Err(RuntimeError::Invalid("cpus: must be more than 0".into()));
+        }
+        if opts.pids == Some(0) {
+            return Err(RuntimeError::Invalid("pids: must be at least 1".into()));
+        }
+        let security = Security {
+            privileged: opts.privileged,
+            cap_add: opts.cap_add.clone(),
+            cap_drop: opts.cap_drop.clone(),
+        };
+        caps::effective_set(&security).map_err(|e| RuntimeError::Invalid(e.0))?;
+
+        let layers = self.images.lower_dirs(&image);
+        let cfg = &image.config;
+        let mut args: Vec<String> = opts
+            .entrypoint
+            .clone()
+            .unwrap_or_else(|| cfg.entrypoint.clone());
+        if !opts.cmd.is_empty() {
+            args.extend(opts.cmd.iter().cloned());
+        } else if opts.entrypoint.is_none() {
+            args.extend(cfg.cmd.iter().cloned());
+        }
+        if args.is_empty() {
+            return Err(RuntimeError::Invalid(format!(
+                "image {}: no command given and the image has none",
+                opts.image
+            )));
+        }
+        let mut env: Vec<String> = cfg.env.clone();
+        for e in &opts.env {
+            let Some((k, _)) = e.split_once('=') else {
+                return Err(RuntimeError::Invalid(format!("env {e:?} is not KEY=VALUE")));
+            };
+            env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
+            env.push(e.clone());
+        }
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        }
+        let hostname = opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string());
+        env.push(format!("HOSTNAME={hostname}"));
+        let user_spec = opts.user.clone().unwrap_or_else(|| cfg.user.clone());
+        let (uid, gid, additional_gids) = user::resolve(&layers, &user_spec)
+            .map_err(|e| RuntimeError::Invalid(format!("user {user_spec:?}: {e}")))?;
+        if !env.iter().any(|e| e.starts_with("HOME=")) {
+            env.push(format!(
+                "HOME={}",
+                user::home(&layers, uid).unwrap_or_else(|| "/".into())
+            ));
+        }
+        let cwd = opts.workdir.clone().unwrap_or_else(|| {
+            if cfg.working_dir.is_empty() {
+                "/".into()
+            } else {
+                cfg.working_dir.clone()
+            }
+        });
+        if !cwd.starts_with('/') {
+            return Err(RuntimeError::Invalid(format!(
+                "workdir {cwd:?} must be absolute"
+            )));
+        }
+        let spec = ContainerSpec {
+            id: id.clone(),
+            name: name.clone(),
+            image: opts.image.clone(),
+            image_id: image.config_digest.to_string(),
+            layers,
+            process: ProcessSpec {
+                args,
+                env,
+                cwd,
+                uid,
+                gid,
+                additional_gids,
+            },
+            hostname: hostname.clone(),
+            limits: Limits {
+                memory: opts.memory.map(|m| m.bytes()),
+                cpu_millis: opts.cpus.map(|c| c.millis()),
+                pids: opts.pids,
+            },
+            security,
+            network: opts.network.unwrap_or(NetworkMode::None),
+            restart: opts.restart.unwrap_or(RestartPolicy::Never),
+            stop_timeout_ms: opts.stop_timeout_ms.unwrap_or(10_000),
+            log_max_bytes: DEFAULT_LOG_MAX,
+            cgroup: format!("{CGROUP_PARENT}/{id}"),
+            labels: opts.labels.clone(),
+        };
+        let dir = self.dir(&id);
+        let result = (|| -> Result<ContainerRecord, RuntimeError> {
+            for d in ["upper", "work", "rootfs"] {
+                std::fs::create_dir_all(dir.join(d)).map_err(internal)?;
+            }
+            std::fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(internal)?;
+            std::fs::write(
+                dir.join("hosts"),
+                format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+            )
+            .map_err(internal)?;
+            std::fs::write(dir.join("resolv.conf"), resolv_conf()).map_err(internal)?;
+            ContainerCgroup::create(&spec.cgroup, &spec.limits).map_err(RuntimeError::Internal)?;
+            write_json(&dir, shim::CONFIG, &spec).map_err(internal)?;
+            let record = ContainerRecord {
+                id: id.clone(),
+                name: name.clone(),
+                image: opts.image.clone(),
+                created_ms: shim::now_ms(),
+                state: State::Created,
+                pid: None,
+                shim_pid: None,
+                started_ms: None,
+                finished_ms: None,
+                exit_code: None,
+                reason: None,
+                message: None,
+                restarts: 0,
+                restart: spec.restart,
+                auto_remove: opts.auto_remove,
+            };
+            self.records.put(&record, true).map_err(internal)?;
+            Ok(record)
+        })();
+        if result.is_err() {
+            let _ = ContainerCgroup::load(&spec.cgroup).delete();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let record = result?;
+        let (tx, _) = watch::channel(record.clone());
+        self.live.lock().expect("lock").insert(
+            id,
+            Live {
+                tx,
+                stopping: false,
+            },
+        );
+        tracing::info!(container = %record.name, id = %record.id, image = %record.image, "created");
+        Ok(record)
+    }
+
+    fn update(&self, record: &ContainerRecord) {
+        let _ = self.records.put(record, false);
+        if let Some(l) = self.live.lock().expect("lock").get(&record.id) {
+            l.tx.send_replace(record.clone());
+        }
+    }
+
+    /// Starts a created (or exited) container.
+    ///
+    /// Boxed because starting and exiting call each other (restarts).
+    pub fn start(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<ContainerRecord, RuntimeError>>
+                + Send
+                + 'static,
+        >,
+    > {
+        let rt = Arc::clone(self);
+        let key = key.to_string();
+        Box::pin(async move { rt.start_inner(&key).await })
+    }
+
+    async fn start_inner(self: &Arc<Self>, key: &str) -> Result<ContainerRecord, RuntimeError> {
+        let mut record = self.resolve(key)?;
+        if matches!(record.state, State::Running) {
+            return Ok(record);
+        }
+        if let Some(l) = self.live.lock().expect("lock").get_mut(&record.id) {
+            l.stopping = false;
+        }
+        let dir = self.dir(&record.id);
+        let _ = std::fs::remove_file(dir.join(EXIT));
+        let _ = std::fs::remove_file(dir.join(STATE));
+        let exe = self.shim_exe.clone();
+        let shim_dir = dir.clone();
+        let (child, report) = tokio::task::spawn_blocking(move || spawn_shim(&exe, &shim_dir))
+            .await
+            .map_err(internal)??;
+        match report {
+            StartReport::Started { pid, shim_pid } => {
+                record.state = State::Running;
+                record.pid = Some(pid);
+                record.shim_pid = Some(shim_pid);
+                record.started_ms = Some(shim::now_ms());
+                record.finished_ms = None;
+                record.exit_code = None;
+                record.reason = None;
+                record.message = None;
+                self.update(&record);
+                tracing::info!(container = %record.name, pid, "started");
+                let rt = Arc::clone(self);
+                let id = record.id.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let mut child = child;
+                        child.wait()
+                    })
+                    .await;
+                    rt.on_exit(&id).await;
+                });
+                Ok(record)
+            }
+            StartReport::Failed { error } => {
+                let mut child = child;
+                let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                record.state = State::Exited;
+                record.exit_code = Some(127);
+                record.reason = Some("failed-to-start".into());
+                record.message = Some(error.clone());
+                record.finished_ms = Some(shim::now_ms());
+                self.update(&record);
+                tracing::warn!(container = %record.name, error = %error, "failed to start");
+                Err(RuntimeError::StartFailed {
+                    name: record.name,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// The shim of a container ended: record how, and restart if the
+    /// policy says so.
+    async fn on_exit(self: &Arc<Self>, id: &str) {
+        let Ok(mut record) = self.resolve(id) else {
+            return;
+        };
+        let dir = self.dir(id);
+        match read_json::<ExitRecord>(&dir, EXIT) {
+            Some(exit) => {
+                record.exit_code = Some(exit.exit_code);
+                record.reason = Some(exit.reason().to_string());
+                record.finished_ms = Some(exit.finished_unix_ms);
+            }
+            None => {
+                record.exit_code = Some(255);
+                record.reason = Some("lost".into());
+                record.message =
+                    Some("the container's supervisor ended without recording an exit".into());
+                record.finished_ms = Some(shim::now_ms());
+            }
+        }
+        record.state = State::Exited;
+        record.pid = None;
+        record.shim_pid = None;
+        tracing::info!(container = %record.name, exit_code = ?record.exit_code, reason = ?record.reason, "exited");
+        let stopping = self
+            .live
+            .lock()
+            .expect("lock")
+            .get(id)
+            .is_none_or(|l| l.stopping);
+        let restart = !stopping
+            && match record.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => record.exit_code != Some(0),
+                RestartPolicy::Never => false,
+            };
+        if record.auto_remove && !restart {
+            self.update(&record);
+            let _ = self.remove(id, true).await;
+            return;
+        }
+        if !restart {
+            self.update(&record);
+            return;
+        }
+        // Exponential back-off: 100 ms doubling to 10 s; a container that
+        // ran for 10 s or more starts over at 100 ms.
+        let ran_ms = record.finished_ms.unwrap_or(0) - record.started_ms.unwrap_or(0);
+        let attempt = if ran_ms >= 10_000 {
+            0
+        } else {
+            record.restarts.min(7)
+        };
+        let delay = Duration::from_millis((100u64 << attempt).min(10_000));
+        record.state = State::Restarting;
+        record.restarts += 1;
+        self.update(&record);
+        let rt = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let still = rt
+                .live
+                .lock()
+                .expect("lock")
+                .get(&id)
+                .is_some_and(|l| !l.stopping);
+            if still && let Err(e) = rt.start(&id).await {
+                tracing::warn!(container = %id, error = %e, "restart failed");
+            }
+        });
+    }
+
+    /// Waits until the container is not running; returns how it ended.
+    pub async fn wait(&self, key: &str) -> Result<ExitInfo, RuntimeError> {
+        let record = self.resolve(key)?;
+        let mut rx = {
+            let live = self.live.lock().expect("lock");
+            match live.get(&record.id) {
+                Some(l) => l.tx.subscribe(),
+                None => return Err(RuntimeError::NotFound(key.into())),
+            }
+        };
+        let r = rx
+            .wait_for(|r| {
+                matches!(r.state, State::Exited | State::Created) && r.exit_code.is_some()
+            })
+            .await
+            .map(|r| r.clone());
+        let r = match r {
+            Ok(r) => r,
+            // The record was removed (auto-remove): its last value stands.
+            Err(_) => rx.borrow().clone(),
+        };
+        Ok(ExitInfo {
+            exit_code: r.exit_code.unwrap_or(255),
+            reason: r.reason.unwrap_or_else(|| "exited".into()),
+            message: r.message,
+        })
+    }
+
+    /// Sends a signal to the container's first process.
+    pub fn kill(&self, key: &str, signal: nix::sys::signal::Signal) -> Result<(), RuntimeError> {
+        let record = self.resolve(key)?;
+        let Some(pid) = record.pid.filter(|_| record.state == State::Running) else {
+            return Err(RuntimeError::Invalid(format!(
+                "container {} is not running",
+                record.name
+            )));
+        };
+        if let Some(l) = self.live.lock().expect("lock").get_mut(&record.id) {
+            l.stopping = true;
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(internal)
+    }
+
+    /// SIGTERM, then SIGKILL to every process after `timeout`.
+    pub async fn stop(
+        &self,
+        key: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ExitInfo, RuntimeError> {
+        let record = self.resolve(key)?;
+        if let Some(l) = self.live.lock().expect("lock").get_mut(&record.id) {
+            l.stopping = true;
+        }
+        if record.state == State::Running {
+            let spec: Option<ContainerSpec> = read_json(&self.dir(&record.id), shim::CONFIG);
+            let timeout = timeout.unwrap_or_else(|| {
+                Duration::from_millis(spec.as_ref().map_or(10_000, |s| s.stop_timeout_ms))
+            });
+            if let Some(pid) = record.pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            if tokio::time::timeout(timeout, self.wait(&record.id))
+                .await
+                .is_err()
+                && let Some(spec) = spec
+            {
+                tracing::info!(container = %record.name, "stop timeout: killing");
+                ContainerCgroup::load(&spec.cgroup).kill_all();
+            }
+        }
+        self.wait(&record.id).await
+    }
+
+    /// Removes a container and everything it had on the host.
+    pub async fn remove(&self, key: &str, force: bool) -> Result<(), RuntimeError> {
+        let record = self.resolve(key)?;
+        if matches!(record.state, State::Running | State::Restarting) {
+            if !force {
+                return Err(RuntimeError::Running(record.name));
+            }
+            if let Some(l) = self.live.lock().expect("lock").get_mut(&record.id) {
+                l.stopping = true;
+            }
+            if record.state == State::Running {
+                self.stop(&record.id, Some(Duration::ZERO)).await?;
+            }
+        }
+        let dir = self.dir(&record.id);
+        if let Some(spec) = read_json::<ContainerSpec>(&dir, shim::CONFIG) {
+            let cg = ContainerCgroup::load(&spec.cgroup);
+            for _ in 0..100 {
+                if cg.is_empty() {
+                    break;
+                }
+                cg.kill_all();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cg.delete().map_err(RuntimeError::Internal)?;
+        }
+        std::fs::remove_dir_all(&dir)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(internal)?;
+        self.records.remove(&record.id).map_err(internal)?;
+        self.live.lock().expect("lock").remove(&record.id);
+        tracing::info!(container = %record.name, "removed");
+        Ok(())
+    }
+
+    /// The path of a container's log file.
+    pub fn log_path(&self, key: &str) -> Result<(ContainerRecord, PathBuf), RuntimeError> {
+        let record = self.resolve(key)?;
+        let path = self.dir(&record.id).join(shim::LOG);
+        Ok((record, path))
+    }
+
+    /// Layers (diff ids) that containers use, kept by image GC.
+    pub fn layers_in_use(&self) -> Vec<PathBuf> {
+        self.records
+            .all()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| read_json::<ContainerSpec>(&self.dir(&r.id), shim::CONFIG))
+            .flat_map(|s| s.layers)
+            .collect()
+    }
+
+    /// After an agent restart: containers whose shim still runs are watched
+    /// again; those that ended meanwhile get their recorded exit.
+    async fn adopt(self: &Arc<Self>) -> Result<(), RuntimeError> {
+        for record in self.records.all().map_err(internal)? {
+            let (tx, _) = watch::channel(record.clone());
+            self.live.lock().expect("lock").insert(
+                record.id.clone(),
+                Live {
+                    tx,
+                    stopping: false,
+                },
+            );
+            if !matches!(record.state, State::Running | State::Restarting) {
+                continue;
+            }
+            let dir = self.dir(&record.id);
+            let state: Option<RunState> = read_json(&dir, STATE);
+            match state.and_then(|s| shim_alive(s.shim_pid, &dir).then_some(s)) {
+                Some(s) => {
+                    tracing::info!(container = %record.name, pid = s.pid, "re-adopted");
+                    let mut r = record.clone();
+                    r.state = State::Running;
+                    r.pid = Some(s.pid);
+                    r.shim_pid = Some(s.shim_pid);
+                    self.update(&r);
+                    let rt = Arc::clone(self);
+                    let id = record.id.clone();
+                    tokio::spawn(async move {
+                        wait_pid_exit(s.shim_pid).await;
+                        rt.on_exit(&id).await;
+                    });
+                }
+                None => {
+                    // Ended while the agent was away (or restarting was due).
+                    let rt = Arc::clone(self);
+                    let id = record.id.clone();
+                    rt.on_exit(&id).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `pid` is still the shim of the container in `dir`.
+fn shim_alive(pid: i32, dir: &Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("__shim") && c.contains(&*dir.to_string_lossy())
+        })
+        .unwrap_or(false)
+}
+
+/// Waits for a process that is not our child to exit (pidfd).
+async fn wait_pid_exit(pid: i32) {
+    // SAFETY: pidfd_open has no memory-safety preconditions.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the kernel just returned this fd to us; we own it.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the pidfd; nothing else closes or reuses it.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    };
+    if let Ok(afd) = afd {
+        let _ = afd.readable().await;
+    }
+}
+
+/// Starts a shim and reads its start report (blocking).
+fn spawn_shim(exe: &Path, dir: &Path) -> Result<(std::process::Child, StartReport), RuntimeError> {
+    use std::os::unix::process::CommandExt;
+    let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(internal)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__shim")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(shim_log)
+        .env_clear()
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| internal(format!("start the shim {}: {e}", exe.display())))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| internal("shim has no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(internal)?;
+    let report = serde_json::from_str(&line).unwrap_or_else(|_| StartReport::Failed {
+        error: format!(
+            "the shim ended without a report: {}",
+            std::fs::read_to_string(dir.join("shim.log"))
+                .unwrap_or_default()
+                .trim()
+        ),
+    });
+    Ok((child, report))
+}
+
+/// The host's resolver configuration, minus loopback name servers that do
+/// not work inside the container's own network namespace.
+fn resolv_conf() -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut out = String::new();
+    for line in host.lines() {
+        let loopback = line
+            .strip_prefix("nameserver")
+            .map(str::trim)
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_loopback());
+        if !loopback {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}

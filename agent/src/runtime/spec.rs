@@ -1,0 +1,73 @@
+//! What one container runs, fully resolved: written to the container's
+//! directory as `config.json` by the agent, read by its shim.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use skiff_proto::{NetworkMode, RestartPolicy};
+
+/// The process a container runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the container's PATH if it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+}
+
+/// Resource limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Hard memory limit in bytes (swap is not allowed on top).
+    pub memory: Option<u64>,
+    /// CPU quota in millicores (1000 = one core).
+    pub cpu_millis: Option<u64>,
+    /// Most processes and threads.
+    pub pids: Option<u64>,
+}
+
+/// How far a container is hardened; relaxed only by explicit options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// All capabilities, no seccomp, writable /proc/sys and /sys, host devices.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Capabilities added to the default set (`NET_ADMIN`, …).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from it (`ALL` removes every one).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+}
+
+/// A container's complete configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub id: String,
+    pub name: String,
+    /// The image as named by the user, and its id.
+    pub image: String,
+    pub image_id: String,
+    /// overlayfs lower dirs, top first.
+    pub layers: Vec<PathBuf>,
+    pub process: ProcessSpec,
+    pub hostname: String,
+    pub limits: Limits,
+    pub security: Security,
+    pub network: NetworkMode,
+    pub restart: RestartPolicy,
+    /// Milliseconds between SIGTERM and SIGKILL on stop.
+    pub stop_timeout_ms: u64,
+    /// Rotate the log file past this size.
+    pub log_max_bytes: u64,
+    /// cgroup path relative to the hierarchy root, e.g. `skiff/<id>`.
+    pub cgroup: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
