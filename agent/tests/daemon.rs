@@ -1,97 +1,18 @@
 //! The `skiff-agent` binary as an operator uses it: the daemon on a socket,
 //! and the image commands against it. Runs as root.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{Agent, BIN};
 
 use skiff_test_support::images::{OciImage, push_transport};
 use skiff_test_support::layout::{Layout, RawTar};
 use skiff_test_support::procs::ChildGuard;
 use skiff_test_support::registry::Registry;
 use skiff_test_support::tools::require_root;
-
-const BIN: &str = env!("CARGO_BIN_EXE_skiff-agent");
-
-struct Agent {
-    state: PathBuf,
-    socket: PathBuf,
-    process: Option<ChildGuard>,
-}
-
-impl Agent {
-    fn start(dir: &Path) -> Self {
-        std::fs::write(
-            dir.join("state.toml"),
-            "[images]\nconcurrent_downloads = 2\n",
-        )
-        .unwrap();
-        let mut a = Agent {
-            state: dir.join("state"),
-            socket: dir.join("agent.sock"),
-            process: None,
-        };
-        a.restart();
-        a
-    }
-
-    fn restart(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.state.with_extension("log"))
-            .unwrap();
-        let child = ChildGuard::spawn(
-            "skiff-agent",
-            Command::new(BIN)
-                .args(["serve", "--name", "test-node", "--state-dir"])
-                .arg(&self.state)
-                .arg("--socket")
-                .arg(&self.socket)
-                .arg("--config")
-                .arg(self.state.with_extension("toml"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log),
-        )
-        .unwrap();
-        self.process = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "agent did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "skiff-agent {args:?} failed: {}\nagent log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
 
 fn images_json(agent: &Agent) -> Vec<serde_json::Value> {
     serde_json::from_str(&agent.ok(&["images", "-o", "json"])).unwrap()

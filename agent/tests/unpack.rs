@@ -746,6 +746,43 @@ fn replacing_entries_never_writes_through_them() {
 }
 
 #[test]
+fn deep_trees_beyond_the_parent_cache() {
+    require_root();
+    let sb = Sandbox::new();
+    let deep = "d/".repeat(300);
+    let mut l = Layer::new();
+    for (name, data) in [("a", &b"a"[..]), ("b", b"b")] {
+        l.pax(&[("path", format!("{deep}{name}").as_bytes())]);
+        l.file("placeholder", data);
+    }
+    l.pax(&[("path", format!("{deep}hl").as_bytes())]);
+    l.hardlink("placeholder", "d/d/../../x");
+    let layer = l.finish();
+    let err = sb.unpack(&layer, &UnpackLimits::default());
+    assert!(matches!(err, Err(UnpackError::Refused { .. })), "{err:?}");
+
+    let sb = Sandbox::new();
+    let mut l = Layer::new();
+    for (name, data) in [("a", &b"a"[..]), ("b", b"b")] {
+        l.pax(&[("path", format!("{deep}{name}").as_bytes())]);
+        l.file("placeholder", data);
+    }
+    l.pax(&[
+        ("path", format!("{deep}hl").as_bytes()),
+        ("linkpath", format!("{deep}a").as_bytes()),
+    ]);
+    l.hardlink("placeholder", "placeholder");
+    l.pax(&[("linkpath", format!("{deep}b").as_bytes())]);
+    l.hardlink("top", "placeholder");
+    sb.unpack(&l.finish(), &UnpackLimits::default()).unwrap();
+    let dir = sb.dest.join(&deep);
+    assert_eq!(fs::read(dir.join("b")).unwrap(), b"b");
+    assert_eq!(fs::read(dir.join("hl")).unwrap(), b"a");
+    assert_eq!(fs::symlink_metadata(dir.join("a")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(sb.dest.join("top")).unwrap(), b"b");
+}
+
+#[test]
 fn devices_when_allowed() {
     require_root();
     let sb = Sandbox::new();

@@ -41,8 +41,13 @@ fn err(what: &str, e: impl std::fmt::Display) -> InitError {
 
 /// The capabilities the container keeps.
 pub fn effective_set(sec: &Security) -> Result<CapsHashSet, InitError> {
+    // Everything the agent itself holds: a container cannot get more.
+    let supported = || {
+        caps::read(None, CapSet::Permitted)
+            .unwrap_or_else(|_| caps::runtime::thread_all_supported())
+    };
     if sec.privileged {
-        return Ok(caps::all());
+        return Ok(supported());
     }
     let mut set: CapsHashSet = DEFAULT.iter().copied().collect();
     for name in &sec.cap_drop {
@@ -57,7 +62,7 @@ pub fn effective_set(sec: &Security) -> Result<CapsHashSet, InitError> {
     }
     for name in &sec.cap_add {
         if name.eq_ignore_ascii_case("ALL") {
-            set = caps::all();
+            set = supported();
         } else {
             set.insert(
                 parse(name).ok_or_else(|| err("cap_add", format!("unknown capability {name}")))?,

@@ -721,8 +721,9 @@ impl Runtime {
             .collect()
     }
 
-    /// After an agent restart: containers whose shim still runs are watched
-    /// again; those that ended meanwhile get their recorded exit.
+    /// After an agent restart, the container directories say what happened:
+    /// containers whose shim still runs are watched again; those that ended
+    /// meanwhile get their recorded exit (and their restart policy).
     async fn adopt(self: &Arc<Self>) -> Result<(), RuntimeError> {
         for record in self.records.all().map_err(internal)? {
             let (tx, _) = watch::channel(record.clone());
@@ -733,32 +734,39 @@ impl Runtime {
                     stopping: false,
                 },
             );
-            if !matches!(record.state, State::Running | State::Restarting) {
-                continue;
-            }
             let dir = self.dir(&record.id);
             let state: Option<RunState> = read_json(&dir, STATE);
-            match state.and_then(|s| shim_alive(s.shim_pid, &dir).then_some(s)) {
-                Some(s) => {
-                    tracing::info!(container = %record.name, pid = s.pid, "re-adopted");
-                    let mut r = record.clone();
-                    r.state = State::Running;
-                    r.pid = Some(s.pid);
-                    r.shim_pid = Some(s.shim_pid);
-                    self.update(&r);
-                    let rt = Arc::clone(self);
-                    let id = record.id.clone();
-                    tokio::spawn(async move {
-                        wait_pid_exit(s.shim_pid).await;
-                        rt.on_exit(&id).await;
-                    });
-                }
-                None => {
-                    // Ended while the agent was away (or restarting was due).
-                    let rt = Arc::clone(self);
-                    let id = record.id.clone();
+            let exit: Option<ExitRecord> = read_json(&dir, EXIT);
+            let alive = state.as_ref().filter(|s| shim_alive(s.shim_pid, &dir));
+            if let Some(s) = alive {
+                tracing::info!(container = %record.name, pid = s.pid, "re-adopted");
+                let mut r = record.clone();
+                r.state = State::Running;
+                r.pid = Some(s.pid);
+                r.shim_pid = Some(s.shim_pid);
+                r.started_ms = Some(s.started_unix_ms);
+                self.update(&r);
+                let rt = Arc::clone(self);
+                let id = record.id.clone();
+                let shim_pid = s.shim_pid;
+                tokio::spawn(async move {
+                    wait_pid_exit(shim_pid).await;
                     rt.on_exit(&id).await;
+                });
+                continue;
+            }
+            let new_exit = exit
+                .as_ref()
+                .is_some_and(|e| record.finished_ms != Some(e.finished_unix_ms));
+            let was_up = matches!(record.state, State::Running | State::Restarting);
+            if new_exit || was_up {
+                // Ended while the agent was away (or its supervisor was lost).
+                if let Some(s) = &state {
+                    let mut r = record.clone();
+                    r.started_ms = Some(s.started_unix_ms);
+                    self.update(&r);
                 }
+                self.on_exit(&record.id).await;
             }
         }
         Ok(())

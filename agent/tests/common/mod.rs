@@ -1,0 +1,127 @@
+//! A `skiff-agent serve` on a temporary socket and state dir, for tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use skiff_test_support::procs::ChildGuard;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_skiff-agent");
+
+pub struct Agent {
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub process: Option<ChildGuard>,
+}
+
+impl Agent {
+    pub fn start(dir: &Path) -> Self {
+        std::fs::write(
+            dir.join("state.toml"),
+            "[images]\nconcurrent_downloads = 2\n",
+        )
+        .unwrap();
+        let mut a = Agent {
+            state: dir.join("state"),
+            socket: dir.join("agent.sock"),
+            process: None,
+        };
+        a.restart();
+        a
+    }
+
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.with_extension("log"))
+            .unwrap();
+        let child = ChildGuard::spawn(
+            "skiff-agent",
+            Command::new(BIN)
+                .args(["serve", "--name", "test-node", "--state-dir"])
+                .arg(&self.state)
+                .arg("--socket")
+                .arg(&self.socket)
+                .arg("--config")
+                .arg(self.state.with_extension("toml"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        )
+        .unwrap();
+        self.process = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "skiff-agent {args:?} failed: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Agent {
+    /// Builds the busybox test image and imports it; returns its name.
+    pub fn busybox(&self, work: &Path) -> String {
+        let image = skiff_test_support::images::OciImage::busybox(work, "test", &[]).unwrap();
+        self.ok(&[
+            "import",
+            image.layout.to_str().unwrap(),
+            "--name",
+            "skiff/busybox:test",
+        ]);
+        "skiff/busybox:test".to_string()
+    }
+
+    /// `inspect` as JSON.
+    pub fn inspect(&self, container: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", container])).unwrap()
+    }
+
+    /// Polls `inspect` until `f` holds (or fails the test after 20 s).
+    pub fn until(
+        &self,
+        container: &str,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.inspect(container);
+            if f(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{container}: never {what}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! Real containers as root: isolation, limits, hardening, supervision and
+//! cleanup, driven through the `skiff-agent` CLI.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Agent;
+use skiff_test_support::tools::require_root;
+
+fn setup() -> (tempfile::TempDir, Agent, String) {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let image = agent.busybox(&work);
+    (dir, agent, image)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn exit_codes_and_output() {
+    let (_d, agent, img) = setup();
+    let out = agent.cli(&[
+        "run",
+        "--rm",
+        &img,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    let out = agent.cli(&["run", "--rm", &img, "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    // --rm left nothing behind.
+    assert_eq!(agent.ok(&["ps", "-a", "-o", "json"]).trim(), "[]");
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_and_reported() {
+    let (_d, agent, img) = setup();
+    let out = agent.cli(&[
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "16m",
+        &img,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=128M",
+        "count=1",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    let v = agent.inspect("hog");
+    assert_eq!(v["reason"], "oom-killed", "{v}");
+    assert_eq!(v["limits"]["memory"], 16 << 20);
+    agent.ok(&["rm", "hog"]);
+}
+
+#[test]
+fn a_fork_bomb_is_held_by_the_pids_limit() {
+    let (_d, agent, img) = setup();
+    // Forks until the limit refuses more; the first process then stays.
+    let bomb = "for i in 1 2 3; do sh -c 'while true; do sleep 30 & done' 2>/dev/null & done; sleep 1; exec sleep 30";
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "bomb",
+        "--pids-limit",
+        "16",
+        &img,
+        "sh",
+        "-c",
+        bomb,
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = agent.inspect("bomb");
+    assert_eq!(v["state"], "running", "{v}");
+    let pids = v["usage"]["pids"].as_u64().unwrap();
+    assert!((2..=16).contains(&pids), "pids {pids}");
+    // The host stays responsive: another container starts and exits.
+    let out = agent.cli(&["run", "--rm", &img, "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    agent.ok(&["rm", "-f", "bomb"]);
+}
+
+#[test]
+fn a_process_ignoring_sigterm_is_killed_after_the_stop_timeout() {
+    let (_d, agent, img) = setup();
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "stubborn",
+        &img,
+        "sh",
+        "-c",
+        "trap '' TERM; while true; do sleep 1; done",
+    ]);
+    agent.until("stubborn", "running", |v| v["state"] == "running");
+    let t = Instant::now();
+    agent.ok(&["stop", "-t", "1", "stubborn"]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "stopped before the timeout"
+    );
+    let v = agent.inspect("stubborn");
+    assert_eq!(v["state"], "exited");
+    assert_eq!(v["reason"], "killed", "{v}");
+    assert_eq!(v["exit_code"], 137);
+    agent.ok(&["rm", "stubborn"]);
+}
+
+#[test]
+fn isolation_and_hardening_are_in_force() {
+    let (_d, agent, img) = setup();
+    // Only the container's own processes are visible.
+    let out = agent.ok(&["run", "--rm", &img, "ps", "-o", "pid,comm"]);
+    let pids: Vec<&str> = out.lines().skip(1).map(str::trim).collect();
+    assert_eq!(pids, vec!["1 ps"], "{out}");
+    // The default capability set, no_new_privs and seccomp filtering.
+    let status = agent.ok(&["run", "--rm", &img, "cat", "/proc/self/status"]);
+    let field = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .map(|l| l[k.len()..].trim().to_string())
+            .unwrap()
+    };
+    assert_eq!(field("CapEff:"), "00000000a80425fb");
+    assert_eq!(field("CapBnd:"), "00000000a80425fb");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    // Mounting and changing kernel settings are refused...
+    let mount = agent.cli(&["run", "--rm", &img, "mount", "-t", "tmpfs", "none", "/tmp"]);
+    assert_ne!(mount.status.code(), Some(0));
+    let sysctl = agent.cli(&[
+        "run",
+        "--rm",
+        &img,
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/kernel/sysrq",
+    ]);
+    assert_ne!(sysctl.status.code(), Some(0));
+    let masked = agent.ok(&[
+        "run",
+        "--rm",
+        &img,
+        "sh",
+        "-c",
+        "wc -c < /proc/timer_list; ls /proc/scsi | wc -l",
+    ]);
+    assert_eq!(masked, "0\n0\n", "masked paths are empty");
+    // ...unless explicitly allowed.
+    let privileged = agent.cli(&[
+        "run",
+        "--rm",
+        "--privileged",
+        &img,
+        "mount",
+        "-t",
+        "tmpfs",
+        "none",
+        "/tmp",
+    ]);
+    assert_eq!(
+        privileged.status.code(),
+        Some(0),
+        "{}",
+        text(&privileged.stderr)
+    );
+    let added = agent.ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYS_ADMIN",
+        &img,
+        "grep",
+        "CapEff",
+        "/proc/self/status",
+    ]);
+    assert!(added.contains("00000000a82425fb"), "{added}");
+}
+
+#[test]
+fn user_workdir_env_and_hostname() {
+    let (_d, agent, img) = setup();
+    let out = agent.ok(&[
+        "run",
+        "--rm",
+        "--user",
+        "app",
+        "--workdir",
+        "/tmp",
+        "-e",
+        "GREETING=hi",
+        "--hostname",
+        "box",
+        &img,
+        "sh",
+        "-c",
+        "id -u; id -g; pwd; echo $GREETING; hostname; cat /etc/hostname",
+    ]);
+    assert_eq!(out, "1000\n1000\n/tmp\nhi\nbox\nbox\n");
+    let nobody = agent.cli(&["run", "--rm", "--user", "ghost", &img, "true"]);
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(
+        text(&nobody.stderr)
+            .contains("user \"ghost\": no user \"ghost\" in the image's /etc/passwd"),
+        "{}",
+        text(&nobody.stderr)
+    );
+}
+
+#[test]
+fn bad_input_leaves_no_container_behind() {
+    let (_d, agent, img) = setup();
+    for (args, want) in [
+        (
+            vec!["run", "--rm", "no/such:image", "true"],
+            "no such image: no/such:image",
+        ),
+        (
+            vec!["run", "--rm", "--memory", "1k", img.as_str(), "true"],
+            "memory 1Ki: the minimum is 4Mi",
+        ),
+        (
+            vec!["run", "--rm", img.as_str(), "/no/such/program"],
+            "failed to start: exec /no/such/program",
+        ),
+        (
+            vec!["run", "--rm", img.as_str(), "nosuchcmd"],
+            "executable file not found in $PATH: nosuchcmd",
+        ),
+    ] {
+        let out = agent.cli(&args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert_eq!(agent.ok(&["ps", "-a", "-o", "json"]).trim(), "[]");
+    assert!(
+        std::fs::read_dir(agent.state.join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn nothing_is_left_behind_after_rm() {
+    let (_d, agent, img) = setup();
+    let id = agent
+        .ok(&[
+            "run",
+            "-d",
+            "--memory",
+            "32m",
+            "--pids-limit",
+            "50",
+            &img,
+            "sleep",
+            "60",
+        ])
+        .trim()
+        .to_string();
+    agent.until(&id, "running", |v| v["state"] == "running");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&id),
+        "the container's mounts are only in its own namespace"
+    );
+    agent.ok(&["rm", "-f", &id]);
+    assert!(!agent.state.join("containers").join(&id).exists());
+    for ctrl in ["memory", "pids", "cpu"] {
+        let cg = std::path::Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join("skiff")
+            .join(&id);
+        let v2 = std::path::Path::new("/sys/fs/cgroup/skiff").join(&id);
+        assert!(!cg.exists() && !v2.exists(), "cgroup {} left", cg.display());
+    }
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&id)
+    );
+}
+
+#[test]
+fn containers_survive_kill_9_of_the_agent_and_are_re_adopted() {
+    let (_d, mut agent, img) = setup();
+    let counter = agent
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "counter",
+            &img,
+            "sh",
+            "-c",
+            "i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done",
+        ])
+        .trim()
+        .to_string();
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quitter",
+        &img,
+        "sh",
+        "-c",
+        "sleep 1; exit 7",
+    ]);
+    let before = agent.until("counter", "running", |v| v["state"] == "running");
+    std::thread::sleep(Duration::from_millis(300));
+
+    agent.process.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.restart();
+
+    let after = agent.until("counter", "re-adopted", |v| v["state"] == "running");
+    assert_eq!(
+        after["pid"], before["pid"],
+        "the same process, not a new copy"
+    );
+    let quitter = agent.until("quitter", "exited", |v| v["state"] == "exited");
+    assert_eq!(
+        quitter["exit_code"], 7,
+        "the exit code from while the agent was away is kept"
+    );
+    assert_eq!(quitter["reason"], "exited");
+    // Logs are continuous across the agent's absence.
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = agent.ok(&["logs", &counter]);
+    let numbers: Vec<u64> = logs.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(numbers.len() > 15, "{logs}");
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(*n, i as u64, "a gap or duplicate in the logs");
+    }
+    // Exactly one copy runs.
+    let running: Vec<serde_json::Value> =
+        serde_json::from_str(&agent.ok(&["ps", "-o", "json"])).unwrap();
+    assert_eq!(running.len(), 1);
+    agent.ok(&["rm", "-f", "counter", "quitter"]);
+}
+
+#[test]
+fn restart_policies_restart_with_back_off() {
+    let (_d, agent, img) = setup();
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure",
+        &img,
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    let v = agent.until("flaky", "restarted twice", |v| {
+        v["restarts"].as_u64().unwrap_or(0) >= 2
+    });
+    assert_eq!(v["restart"], "on-failure");
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "done",
+        "--restart",
+        "on-failure",
+        &img,
+        "true",
+    ]);
+    let v = agent.until("done", "exited", |v| v["state"] == "exited");
+    assert_eq!(
+        v["restarts"], 0,
+        "a clean exit is not restarted under on-failure"
+    );
+    agent.ok(&["rm", "-f", "flaky", "done"]);
+}
