@@ -185,7 +185,8 @@ pub struct UnpackLimits {
     /// Total size of regular-file contents (and of any data attached to
     /// other entries, which is read and discarded).
     pub max_bytes: u64,
-    /// Number of tar entries (metadata-only PAX/GNU headers not counted).
+    /// Number of tar entries, whiteouts included (PAX extended headers and
+    /// GNU long-name headers belong to their entry and are not counted).
     pub max_entries: u64,
     /// Whether character and block devices from the image are created.
     /// FIFOs and whiteouts are always created.
