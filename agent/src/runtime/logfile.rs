@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_795_000_000, 5);
-        assert_eq!(rfc3339(t), "2026-11-18T07:06:40.000000005Z");
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.000000005Z");
         assert_eq!(
             rfc3339(std::time::UNIX_EPOCH),
             "1970-01-01T00:00:00.000000000Z"
