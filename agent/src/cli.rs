@@ -165,6 +165,10 @@ pub struct RunArgs {
     /// Drop a capability (or ALL).
     #[arg(long)]
     cap_drop: Vec<String>,
+    /// Rotate the container's log file past this size (like Docker's
+    /// `--log-opt max-size`): 10m, 512k [default: 10m].
+    #[arg(long, value_parser = parse_memory)]
+    log_max_size: Option<skiff_proto::ByteSize>,
     /// The image.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -608,6 +612,7 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         cap_drop: a.cap_drop,
         labels: Default::default(),
         auto_remove: a.rm,
+        log_max_bytes: a.log_max_size.map(|b| b.bytes()),
     };
     let req = RunRequest {
         options,

@@ -68,8 +68,9 @@ fn a_memory_hog_is_oom_killed_and_reported() {
 #[test]
 fn a_fork_bomb_is_held_by_the_pids_limit() {
     let (_d, agent, img) = setup();
-    // Forks until the limit refuses more; the first process then stays.
-    let bomb = "for i in 1 2 3; do sh -c 'while true; do sleep 30 & done' 2>/dev/null & done; sleep 1; exec sleep 30";
+    // Forks until the limit refuses more. The first process forks once,
+    // before the bomb can use up the limit, then stays.
+    let bomb = "sh -c 'while true; do sleep 30 & done' 2>/dev/null & exec sleep 30";
     agent.ok(&[
         "run",
         "-d",
@@ -392,4 +393,50 @@ fn restart_policies_restart_with_back_off() {
         "a clean exit is not restarted under on-failure"
     );
     agent.ok(&["rm", "-f", "flaky", "done"]);
+}
+
+#[test]
+fn logs_are_json_lines_rotated_by_size() {
+    let (_d, agent, img) = setup();
+    let out = agent.cli(&[
+        "run",
+        "--name",
+        "chatty",
+        "--log-max-size",
+        "4k",
+        &img,
+        "sh",
+        "-c",
+        "i=1; while [ $i -le 300 ]; do echo \"line $i \\\"quoted\\\"\"; i=$((i+1)); done; printf 'no newline\\tend' >&2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = agent.inspect("chatty")["id"].as_str().unwrap().to_string();
+    let dir = agent.state.join("containers").join(&id);
+    let current = std::fs::read_to_string(dir.join("container.log")).unwrap();
+    let old = std::fs::read_to_string(dir.join("container.log.1")).unwrap();
+    assert!(current.len() <= 4096, "{} bytes", current.len());
+    assert!(!old.is_empty() && old.len() <= 4096);
+    // Every line is a JSON object with an RFC 3339 time and the stream.
+    for line in old.lines().chain(current.lines()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let time = v["time"].as_str().unwrap();
+        assert!(
+            time.len() == 30 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+            "{time}"
+        );
+        assert!(v["stream"] == "stdout" || v["stream"] == "stderr", "{v}");
+    }
+    // `logs` shows what rotation kept, in order, ending with the last
+    // lines; older lines are gone.
+    let logs = agent.cli(&["logs", "chatty"]);
+    let stdout = text(&logs.stdout);
+    assert!(stdout.ends_with("line 300 \"quoted\"\n"), "{stdout}");
+    assert!(!stdout.contains("line 1 "));
+    let numbers: Vec<u32> = stdout
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    assert_eq!(text(&logs.stderr), "no newline\tend");
+    agent.ok(&["rm", "chatty"]);
 }

@@ -208,6 +208,12 @@ pub async fn logs(
     let file = std::fs::File::open(&path)
         .map_err(|e| ApiError::from(RuntimeError::Internal(format!("{}: {e}", path.display()))))?;
     let (tx, rx) = mpsc::unbounded_channel();
+    // What rotation kept comes first, as `docker logs` shows it.
+    if let Ok(old) = std::fs::read_to_string(crate::runtime::logfile::rotated(&path)) {
+        for log in old.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+            let _ = tx.send(OutputLine::Log { log });
+        }
+    }
     tokio::spawn(follow(
         Arc::clone(&s.runtime),
         record.id,

@@ -1,9 +1,8 @@
 //! Container log files: one JSON object per line,
 //! `{"time":"2026-11-28T05:00:00.123456789Z","stream":"stdout","log":"hi\n"}`,
-//! rotated by size (`container.log` → `container.log.1`).
+//! rotated by size (`container.log` → `container.log.1`). The supervisor
+//! (agent/shim/main.rs) writes them; the agent reads them.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,116 +15,9 @@ pub struct LogLine {
     pub log: String,
 }
 
-/// RFC 3339 UTC time with nanoseconds, without a date library.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
-}
-
-/// Appends log lines, rotating past `max_bytes`.
-#[derive(Debug)]
-pub struct LogWriter {
-    path: PathBuf,
-    file: File,
-    size: u64,
-    max_bytes: u64,
-}
-
-impl LogWriter {
-    pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let size = file.metadata()?.len();
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            size,
-            max_bytes,
-        })
-    }
-
-    /// Writes one line (the text keeps its newline, if it had one).
-    pub fn write(&mut self, stream: &str, text: &[u8]) -> std::io::Result<()> {
-        let line = LogLine {
-            time: rfc3339(std::time::SystemTime::now()),
-            stream: stream.to_string(),
-            log: String::from_utf8_lossy(text).into_owned(),
-        };
-        let mut buf = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-        buf.push(b'\n');
-        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
-            self.rotate()?;
-        }
-        self.file.write_all(&buf)?;
-        self.size += buf.len() as u64;
-        Ok(())
-    }
-
-    fn rotate(&mut self) -> std::io::Result<()> {
-        let old = rotated(&self.path);
-        std::fs::rename(&self.path, &old)?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        self.size = 0;
-        Ok(())
-    }
-}
-
 /// The path of the previous log file.
 pub fn rotated(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".1");
     PathBuf::from(s)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_795_000_000, 5);
-        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.000000005Z");
-        assert_eq!(
-            rfc3339(std::time::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000000000Z"
-        );
-        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
-        assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
-    }
-
-    #[test]
-    fn rotates_by_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("container.log");
-        let mut w = LogWriter::open(&path, 300).unwrap();
-        for i in 0..10 {
-            w.write("stdout", format!("line {i}\n").as_bytes()).unwrap();
-        }
-        let current = std::fs::read_to_string(&path).unwrap();
-        let old = std::fs::read_to_string(rotated(&path)).unwrap();
-        assert!(current.len() <= 300 && !old.is_empty());
-        let last: LogLine = serde_json::from_str(current.lines().last().unwrap()).unwrap();
-        assert_eq!(last.log, "line 9\n");
-        assert_eq!(last.stream, "stdout");
-    }
 }

@@ -110,6 +110,9 @@ pub struct RunOptions {
     /// Remove the container when it exits.
     #[serde(default)]
     pub auto_remove: bool,
+    /// Rotate the log file past this size (default 10 MiB).
+    #[serde(default)]
+    pub log_max_bytes: Option<u64>,
 }
 
 /// How a container ended, as `wait` returns it.
@@ -150,6 +153,7 @@ pub struct Runtime {
     records: Records,
     live: Mutex<HashMap<String, Live>>,
     shim_exe: PathBuf,
+    supervisor: PathBuf,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -186,12 +190,15 @@ impl Runtime {
         std::fs::create_dir_all(&root).map_err(internal)?;
         let records = Records::open(&state_dir.join("containers.redb")).map_err(internal)?;
         let shim_exe = std::env::current_exe().map_err(internal)?;
+        let supervisor = shim::install_supervisor(&state_dir.join("bin"))
+            .map_err(|e| internal(format!("install skiff-shim: {e}")))?;
         let rt = Arc::new(Self {
             root,
             images,
             records,
             live: Mutex::new(HashMap::new()),
             shim_exe,
+            supervisor,
         });
         rt.adopt().await?;
         Ok(rt)
@@ -286,6 +293,11 @@ impl Runtime {
         {
             return Err(RuntimeError::Invalid("cpus: must be more than 0".into()));
         }
+        if opts.log_max_bytes.is_some_and(|b| b < 4096) {
+            return Err(RuntimeError::Invalid(
+                "log max size: the minimum is 4k".into(),
+            ));
+        }
         if opts.pids == Some(0) {
             return Err(RuntimeError::Invalid("pids: must be at least 1".into()));
         }
@@ -374,7 +386,7 @@ impl Runtime {
             network: opts.network.unwrap_or(NetworkMode::None),
             restart: opts.restart.unwrap_or(RestartPolicy::Never),
             stop_timeout_ms: opts.stop_timeout_ms.unwrap_or(10_000),
-            log_max_bytes: DEFAULT_LOG_MAX,
+            log_max_bytes: opts.log_max_bytes.unwrap_or(DEFAULT_LOG_MAX),
             cgroup: format!("{CGROUP_PARENT}/{id}"),
             labels: opts.labels.clone(),
         };
@@ -466,10 +478,12 @@ impl Runtime {
         let _ = std::fs::remove_file(dir.join(EXIT));
         let _ = std::fs::remove_file(dir.join(STATE));
         let exe = self.shim_exe.clone();
+        let supervisor = self.supervisor.clone();
         let shim_dir = dir.clone();
-        let (child, report) = tokio::task::spawn_blocking(move || spawn_shim(&exe, &shim_dir))
-            .await
-            .map_err(internal)??;
+        let (child, report) =
+            tokio::task::spawn_blocking(move || spawn_shim(&exe, &supervisor, &shim_dir))
+                .await
+                .map_err(internal)??;
         match report {
             StartReport::Started { pid, shim_pid } => {
                 record.state = State::Running;
@@ -520,7 +534,11 @@ impl Runtime {
         };
         let dir = self.dir(id);
         match read_json::<ExitRecord>(&dir, EXIT) {
-            Some(exit) => {
+            Some(mut exit) => {
+                let before = read_json::<RunState>(&dir, STATE).map_or(0, |s| s.oom_kills_before);
+                if let Some(spec) = read_json::<ContainerSpec>(&dir, shim::CONFIG) {
+                    exit.oom_killed |= ContainerCgroup::load(&spec.cgroup).oom_kills() > before;
+                }
                 record.exit_code = Some(exit.exit_code);
                 record.reason = Some(exit.reason().to_string());
                 record.finished_ms = Some(exit.finished_unix_ms);
@@ -802,12 +820,17 @@ async fn wait_pid_exit(pid: i32) {
 }
 
 /// Starts a shim and reads its start report (blocking).
-fn spawn_shim(exe: &Path, dir: &Path) -> Result<(std::process::Child, StartReport), RuntimeError> {
+fn spawn_shim(
+    exe: &Path,
+    supervisor: &Path,
+    dir: &Path,
+) -> Result<(std::process::Child, StartReport), RuntimeError> {
     use std::os::unix::process::CommandExt;
     let shim_log = std::fs::File::create(dir.join("shim.log")).map_err(internal)?;
     let mut cmd = Command::new(exe);
     cmd.arg("__shim")
         .arg(dir)
+        .arg(supervisor)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(shim_log)

@@ -1,28 +1,27 @@
-//! The per-container supervisor (`skiff-agent __shim DIR`).
+//! The per-container shim (`skiff-agent __shim DIR SUPERVISOR`).
 //!
 //! The agent starts one shim per container start. The shim clones the
 //! container's first process into new namespaces, puts it in its cgroup,
-//! reports its pid (or why it failed) to the agent, writes its output to the
-//! log file, reaps it and records how it ended in `exit.json`. It is the
-//! container's parent, not the agent, so containers keep running — and
-//! their exit codes are kept — while the agent is stopped, killed or
-//! upgraded. It is single-threaded and allocates little.
+//! and reports its pid (or why it failed) to the agent. Then it `exec`s
+//! the supervisor, `skiff-shim` (agent/shim/main.rs, embedded in the agent
+//! and installed by [`install_supervisor`]): the same process, still the
+//! container's parent, now a 0.7 MB static program that writes the
+//! container's output to the log, reaps it and records how it ended in
+//! `exit.json`. As the container's parent is not the agent, containers
+//! keep running — and their exit codes are kept — while the agent is
+//! stopped, killed or upgraded.
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::sys::wait::waitpid;
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::ContainerCgroup;
 use super::init::{self, InitArgs};
-use super::logfile::LogWriter;
 use super::spec::ContainerSpec;
 
 /// What the shim tells the agent on its stdout once the container started.
@@ -39,6 +38,9 @@ pub struct ExitRecord {
     pub exit_code: i32,
     /// The signal that killed it, if one did.
     pub signal: Option<i32>,
+    /// Set by the agent from the cgroup's OOM-kill count (the supervisor
+    /// does not read cgroups).
+    #[serde(default)]
     pub oom_killed: bool,
     pub finished_unix_ms: i64,
 }
@@ -62,6 +64,10 @@ pub struct RunState {
     pub pid: i32,
     pub shim_pid: i32,
     pub started_unix_ms: i64,
+    /// The cgroup's OOM-kill count when it started: more at exit means the
+    /// kernel's OOM killer struck.
+    #[serde(default)]
+    pub oom_kills_before: u64,
 }
 
 pub const CONFIG: &str = "config.json";
@@ -87,9 +93,33 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Option
     serde_json::from_slice(&std::fs::read(dir.join(name)).ok()?).ok()
 }
 
-/// Entry point of `skiff-agent __shim DIR`; returns the process exit code.
-pub fn main(dir: &Path) -> i32 {
-    match run(dir) {
+/// The supervisor program, built by `agent/build.rs`.
+const SUPERVISOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/skiff-shim"));
+
+/// Installs the supervisor as `dir/skiff-shim-<digest>` (once per agent
+/// version; an upgrade leaves the old one for the shims still running it)
+/// and returns its path.
+pub fn install_supervisor(dir: &Path) -> std::io::Result<PathBuf> {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let digest = hex::encode(sha2::Sha256::digest(SUPERVISOR));
+    let path = dir.join(format!("skiff-shim-{}", &digest[..16]));
+    if std::fs::read(&path).is_ok_and(|b| b == SUPERVISOR) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".skiff-shim-{}.tmp", std::process::id()));
+    std::fs::write(&tmp, SUPERVISOR)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// Entry point of `skiff-agent __shim DIR SUPERVISOR`; returns the process
+/// exit code (when it does not become the supervisor).
+pub fn main(dir: &Path, supervisor: &Path) -> i32 {
+    match run(dir, supervisor) {
         Ok(()) => 0,
         Err(e) => {
             // Before the report was sent this reaches the agent; after it,
@@ -107,9 +137,12 @@ fn report(r: &StartReport) {
     let _ = std::io::stdout().flush();
 }
 
-fn run(dir: &Path) -> Result<(), String> {
+fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
     let spec: ContainerSpec =
         read_json(dir, CONFIG).ok_or_else(|| format!("{}: cannot read {CONFIG}", dir.display()))?;
+    nix::unistd::access(supervisor, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| format!("supervisor {}: {e}", supervisor.display()))?;
     let _ = nix::sys::prctl::set_child_subreaper(true);
     // The shim ignores the terminal and its process group; the agent stops
     // containers by signalling them, never the shim.
@@ -126,10 +159,10 @@ fn run(dir: &Path) -> Result<(), String> {
     }
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
+    // Blocked from here on (the supervisor reads it from a signalfd), so
+    // an early exit of the container is not missed.
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None)
         .map_err(|e| format!("block SIGCHLD: {e}"))?;
-    let sigfd = SignalFd::with_flags(&chld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| format!("signalfd: {e}"))?;
 
     let cgroup = ContainerCgroup::load(&spec.cgroup);
     let oom_before = cgroup.oom_kills();
@@ -224,6 +257,7 @@ fn run(dir: &Path) -> Result<(), String> {
             pid: pid.as_raw(),
             shim_pid,
             started_unix_ms: started,
+            oom_kills_before: oom_before,
         },
     )
     .map_err(|e| format!("{STATE}: {e}"))?;
@@ -235,106 +269,31 @@ fn run(dir: &Path) -> Result<(), String> {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(null.as_fd());
     }
-
-    let mut log =
-        LogWriter::open(&dir.join(LOG), spec.log_max_bytes).map_err(|e| format!("{LOG}: {e}"))?;
-    let status = supervise(pid, &sigfd, [out_r, err_r], &mut log);
-    let (exit_code, signal) = match status {
-        WaitStatus::Exited(_, code) => (code, None),
-        WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
-        _ => (255, None),
-    };
-    let oom_killed = cgroup.oom_kills() > oom_before;
-    write_json(
-        dir,
-        EXIT,
-        &ExitRecord {
-            exit_code,
-            signal,
-            oom_killed,
-            finished_unix_ms: now_ms(),
-        },
-    )
-    .map_err(|e| format!("{EXIT}: {e}"))?;
-    Ok(())
-}
-
-/// Copies output to the log until the container's first process has exited
-/// and its output is drained; returns how it ended.
-fn supervise(pid: Pid, sigfd: &SignalFd, pipes: [OwnedFd; 2], log: &mut LogWriter) -> WaitStatus {
-    let names = ["stdout", "stderr"];
-    let mut open = [true, true];
-    let mut partial: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
-    let mut status = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    while status.is_none() || open.iter().any(|o| *o) {
-        let mut fds = vec![PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-        let mut which = Vec::new();
-        for (i, p) in pipes.iter().enumerate() {
-            if open[i] {
-                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-                which.push(i);
-            }
-        }
-        // Once the first process is gone, its namespace is torn down and
-        // the pipes close; a short timeout guards against anything else.
-        let timeout = if status.is_some() {
-            PollTimeout::from(2000u16)
-        } else {
-            PollTimeout::NONE
-        };
-        match poll(&mut fds, timeout) {
-            Ok(0) if status.is_some() => break,
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        if ready[0] {
-            while let Ok(Some(_)) = sigfd.read_signal() {}
-            loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(s) => {
-                        if s.pid() == Some(pid) {
-                            status = Some(s);
-                        }
-                    }
-                }
-            }
-        }
-        for (k, &i) in which.iter().enumerate() {
-            if !ready[k + 1] {
-                continue;
-            }
-            match nix::unistd::read(&pipes[i], &mut buf) {
-                Ok(0) | Err(nix::errno::Errno::EBADF) => {
-                    open[i] = false;
-                    if !partial[i].is_empty() {
-                        let _ = log.write(names[i], &partial[i]);
-                        partial[i].clear();
-                    }
-                }
-                Ok(n) => {
-                    partial[i].extend_from_slice(&buf[..n]);
-                    while let Some(pos) = partial[i].iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = partial[i].drain(..=pos).collect();
-                        let _ = log.write(names[i], &line);
-                    }
-                    if partial[i].len() >= 16 * 1024 {
-                        let _ = log.write(names[i], &partial[i]);
-                        partial[i].clear();
-                    }
-                }
-                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                Err(_) => open[i] = false,
-            }
-        }
+    // Become the supervisor: same process, so still the container's parent.
+    // The output pipes stay open across exec; SIGCHLD stays blocked.
+    let mut argv = vec![
+        std::ffi::CString::new(supervisor.as_os_str().as_bytes()),
+        std::ffi::CString::new("__shim"),
+        std::ffi::CString::new(dir.as_os_str().as_bytes()),
+        std::ffi::CString::new(pid.as_raw().to_string()),
+    ];
+    for fd in [&out_r, &err_r] {
+        let flags = nix::fcntl::FdFlag::empty();
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))
+            .map_err(|e| format!("pipe flags: {e}"))?;
+        argv.push(std::ffi::CString::new(fd.as_raw_fd().to_string()));
     }
-    status.unwrap_or(WaitStatus::Exited(pid, 255))
+    argv.push(std::ffi::CString::new(spec.log_max_bytes.to_string()));
+    let argv: Vec<std::ffi::CString> = argv
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("supervisor arguments: {e}"))?;
+    let e = nix::unistd::execv(&argv[0], &argv).unwrap_err();
+    // Not reached unless exec failed: do not leave a container nobody
+    // supervises.
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+    Err(format!("exec supervisor {}: {e}", supervisor.display()))
 }
 
 /// The shim's path in the container directory layout.
