@@ -94,6 +94,23 @@ enum Command {
         #[arg(short, long, default_value = "KILL")]
         signal: String,
     },
+    /// Run a command in a running container; exits with its exit code
+    /// (126: it could not be run; 127: executable not found).
+    Exec {
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// User (name or uid, optionally :group) [default: the container's].
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Working directory [default: the container's].
+        #[arg(short, long)]
+        workdir: Option<String>,
+        container: String,
+        /// Command and arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
     /// Remove containers.
     Rm {
         #[arg(required = true)]
@@ -441,6 +458,23 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec {
+            env,
+            user,
+            workdir,
+            container,
+            cmd,
+        } => {
+            let opts = crate::runtime::ExecOptions {
+                cmd,
+                env,
+                user,
+                workdir,
+            };
+            let path = format!("/v1/containers/exec?id={}", query_value(&container));
+            let lines = client.stream(&path, &opts).await?;
+            print_output(lines).await
         }
         Command::Logs { container, follow } => {
             let path = format!(

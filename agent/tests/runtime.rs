@@ -440,3 +440,98 @@ fn logs_are_json_lines_rotated_by_size() {
     assert_eq!(text(&logs.stderr), "no newline\tend");
     agent.ok(&["rm", "chatty"]);
 }
+
+#[test]
+fn exec_runs_inside_the_container_with_its_hardening() {
+    let (_d, agent, img) = setup();
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "--hostname",
+        "boxhost",
+        &img,
+        "sleep",
+        "300",
+    ]);
+    agent.until("box", "running", |v| v["state"] == "running");
+    // Same pid namespace (its pid 1 is the container's first process),
+    // same hostname, same root, the container's environment plus -e.
+    let out = agent.cli(&[
+        "exec",
+        "-e",
+        "EXTRA=1",
+        "box",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; echo $EXTRA; ls /proc | grep -c '^[0-9]'",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines[0].trim(), "sleep 300");
+    assert_eq!(lines[1], "boxhost");
+    assert_eq!(lines[2], "1");
+    // Only the container's processes: sleep, sh, ls, grep (and no host ones).
+    let procs: u32 = lines[3].parse().unwrap();
+    assert!(procs <= 5, "{procs} processes visible");
+    // The exit code is the command's.
+    assert_eq!(
+        agent
+            .cli(&["exec", "box", "sh", "-c", "exit 5"])
+            .status
+            .code(),
+        Some(5)
+    );
+    // Hardened like the first process: default capabilities, no_new_privs,
+    // seccomp filter mode; the user option resolves in the image.
+    let status = text(
+        &agent
+            .cli(&["exec", "box", "cat", "/proc/self/status"])
+            .stdout,
+    );
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("CapEff:"), "00000000a80425fb");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    let id = agent.cli(&[
+        "exec",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "box",
+        "sh",
+        "-c",
+        "id -u; pwd",
+    ]);
+    assert_eq!(text(&id.stdout), "65534\n/tmp\n");
+    // The exec'd process is in the container's cgroup (its pids count).
+    let v = agent.inspect("box");
+    assert!(v["usage"]["pids"].as_u64().unwrap() >= 1, "{v}");
+
+    // Bad input: a missing executable, a stopped container.
+    let missing = agent.cli(&["exec", "box", "no-such-tool"]);
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(
+        text(&missing.stderr).contains("executable file not found in $PATH: no-such-tool"),
+        "{}",
+        text(&missing.stderr)
+    );
+    agent.ok(&["stop", "-t", "0", "box"]);
+    let stopped = agent.cli(&["exec", "box", "true"]);
+    assert_eq!(stopped.status.code(), Some(1));
+    assert!(
+        text(&stopped.stderr).contains("not running"),
+        "{}",
+        text(&stopped.stderr)
+    );
+    agent.ok(&["rm", "box"]);
+}

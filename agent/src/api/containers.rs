@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::server::{ApiError, AppState};
 use crate::runtime::logfile::LogLine;
 use crate::runtime::records::ContainerRecord;
-use crate::runtime::{ContainerInfo, ExitInfo, RunOptions, Runtime, RuntimeError};
+use crate::runtime::{ContainerInfo, ExecOptions, ExitInfo, RunOptions, Runtime, RuntimeError};
 
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
@@ -222,6 +222,72 @@ pub async fn logs(
         tx,
         q.follow,
     ));
+    Ok(ndjson(rx))
+}
+
+/// `POST /v1/containers/exec?id=`: runs a command in a running container
+/// and streams its output, then its exit.
+pub async fn exec(
+    State(s): State<AppState>,
+    Query(q): Query<IdQuery>,
+    Json(opts): Json<ExecOptions>,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncReadExt;
+    let mut child = s.runtime.exec(&q.id, &opts)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    for (stream, pipe) in [
+        (
+            "stdout",
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ),
+        (
+            "stderr",
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        ),
+    ] {
+        let Some(mut pipe) = pipe else { continue };
+        let tx = tx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = pipe.read(&mut buf).await
+                && n > 0
+            {
+                let log = LogLine {
+                    time: crate::runtime::logfile::rfc3339(std::time::SystemTime::now()),
+                    stream: stream.to_string(),
+                    log: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                };
+                if tx.send(OutputLine::Log { log }).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    tokio::spawn(async move {
+        for r in readers {
+            let _ = r.await;
+        }
+        let exit_code = match child.wait().await {
+            Ok(st) => st.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)
+            }),
+            Err(_) => 255,
+        };
+        let _ = tx.send(OutputLine::Exit {
+            exit: ExitInfo {
+                exit_code,
+                reason: "exited".into(),
+                message: None,
+            },
+        });
+    });
     Ok(ndjson(rx))
 }
 

@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/containers/kill", post(containers::kill))
         .route("/v1/containers/wait", post(containers::wait))
         .route("/v1/containers/logs", get(containers::logs))
+        .route("/v1/containers/exec", post(containers::exec))
         .with_state(state)
 }
 

@@ -18,7 +18,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::unistd::{Gid, Uid, chdir, pivot_root, sethostname};
 
 use super::caps;
-use super::spec::ContainerSpec;
+use super::spec::{ContainerSpec, ProcessSpec, Security};
 
 /// Paths hidden from the container (`/dev/null` over files, an empty
 /// read-only tmpfs over directories), as Docker and runc do.
@@ -86,7 +86,9 @@ pub fn run(a: InitArgs<'_>) -> InitError {
     }
 }
 
-enum Never {}
+/// A value that cannot exist: `exec` does not return on success.
+#[derive(Debug)]
+pub enum Never {}
 
 fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
     // Wait until the shim has put us in our cgroup, then take a cgroup
@@ -119,7 +121,17 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
     step("stderr", nix::unistd::dup2_stderr(&a.stderr))?;
     drop((null, a.stdout, a.stderr));
 
-    let p = &spec.process;
+    exec_process(&spec.process, &spec.security, a.filters)
+}
+
+/// The last steps of every container process, the first one's and those
+/// of `exec`: working directory, capabilities, user and groups,
+/// `no_new_privs`, seccomp, `execve`. Only returns on failure.
+pub fn exec_process(
+    p: &ProcessSpec,
+    security: &Security,
+    filters: &[seccompiler::BpfProgram],
+) -> Result<Never, InitError> {
     let program = resolve_program(&p.args[0], &p.env)?;
     let cwd = Path::new(if p.cwd.is_empty() { "/" } else { &p.cwd });
     if let Err(e) = chdir(cwd) {
@@ -128,7 +140,7 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
             cwd.display()
         )));
     }
-    let caps = caps::effective_set(&spec.security)?;
+    let caps = caps::effective_set(security)?;
     caps::drop_bounding(&caps)?;
     let gids: Vec<Gid> = p
         .additional_gids
@@ -171,7 +183,7 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
     let path = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| InitError("program path contains a NUL byte".into()))?;
     // Last: from here on only the allowed system calls work.
-    for f in a.filters {
+    for f in filters {
         step("seccomp", seccompiler::apply_filter(f))?;
     }
     let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();

@@ -7,6 +7,7 @@
 //! * [`caps`], [`seccomp`]: the default capability set and syscall filter.
 //! * [`cgroup`]: limits and accounting on cgroup v1 and v2 (cgroups-rs).
 //! * [`shim`]: the small per-container supervisor that outlives the agent.
+//! * [`exec`]: more processes in a running container (`setns`).
 //! * [`logfile`]: JSON-lines log files with rotation.
 //! * [`records`]: the container index in an embedded database.
 //!
@@ -18,6 +19,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod exec;
 pub mod init;
 pub mod logfile;
 pub mod records;
@@ -39,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::images::ImageStore;
 use cgroup::{ContainerCgroup, Usage};
+pub use exec::ExecOptions;
 use records::{ContainerRecord, Records, State};
 use shim::{EXIT, ExitRecord, RunState, STATE, StartReport, read_json, write_json};
 use spec::{ContainerSpec, Limits, ProcessSpec, Security};
@@ -326,13 +329,7 @@ impl Runtime {
             )));
         }
         let mut env: Vec<String> = cfg.env.clone();
-        for e in &opts.env {
-            let Some((k, _)) = e.split_once('=') else {
-                return Err(RuntimeError::Invalid(format!("env {e:?} is not KEY=VALUE")));
-            };
-            env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
-            env.push(e.clone());
-        }
+        merge_env(&mut env, &opts.env)?;
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
@@ -721,6 +718,69 @@ impl Runtime {
         Ok(())
     }
 
+    /// Starts a command in a running container (see [`exec`]); its stdout
+    /// and stderr are piped, and it exits with the command's status (126
+    /// when it could not be run, 127 when the executable is missing).
+    pub fn exec(
+        &self,
+        key: &str,
+        opts: &ExecOptions,
+    ) -> Result<tokio::process::Child, RuntimeError> {
+        let record = self.resolve(key)?;
+        let pid = record
+            .pid
+            .filter(|_| record.state == State::Running)
+            .ok_or_else(|| {
+                RuntimeError::Invalid(format!("container {} is not running", record.name))
+            })?;
+        if opts.cmd.is_empty() {
+            return Err(RuntimeError::Invalid("exec: no command given".into()));
+        }
+        let dir = self.dir(&record.id);
+        let spec: ContainerSpec = read_json(&dir, shim::CONFIG)
+            .ok_or_else(|| internal(format!("container {}: config.json is missing", record.id)))?;
+        let mut process = spec.process.clone();
+        process.args = opts.cmd.clone();
+        merge_env(&mut process.env, &opts.env)?;
+        if let Some(u) = &opts.user {
+            let (uid, gid, additional_gids) = user::resolve(&spec.layers, u)
+                .map_err(|e| RuntimeError::Invalid(format!("user {u:?}: {e}")))?;
+            process.uid = uid;
+            process.gid = gid;
+            process.additional_gids = additional_gids;
+        }
+        if let Some(w) = &opts.workdir {
+            if !w.starts_with('/') {
+                return Err(RuntimeError::Invalid(format!(
+                    "workdir {w:?} must be absolute"
+                )));
+            }
+            process.cwd = w.clone();
+        }
+        let input = serde_json::to_vec(&process).map_err(internal)?;
+        let mut child = tokio::process::Command::new(&self.shim_exe)
+            .arg("__exec")
+            .arg(&dir)
+            .arg(pid.to_string())
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| internal(format!("start exec helper: {e}")))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| internal("exec: no stdin"))?;
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(&input).await;
+        });
+        tracing::info!(container = %record.name, command = ?opts.cmd.first(), "exec");
+        Ok(child)
+    }
+
     /// The path of a container's log file.
     pub fn log_path(&self, key: &str) -> Result<(ContainerRecord, PathBuf), RuntimeError> {
         let record = self.resolve(key)?;
@@ -789,6 +849,18 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Adds `KEY=VALUE` entries to an environment, replacing same keys.
+fn merge_env(env: &mut Vec<String>, extra: &[String]) -> Result<(), RuntimeError> {
+    for e in extra {
+        let Some((k, _)) = e.split_once('=') else {
+            return Err(RuntimeError::Invalid(format!("env {e:?} is not KEY=VALUE")));
+        };
+        env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
+        env.push(e.clone());
+    }
+    Ok(())
 }
 
 /// Whether `pid` is still the shim of the container in `dir`.
