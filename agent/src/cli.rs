@@ -186,6 +186,28 @@ pub struct RunArgs {
     /// `--log-opt max-size`): 10m, 512k [default: 10m].
     #[arg(long, value_parser = parse_memory)]
     log_max_size: Option<skiff_proto::ByteSize>,
+    /// Health check: a shell command run in the container (exit 0 is healthy).
+    #[arg(long, conflicts_with_all = ["health_tcp", "health_http"])]
+    health_cmd: Option<String>,
+    /// Health check: a TCP connection to this port of the container.
+    #[arg(long, conflicts_with = "health_http")]
+    health_tcp: Option<u32>,
+    /// Health check: an HTTP GET to PORT[/PATH] of the container (2xx, 3xx
+    /// is healthy), e.g. 8080/healthz.
+    #[arg(long, value_parser = parse_http_probe)]
+    health_http: Option<skiff_proto::HttpProbe>,
+    /// Time between health checks (30s, 1m) [default: 10s].
+    #[arg(long)]
+    health_interval: Option<skiff_proto::Duration>,
+    /// Time a health check may take [default: 2s].
+    #[arg(long)]
+    health_timeout: Option<skiff_proto::Duration>,
+    /// Failures in a row before the container is unhealthy [default: 3].
+    #[arg(long)]
+    health_retries: Option<u32>,
+    /// Failures during this time after start do not count [default: 0s].
+    #[arg(long)]
+    health_start_period: Option<skiff_proto::Duration>,
     /// The image.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -211,6 +233,52 @@ fn parse_memory(s: &str) -> Result<skiff_proto::ByteSize, String> {
     }
     s.parse::<skiff_proto::ByteSize>()
         .map_err(|e| e.to_string())
+}
+
+fn parse_http_probe(s: &str) -> Result<skiff_proto::HttpProbe, String> {
+    let (port, path) = match s.split_once('/') {
+        Some((p, rest)) => (p, format!("/{rest}")),
+        None => (s, "/".to_string()),
+    };
+    let port = port
+        .parse()
+        .map_err(|_| format!("{s:?}: expected PORT[/PATH], e.g. 8080/healthz"))?;
+    Ok(skiff_proto::HttpProbe { path, port })
+}
+
+impl RunArgs {
+    /// The health check the flags describe, if any.
+    fn health(&self) -> anyhow::Result<Option<skiff_proto::HealthSpec>> {
+        let probe =
+            self.health_cmd.is_some() || self.health_tcp.is_some() || self.health_http.is_some();
+        if !probe {
+            if self.health_interval.is_some()
+                || self.health_timeout.is_some()
+                || self.health_retries.is_some()
+                || self.health_start_period.is_some()
+            {
+                anyhow::bail!(
+                    "--health-interval/-timeout/-retries/-start-period need --health-cmd, --health-tcp or --health-http"
+                );
+            }
+            return Ok(None);
+        }
+        Ok(Some(skiff_proto::HealthSpec {
+            exec: self.health_cmd.as_ref().map(|c| skiff_proto::ExecProbe {
+                command: vec!["sh".into(), "-c".into(), c.clone()],
+            }),
+            tcp: self.health_tcp.map(|port| skiff_proto::TcpProbe { port }),
+            http: self.health_http.clone(),
+            interval: self
+                .health_interval
+                .unwrap_or(skiff_proto::Duration::from_secs(10)),
+            timeout: self
+                .health_timeout
+                .unwrap_or(skiff_proto::Duration::from_secs(2)),
+            retries: self.health_retries.unwrap_or(3),
+            start_period: self.health_start_period.unwrap_or_default(),
+        }))
+    }
 }
 
 fn parse_restart(s: &str) -> Result<skiff_proto::RestartPolicy, String> {
@@ -626,6 +694,7 @@ async fn print_output(mut lines: crate::api::client::Lines) -> anyhow::Result<Ex
 }
 
 async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let health = a.health()?;
     let options = RunOptions {
         image: a.image,
         name: a.name,
@@ -647,6 +716,7 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         labels: Default::default(),
         auto_remove: a.rm,
         log_max_bytes: a.log_max_size.map(|b| b.bytes()),
+        health,
     };
     let req = RunRequest {
         options,

@@ -535,3 +535,107 @@ fn exec_runs_inside_the_container_with_its_hardening() {
     );
     agent.ok(&["rm", "box"]);
 }
+
+#[test]
+fn health_checks_exec_tcp_and_http() {
+    let (_d, agent, img) = setup();
+    let healthy = |v: &serde_json::Value| v["health"]["status"] == "healthy";
+    let unhealthy = |v: &serde_json::Value| v["health"]["status"] == "unhealthy";
+    // HTTP: busybox httpd serves /healthz until it is deleted.
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--health-http",
+        "8080/healthz",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        &img,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo ok > /www/healthz && exec httpd -f -p 8080 -h /www",
+    ]);
+    let v = agent.until("web", "healthy", healthy);
+    assert_eq!(v["health"]["last"]["output"], "HTTP 200 OK", "{v}");
+    agent.ok(&["exec", "web", "rm", "/www/healthz"]);
+    let v = agent.until("web", "unhealthy", unhealthy);
+    assert_eq!(v["health"]["last"]["output"], "HTTP 404 Not Found", "{v}");
+    assert!(v["health"]["failing_streak"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(v["state"], "running");
+
+    // TCP: nothing listens on 9999.
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "quiet",
+        "--health-tcp",
+        "9999",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        &img,
+        "sleep",
+        "300",
+    ]);
+    let v = agent.until("quiet", "unhealthy", unhealthy);
+    let out = v["health"]["last"]["output"].as_str().unwrap();
+    assert!(
+        out.contains("127.0.0.1:9999") && out.contains("refused"),
+        "{out}"
+    );
+
+    // Exec: unhealthy until the file appears, then healthy.
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flag",
+        "--health-cmd",
+        "cat /tmp/ready",
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "1",
+        &img,
+        "sleep",
+        "300",
+    ]);
+    let v = agent.until("flag", "unhealthy", unhealthy);
+    assert!(
+        v["health"]["last"]["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("exit 1"),
+        "{v}"
+    );
+    agent.ok(&["exec", "flag", "sh", "-c", "echo yes > /tmp/ready"]);
+    let v = agent.until("flag", "healthy", healthy);
+    assert_eq!(v["health"]["last"]["output"], "yes\n");
+
+    // Bad input: two probes at once, a probe without a port.
+    let bad = agent.cli(&[
+        "run",
+        "--health-tcp",
+        "1",
+        "--health-cmd",
+        "true",
+        &img,
+        "true",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = agent.cli(&["run", "--health-http", "0/x", &img, "true"]);
+    assert!(
+        text(&bad.stderr).contains("health.http.port"),
+        "{}",
+        text(&bad.stderr)
+    );
+    for c in ["web", "quiet", "flag"] {
+        agent.ok(&["rm", "-f", c]);
+    }
+    assert_eq!(agent.ok(&["ps", "-a", "-o", "json"]).trim(), "[]");
+}

@@ -396,6 +396,14 @@ impl WorkloadSpec {
 }
 
 impl HealthSpec {
+    /// Checks a health check given on its own (the agent's `run` flags);
+    /// errors are named under `path`.
+    pub fn check(&self, path: &str) -> Result<(), SpecErrors> {
+        let mut errs = Collector::default();
+        self.validate(path, &mut errs);
+        errs.finish()
+    }
+
     fn validate(&self, path: &str, errs: &mut Collector) {
         let probes = [self.http.is_some(), self.tcp.is_some(), self.exec.is_some()];
         match probes.iter().filter(|p| **p).count() {

@@ -106,6 +106,9 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
     let rootfs = a.dir.join("rootfs");
     mount_rootfs(spec, a.dir, &rootfs)?;
     step("hostname", sethostname(&spec.hostname))?;
+    if spec.network != skiff_proto::NetworkMode::Host {
+        step("bring up lo", loopback_up())?;
+    }
     enter_rootfs(&rootfs)?;
     if !spec.security.privileged {
         harden_paths()?;
@@ -439,6 +442,37 @@ fn harden_paths() -> Result<(), InitError> {
                     None::<&str>,
                 ),
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// Brings up `lo` in the container's new network namespace (it starts
+/// down), so services can talk to themselves and probes can reach them.
+/// Two ioctls on a throwaway socket: the smallest way from this
+/// single-threaded child, where the agent's async netlink client cannot run.
+fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, which lives
+    // across both calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())

@@ -8,6 +8,7 @@
 //! * [`cgroup`]: limits and accounting on cgroup v1 and v2 (cgroups-rs).
 //! * [`shim`]: the small per-container supervisor that outlives the agent.
 //! * [`exec`]: more processes in a running container (`setns`).
+//! * [`health`]: exec, TCP and HTTP health checks.
 //! * [`logfile`]: JSON-lines log files with rotation.
 //! * [`records`]: the container index in an embedded database.
 //!
@@ -20,6 +21,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod exec;
+pub mod health;
 pub mod init;
 pub mod logfile;
 pub mod records;
@@ -116,6 +118,8 @@ pub struct RunOptions {
     /// Rotate the log file past this size (default 10 MiB).
     #[serde(default)]
     pub log_max_bytes: Option<u64>,
+    #[serde(default)]
+    pub health: Option<skiff_proto::HealthSpec>,
 }
 
 /// How a container ended, as `wait` returns it.
@@ -137,6 +141,9 @@ pub struct ContainerInfo {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Present when the container has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<health::Health>,
 }
 
 const DEFAULT_LOG_MAX: u64 = 10 << 20;
@@ -155,6 +162,7 @@ pub struct Runtime {
     images: Arc<ImageStore>,
     records: Records,
     live: Mutex<HashMap<String, Live>>,
+    health: Mutex<HashMap<String, health::Health>>,
     shim_exe: PathBuf,
     supervisor: PathBuf,
 }
@@ -200,6 +208,7 @@ impl Runtime {
             images,
             records,
             live: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
             shim_exe,
             supervisor,
         });
@@ -245,11 +254,13 @@ impl Runtime {
             .ok_or_else(|| internal(format!("container {}: config.json is missing", record.id)))?;
         let usage = matches!(record.state, State::Running)
             .then(|| ContainerCgroup::load(&spec.cgroup).usage());
+        let health = self.health.lock().expect("lock").get(&record.id).cloned();
         Ok(ContainerInfo {
             record,
             limits: spec.limits,
             command: spec.process.args,
             usage,
+            health,
         })
     }
 
@@ -295,6 +306,10 @@ impl Runtime {
             && c.millis() == 0
         {
             return Err(RuntimeError::Invalid("cpus: must be more than 0".into()));
+        }
+        if let Some(h) = &opts.health {
+            h.check("health")
+                .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         }
         if opts.log_max_bytes.is_some_and(|b| b < 4096) {
             return Err(RuntimeError::Invalid(
@@ -386,6 +401,7 @@ impl Runtime {
             log_max_bytes: opts.log_max_bytes.unwrap_or(DEFAULT_LOG_MAX),
             cgroup: format!("{CGROUP_PARENT}/{id}"),
             labels: opts.labels.clone(),
+            health: opts.health.clone(),
         };
         let dir = self.dir(&id);
         let result = (|| -> Result<ContainerRecord, RuntimeError> {
@@ -493,6 +509,7 @@ impl Runtime {
                 record.message = None;
                 self.update(&record);
                 tracing::info!(container = %record.name, pid, "started");
+                self.watch_health(&record.id, pid);
                 let rt = Arc::clone(self);
                 let id = record.id.clone();
                 tokio::spawn(async move {
@@ -714,6 +731,7 @@ impl Runtime {
             .map_err(internal)?;
         self.records.remove(&record.id).map_err(internal)?;
         self.live.lock().expect("lock").remove(&record.id);
+        self.health.lock().expect("lock").remove(&record.id);
         tracing::info!(container = %record.name, "removed");
         Ok(())
     }
@@ -781,6 +799,85 @@ impl Runtime {
         Ok(child)
     }
 
+    /// Probes a container every interval while this run of it (its first
+    /// process `pid`) lasts, if it has a health check.
+    fn watch_health(self: &Arc<Self>, id: &str, pid: i32) {
+        let Some(spec) =
+            read_json::<ContainerSpec>(&self.dir(id), shim::CONFIG).and_then(|s| s.health)
+        else {
+            return;
+        };
+        let rt = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let mut tracker = health::Tracker::new(&spec, std::time::Instant::now());
+            rt.health
+                .lock()
+                .expect("lock")
+                .insert(id.clone(), tracker.health.clone());
+            loop {
+                tokio::time::sleep(spec.interval.std()).await;
+                let still = rt
+                    .resolve(&id)
+                    .is_ok_and(|r| r.state == State::Running && r.pid == Some(pid));
+                if !still {
+                    break;
+                }
+                let (ok, output) = rt.probe(&id, pid, &spec).await;
+                let before = tracker.health.status;
+                tracker.record(ok, health::truncate(output), std::time::Instant::now());
+                if tracker.health.status != before {
+                    tracing::info!(container = %id, status = ?tracker.health.status, "health");
+                }
+                rt.health
+                    .lock()
+                    .expect("lock")
+                    .insert(id.clone(), tracker.health.clone());
+            }
+        });
+    }
+
+    /// Runs one probe within its timeout: whether it passed, and what it
+    /// said.
+    async fn probe(&self, id: &str, pid: i32, spec: &skiff_proto::HealthSpec) -> (bool, String) {
+        let timeout = spec.timeout.std();
+        let run = async {
+            if let Some(e) = &spec.exec {
+                let opts = ExecOptions {
+                    cmd: e.command.clone(),
+                    ..ExecOptions::default()
+                };
+                let child = self.exec(id, &opts).map_err(|e| e.to_string())?;
+                let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                return if out.status.success() {
+                    Ok(text)
+                } else {
+                    Err(format!("exit {}: {text}", out.status.code().unwrap_or(-1)))
+                };
+            }
+            let (port, path) = match (&spec.tcp, &spec.http) {
+                (Some(t), _) => (t.port, None),
+                (None, Some(h)) => (h.port, Some(h.path.as_str())),
+                (None, None) => return Err("no probe".to_string()),
+            };
+            let port = u16::try_from(port).map_err(|_| format!("port {port}"))?;
+            let stream = health::connect_in(pid, port, timeout)
+                .await
+                .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+            match path {
+                None => Ok(format!("connected to 127.0.0.1:{port}")),
+                Some(path) => health::http_get(stream, port, path).await,
+            }
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(out)) => (true, out),
+            Ok(Err(e)) => (false, e),
+            Err(_) => (false, format!("timed out after {}", spec.timeout)),
+        }
+    }
+
     /// The path of a container's log file.
     pub fn log_path(&self, key: &str) -> Result<(ContainerRecord, PathBuf), RuntimeError> {
         let record = self.resolve(key)?;
@@ -818,6 +915,7 @@ impl Runtime {
             let alive = state.as_ref().filter(|s| shim_alive(s.shim_pid, &dir));
             if let Some(s) = alive {
                 tracing::info!(container = %record.name, pid = s.pid, "re-adopted");
+                self.watch_health(&record.id, s.pid);
                 let mut r = record.clone();
                 r.state = State::Running;
                 r.pid = Some(s.pid);

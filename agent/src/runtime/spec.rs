@@ -70,4 +70,6 @@ pub struct ContainerSpec {
     pub cgroup: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health: Option<skiff_proto::HealthSpec>,
 }
