@@ -20,6 +20,34 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let runtime = crate::runtime::Runtime::open(&config.state_dir, Arc::clone(&images))
         .await
         .with_context(|| format!("container runtime in {}", config.state_dir.display()))?;
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics_listen {addr}"))?;
+        let rt = Arc::clone(&runtime);
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let rt = Arc::clone(&rt);
+                async move {
+                    rt.update_metrics();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        crate::metrics::get().encode(),
+                    )
+                }
+            }),
+        );
+        tracing::info!(%addr, "metrics listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server ended");
+            }
+        });
+    }
     let state = AppState { images, runtime };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod images;
+pub mod metrics;
 pub mod runtime;
 
 /// Version reported to the gateway at registration.

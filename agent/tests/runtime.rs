@@ -639,3 +639,91 @@ fn health_checks_exec_tcp_and_http() {
     }
     assert_eq!(agent.ok(&["ps", "-a", "-o", "json"]).trim(), "[]");
 }
+
+#[test]
+fn prometheus_metrics_count_containers_starts_ooms_and_restarts() {
+    let (_d, mut agent, img) = setup();
+    let port = skiff_test_support::net::free_port().unwrap();
+    let config = agent.state.with_extension("toml");
+    let old = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("metrics_listen = \"127.0.0.1:{port}\"\n{old}"),
+    )
+    .unwrap();
+    agent.process.take();
+    agent.restart();
+
+    agent.ok(&["run", "-d", "--name", "up", &img, "sleep", "300"]);
+    agent.cli(&[
+        "run",
+        "--name",
+        "hog",
+        "--memory",
+        "16m",
+        &img,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ]);
+    agent.cli(&["run", "--rm", &img, "no-such-program"]);
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure",
+        &img,
+        "sh",
+        "-c",
+        "sleep 0.2; exit 1",
+    ]);
+    agent.until("flaky", "restarted", |v| {
+        v["restarts"].as_u64().unwrap() >= 2
+    });
+    agent.ok(&["rm", "-f", "flaky"]);
+
+    let body = http_get(port, "/metrics");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{body}"))
+    };
+    assert_eq!(value("skiff_agent_containers{state=\"running\"}"), 1.0);
+    assert_eq!(value("skiff_agent_containers{state=\"exited\"}"), 1.0);
+    // up, hog, flaky twice or more (a restart is counted when it is
+    // scheduled); the missing program failed.
+    assert!(
+        value("skiff_agent_container_starts_total{result=\"ok\"}") >= 4.0,
+        "{body}"
+    );
+    assert_eq!(
+        value("skiff_agent_container_starts_total{result=\"failed\"}"),
+        1.0
+    );
+    assert_eq!(value("skiff_agent_container_oom_kills_total"), 1.0);
+    assert!(value("skiff_agent_container_restarts_total") >= 2.0);
+    assert!(value("skiff_agent_container_start_seconds_count") >= 4.0);
+    assert!(
+        body.contains("# TYPE skiff_agent_image_pulls counter"),
+        "{body}"
+    );
+    agent.ok(&["rm", "-f", "up", "hog"]);
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}

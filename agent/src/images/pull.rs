@@ -212,6 +212,19 @@ impl ImageStore {
         reference: &ImageRef,
         progress: mpsc::UnboundedSender<PullEvent>,
     ) -> Result<ImageRecord, ImageError> {
+        let started = std::time::Instant::now();
+        let r = self.pull_inner(reference, progress).await;
+        let m = crate::metrics::get();
+        m.pulls.get_or_create(&crate::metrics::result(&r)).inc();
+        m.pull_seconds.observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn pull_inner(
+        self: &Arc<Self>,
+        reference: &ImageRef,
+        progress: mpsc::UnboundedSender<PullEvent>,
+    ) -> Result<ImageRecord, ImageError> {
         let _guard = self.gc_lock.read().await;
         let oref: oci_client::Reference = reference
             .canonical()

@@ -490,6 +490,7 @@ impl Runtime {
         let dir = self.dir(&record.id);
         let _ = std::fs::remove_file(dir.join(EXIT));
         let _ = std::fs::remove_file(dir.join(STATE));
+        let asked = std::time::Instant::now();
         let exe = self.shim_exe.clone();
         let supervisor = self.supervisor.clone();
         let shim_dir = dir.clone();
@@ -499,6 +500,9 @@ impl Runtime {
                 .map_err(internal)??;
         match report {
             StartReport::Started { pid, shim_pid } => {
+                let m = crate::metrics::get();
+                m.starts.get_or_create(&crate::metrics::ok()).inc();
+                m.start_seconds.observe(asked.elapsed().as_secs_f64());
                 record.state = State::Running;
                 record.pid = Some(pid);
                 record.shim_pid = Some(shim_pid);
@@ -523,6 +527,10 @@ impl Runtime {
                 Ok(record)
             }
             StartReport::Failed { error } => {
+                crate::metrics::get()
+                    .starts
+                    .get_or_create(&crate::metrics::failed())
+                    .inc();
                 let mut child = child;
                 let _ = tokio::task::spawn_blocking(move || child.wait()).await;
                 record.state = State::Exited;
@@ -569,6 +577,9 @@ impl Runtime {
         record.pid = None;
         record.shim_pid = None;
         tracing::info!(container = %record.name, exit_code = ?record.exit_code, reason = ?record.reason, "exited");
+        if record.reason.as_deref() == Some("oom-killed") {
+            crate::metrics::get().oom_kills.inc();
+        }
         let stopping = self
             .live
             .lock()
@@ -601,6 +612,7 @@ impl Runtime {
         let delay = Duration::from_millis((100u64 << attempt).min(10_000));
         record.state = State::Restarting;
         record.restarts += 1;
+        crate::metrics::get().restarts.inc();
         self.update(&record);
         let rt = Arc::clone(self);
         let id = id.to_string();
@@ -616,6 +628,25 @@ impl Runtime {
                 tracing::warn!(container = %id, error = %e, "restart failed");
             }
         });
+    }
+
+    /// Sets the containers-by-state gauge (at scrape time).
+    pub fn update_metrics(&self) {
+        let all = self.records.all().unwrap_or_default();
+        let m = crate::metrics::get();
+        for state in [
+            State::Created,
+            State::Running,
+            State::Restarting,
+            State::Exited,
+        ] {
+            let n = all.iter().filter(|r| r.state == state).count();
+            m.containers
+                .get_or_create(&crate::metrics::StateLabel {
+                    state: state.to_string(),
+                })
+                .set(n as i64);
+        }
     }
 
     /// Waits until the container is not running; returns how it ended.
