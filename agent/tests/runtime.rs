@@ -685,6 +685,12 @@ fn prometheus_metrics_count_containers_starts_ooms_and_restarts() {
         v["restarts"].as_u64().unwrap() >= 2
     });
     agent.ok(&["rm", "-f", "flaky"]);
+    assert!(
+        !agent
+            .cli(&["pull", "127.0.0.1:1/nothing:here"])
+            .status
+            .success()
+    );
 
     let body = http_get(port, "/metrics");
     let value = |name: &str| -> f64 {
@@ -707,9 +713,10 @@ fn prometheus_metrics_count_containers_starts_ooms_and_restarts() {
     assert_eq!(value("skiff_agent_container_oom_kills_total"), 1.0);
     assert!(value("skiff_agent_container_restarts_total") >= 2.0);
     assert!(value("skiff_agent_container_start_seconds_count") >= 4.0);
-    assert!(
-        body.contains("# TYPE skiff_agent_image_pulls counter"),
-        "{body}"
+    // A pull from a registry that is not there.
+    assert_eq!(
+        value("skiff_agent_image_pulls_total{result=\"failed\"}"),
+        1.0
     );
     agent.ok(&["rm", "-f", "up", "hog"]);
 }
