@@ -734,3 +734,21 @@ fn http_get(port: u16, path: &str) -> String {
     );
     out.split_once("\r\n\r\n").unwrap().1.to_string()
 }
+
+#[test]
+fn devices_outside_the_allow_list_cannot_be_used() {
+    let (_d, agent, img) = setup();
+    // Root in the container may create a node for the kernel log (1:11)
+    // but not open it; the minimal /dev works.
+    let out = agent.cli(&[
+        "run", "--rm", &img, "sh", "-c",
+        "mknod /dev/kmsg2 c 1 11 && head -c 0 /dev/kmsg2; echo \"kmsg $?\"; head -c 4 /dev/urandom | wc -c",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout, "kmsg 1\n4\n", "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 //! * [`init`]: namespaces, root filesystem, `pivot_root`, hardening, exec.
 //! * [`caps`], [`seccomp`]: the default capability set and syscall filter.
 //! * [`cgroup`]: limits and accounting on cgroup v1 and v2 (cgroups-rs).
+//! * [`devices`]: the device allow-list (v1 controller, v2 eBPF filter).
 //! * [`shim`]: the small per-container supervisor that outlives the agent.
 //! * [`exec`]: more processes in a running container (`setns`).
 //! * [`health`]: exec, TCP and HTTP health checks.
@@ -20,6 +21,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod devices;
 pub mod exec;
 pub mod health;
 pub mod init;
@@ -416,6 +418,10 @@ impl Runtime {
             .map_err(internal)?;
             std::fs::write(dir.join("resolv.conf"), resolv_conf()).map_err(internal)?;
             ContainerCgroup::create(&spec.cgroup, &spec.limits).map_err(RuntimeError::Internal)?;
+            if !spec.security.privileged {
+                devices::restrict(&spec.cgroup, devices::DEFAULT)
+                    .map_err(RuntimeError::Internal)?;
+            }
             write_json(&dir, shim::CONFIG, &spec).map_err(internal)?;
             let record = ContainerRecord {
                 id: id.clone(),
