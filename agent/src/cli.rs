@@ -65,8 +65,12 @@ enum Command {
     Run(RunArgs),
     /// List containers (running ones; -a for all).
     Ps {
+        /// Show all containers, not only running ones.
         #[arg(short, long)]
         all: bool,
+        /// Print only the ids.
+        #[arg(short, long)]
+        quiet: bool,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -494,7 +498,7 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(&client, args).await,
-        Command::Ps { all, output } => {
+        Command::Ps { all, quiet, output } => {
             let list: Vec<ContainerRecord> = client
                 .call(
                     Method::GET,
@@ -502,7 +506,11 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
                     None::<&()>,
                 )
                 .await?;
-            if output == Output::Json {
+            if quiet {
+                for c in list {
+                    println!("{}", c.id);
+                }
+            } else if output == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(

@@ -19,3 +19,6 @@ pub mod runtime;
 
 /// Version reported to the gateway at registration.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Page cache of each embedded database (redb).
+pub const DB_CACHE_BYTES: usize = 1 << 20;

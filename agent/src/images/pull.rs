@@ -226,10 +226,7 @@ impl ImageStore {
         progress: mpsc::UnboundedSender<PullEvent>,
     ) -> Result<ImageRecord, ImageError> {
         let _guard = self.gc_lock.read().await;
-        let oref: oci_client::Reference = reference
-            .canonical()
-            .parse()
-            .map_err(|e| ImageError::BadReference(format!("{reference}: {e}")))?;
+        let oref: oci_client::Reference = reference.reference().clone();
         let registry = oref.resolve_registry().to_string();
         let client = client_for(&registry, &self.config)?;
         let auth = auth_for(oref.registry(), &self.config);
