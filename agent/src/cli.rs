@@ -186,6 +186,10 @@ pub struct RunArgs {
     /// Drop a capability (or ALL).
     #[arg(long)]
     cap_drop: Vec<String>,
+    /// Run in a user namespace: root in the container is uid 100000 on
+    /// the host (ids 0-65535 map to 100000-165535).
+    #[arg(long)]
+    userns_remap: bool,
     /// Rotate the container's log file past this size (like Docker's
     /// `--log-opt max-size`): 10m, 512k [default: 10m].
     #[arg(long, value_parser = parse_memory)]
@@ -725,6 +729,7 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         auto_remove: a.rm,
         log_max_bytes: a.log_max_size.map(|b| b.bytes()),
         health,
+        userns_remap: a.userns_remap,
     };
     let req = RunRequest {
         options,

@@ -752,3 +752,57 @@ fn devices_outside_the_allow_list_cannot_be_used() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn user_namespace_remapping_makes_container_root_unprivileged_on_the_host() {
+    let (_d, agent, img) = setup();
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "remapped",
+        "--userns-remap",
+        &img,
+        "sleep",
+        "300",
+    ]);
+    let v = agent.until("remapped", "running", |v| v["state"] == "running");
+    let pid = v["pid"].as_u64().unwrap();
+    // On the host its root is uid 100000.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "100000"),
+        "{uid}"
+    );
+    // Inside: root, owning the image's files; what it writes is owned by
+    // 100000 on the host; device nodes cannot be made.
+    let out = agent.cli(&[
+        "exec", "remapped", "sh", "-c",
+        "id -u; cat /proc/self/uid_map; stat -c %u /bin/busybox; echo hi > /etc/new; stat -c %u /etc/new; mknod /tmp/null c 1 3 2>/dev/null || echo no-mknod",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        ["0", "0 100000 65536", "0", "0", "no-mknod"],
+        "{}",
+        text(&out.stderr)
+    );
+    let id = v["id"].as_str().unwrap();
+    let upper = agent
+        .state
+        .join("containers")
+        .join(id)
+        .join("upper/etc/new");
+    let meta = std::fs::metadata(&upper).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 100000);
+    // The shared layers were not touched: still root's on disk.
+    let out = agent.cli(&["run", "--rm", &img, "stat", "-c", "%u", "/bin/busybox"]);
+    assert_eq!(text(&out.stdout), "0\n");
+    agent.ok(&["rm", "-f", "remapped"]);
+    assert!(!agent.state.join("containers").join(id).exists());
+}

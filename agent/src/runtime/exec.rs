@@ -86,6 +86,15 @@ fn run(dir: &Path, pid: i32) -> Result<i32, (i32, String)> {
         super::seccomp::programs().map_err(fail)?
     };
     let mut fds: Vec<(OwnedFd, CloneFlags)> = Vec::new();
+    // A remapped container's user namespace comes first: it owns the others.
+    let user = format!("/proc/{pid}/ns/user");
+    let ino = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    if ino(&user).map_err(|e| fail(format!("{user}: {e}")))?
+        != ino("/proc/self/ns/user").map_err(fail)?
+    {
+        let f = std::fs::File::open(&user).map_err(|e| fail(format!("{user}: {e}")))?;
+        fds.push((f.into(), CloneFlags::CLONE_NEWUSER));
+    }
     for (name, flag) in NAMESPACES {
         let path = format!("/proc/{pid}/ns/{name}");
         match std::fs::File::open(&path) {

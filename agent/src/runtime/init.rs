@@ -76,6 +76,8 @@ pub struct InitArgs<'a> {
     pub stderr: OwnedFd,
     /// Seccomp filters to install last (empty when privileged).
     pub filters: &'a [seccompiler::BpfProgram],
+    /// Remapped containers: where the idmapped layers arrive.
+    pub layers: Option<OwnedFd>,
 }
 
 /// Runs in the child; only returns on failure (the message goes to the shim).
@@ -104,7 +106,40 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
 
     let spec = a.spec;
     let rootfs = a.dir.join("rootfs");
-    mount_rootfs(spec, a.dir, &rootfs)?;
+    let lower = match (&a.layers, spec.userns) {
+        (Some(sock), Some(_)) => {
+            // Root of the new user namespace, now that it has id maps.
+            step(
+                "setgid 0",
+                nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)),
+            )?;
+            step(
+                "setuid 0",
+                nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)),
+            )?;
+            let trees = step(
+                "receive the layers",
+                super::userns::recv_fds(sock, spec.layers.len()),
+            )?;
+            if trees.len() != spec.layers.len() {
+                return Err(InitError(format!(
+                    "received {} of {} layers",
+                    trees.len(),
+                    spec.layers.len()
+                )));
+            }
+            let mut dirs = Vec::new();
+            for (i, tree) in trees.iter().enumerate() {
+                let target = a.dir.join("lower").join(i.to_string());
+                step("attach a layer", super::userns::attach(tree, &target))?;
+                dirs.push(target);
+            }
+            dirs
+        }
+        _ => spec.layers.clone(),
+    };
+    drop(a.layers);
+    mount_rootfs(spec, a.dir, &rootfs, &lower)?;
     step("hostname", sethostname(&spec.hostname))?;
     if spec.network != skiff_proto::NetworkMode::Host {
         step("bring up lo", loopback_up())?;
@@ -193,7 +228,12 @@ pub fn exec_process(
     Err(InitError(format!("exec {}: {e}", program.display())))
 }
 
-fn mount_rootfs(spec: &ContainerSpec, dir: &Path, rootfs: &Path) -> Result<(), InitError> {
+fn mount_rootfs(
+    spec: &ContainerSpec,
+    dir: &Path,
+    rootfs: &Path,
+    layers: &[PathBuf],
+) -> Result<(), InitError> {
     // Nothing we mount may propagate back to the host.
     step(
         "make / private",
@@ -205,8 +245,7 @@ fn mount_rootfs(spec: &ContainerSpec, dir: &Path, rootfs: &Path) -> Result<(), I
             None::<&str>,
         ),
     )?;
-    let lower = spec
-        .layers
+    let lower = layers
         .iter()
         .map(|l| l.display().to_string())
         .collect::<Vec<_>>()
@@ -253,6 +292,22 @@ fn mount_rootfs(spec: &ContainerSpec, dir: &Path, rootfs: &Path) -> Result<(), I
         ),
     )?;
     for (name, major, minor) in DEVICES {
+        if spec.userns.is_some() {
+            // No device nodes in a user namespace: bind the host's.
+            let target = at("/dev").join(name);
+            step(&format!("/dev/{name}"), std::fs::File::create(&target))?;
+            step(
+                &format!("/dev/{name}"),
+                mount(
+                    Some(&Path::new("/dev").join(name)),
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                ),
+            )?;
+            continue;
+        }
         step(
             &format!("/dev/{name}"),
             mknod(

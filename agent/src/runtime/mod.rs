@@ -10,6 +10,7 @@
 //! * [`shim`]: the small per-container supervisor that outlives the agent.
 //! * [`exec`]: more processes in a running container (`setns`).
 //! * [`health`]: exec, TCP and HTTP health checks.
+//! * [`userns`]: user-namespace remapping over idmapped layer mounts.
 //! * [`logfile`]: JSON-lines log files with rotation.
 //! * [`records`]: the container index in an embedded database.
 //!
@@ -31,6 +32,7 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 mod user;
+pub mod userns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -122,6 +124,10 @@ pub struct RunOptions {
     pub log_max_bytes: Option<u64>,
     #[serde(default)]
     pub health: Option<skiff_proto::HealthSpec>,
+    /// Run in a user namespace: root inside is an unprivileged user on the
+    /// host.
+    #[serde(default)]
+    pub userns_remap: bool,
 }
 
 /// How a container ended, as `wait` returns it.
@@ -404,6 +410,7 @@ impl Runtime {
             cgroup: format!("{CGROUP_PARENT}/{id}"),
             labels: opts.labels.clone(),
             health: opts.health.clone(),
+            userns: opts.userns_remap.then_some(userns::DEFAULT_RANGE),
         };
         let dir = self.dir(&id);
         let result = (|| -> Result<ContainerRecord, RuntimeError> {
@@ -417,6 +424,18 @@ impl Runtime {
             )
             .map_err(internal)?;
             std::fs::write(dir.join("resolv.conf"), resolv_conf()).map_err(internal)?;
+            if let Some(range) = spec.userns {
+                // What the container writes belongs to its root, and the
+                // idmapped layers get mount points of their own.
+                let root = Some(range.host_id);
+                for f in ["upper", "work", "hosts", "hostname", "resolv.conf"] {
+                    std::os::unix::fs::chown(dir.join(f), root, root).map_err(internal)?;
+                }
+                for i in 0..spec.layers.len() {
+                    std::fs::create_dir_all(dir.join("lower").join(i.to_string()))
+                        .map_err(internal)?;
+                }
+            }
             ContainerCgroup::create(&spec.cgroup, &spec.limits).map_err(RuntimeError::Internal)?;
             if !spec.security.privileged {
                 devices::restrict(&spec.cgroup, devices::DEFAULT)

@@ -185,12 +185,27 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     if spec.network != skiff_proto::NetworkMode::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
+    // Remapped: a user namespace owning all the others, and a socket to
+    // hand the child its idmapped layers.
+    let (layers_tx, layers_rx) = if spec.userns.is_some() {
+        flags |= CloneFlags::CLONE_NEWUSER;
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::SeqPacket,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| format!("socketpair: {e}"))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
     let mut stack = vec![0u8; 256 * 1024];
-    let mut child_fds = Some((ready_r, out_w, err_w, fail_w));
+    let mut child_fds = Some((ready_r, out_w, err_w, fail_w, layers_rx));
     let spec_ref = &spec;
     let filters_ref = &filters;
     let cb = Box::new(move || -> isize {
-        let Some((ready, stdout, stderr, fail)) = child_fds.take() else {
+        let Some((ready, stdout, stderr, fail, layers)) = child_fds.take() else {
             return 127;
         };
         // The workload starts with default signal handling and mask.
@@ -213,6 +228,7 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
             stdout,
             stderr,
             filters: filters_ref,
+            layers,
         });
         let _ = nix::unistd::write(&fail, e.0.as_bytes());
         127
@@ -225,8 +241,14 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
         .map_err(|e| format!("clone: {e}"))?;
     drop(stack);
 
-    // Into the cgroup before it may run anything, then let it go on.
-    if let Err(e) = cgroup.add(pid.as_raw()) {
+    // Into the cgroup (and, remapped, its id maps and layers) before it
+    // may run anything, then let it go on.
+    let prepared = match (spec.userns, &layers_tx) {
+        (Some(range), Some(tx)) => remap(pid.as_raw(), range, &spec.layers, tx),
+        _ => Ok(()),
+    }
+    .and_then(|()| cgroup.add(pid.as_raw()));
+    if let Err(e) = prepared {
         let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
         let _ = waitpid(pid, None);
         return Err(e);
@@ -294,6 +316,26 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
     let _ = waitpid(pid, None);
     Err(format!("exec supervisor {}: {e}", supervisor.display()))
+}
+
+/// Writes the child's id maps and sends it an idmapped mount of each layer.
+fn remap(
+    pid: i32,
+    range: super::spec::IdRange,
+    layers: &[PathBuf],
+    tx: &std::os::fd::OwnedFd,
+) -> Result<(), String> {
+    use super::userns;
+    userns::write_maps(pid, range).map_err(|e| format!("user namespace id maps: {e}"))?;
+    let ns: std::os::fd::OwnedFd = std::fs::File::open(format!("/proc/{pid}/ns/user"))
+        .map_err(|e| format!("user namespace: {e}"))?
+        .into();
+    let trees = layers
+        .iter()
+        .map(|l| userns::idmapped_tree(l, &ns))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("user namespace layers: {e}"))?;
+    userns::send_fds(tx, &trees).map_err(|e| format!("user namespace layers: {e}"))
 }
 
 /// The shim's path in the container directory layout.

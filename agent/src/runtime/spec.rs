@@ -46,6 +46,13 @@ pub struct Security {
     pub cap_drop: Vec<String>,
 }
 
+/// Ids `0..size` in the container are `host_id..host_id+size` on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub host_id: u32,
+    pub size: u32,
+}
+
 /// A container's complete configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -72,4 +79,7 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub health: Option<skiff_proto::HealthSpec>,
+    /// User-namespace remapping, when asked for.
+    #[serde(default)]
+    pub userns: Option<IdRange>,
 }
