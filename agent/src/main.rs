@@ -1,24 +1,25 @@
 //! `skiff-agent`: the node agent binary.
 
 fn main() -> std::process::ExitCode {
-    // A container's setup (`__shim DIR SUPERVISOR`) is this binary too;
-    // it starts before anything else (no async runtime, no logging).
-    let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == "__shim") {
-        let mut path = || {
-            args.next()
-                .map(std::path::PathBuf::from)
-                .unwrap_or_default()
+    // A container's setup (`__shim DIR SUPERVISOR`, or `__shim --warm
+    // CGROUP SUPERVISOR`) and `exec` (`__exec DIR PID`) are this binary too;
+    // they start before anything else (no async runtime, no logging).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    if arg(1) == "__shim" {
+        use skiff_agent::runtime::shim::{Mode, main};
+        let code = if arg(2) == "--warm" {
+            let cgroup = arg(3).to_string_lossy().into_owned();
+            main(Mode::Warm { cgroup: &cgroup }, std::path::Path::new(&arg(4)))
+        } else {
+            let dir = std::path::PathBuf::from(arg(2));
+            main(Mode::Cold { dir: &dir }, std::path::Path::new(&arg(3)))
         };
-        let (dir, supervisor) = (path(), path());
-        return std::process::ExitCode::from(
-            skiff_agent::runtime::shim::main(&dir, &supervisor) as u8
-        );
+        return std::process::ExitCode::from(code as u8);
     }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__exec") {
-        let mut args = std::env::args().skip(2);
-        let dir = std::path::PathBuf::from(args.next().unwrap_or_default());
-        let pid = args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    if arg(1) == "__exec" {
+        let dir = std::path::PathBuf::from(arg(2));
+        let pid = arg(3).to_string_lossy().parse().unwrap_or(0);
         return std::process::ExitCode::from(skiff_agent::runtime::exec::main(&dir, pid) as u8);
     }
     skiff_agent::cli::main()

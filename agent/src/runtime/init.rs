@@ -69,8 +69,9 @@ pub struct InitArgs<'a> {
     pub spec: &'a ContainerSpec,
     /// The container's directory (upper, work, rootfs, etc files).
     pub dir: &'a Path,
-    /// Read end of the "you are in your cgroup" pipe.
-    pub ready: OwnedFd,
+    /// Read end of the "you are in your cgroup" pipe (none when that was
+    /// already settled: warm shims).
+    pub ready: Option<OwnedFd>,
     /// Pipe ends that become stdout and stderr.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -95,9 +96,10 @@ pub enum Never {}
 fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
     // Wait until the shim has put us in our cgroup, then take a cgroup
     // namespace rooted there.
-    let mut byte = [0u8; 1];
-    let _ = nix::unistd::read(&a.ready, &mut byte);
-    drop(a.ready);
+    if let Some(ready) = a.ready {
+        let mut byte = [0u8; 1];
+        let _ = nix::unistd::read(&ready, &mut byte);
+    }
     step(
         "cgroup namespace",
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),

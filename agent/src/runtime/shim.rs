@@ -12,12 +12,14 @@
 //! stopped, killed or upgraded.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::ContainerCgroup;
@@ -116,10 +118,32 @@ pub fn install_supervisor(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Entry point of `skiff-agent __shim DIR SUPERVISOR`; returns the process
-/// exit code (when it does not become the supervisor).
-pub fn main(dir: &Path, supervisor: &Path) -> i32 {
-    match run(dir, supervisor) {
+/// How a shim was started.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode<'a> {
+    /// `__shim DIR SUPERVISOR`: start the container in `DIR` now.
+    Cold { dir: &'a Path },
+    /// `__shim --warm CGROUP SUPERVISOR`: prepare a first process in new
+    /// namespaces and in the cgroup `CGROUP`, report [`WarmReport`], then
+    /// wait for a container directory on stdin (see `runtime::warm`).
+    Warm { cgroup: &'a str },
+}
+
+/// What a warm shim says once its first process is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmReport {
+    pub shim_pid: i32,
+    pub pid: i32,
+}
+
+/// Entry point of `skiff-agent __shim`; returns the process exit code
+/// (when it does not become the supervisor).
+pub fn main(mode: Mode<'_>, supervisor: &Path) -> i32 {
+    let r = match mode {
+        Mode::Cold { dir } => run_cold(dir, supervisor),
+        Mode::Warm { cgroup } => run_warm(cgroup, supervisor),
+    };
+    match r {
         Ok(()) => 0,
         Err(e) => {
             // Before the report was sent this reaches the agent; after it,
@@ -130,28 +154,22 @@ pub fn main(dir: &Path, supervisor: &Path) -> i32 {
     }
 }
 
-fn report(r: &StartReport) {
+fn report<T: Serialize>(r: &T) {
     let mut line = serde_json::to_vec(r).unwrap_or_default();
     line.push(b'\n');
     let _ = std::io::stdout().write_all(&line);
     let _ = std::io::stdout().flush();
 }
 
-fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    let spec: ContainerSpec =
-        read_json(dir, CONFIG).ok_or_else(|| format!("{}: cannot read {CONFIG}", dir.display()))?;
+/// Signals of a shim: it ignores the terminal and its process group (the
+/// agent stops containers by signalling them, never the shim), and blocks
+/// SIGCHLD from here on (the supervisor reads it from a signalfd) so an
+/// early exit of the container is not missed.
+fn prepare_process(supervisor: &Path) -> Result<(), String> {
     nix::unistd::access(supervisor, nix::unistd::AccessFlags::X_OK)
         .map_err(|e| format!("supervisor {}: {e}", supervisor.display()))?;
     let _ = nix::sys::prctl::set_child_subreaper(true);
-    // The shim ignores the terminal and its process group; the agent stops
-    // containers by signalling them, never the shim.
-    for sig in [
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGTERM,
-        Signal::SIGPIPE,
-    ] {
+    for sig in SHIM_IGNORES {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe {
             let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn);
@@ -159,11 +177,114 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     }
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
-    // Blocked from here on (the supervisor reads it from a signalfd), so
-    // an early exit of the container is not missed.
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None)
-        .map_err(|e| format!("block SIGCHLD: {e}"))?;
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| format!("block SIGCHLD: {e}"))
+}
 
+const SHIM_IGNORES: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGPIPE,
+];
+
+/// The pipes between a shim and the container's first process.
+struct Pipes {
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    /// "Go on" (cold: one byte; warm: the container directory and `\n`).
+    ready_w: OwnedFd,
+    /// Why the child failed before `exec`; EOF when it exec'd.
+    fail_r: OwnedFd,
+}
+
+/// The child's ends.
+struct ChildEnds {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    ready: OwnedFd,
+    fail: OwnedFd,
+    layers: Option<OwnedFd>,
+}
+
+/// Clones the container's first process into new namespaces; it runs
+/// `child` (which only returns on failure; the message goes to the fail
+/// pipe).
+fn clone_child(
+    flags: CloneFlags,
+    layers: Option<OwnedFd>,
+    child: impl FnOnce(ChildEnds) -> init::InitError,
+) -> Result<(Pid, Pipes), String> {
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let pipe = || nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"));
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let (fail_r, fail_w) = pipe()?;
+    let mut stack = vec![0u8; 256 * 1024];
+    let mut ends = Some(ChildEnds {
+        stdout: out_w,
+        stderr: err_w,
+        ready: ready_r,
+        fail: fail_w,
+        layers,
+    });
+    let mut child = Some(child);
+    let cb = Box::new(move || -> isize {
+        let (Some(ends), Some(child)) = (ends.take(), child.take()) else {
+            return 127;
+        };
+        // The workload starts with default signal handling and mask.
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        for sig in SHIM_IGNORES {
+            // SAFETY: restoring the default disposition installs no handler.
+            unsafe {
+                let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
+            }
+        }
+        let fail = ends.fail.try_clone();
+        let e = child(ends);
+        if let Ok(fail) = fail {
+            let _ = nix::unistd::write(&fail, e.0.as_bytes());
+        }
+        127
+    });
+    // SAFETY: the shim is single-threaded, so the child (a copy of it, not
+    // sharing memory) may run arbitrary code on the given stack until exec.
+    // The callback owns the child's ends of the pipes; the parent's copies
+    // close when `clone` drops it.
+    let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(Signal::SIGCHLD as i32)) }
+        .map_err(|e| format!("clone: {e}"))?;
+    Ok((
+        pid,
+        Pipes {
+            out_r,
+            err_r,
+            ready_w,
+            fail_r,
+        },
+    ))
+}
+
+fn namespaces(network: skiff_proto::NetworkMode) -> CloneFlags {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID;
+    if network != skiff_proto::NetworkMode::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    flags
+}
+
+fn kill_child(pid: Pid) {
+    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+    let _ = waitpid(pid, None);
+}
+
+fn run_cold(dir: &Path, supervisor: &Path) -> Result<(), String> {
+    let spec: ContainerSpec =
+        read_json(dir, CONFIG).ok_or_else(|| format!("{}: cannot read {CONFIG}", dir.display()))?;
+    prepare_process(supervisor)?;
     let cgroup = ContainerCgroup::load(&spec.cgroup);
     let oom_before = cgroup.oom_kills();
     let filters = if spec.security.privileged {
@@ -171,20 +292,7 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     } else {
         super::seccomp::programs().map_err(|e| format!("seccomp: {e}"))?
     };
-
-    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
-    let (out_r, out_w) = nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
-    let (fail_r, fail_w) = nix::unistd::pipe2(cloexec).map_err(|e| format!("pipe: {e}"))?;
-
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWPID;
-    if spec.network != skiff_proto::NetworkMode::Host {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+    let mut flags = namespaces(spec.network);
     // Remapped: a user namespace owning all the others, and a socket to
     // hand the child its idmapped layers.
     let (layers_tx, layers_rx) = if spec.userns.is_some() {
@@ -200,47 +308,17 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     } else {
         (None, None)
     };
-    let mut stack = vec![0u8; 256 * 1024];
-    let mut child_fds = Some((ready_r, out_w, err_w, fail_w, layers_rx));
-    let spec_ref = &spec;
-    let filters_ref = &filters;
-    let cb = Box::new(move || -> isize {
-        let Some((ready, stdout, stderr, fail, layers)) = child_fds.take() else {
-            return 127;
-        };
-        // The workload starts with default signal handling and mask.
-        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-        for sig in [
-            Signal::SIGINT,
-            Signal::SIGHUP,
-            Signal::SIGTERM,
-            Signal::SIGPIPE,
-        ] {
-            // SAFETY: restoring the default disposition installs no handler.
-            unsafe {
-                let _ = nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl);
-            }
-        }
-        let e = init::run(InitArgs {
-            spec: spec_ref,
+    let (pid, pipes) = clone_child(flags, layers_rx, |ends| {
+        init::run(InitArgs {
+            spec: &spec,
             dir,
-            ready,
-            stdout,
-            stderr,
-            filters: filters_ref,
-            layers,
-        });
-        let _ = nix::unistd::write(&fail, e.0.as_bytes());
-        127
-    });
-    // SAFETY: the shim is single-threaded, so the child (a copy of it, not
-    // sharing memory) may run arbitrary code on the given stack until exec.
-    // The callback owns the child's ends of the pipes; the parent's copies
-    // close when `clone` drops it.
-    let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(Signal::SIGCHLD as i32)) }
-        .map_err(|e| format!("clone: {e}"))?;
-    drop(stack);
-
+            ready: Some(ends.ready),
+            stdout: ends.stdout,
+            stderr: ends.stderr,
+            filters: &filters,
+            layers: ends.layers,
+        })
+    })?;
     // Into the cgroup (and, remapped, its id maps and layers) before it
     // may run anything, then let it go on.
     let prepared = match (spec.userns, &layers_tx) {
@@ -249,16 +327,109 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     }
     .and_then(|()| cgroup.add(pid.as_raw()));
     if let Err(e) = prepared {
-        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-        let _ = waitpid(pid, None);
+        kill_child(pid);
         return Err(e);
     }
-    let _ = nix::unistd::write(&ready_w, b"g");
-    drop(ready_w);
+    let _ = nix::unistd::write(&pipes.ready_w, b"g");
+    finish(dir, &spec, pid, pipes, oom_before, supervisor)
+}
+
+fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
+    prepare_process(supervisor)?;
+    let cgroup = ContainerCgroup::create(cgroup_path, &super::spec::Limits::default())?;
+    let flags = namespaces(skiff_proto::NetworkMode::None);
+    let (pid, pipes) = clone_child(flags, None, |ends| {
+        // Wait for a container; none (EOF) ends quietly.
+        let Some(dir) = read_line(&ends.ready) else {
+            return init::InitError(String::new());
+        };
+        let dir = PathBuf::from(dir);
+        let Some(spec) = read_json::<ContainerSpec>(&dir, CONFIG) else {
+            return init::InitError(format!("{}: cannot read {CONFIG}", dir.display()));
+        };
+        let filters = if spec.security.privileged {
+            Vec::new()
+        } else {
+            match super::seccomp::programs() {
+                Ok(f) => f,
+                Err(e) => return init::InitError(format!("seccomp: {e}")),
+            }
+        };
+        init::run(InitArgs {
+            spec: &spec,
+            dir: &dir,
+            ready: None,
+            stdout: ends.stdout,
+            stderr: ends.stderr,
+            filters: &filters,
+            layers: None,
+        })
+    })?;
+    // The slow part on cgroup v1 (the kernel waits for an RCU grace
+    // period to move a process), done before any container needs it.
+    if let Err(e) = cgroup.add(pid.as_raw()) {
+        kill_child(pid);
+        let _ = cgroup.delete();
+        return Err(e);
+    }
+    report(&WarmReport {
+        shim_pid: std::process::id() as i32,
+        pid: pid.as_raw(),
+    });
+    let mut line = String::new();
+    let assigned = std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0);
+    let dir = PathBuf::from(line.trim_end_matches('\n'));
+    let spec = assigned
+        .then(|| read_json::<ContainerSpec>(&dir, CONFIG))
+        .flatten();
+    let Some(spec) = spec else {
+        // The agent went away (or sent nothing usable): leave no trace.
+        kill_child(pid);
+        let _ = cgroup.delete();
+        return if assigned {
+            Err(format!("{}: cannot read {CONFIG}", dir.display()))
+        } else {
+            Ok(())
+        };
+    };
+    // The agent renamed our cgroup to the container's before assigning.
+    let oom_before = ContainerCgroup::load(&spec.cgroup).oom_kills();
+    let mut msg = dir.as_os_str().as_bytes().to_vec();
+    msg.push(b'\n');
+    let _ = nix::unistd::write(&pipes.ready_w, &msg);
+    finish(&dir, &spec, pid, pipes, oom_before, supervisor)
+}
+
+/// Reads bytes up to a newline (or EOF, then `None` if nothing came).
+fn read_line(fd: &OwnedFd) -> Option<String> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(fd, &mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => out.push(b[0]),
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => break,
+        }
+    }
+    (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Waits until the first process exec'd (or says why not), records it,
+/// reports to the agent, and becomes the supervisor.
+fn finish(
+    dir: &Path,
+    spec: &ContainerSpec,
+    pid: Pid,
+    pipes: Pipes,
+    oom_before: u64,
+    supervisor: &Path,
+) -> Result<(), String> {
+    drop(pipes.ready_w);
     let mut why = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match nix::unistd::read(&fail_r, &mut buf) {
+        match nix::unistd::read(&pipes.fail_r, &mut buf) {
             Ok(0) => break,
             Ok(n) => why.extend_from_slice(&buf[..n]),
             Err(nix::errno::Errno::EINTR) => continue,
@@ -271,14 +442,13 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     }
 
     let shim_pid = std::process::id() as i32;
-    let started = now_ms();
     write_json(
         dir,
         STATE,
         &RunState {
             pid: pid.as_raw(),
             shim_pid,
-            started_unix_ms: started,
+            started_unix_ms: now_ms(),
             oom_kills_before: oom_before,
         },
     )
@@ -299,7 +469,7 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
         std::ffi::CString::new(dir.as_os_str().as_bytes()),
         std::ffi::CString::new(pid.as_raw().to_string()),
     ];
-    for fd in [&out_r, &err_r] {
+    for fd in [&pipes.out_r, &pipes.err_r] {
         let flags = nix::fcntl::FdFlag::empty();
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flags))
             .map_err(|e| format!("pipe flags: {e}"))?;
@@ -313,8 +483,7 @@ fn run(dir: &Path, supervisor: &Path) -> Result<(), String> {
     let e = nix::unistd::execv(&argv[0], &argv).unwrap_err();
     // Not reached unless exec failed: do not leave a container nobody
     // supervises.
-    let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-    let _ = waitpid(pid, None);
+    kill_child(pid);
     Err(format!("exec supervisor {}: {e}", supervisor.display()))
 }
 
