@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::images::ImagesConfig;
+use crate::runtime::RuntimeConfig;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/skiff";
@@ -49,6 +50,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub images: ImagesConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
 }
 
 /// What flags and the environment set (clap fills it).
@@ -96,6 +99,7 @@ pub struct AgentConfig {
     pub gateway: Option<GatewayLink>,
     pub metrics_listen: Option<SocketAddr>,
     pub images: ImagesConfig,
+    pub runtime: RuntimeConfig,
 }
 
 impl AgentConfig {
@@ -174,6 +178,13 @@ impl AgentConfig {
                 })
             }
         };
+        let runtime = file.runtime;
+        if let Err(e) = runtime.userns_range() {
+            return Err(bad("runtime.userns_remap_range", e));
+        }
+        if runtime.warm_shims > 64 {
+            return Err(bad("runtime.warm_shims", "must be at most 64"));
+        }
         let images = file.images;
         if images.concurrent_downloads == 0 || images.concurrent_downloads > 64 {
             return Err(bad(
@@ -205,6 +216,7 @@ impl AgentConfig {
             gateway,
             metrics_listen: o.metrics_listen.or(file.metrics_listen),
             images,
+            runtime,
         })
     }
 }

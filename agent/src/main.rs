@@ -10,7 +10,10 @@ fn main() -> std::process::ExitCode {
         use skiff_agent::runtime::shim::{Mode, main};
         let code = if arg(2) == "--warm" {
             let cgroup = arg(3).to_string_lossy().into_owned();
-            main(Mode::Warm { cgroup: &cgroup }, std::path::Path::new(&arg(4)))
+            main(
+                Mode::Warm { cgroup: &cgroup },
+                std::path::Path::new(&arg(4)),
+            )
         } else {
             let dir = std::path::PathBuf::from(arg(2));
             main(Mode::Cold { dir: &dir }, std::path::Path::new(&arg(3)))

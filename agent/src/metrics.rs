@@ -5,6 +5,8 @@
 //! * `skiff_agent_container_starts_total{result}`: starts (`ok`, `failed`).
 //! * `skiff_agent_container_start_seconds`: start latency (from the start
 //!   request to the first process running).
+//! * `skiff_agent_container_warm_starts_total`: starts that used a warm
+//!   shim (see `runtime::warm`).
 //! * `skiff_agent_container_oom_kills_total`, `..._restarts_total`.
 //! * `skiff_agent_image_pulls_total{result}`, `skiff_agent_image_pull_seconds`.
 //!
@@ -37,6 +39,7 @@ pub struct Metrics {
     pub containers: Family<StateLabel, Gauge>,
     pub starts: Family<ResultLabel, Counter>,
     pub start_seconds: Histogram,
+    pub warm_starts: Counter,
     pub oom_kills: Counter,
     pub restarts: Counter,
     pub pulls: Family<ResultLabel, Counter>,
@@ -59,6 +62,12 @@ impl Metrics {
             "container_start_seconds",
             "Time from a start request to the container's first process running",
             start_seconds.clone(),
+        );
+        let warm_starts = Counter::default();
+        registry.register(
+            "container_warm_starts",
+            "Starts that used a warm shim (cgroup v1)",
+            warm_starts.clone(),
         );
         let oom_kills = Counter::default();
         registry.register(
@@ -85,6 +94,7 @@ impl Metrics {
             containers,
             starts,
             start_seconds,
+            warm_starts,
             oom_kills,
             restarts,
             pulls,

@@ -87,10 +87,12 @@ pub fn restrict(path: &str, rules: &[Rule]) -> Result<(), String> {
         dev.deny_device(DeviceType::All, -1, -1, &DevicePermissions::all())
             .map_err(e)?;
         for r in rules {
-            let kind = match r.kind {
-                Kind::Block => DeviceType::Block,
-                Kind::Char => DeviceType::Char,
-                Kind::Any => DeviceType::All,
+            // `a` in devices.allow allows everything whatever the rest of
+            // the line says: a rule for both types is written as two.
+            let kinds: &[DeviceType] = match r.kind {
+                Kind::Block => &[DeviceType::Block],
+                Kind::Char => &[DeviceType::Char],
+                Kind::Any => &[DeviceType::Char, DeviceType::Block],
             };
             let mut perms = Vec::new();
             for (bit, p) in [
@@ -103,8 +105,10 @@ pub fn restrict(path: &str, rules: &[Rule]) -> Result<(), String> {
                 }
             }
             let n = |v: Option<u32>| v.map_or(-1, i64::from);
-            dev.allow_device(kind, n(r.major), n(r.minor), &perms)
-                .map_err(e)?;
+            for kind in kinds {
+                dev.allow_device(*kind, n(r.major), n(r.minor), &perms)
+                    .map_err(e)?;
+            }
         }
         Ok(())
     }
@@ -240,21 +244,32 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
 /// attachment keeps the program alive; it goes with the cgroup.
 fn attach_program(dir: &Path, insns: &[Insn]) -> std::io::Result<()> {
     let license = c"GPL";
-    let mut log = vec![0u8; 4096];
-    let mut load = ProgLoad {
-        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        pad: [0; 80],
+    // Without a log first: the verifier's trace of even this short program
+    // overflows a small buffer, and an overflowing log fails the load
+    // (ENOSPC) on older kernels. The log is only wanted to explain a failure.
+    let load = |log: &mut [u8]| {
+        let mut attr = ProgLoad {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: u32::from(!log.is_empty()),
+            log_size: log.len() as u32,
+            log_buf: if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
+            },
+            pad: [0; 80],
+        };
+        bpf(BPF_PROG_LOAD, &mut attr)
     };
-    let prog = match bpf(BPF_PROG_LOAD, &mut load) {
+    let prog = match load(&mut []) {
         // SAFETY: the kernel returned a new descriptor that we now own.
         Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd as i32) },
         Err(e) => {
+            let mut log = vec![0u8; 1 << 20];
+            let _ = load(&mut log);
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             let verifier = String::from_utf8_lossy(&log[..end]);
             return Err(std::io::Error::new(

@@ -11,6 +11,7 @@
 //! * [`exec`]: more processes in a running container (`setns`).
 //! * [`health`]: exec, TCP and HTTP health checks.
 //! * [`userns`]: user-namespace remapping over idmapped layer mounts.
+//! * [`warm`]: shims prepared ahead of time (cgroup v1 starts).
 //! * [`logfile`]: JSON-lines log files with rotation.
 //! * [`records`]: the container index in an embedded database.
 //!
@@ -33,6 +34,7 @@ pub mod shim;
 pub mod spec;
 mod user;
 pub mod userns;
+pub mod warm;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -173,6 +175,47 @@ pub struct Runtime {
     health: Mutex<HashMap<String, health::Health>>,
     shim_exe: PathBuf,
     supervisor: PathBuf,
+    warm: Arc<warm::WarmPool>,
+    userns_range: spec::IdRange,
+}
+
+/// The `[runtime]` section of the agent's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Shims kept ready so starts skip cgroup v1's slow process move
+    /// (see [`warm`]); 0 turns them off. Ignored on cgroup v2.
+    pub warm_shims: usize,
+    /// Host ids for `--userns-remap` containers: `FIRST:COUNT`.
+    pub userns_remap_range: String,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            warm_shims: 4,
+            userns_remap_range: "100000:65536".into(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The remap range, or why it is not one.
+    pub fn userns_range(&self) -> Result<spec::IdRange, String> {
+        let bad = || {
+            format!(
+                "{:?}: expected FIRST:COUNT with FIRST > 0 and COUNT >= 65536",
+                self.userns_remap_range
+            )
+        };
+        let (a, b) = self.userns_remap_range.split_once(':').ok_or_else(bad)?;
+        let (host_id, size): (u32, u32) =
+            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if host_id == 0 || size < 65_536 || host_id.checked_add(size).is_none() {
+            return Err(bad());
+        }
+        Ok(spec::IdRange { host_id, size })
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -204,7 +247,9 @@ impl Runtime {
     pub async fn open(
         state_dir: &Path,
         images: Arc<ImageStore>,
+        config: &RuntimeConfig,
     ) -> Result<Arc<Self>, RuntimeError> {
+        let userns_range = config.userns_range().map_err(RuntimeError::Invalid)?;
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).map_err(internal)?;
         let records = Records::open(&state_dir.join("containers.redb")).map_err(internal)?;
@@ -217,10 +262,19 @@ impl Runtime {
             records,
             live: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
+            warm: warm::WarmPool::new(
+                shim_exe.clone(),
+                supervisor.clone(),
+                state_dir,
+                config.warm_shims,
+            ),
             shim_exe,
             supervisor,
+            userns_range,
         });
         rt.adopt().await?;
+        warm::WarmPool::remove_stale(CGROUP_PARENT);
+        rt.warm.refill(CGROUP_PARENT);
         Ok(rt)
     }
 
@@ -410,7 +464,7 @@ impl Runtime {
             cgroup: format!("{CGROUP_PARENT}/{id}"),
             labels: opts.labels.clone(),
             health: opts.health.clone(),
-            userns: opts.userns_remap.then_some(userns::DEFAULT_RANGE),
+            userns: opts.userns_remap.then_some(self.userns_range),
         };
         let dir = self.dir(&id);
         let result = (|| -> Result<ContainerRecord, RuntimeError> {
@@ -519,14 +573,31 @@ impl Runtime {
         let exe = self.shim_exe.clone();
         let supervisor = self.supervisor.clone();
         let shim_dir = dir.clone();
-        let (child, report) =
-            tokio::task::spawn_blocking(move || spawn_shim(&exe, &supervisor, &shim_dir))
-                .await
-                .map_err(internal)??;
+        let spec: ContainerSpec = read_json(&dir, shim::CONFIG)
+            .ok_or_else(|| internal(format!("container {}: config.json is missing", record.id)))?;
+        // Warm when it can be (see `warm`), cold otherwise.
+        let warm = (spec.userns.is_none() && spec.network != NetworkMode::Host)
+            .then(|| self.warm.take())
+            .flatten();
+        let (child, report, warmed) = tokio::task::spawn_blocking(move || {
+            if let Some(w) = warm {
+                match w.start(&shim_dir, &spec) {
+                    Ok((c, r)) => return Ok((c, r, true)),
+                    Err(e) => tracing::warn!(error = %e, "warm start failed; starting cold"),
+                }
+            }
+            spawn_shim(&exe, &supervisor, &shim_dir).map(|(c, r)| (c, r, false))
+        })
+        .await
+        .map_err(internal)??;
+        self.warm.refill(CGROUP_PARENT);
         match report {
             StartReport::Started { pid, shim_pid } => {
                 let m = crate::metrics::get();
                 m.starts.get_or_create(&crate::metrics::ok()).inc();
+                if warmed {
+                    m.warm_starts.inc();
+                }
                 m.start_seconds.observe(asked.elapsed().as_secs_f64());
                 record.state = State::Running;
                 record.pid = Some(pid);
@@ -618,8 +689,12 @@ impl Runtime {
                 RestartPolicy::Never => false,
             };
         if record.auto_remove && !restart {
-            self.update(&record);
-            let _ = self.remove(id, true).await;
+            // Waiters (`run --rm`) hear of the exit once it is removed.
+            let _ = self.records.put(&record, false);
+            if let Err(e) = self.remove(id, true).await {
+                tracing::warn!(container = %record.name, error = %e, "auto-remove failed");
+                self.update(&record);
+            }
             return;
         }
         if !restart {
@@ -774,9 +849,15 @@ impl Runtime {
                 cg.kill_all();
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            cg.delete().map_err(RuntimeError::Internal)?;
+            tokio::task::spawn_blocking(move || cg.delete())
+                .await
+                .map_err(internal)?
+                .map_err(RuntimeError::Internal)?;
         }
-        std::fs::remove_dir_all(&dir)
+        let gone = dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&gone))
+            .await
+            .map_err(internal)?
             .or_else(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Ok(())
@@ -786,7 +867,10 @@ impl Runtime {
             })
             .map_err(internal)?;
         self.records.remove(&record.id).map_err(internal)?;
-        self.live.lock().expect("lock").remove(&record.id);
+        // Waiters get the last state as the record goes.
+        if let Some(l) = self.live.lock().expect("lock").remove(&record.id) {
+            l.tx.send_replace(record.clone());
+        }
         self.health.lock().expect("lock").remove(&record.id);
         tracing::info!(container = %record.name, "removed");
         Ok(())

@@ -22,13 +22,6 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 
 use super::spec::IdRange;
 
-/// The range remapped containers use unless configured otherwise
-/// (Docker's `dockremap` default, 100000 + 65536).
-pub const DEFAULT_RANGE: IdRange = IdRange {
-    host_id: 100_000,
-    size: 65_536,
-};
-
 /// Writes the uid and gid maps of the (new) user namespace of `pid`.
 pub fn write_maps(pid: i32, range: IdRange) -> std::io::Result<()> {
     let line = format!("0 {} {}\n", range.host_id, range.size);

@@ -91,11 +91,20 @@ impl Agent {
 
 impl Agent {
     /// Builds the busybox test image and imports it; returns its name.
+    /// `SKIFF_TEST_BUSYBOX_LAYOUT` names a ready-made layout to import
+    /// instead (the cgroup v2 VM has no umoci; scripts/vm-test sets it).
     pub fn busybox(&self, work: &Path) -> String {
-        let image = skiff_test_support::images::OciImage::busybox(work, "test", &[]).unwrap();
+        let layout = match std::env::var_os("SKIFF_TEST_BUSYBOX_LAYOUT") {
+            Some(layout) => PathBuf::from(layout),
+            None => {
+                skiff_test_support::images::OciImage::busybox(work, "test", &[])
+                    .unwrap()
+                    .layout
+            }
+        };
         self.ok(&[
             "import",
-            image.layout.to_str().unwrap(),
+            layout.to_str().unwrap(),
             "--name",
             "skiff/busybox:test",
         ]);
