@@ -95,6 +95,13 @@ impl ContainerCgroup {
         }
     }
 
+    /// The cgroup's directory on a cgroup v2 host (for `CLONE_INTO_CGROUP`).
+    pub fn v2_dir(&self) -> Option<PathBuf> {
+        self.cg
+            .v2()
+            .then(|| PathBuf::from(hierarchies::UNIFIED_MOUNTPOINT).join(self.cg.path()))
+    }
+
     /// Moves a process (and its future children) in.
     pub fn add(&self, pid: i32) -> Result<(), String> {
         self.cg

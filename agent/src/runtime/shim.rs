@@ -212,6 +212,7 @@ struct ChildEnds {
 fn clone_child(
     flags: CloneFlags,
     layers: Option<OwnedFd>,
+    into_cgroup: Option<&OwnedFd>,
     child: impl FnOnce(ChildEnds) -> init::InitError,
 ) -> Result<(Pid, Pipes), String> {
     let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
@@ -229,7 +230,7 @@ fn clone_child(
         layers,
     });
     let mut child = Some(child);
-    let cb = Box::new(move || -> isize {
+    let cb = move || -> isize {
         let (Some(ends), Some(child)) = (ends.take(), child.take()) else {
             return 127;
         };
@@ -247,13 +248,26 @@ fn clone_child(
             let _ = nix::unistd::write(&fail, e.0.as_bytes());
         }
         127
-    });
+    };
     // SAFETY: the shim is single-threaded, so the child (a copy of it, not
     // sharing memory) may run arbitrary code on the given stack until exec.
     // The callback owns the child's ends of the pipes; the parent's copies
     // close when `clone` drops it.
-    let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(Signal::SIGCHLD as i32)) }
-        .map_err(|e| format!("clone: {e}"))?;
+    let pid = match into_cgroup {
+        // cgroup v2: born in its cgroup (clone3 with CLONE_INTO_CGROUP), so
+        // it never has to be moved, which would wait for an RCU grace period.
+        Some(cg) => clone_into_cgroup(flags, cg, cb)?,
+        // SAFETY: as below.
+        None => unsafe {
+            nix::sched::clone(
+                Box::new(cb),
+                &mut stack,
+                flags,
+                Some(Signal::SIGCHLD as i32),
+            )
+        }
+        .map_err(|e| format!("clone: {e}"))?,
+    };
     Ok((
         pid,
         Pipes {
@@ -263,6 +277,65 @@ fn clone_child(
             fail_r,
         },
     ))
+}
+
+/// `struct clone_args` (version 2, with `cgroup`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3` with `CLONE_INTO_CGROUP`, fork-like (no new stack): the child
+/// runs `child` and exits with its value.
+fn clone_into_cgroup(
+    flags: CloneFlags,
+    cgroup: &OwnedFd,
+    child: impl FnOnce() -> isize,
+) -> Result<Pid, String> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: Signal::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup.as_raw_fd() as u64,
+    };
+    // SAFETY: the shim is single-threaded; without CLONE_VM the child gets
+    // a copy of this process (as with fork) and leaves only via `_exit`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match r {
+        0 => {
+            let code = child();
+            // SAFETY: ends the child without unwinding into the parent's
+            // frames.
+            unsafe { libc::_exit(code as i32) }
+        }
+        r if r > 0 => Ok(Pid::from_raw(r as i32)),
+        _ => Err(format!("clone3: {}", std::io::Error::last_os_error())),
+    }
 }
 
 fn namespaces(network: skiff_proto::NetworkMode) -> CloneFlags {
@@ -308,7 +381,11 @@ fn run_cold(dir: &Path, supervisor: &Path) -> Result<(), String> {
     } else {
         (None, None)
     };
-    let (pid, pipes) = clone_child(flags, layers_rx, |ends| {
+    let cgroup_dir = cgroup
+        .v2_dir()
+        .and_then(|d| std::fs::File::open(d).ok())
+        .map(OwnedFd::from);
+    let (pid, pipes) = clone_child(flags, layers_rx, cgroup_dir.as_ref(), |ends| {
         init::run(InitArgs {
             spec: &spec,
             dir,
@@ -325,7 +402,13 @@ fn run_cold(dir: &Path, supervisor: &Path) -> Result<(), String> {
         (Some(range), Some(tx)) => remap(pid.as_raw(), range, &spec.layers, tx),
         _ => Ok(()),
     }
-    .and_then(|()| cgroup.add(pid.as_raw()));
+    .and_then(|()| {
+        if cgroup_dir.is_some() {
+            Ok(())
+        } else {
+            cgroup.add(pid.as_raw())
+        }
+    });
     if let Err(e) = prepared {
         kill_child(pid);
         return Err(e);
@@ -338,7 +421,7 @@ fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
     prepare_process(supervisor)?;
     let cgroup = ContainerCgroup::create(cgroup_path, &super::spec::Limits::default())?;
     let flags = namespaces(skiff_proto::NetworkMode::None);
-    let (pid, pipes) = clone_child(flags, None, |ends| {
+    let (pid, pipes) = clone_child(flags, None, None, |ends| {
         // Wait for a container; none (EOF) ends quietly.
         let Some(dir) = read_line(&ends.ready) else {
             return init::InitError(String::new());
