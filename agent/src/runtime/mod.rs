@@ -490,11 +490,6 @@ impl Runtime {
                         .map_err(internal)?;
                 }
             }
-            ContainerCgroup::create(&spec.cgroup, &spec.limits).map_err(RuntimeError::Internal)?;
-            if !spec.security.privileged {
-                devices::restrict(&spec.cgroup, devices::DEFAULT)
-                    .map_err(RuntimeError::Internal)?;
-            }
             write_json(&dir, shim::CONFIG, &spec).map_err(internal)?;
             let record = ContainerRecord {
                 id: id.clone(),
@@ -585,6 +580,12 @@ impl Runtime {
                     Ok((c, r)) => return Ok((c, r, true)),
                     Err(e) => tracing::warn!(error = %e, "warm start failed; starting cold"),
                 }
+            }
+            // The cgroup is made at each start (a warm start renames its own).
+            ContainerCgroup::create(&spec.cgroup, &spec.limits).map_err(RuntimeError::Internal)?;
+            if !spec.security.privileged {
+                devices::restrict(&spec.cgroup, devices::DEFAULT)
+                    .map_err(RuntimeError::Internal)?;
             }
             spawn_shim(&exe, &supervisor, &shim_dir).map(|(c, r)| (c, r, false))
         })
@@ -1041,6 +1042,11 @@ impl Runtime {
     /// meanwhile get their recorded exit (and their restart policy).
     async fn adopt(self: &Arc<Self>) -> Result<(), RuntimeError> {
         for record in self.records.all().map_err(internal)? {
+            if !self.dir(&record.id).join(shim::CONFIG).exists() {
+                // Removed just before a crash (removal is not waited for).
+                let _ = self.records.remove(&record.id);
+                continue;
+            }
             let (tx, _) = watch::channel(record.clone());
             self.live.lock().expect("lock").insert(
                 record.id.clone(),

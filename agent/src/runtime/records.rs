@@ -89,8 +89,11 @@ impl Records {
         tx.commit().map_err(e)
     }
 
+    /// Forgets a record. Not waited for: after a crash a record whose
+    /// directory is gone is dropped at adoption.
     pub fn remove(&self, id: &str) -> Result<(), String> {
-        let tx = self.db.begin_write().map_err(e)?;
+        let mut tx = self.db.begin_write().map_err(e)?;
+        tx.set_durability(Durability::None).map_err(e)?;
         tx.open_table(CONTAINERS)
             .map_err(e)?
             .remove(id)

@@ -417,10 +417,23 @@ fn run_cold(dir: &Path, supervisor: &Path) -> Result<(), String> {
     finish(dir, &spec, pid, pipes, oom_before, supervisor)
 }
 
+/// `setpriority` for a process (0: this one).
+fn set_nice(pid: i32, nice: i32) {
+    // SAFETY: no memory is passed.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice);
+    }
+}
+
 fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
     prepare_process(supervisor)?;
+    // Preparing yields to containers starting meanwhile; a container gets
+    // the normal priority back when it is assigned.
+    set_nice(0, 10);
     let cgroup = ContainerCgroup::create(cgroup_path, &super::spec::Limits::default())?;
     let flags = namespaces(skiff_proto::NetworkMode::None);
+    // The default filter is the same for every container: compiled ahead.
+    let default_filters = super::seccomp::programs().map_err(|e| format!("seccomp: {e}"))?;
     let (pid, pipes) = clone_child(flags, None, None, |ends| {
         // Wait for a container; none (EOF) ends quietly.
         let Some(dir) = read_line(&ends.ready) else {
@@ -433,10 +446,7 @@ fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
         let filters = if spec.security.privileged {
             Vec::new()
         } else {
-            match super::seccomp::programs() {
-                Ok(f) => f,
-                Err(e) => return init::InitError(format!("seccomp: {e}")),
-            }
+            default_filters
         };
         init::run(InitArgs {
             spec: &spec,
@@ -477,6 +487,8 @@ fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
     };
     // The agent renamed our cgroup to the container's before assigning.
     let oom_before = ContainerCgroup::load(&spec.cgroup).oom_kills();
+    set_nice(0, 0);
+    set_nice(pid.as_raw(), 0);
     let mut msg = dir.as_os_str().as_bytes().to_vec();
     msg.push(b'\n');
     let _ = nix::unistd::write(&pipes.ready_w, &msg);

@@ -166,11 +166,12 @@ impl WarmPool {
 }
 
 impl WarmShim {
-    /// Makes this shim's cgroup the container's (replacing the empty one
-    /// made at create), with the container's limits and devices. On error
-    /// the container's cgroup is back as it was and the shim is gone.
+    /// Makes this shim's cgroup the container's, with the container's
+    /// limits and devices. On error the shim is gone and the container
+    /// has a fresh cgroup for a cold start.
     fn take_over_cgroup(&mut self, spec: &ContainerSpec) -> Result<(), String> {
         let result = (|| {
+            // Left by an earlier run of this container (empty by now).
             ContainerCgroup::load(&spec.cgroup).delete()?;
             rename(&self.cgroup, &spec.cgroup)?;
             ContainerCgroup::create(&spec.cgroup, &spec.limits)?;
@@ -186,10 +187,6 @@ impl WarmShim {
             cg.kill_all();
             let _ = ContainerCgroup::load(&self.cgroup).delete();
             let _ = cg.delete();
-            ContainerCgroup::create(&spec.cgroup, &spec.limits)?;
-            if !spec.security.privileged {
-                super::devices::restrict(&spec.cgroup, super::devices::DEFAULT)?;
-            }
         }
         result
     }
