@@ -2,7 +2,8 @@
 
 fn main() -> std::process::ExitCode {
     // A container's setup (`__shim DIR SUPERVISOR`, or `__shim --warm
-    // CGROUP SUPERVISOR`) and `exec` (`__exec DIR PID`) are this binary too;
+    // CGROUP SUPERVISOR STAGING`) and `exec` (`__exec DIR PID`) are this
+    // binary too;
     // they start before anything else (no async runtime, no logging).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
@@ -10,8 +11,12 @@ fn main() -> std::process::ExitCode {
         use skiff_agent::runtime::shim::{Mode, main};
         let code = if arg(2) == "--warm" {
             let cgroup = arg(3).to_string_lossy().into_owned();
+            let staging = std::path::PathBuf::from(arg(5));
             main(
-                Mode::Warm { cgroup: &cgroup },
+                Mode::Warm {
+                    cgroup: &cgroup,
+                    staging: &staging,
+                },
                 std::path::Path::new(&arg(4)),
             )
         } else {

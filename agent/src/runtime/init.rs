@@ -79,6 +79,8 @@ pub struct InitArgs<'a> {
     pub filters: &'a [seccompiler::BpfProgram],
     /// Remapped containers: where the idmapped layers arrive.
     pub layers: Option<OwnedFd>,
+    /// `/proc`, `/dev` and `/sys` already mounted here (warm shims).
+    pub staged: Option<&'a Path>,
 }
 
 /// Runs in the child; only returns on failure (the message goes to the shim).
@@ -141,15 +143,12 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
         _ => spec.layers.clone(),
     };
     drop(a.layers);
-    mount_rootfs(spec, a.dir, &rootfs, &lower)?;
+    mount_rootfs(spec, a.dir, &rootfs, &lower, a.staged)?;
     step("hostname", sethostname(&spec.hostname))?;
     if spec.network != skiff_proto::NetworkMode::Host {
         step("bring up lo", loopback_up())?;
     }
     enter_rootfs(&rootfs)?;
-    if !spec.security.privileged {
-        harden_paths()?;
-    }
 
     // stdin from /dev/null, stdout and stderr to the shim's pipes.
     let null = step(
@@ -235,6 +234,7 @@ fn mount_rootfs(
     dir: &Path,
     rootfs: &Path,
     layers: &[PathBuf],
+    staged: Option<&Path>,
 ) -> Result<(), InitError> {
     // Nothing we mount may propagate back to the host.
     step(
@@ -268,9 +268,63 @@ fn mount_rootfs(
         ),
     )?;
     let at = |p: &str| rootfs.join(p.trim_start_matches('/'));
+    match staged {
+        // Made ahead by a warm process: moved into place.
+        Some(base) => {
+            for name in SYSTEM_MOUNTS {
+                mkdir_in_root(rootfs, name)?;
+                step(
+                    &format!("move /{name}"),
+                    mount(
+                        Some(&base.join(name)),
+                        &at(name),
+                        None::<&str>,
+                        MsFlags::MS_MOVE,
+                        None::<&str>,
+                    ),
+                )?;
+            }
+        }
+        None => {
+            for name in SYSTEM_MOUNTS {
+                mkdir_in_root(rootfs, name)?;
+            }
+            mount_system(rootfs, spec.security.privileged, spec.userns.is_some())?;
+        }
+    }
+
+    // /etc/hosts, /etc/hostname and /etc/resolv.conf from the container dir.
+    mkdir_in_root(rootfs, "etc")?;
+    for f in ["hosts", "hostname", "resolv.conf"] {
+        let target = at("/etc").join(f);
+        if std::fs::symlink_metadata(&target).is_err() {
+            step(&format!("/etc/{f}"), std::fs::File::create(&target))?;
+        }
+        step(
+            &format!("/etc/{f}"),
+            mount(
+                Some(&dir.join(f)),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// What [`mount_system`] mounts, each a directory under the root.
+pub const SYSTEM_MOUNTS: [&str; 3] = ["proc", "dev", "sys"];
+
+/// The container's `/proc`, `/dev` and `/sys` under `base` (its root, or a
+/// staging directory a warm process prepares ahead), hardened unless
+/// privileged. `base/{proc,dev,sys}` must exist. Runs in the container's
+/// namespaces (proc shows its pid namespace, sysfs its network).
+pub fn mount_system(base: &Path, privileged: bool, userns: bool) -> Result<(), InitError> {
+    let at = |p: &str| base.join(p.trim_start_matches('/'));
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
-    mkdir_in_root(rootfs, "proc")?;
     step(
         "mount /proc",
         mount(
@@ -282,7 +336,6 @@ fn mount_rootfs(
         ),
     )?;
 
-    mkdir_in_root(rootfs, "dev")?;
     step(
         "mount /dev",
         mount(
@@ -294,7 +347,7 @@ fn mount_rootfs(
         ),
     )?;
     for (name, major, minor) in DEVICES {
-        if spec.userns.is_some() {
+        if userns {
             // No device nodes in a user namespace: bind the host's.
             let target = at("/dev").join(name);
             step(&format!("/dev/{name}"), std::fs::File::create(&target))?;
@@ -390,8 +443,7 @@ fn mount_rootfs(
         ),
     )?;
 
-    mkdir_in_root(rootfs, "sys")?;
-    let sys_flags = if spec.security.privileged {
+    let sys_flags = if privileged {
         nosuid
     } else {
         nosuid | MsFlags::MS_RDONLY
@@ -407,23 +459,8 @@ fn mount_rootfs(
         ),
     )?;
 
-    // /etc/hosts, /etc/hostname and /etc/resolv.conf from the container dir.
-    mkdir_in_root(rootfs, "etc")?;
-    for f in ["hosts", "hostname", "resolv.conf"] {
-        let target = at("/etc").join(f);
-        if std::fs::symlink_metadata(&target).is_err() {
-            step(&format!("/etc/{f}"), std::fs::File::create(&target))?;
-        }
-        step(
-            &format!("/etc/{f}"),
-            mount(
-                Some(&dir.join(f)),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            ),
-        )?;
+    if !privileged {
+        harden_paths(base)?;
     }
     Ok(())
 }
@@ -449,9 +486,10 @@ fn enter_rootfs(rootfs: &Path) -> Result<(), InitError> {
     Ok(())
 }
 
-fn harden_paths() -> Result<(), InitError> {
+fn harden_paths(base: &Path) -> Result<(), InitError> {
+    let null = base.join("dev/null");
     for p in MASKED {
-        let path = Path::new(p);
+        let path = &base.join(p.trim_start_matches('/'));
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_dir() => step(
                 &format!("mask {p}"),
@@ -466,7 +504,7 @@ fn harden_paths() -> Result<(), InitError> {
             Ok(_) => step(
                 &format!("mask {p}"),
                 mount(
-                    Some("/dev/null"),
+                    Some(&null),
                     path,
                     None::<&str>,
                     MsFlags::MS_BIND,
@@ -477,7 +515,7 @@ fn harden_paths() -> Result<(), InitError> {
         }
     }
     for p in READ_ONLY {
-        let path = Path::new(p);
+        let path = &base.join(p.trim_start_matches('/'));
         if path.exists() {
             step(
                 &format!("read-only {p}"),

@@ -508,7 +508,11 @@ impl Runtime {
                 restart: spec.restart,
                 auto_remove: opts.auto_remove,
             };
-            self.records.put(&record, true).map_err(internal)?;
+            // On disk before `create` answers, so a crash cannot lose it;
+            // except `--rm` containers, which a crash should not keep.
+            self.records
+                .put(&record, !opts.auto_remove)
+                .map_err(internal)?;
             Ok(record)
         })();
         if result.is_err() {

@@ -123,10 +123,12 @@ pub fn install_supervisor(dir: &Path) -> std::io::Result<PathBuf> {
 pub enum Mode<'a> {
     /// `__shim DIR SUPERVISOR`: start the container in `DIR` now.
     Cold { dir: &'a Path },
-    /// `__shim --warm CGROUP SUPERVISOR`: prepare a first process in new
-    /// namespaces and in the cgroup `CGROUP`, report [`WarmReport`], then
-    /// wait for a container directory on stdin (see `runtime::warm`).
-    Warm { cgroup: &'a str },
+    /// `__shim --warm CGROUP SUPERVISOR STAGING`: prepare a first process in
+    /// new namespaces and in the cgroup `CGROUP`, with its `/proc`, `/dev`
+    /// and `/sys` mounted under `STAGING` (in its own mount namespace),
+    /// report [`WarmReport`], then wait for a container directory on stdin
+    /// (see `runtime::warm`).
+    Warm { cgroup: &'a str, staging: &'a Path },
 }
 
 /// What a warm shim says once its first process is ready.
@@ -141,7 +143,7 @@ pub struct WarmReport {
 pub fn main(mode: Mode<'_>, supervisor: &Path) -> i32 {
     let r = match mode {
         Mode::Cold { dir } => run_cold(dir, supervisor),
-        Mode::Warm { cgroup } => run_warm(cgroup, supervisor),
+        Mode::Warm { cgroup, staging } => run_warm(cgroup, supervisor, staging),
     };
     match r {
         Ok(()) => 0,
@@ -394,6 +396,7 @@ fn run_cold(dir: &Path, supervisor: &Path) -> Result<(), String> {
             stderr: ends.stderr,
             filters: &filters,
             layers: ends.layers,
+            staged: None,
         })
     })?;
     // Into the cgroup (and, remapped, its id maps and layers) before it
@@ -425,7 +428,7 @@ fn set_nice(pid: i32, nice: i32) {
     }
 }
 
-fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
+fn run_warm(cgroup_path: &str, supervisor: &Path, staging: &Path) -> Result<(), String> {
     prepare_process(supervisor)?;
     // Preparing yields to containers starting meanwhile; a container gets
     // the normal priority back when it is assigned.
@@ -435,6 +438,9 @@ fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
     // The default filter is the same for every container: compiled ahead.
     let default_filters = super::seccomp::programs().map_err(|e| format!("seccomp: {e}"))?;
     let (pid, pipes) = clone_child(flags, None, None, |ends| {
+        // Mount what every container has, ahead (falling back to mounting
+        // it at start if that fails).
+        let staged = stage_system(staging).is_ok();
         // Wait for a container; none (EOF) ends quietly.
         let Some(dir) = read_line(&ends.ready) else {
             return init::InitError(String::new());
@@ -456,6 +462,7 @@ fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
             stderr: ends.stderr,
             filters: &filters,
             layers: None,
+            staged: (staged && !spec.security.privileged).then_some(staging),
         })
     })?;
     // The slow part on cgroup v1 (the kernel waits for an RCU grace
@@ -493,6 +500,33 @@ fn run_warm(cgroup_path: &str, supervisor: &Path) -> Result<(), String> {
     msg.push(b'\n');
     let _ = nix::unistd::write(&pipes.ready_w, &msg);
     finish(&dir, &spec, pid, pipes, oom_before, supervisor)
+}
+
+/// In a warm process's own mount namespace: a tmpfs on `staging` holding
+/// a container's `/proc`, `/dev` and `/sys`, hardened.
+fn stage_system(staging: &Path) -> Result<(), init::InitError> {
+    use nix::mount::{MsFlags, mount};
+    let e = |what: &str, err: &dyn std::fmt::Display| init::InitError(format!("{what}: {err}"));
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|x| e("make / private", &x))?;
+    mount(
+        Some("tmpfs"),
+        staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=700,size=64k"),
+    )
+    .map_err(|x| e("staging tmpfs", &x))?;
+    for name in init::SYSTEM_MOUNTS {
+        std::fs::create_dir(staging.join(name)).map_err(|x| e("staging", &x))?;
+    }
+    init::mount_system(staging, false, false)
 }
 
 /// Reads bytes up to a newline (or EOF, then `None` if nothing came).

@@ -45,6 +45,9 @@ pub struct WarmPool {
     exe: PathBuf,
     supervisor: PathBuf,
     log: PathBuf,
+    /// An empty directory each warm process mounts its staging tmpfs on,
+    /// in its own mount namespace.
+    staging: PathBuf,
     target: usize,
     ready: Mutex<Vec<WarmShim>>,
     filling: AtomicUsize,
@@ -62,6 +65,7 @@ impl WarmPool {
             exe,
             supervisor,
             log: state_dir.join("warm-shims.log"),
+            staging: state_dir.join("warm"),
             target,
             ready: Mutex::new(Vec::new()),
             filling: AtomicUsize::new(0),
@@ -128,6 +132,8 @@ impl WarmPool {
     fn spawn_one(&self, parent: &str) -> Result<WarmShim, String> {
         use std::os::unix::process::CommandExt;
         let n = self.next.fetch_add(1, Ordering::SeqCst);
+        std::fs::create_dir_all(&self.staging)
+            .map_err(|e| format!("{}: {e}", self.staging.display()))?;
         let cgroup = format!("{parent}/{PREFIX}{}-{n}", std::process::id());
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -137,6 +143,7 @@ impl WarmPool {
         let mut child = Command::new(&self.exe)
             .args(["__shim", "--warm", &cgroup])
             .arg(&self.supervisor)
+            .arg(&self.staging)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
