@@ -33,6 +33,17 @@ fn err(what: &str, path: &str, e: impl std::fmt::Display) -> String {
     format!("cgroup {path}: {what}: {e}")
 }
 
+/// Whether the cgroup at `path` exists (checked in the pids hierarchy on
+/// cgroup v1, which every container cgroup has, or the unified one).
+pub fn exists(path: &str) -> bool {
+    let root = if is_v2() {
+        hierarchies::UNIFIED_MOUNTPOINT.to_string()
+    } else {
+        format!("{}/pids", hierarchies::UNIFIED_MOUNTPOINT)
+    };
+    std::path::Path::new(&root).join(path).exists()
+}
+
 /// Whether the host runs the unified (v2) hierarchy.
 pub fn is_v2() -> bool {
     hierarchies::is_cgroup2_unified_mode()

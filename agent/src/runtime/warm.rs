@@ -179,7 +179,9 @@ impl WarmShim {
     fn take_over_cgroup(&mut self, spec: &ContainerSpec) -> Result<(), String> {
         let result = (|| {
             // Left by an earlier run of this container (empty by now).
-            ContainerCgroup::load(&spec.cgroup).delete()?;
+            if super::cgroup::exists(&spec.cgroup) {
+                ContainerCgroup::load(&spec.cgroup).delete()?;
+            }
             rename(&self.cgroup, &spec.cgroup)?;
             ContainerCgroup::create(&spec.cgroup, &spec.limits)?;
             if !spec.security.privileged {
