@@ -69,9 +69,13 @@ pub struct InitArgs<'a> {
     pub spec: &'a ContainerSpec,
     /// The container's directory (upper, work, rootfs, etc files).
     pub dir: &'a Path,
-    /// Read end of the "you are in your cgroup" pipe (none when that was
-    /// already settled: warm shims).
+    /// Read end of the "you are in your cgroup" pipe, read before anything
+    /// else.
     pub ready: Option<OwnedFd>,
+    /// Warm starts: the same signal, read only before the cgroup namespace
+    /// and `exec` (the root filesystem is built while the agent hands the
+    /// cgroup over). EOF means the start was called off.
+    pub ready_late: Option<OwnedFd>,
     /// Pipe ends that become stdout and stderr.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -101,11 +105,11 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
     if let Some(ready) = a.ready {
         let mut byte = [0u8; 1];
         let _ = nix::unistd::read(&ready, &mut byte);
+        step(
+            "cgroup namespace",
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+        )?;
     }
-    step(
-        "cgroup namespace",
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
-    )?;
     step("new session", nix::unistd::setsid())?;
 
     let spec = a.spec;
@@ -149,6 +153,17 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
         step("bring up lo", loopback_up())?;
     }
     enter_rootfs(&rootfs)?;
+
+    if let Some(ready) = a.ready_late {
+        let mut byte = [0u8; 1];
+        if !matches!(nix::unistd::read(&ready, &mut byte), Ok(1)) {
+            return Err(InitError(String::new()));
+        }
+        step(
+            "cgroup namespace",
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+        )?;
+    }
 
     // stdin from /dev/null, stdout and stderr to the shim's pipes.
     let null = step(

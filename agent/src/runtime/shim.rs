@@ -392,6 +392,7 @@ fn run_cold(dir: &Path, supervisor: &Path) -> Result<(), String> {
             spec: &spec,
             dir,
             ready: Some(ends.ready),
+            ready_late: None,
             stdout: ends.stdout,
             stderr: ends.stderr,
             filters: &filters,
@@ -458,6 +459,7 @@ fn run_warm(cgroup_path: &str, supervisor: &Path, staging: &Path) -> Result<(), 
             spec: &spec,
             dir: &dir,
             ready: None,
+            ready_late: Some(ends.ready),
             stdout: ends.stdout,
             stderr: ends.stderr,
             filters: &filters,
@@ -492,13 +494,22 @@ fn run_warm(cgroup_path: &str, supervisor: &Path, staging: &Path) -> Result<(), 
             Ok(())
         };
     };
-    // The agent renamed our cgroup to the container's before assigning.
-    let oom_before = ContainerCgroup::load(&spec.cgroup).oom_kills();
+    // The first process builds the root filesystem while the agent makes
+    // our cgroup the container's; it goes on to exec when that is done.
     set_nice(0, 0);
     set_nice(pid.as_raw(), 0);
     let mut msg = dir.as_os_str().as_bytes().to_vec();
     msg.push(b'\n');
     let _ = nix::unistd::write(&pipes.ready_w, &msg);
+    let mut go = String::new();
+    if !std::io::stdin().read_line(&mut go).is_ok_and(|n| n > 0) {
+        kill_child(pid);
+        let _ = ContainerCgroup::load(&spec.cgroup).delete();
+        let _ = cgroup.delete();
+        return Ok(());
+    }
+    let oom_before = ContainerCgroup::load(&spec.cgroup).oom_kills();
+    let _ = nix::unistd::write(&pipes.ready_w, b"g");
     finish(&dir, &spec, pid, pipes, oom_before, supervisor)
 }
 

@@ -207,11 +207,16 @@ impl WarmShim {
         dir: &Path,
         spec: &ContainerSpec,
     ) -> Result<(Child, StartReport), String> {
-        self.take_over_cgroup(spec)?;
+        // The shim's process builds the root filesystem meanwhile; it
+        // waits for "go" before it runs anything of the container's.
         let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
         line.push(b'\n');
         self.stdin
             .write_all(&line)
+            .map_err(|e| format!("warm shim: {e}"))?;
+        self.take_over_cgroup(spec)?;
+        self.stdin
+            .write_all(b"go\n")
             .map_err(|e| format!("warm shim: {e}"))?;
         drop(self.stdin);
         let mut report = String::new();
