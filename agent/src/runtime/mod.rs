@@ -845,8 +845,15 @@ impl Runtime {
             }
         }
         let dir = self.dir(&record.id);
-        if let Some(spec) = read_json::<ContainerSpec>(&dir, shim::CONFIG) {
-            let cg = ContainerCgroup::load(&spec.cgroup);
+        let cgroup = read_json::<ContainerSpec>(&dir, shim::CONFIG).map(|s| s.cgroup);
+        // The cgroup and the directory go at the same time.
+        let gone = dir.clone();
+        let files = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&gone) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        });
+        if let Some(path) = cgroup {
+            let cg = ContainerCgroup::load(&path);
             for _ in 0..100 {
                 if cg.is_empty() {
                     break;
@@ -859,18 +866,7 @@ impl Runtime {
                 .map_err(internal)?
                 .map_err(RuntimeError::Internal)?;
         }
-        let gone = dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&gone))
-            .await
-            .map_err(internal)?
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(internal)?;
+        files.await.map_err(internal)?.map_err(internal)?;
         self.records.remove(&record.id).map_err(internal)?;
         // Waiters get the last state as the record goes.
         if let Some(l) = self.live.lock().expect("lock").remove(&record.id) {
