@@ -3,7 +3,7 @@
 //!
 //! 1. Run-to-exit of a cached busybox `true`: `skiff-agent run --rm IMAGE
 //!    true` against `runc run` of an OCI bundle of the same rootfs,
-//!    alternating, `SKIFF_BENCH_RUNS` times each (default 30). Both are
+//!    alternating, `SKIFF_BENCH_RUNS` times each (default 50). Both are
 //!    timed as a user sees them: one CLI invocation, start to exit.
 //! 2. Throughput: create-start-exit-remove cycles (`run --rm … true`) with
 //!    8 in flight, for `SKIFF_BENCH_CYCLES` cycles (default 400); runc the
@@ -168,7 +168,7 @@ fn main() {
     require_root();
     require("runc").unwrap();
     require("umoci").unwrap();
-    let runs = env_or("SKIFF_BENCH_RUNS", 30);
+    let runs = env_or("SKIFF_BENCH_RUNS", 50);
     let cycles = env_or("SKIFF_BENCH_CYCLES", 400);
     let work = tempfile::tempdir().unwrap();
     let image = OciImage::busybox(work.path(), "test", &[]).unwrap();
