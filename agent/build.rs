@@ -10,6 +10,7 @@ use std::process::Command;
 fn main() {
     let src = "shim/main.rs";
     println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-changed=shim/civil.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("skiff-shim");
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("TARGET");

@@ -24,6 +24,8 @@
 #![no_std]
 #![no_main]
 
+mod civil;
+
 use core::ffi::{c_char, c_int, c_long, c_uint, c_void};
 
 #[repr(C)]
@@ -175,20 +177,11 @@ fn now() -> Timespec {
     ts
 }
 
-/// RFC 3339 UTC time with nanoseconds (civil date from days since the
-/// epoch, H. Hinnant's algorithm), as `logfile::rfc3339` writes it.
+/// RFC 3339 UTC time with nanoseconds, as `logfile::rfc3339` writes it.
 fn push_time<const N: usize>(b: &mut Buf<N>, t: &Timespec) {
     let secs = t.sec;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil::civil_from_days(days);
     b.push_u64(year as u64, 4);
     b.push(b"-");
     b.push_u64(month as u64, 2);

@@ -101,15 +101,8 @@ enum Command {
     /// Run a command in a running container; exits with its exit code
     /// (126: it could not be run; 127: executable not found).
     Exec {
-        /// Environment variable KEY=VALUE (repeatable).
-        #[arg(short, long = "env")]
-        env: Vec<String>,
-        /// User (name or uid, optionally :group) [default: the container's].
-        #[arg(short, long)]
-        user: Option<String>,
-        /// Working directory [default: the container's].
-        #[arg(short, long)]
-        workdir: Option<String>,
+        #[command(flatten)]
+        process: ProcessFlags,
         container: String,
         /// Command and arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -134,6 +127,22 @@ enum Command {
     },
 }
 
+/// The process flags `run` and `exec` share.
+#[derive(Debug, Args)]
+pub struct ProcessFlags {
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// User (name or uid, optionally :group), resolved in the image's
+    /// /etc/passwd [default: the image's; for exec, the container's].
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Working directory inside the container [default: the image's; for
+    /// exec, the container's].
+    #[arg(short, long)]
+    workdir: Option<String>,
+}
+
 /// Flags of `run`, shaped like `docker run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -154,15 +163,8 @@ pub struct RunArgs {
     /// Most processes and threads.
     #[arg(long = "pids-limit", alias = "pids")]
     pids: Option<u64>,
-    /// Environment variable KEY=VALUE (repeatable).
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    /// User (name or uid, optionally :group), resolved in the image.
-    #[arg(short, long)]
-    user: Option<String>,
-    /// Working directory inside the container.
-    #[arg(short, long)]
-    workdir: Option<String>,
+    #[command(flatten)]
+    process: ProcessFlags,
     /// Restart policy: never (default), on-failure, always.
     #[arg(long, value_parser = parse_restart)]
     restart: Option<skiff_proto::RestartPolicy>,
@@ -543,17 +545,15 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {
-            env,
-            user,
-            workdir,
+            process,
             container,
             cmd,
         } => {
             let opts = crate::runtime::ExecOptions {
                 cmd,
-                env,
-                user,
-                workdir,
+                env: process.env,
+                user: process.user,
+                workdir: process.workdir,
             };
             let path = format!("/v1/containers/exec?id={}", query_value(&container));
             let lines = client.stream(&path, &opts).await?;
@@ -715,9 +715,9 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         name: a.name,
         cmd: a.cmd,
         entrypoint: a.entrypoint.map(|e| vec![e]),
-        env: a.env,
-        user: a.user,
-        workdir: a.workdir,
+        env: a.process.env,
+        user: a.process.user,
+        workdir: a.process.workdir,
         memory: a.memory,
         cpus: a.cpus,
         pids: a.pids,

@@ -11,8 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::Agent;
-use skiff_test_support::tools::require_root;
+use common::{Agent, text};
 
 /// The cgroup parent the agent puts containers under (runtime/mod.rs).
 const PARENT: &str = "skiff";
@@ -82,19 +81,9 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
 }
 
 fn setup() -> (tempfile::TempDir, Agent, String) {
-    require_root();
     let mode = mode();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path());
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let image = agent.busybox(&work);
     eprintln!("cgroup layout: {mode:?}");
-    (dir, agent, image)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::setup()
 }
 
 /// Starts a detached container; returns its id (from `inspect`).

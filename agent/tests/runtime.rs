@@ -6,22 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Agent;
-use skiff_test_support::tools::require_root;
-
-fn setup() -> (tempfile::TempDir, Agent, String) {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path());
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    let image = agent.busybox(&work);
-    (dir, agent, image)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{setup, text};
 
 #[test]
 fn exit_codes_and_output() {

@@ -251,17 +251,7 @@ fn mount_rootfs(
     layers: &[PathBuf],
     staged: Option<&Path>,
 ) -> Result<(), InitError> {
-    // Nothing we mount may propagate back to the host.
-    step(
-        "make / private",
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
-    )?;
+    make_root_private()?;
     let lower = layers
         .iter()
         .map(|l| l.display().to_string())
@@ -327,6 +317,20 @@ fn mount_rootfs(
         )?;
     }
     Ok(())
+}
+
+/// Nothing mounted from here on may propagate back to the host.
+pub fn make_root_private() -> Result<(), InitError> {
+    step(
+        "make / private",
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )
 }
 
 /// What [`mount_system`] mounts, each a directory under the root.

@@ -518,14 +518,7 @@ fn run_warm(cgroup_path: &str, supervisor: &Path, staging: &Path) -> Result<(), 
 fn stage_system(staging: &Path) -> Result<(), init::InitError> {
     use nix::mount::{MsFlags, mount};
     let e = |what: &str, err: &dyn std::fmt::Display| init::InitError(format!("{what}: {err}"));
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|x| e("make / private", &x))?;
+    init::make_root_private()?;
     mount(
         Some("tmpfs"),
         staging,

@@ -134,3 +134,20 @@ impl Agent {
         }
     }
 }
+
+/// An agent (as root) with the busybox test image imported: the temporary
+/// directory that holds it, the agent, and the image's name.
+pub fn setup() -> (tempfile::TempDir, Agent, String) {
+    skiff_test_support::tools::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path());
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let image = agent.busybox(&work);
+    (dir, agent, image)
+}
+
+/// Output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
