@@ -558,6 +558,7 @@ impl Runtime {
     }
 
     async fn start_inner(self: &Arc<Self>, key: &str) -> Result<ContainerRecord, RuntimeError> {
+        let _busy = self.warm.busy();
         let mut record = self.resolve(key)?;
         if matches!(record.state, State::Running) {
             return Ok(record);
@@ -595,7 +596,7 @@ impl Runtime {
         })
         .await
         .map_err(internal)??;
-        self.warm.refill(CGROUP_PARENT);
+        self.warm.refill_soon(CGROUP_PARENT);
         match report {
             StartReport::Started { pid, shim_pid } => {
                 let m = crate::metrics::get();
@@ -832,6 +833,7 @@ impl Runtime {
 
     /// Removes a container and everything it had on the host.
     pub async fn remove(&self, key: &str, force: bool) -> Result<(), RuntimeError> {
+        let _busy = self.warm.busy();
         let record = self.resolve(key)?;
         if matches!(record.state, State::Running | State::Restarting) {
             if !force {

@@ -52,6 +52,23 @@ pub struct WarmPool {
     ready: Mutex<Vec<WarmShim>>,
     filling: AtomicUsize,
     next: AtomicU64,
+    /// A delayed refill is pending.
+    scheduled: std::sync::atomic::AtomicBool,
+    /// Container starts and removals in progress, and when the last ended.
+    busy: AtomicUsize,
+    last_busy: Mutex<std::time::Instant>,
+}
+
+/// Marks a container start or removal in progress (see
+/// [`WarmPool::refill_soon`]).
+#[derive(Debug)]
+pub struct Busy<'a>(&'a WarmPool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *self.0.last_busy.lock().expect("lock") = std::time::Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Prefix of warm cgroups under the agent's parent cgroup.
@@ -70,6 +87,9 @@ impl WarmPool {
             ready: Mutex::new(Vec::new()),
             filling: AtomicUsize::new(0),
             next: AtomicU64::new(0),
+            scheduled: std::sync::atomic::AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            last_busy: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -104,6 +124,42 @@ impl WarmPool {
     /// A ready shim, if there is one.
     pub fn take(&self) -> Option<WarmShim> {
         self.ready.lock().expect("lock").pop()
+    }
+
+    /// Marks a container start or removal in progress until dropped.
+    pub fn busy(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(self)
+    }
+
+    /// After a start took a shim: refills at once if none is left, else
+    /// once no container is starting or being removed for a moment.
+    /// Preparing a shim moves a process into a cgroup, which holds the
+    /// kernel's cgroup lock for an RCU grace period; cgroup renames and
+    /// removals of containers starting and ending meanwhile would wait.
+    pub fn refill_soon(self: &Arc<Self>, parent: &str) {
+        if self.ready.lock().expect("lock").is_empty() {
+            self.refill(parent);
+            return;
+        }
+        if self.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pool = Arc::clone(self);
+        let parent = parent.to_string();
+        tokio::spawn(async move {
+            let quiet = std::time::Duration::from_millis(30);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                let idle = pool.busy.load(Ordering::SeqCst) == 0
+                    && pool.last_busy.lock().expect("lock").elapsed() >= quiet;
+                if idle || pool.ready.lock().expect("lock").is_empty() {
+                    break;
+                }
+            }
+            pool.scheduled.store(false, Ordering::SeqCst);
+            pool.refill(&parent);
+        });
     }
 
     /// Starts shims in the background until the pool is full again.
