@@ -152,6 +152,8 @@ pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
+    /// Name (letters, digits, '_', '.', '-'; unique) [default: the id's
+    /// first 12 characters].
     #[arg(long)]
     name: Option<String>,
     /// Memory limit: 256m, 1g (Docker units) or 256Mi, 1Gi.
@@ -174,6 +176,8 @@ pub struct RunArgs {
     /// Network: none (default until bridge networking lands) or host.
     #[arg(long, value_parser = parse_network)]
     network: Option<skiff_proto::NetworkMode>,
+    /// Hostname inside the container [default: the id's first 12
+    /// characters].
     #[arg(long)]
     hostname: Option<String>,
     /// Replace the image's ENTRYPOINT.
@@ -188,8 +192,9 @@ pub struct RunArgs {
     /// Drop a capability (or ALL).
     #[arg(long)]
     cap_drop: Vec<String>,
-    /// Run in a user namespace: root in the container is uid 100000 on
-    /// the host (ids 0-65535 map to 100000-165535).
+    /// Run in a user namespace: root in the container is an unprivileged
+    /// user on the host (ids 0-65535 map to 100000-165535 unless the
+    /// agent's runtime.userns_remap_range says otherwise).
     #[arg(long)]
     userns_remap: bool,
     /// Rotate the container's log file past this size (like Docker's
