@@ -7,7 +7,8 @@
 //! * [`config`]: configuration (file, environment, flags).
 //! * [`cli`], [`daemon`]: the `skiff-agent` command line and daemon.
 //!
-//! Node networking arrives with its issue.
+//! * [`net`]: node networking (address pool, bridge and veth pairs; being
+//!   built).
 
 pub mod api;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod images;
 pub mod metrics;
+pub mod net;
 pub mod runtime;
 
 /// Version reported to the gateway at registration.

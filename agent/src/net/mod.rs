@@ -1,0 +1,8 @@
+//! Node networking (being built; not yet used by the runtime, whose
+//! containers get the `none` or `host` network until it is wired in).
+//!
+//! * [`ipam`]: container addresses from the node's subnet, crash-safe.
+//! * [`link`]: the node bridge and container veth pairs (rtnetlink).
+
+pub mod ipam;
+pub mod link;
