@@ -24,3 +24,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Page cache of each embedded database (redb).
 pub const DB_CACHE_BYTES: usize = 1 << 20;
+
+/// Opens (or creates) one of the agent's embedded databases. Its page
+/// cache is small: the tables hold at most thousands of records, and
+/// redb's default (1 GiB) would let the agent's memory grow.
+pub fn open_db(path: &std::path::Path) -> Result<redb::Database, redb::DatabaseError> {
+    redb::Builder::new()
+        .set_cache_size(DB_CACHE_BYTES)
+        .create(path)
+}

@@ -86,12 +86,7 @@ pub struct Meta {
 
 impl Meta {
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        // A small page cache: these tables hold a few hundred records,
-        // and redb's default (1 GiB) would let the agent's memory grow.
-        let db = redb::Builder::new()
-            .set_cache_size(crate::DB_CACHE_BYTES)
-            .create(path)
-            .map_err(db_err)?;
+        let db = crate::open_db(path).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
         tx.open_table(IMAGES).map_err(db_err)?;
         tx.open_table(LAYERS).map_err(db_err)?;

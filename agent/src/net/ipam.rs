@@ -50,10 +50,7 @@ impl Ipam {
             return Err(IpamError::TooSmall(subnet));
         }
         let gateway = subnet.hosts().next().ok_or(IpamError::TooSmall(subnet))?;
-        let db = redb::Builder::new()
-            .set_cache_size(crate::DB_CACHE_BYTES)
-            .create(path)
-            .map_err(store)?;
+        let db = crate::open_db(path).map_err(store)?;
         let tx = db.begin_write().map_err(store)?;
         tx.open_table(BY_ADDR).map_err(store)?;
         tx.open_table(BY_OWNER).map_err(store)?;

@@ -62,12 +62,7 @@ fn e(x: impl std::fmt::Display) -> String {
 
 impl Records {
     pub fn open(path: &Path) -> Result<Self, String> {
-        // A small page cache: these tables hold a few hundred records,
-        // and redb's default (1 GiB) would let the agent's memory grow.
-        let db = redb::Builder::new()
-            .set_cache_size(crate::DB_CACHE_BYTES)
-            .create(path)
-            .map_err(e)?;
+        let db = crate::open_db(path).map_err(e)?;
         let tx = db.begin_write().map_err(e)?;
         tx.open_table(CONTAINERS).map_err(e)?;
         tx.commit().map_err(e)?;
