@@ -3,6 +3,8 @@
 //!
 //! * [`ipam`]: container addresses from the node's subnet, crash-safe.
 //! * [`link`]: the node bridge and container veth pairs (rtnetlink).
+//! * [`nat`]: Skiff's own nftables table (egress masquerade).
 
 pub mod ipam;
 pub mod link;
+pub mod nat;
