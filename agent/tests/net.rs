@@ -8,6 +8,8 @@ use std::process::Command;
 
 use skiff_agent::net::ipam::Ipam;
 use skiff_agent::net::link::{self, Attachment};
+use skiff_agent::net::nat::{Nat, PortMapping, Proto};
+use skiff_test_support::procs::ChildGuard;
 use skiff_test_support::tools::require_root;
 
 /// A network namespace (`ip netns`), deleted on drop.
@@ -104,6 +106,104 @@ impl Node {
         .unwrap();
         address
     }
+}
+
+/// Another host: a namespace on a point-to-point link to this one
+/// (`10.F.T.1` here, `10.F.T.2` there); returns it, the host's end of the
+/// link, and `10.F.T`.
+fn outside_host(tag: u32, first: u32) -> (Netns, HostLink, String) {
+    let outside = Netns::new(&format!("skto{tag}"));
+    let (host_end, out_end) = (format!("sko{tag}"), format!("skp{tag}"));
+    let uplink = HostLink(host_end.clone());
+    let net = format!("10.{first}.{}", tag % 250);
+    for cmd in [
+        format!("ip link add {host_end} type veth peer name {out_end}"),
+        format!("ip link set {out_end} netns {}", outside.0),
+        format!("ip addr add {net}.1/30 dev {host_end}"),
+        format!("ip link set {host_end} up"),
+        format!("ip -n {} addr add {net}.2/30 dev {out_end}", outside.0),
+        format!("ip -n {} link set {out_end} up", outside.0),
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(o.status.success(), "{cmd}: {}", text(&o));
+    }
+    (outside, uplink, net)
+}
+
+/// busybox httpd in `ns` on `port`, answering `/cgi-bin/ip` with the
+/// caller's address.
+fn caller_server(ns: &Netns, dir: &std::path::Path, port: u16) -> ChildGuard {
+    let www = dir.join(format!("www-{}", ns.0));
+    std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
+    let cgi = www.join("cgi-bin/ip");
+    std::fs::write(
+        &cgi,
+        "#!/bin/busybox sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    ChildGuard::spawn(
+        "httpd",
+        Command::new("ip")
+            .args(["netns", "exec", &ns.0, "busybox", "httpd", "-f", "-p"])
+            .arg(port.to_string())
+            .arg("-h")
+            .arg(&www),
+    )
+    .unwrap()
+}
+
+/// `curl` from `ns` (the host when `None`), 2 s at most.
+fn curl(ns: Option<&Netns>, url: &str) -> std::process::Output {
+    match ns {
+        Some(ns) => ns.run(&["curl", "-sS", "-m", "2", url]),
+        None => Command::new("curl")
+            .args(["-sS", "-m", "2", url])
+            .output()
+            .unwrap(),
+    }
+}
+
+/// Polls `curl` until it answers (or fails the test after 5 s).
+fn curl_until_up(ns: Option<&Netns>, url: &str) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let o = curl(ns, url);
+        if o.status.success() {
+            return o;
+        }
+        assert!(std::time::Instant::now() < deadline, "{url}: {}", text(&o));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A test's own nftables table, removed on drop.
+struct TableGuard(Nat);
+
+impl Drop for TableGuard {
+    fn drop(&mut self) {
+        let _ = self.0.remove();
+    }
+}
+
+impl Node {
+    /// The node's NAT rules, in a table of this test's own.
+    fn nat(&self, tag: u32) -> TableGuard {
+        TableGuard(Nat {
+            table: format!("skifft{tag}"),
+            bridge: self.name.clone(),
+            subnet: self.subnet,
+        })
+    }
+}
+
+/// `nft list table ip NAME`.
+fn nft_table(name: &str) -> std::process::Output {
+    Command::new("nft")
+        .args(["list", "table", "ip", name])
+        .output()
+        .unwrap()
 }
 
 /// The caller's address as busybox httpd's CGI saw it (it writes IPv4
@@ -227,111 +327,112 @@ async fn egress_reaches_an_outside_host_through_snat() {
 
     // "Outside": another host on a link of its own, which knows no route
     // to the container subnet, serving its caller's address.
-    let outside = Netns::new(&format!("skto{tag}"));
-    let (host_end, out_end) = (format!("sko{tag}"), format!("skp{tag}"));
-    let _uplink = HostLink(host_end.clone());
-    let net = format!("10.251.{}", tag % 250);
-    for cmd in [
-        format!("ip link add {host_end} type veth peer name {out_end}"),
-        format!("ip link set {out_end} netns {}", outside.0),
-        format!("ip addr add {net}.1/30 dev {host_end}"),
-        format!("ip link set {host_end} up"),
-        format!("ip -n {} addr add {net}.2/30 dev {out_end}", outside.0),
-        format!("ip -n {} link set {out_end} up", outside.0),
-    ] {
-        let args: Vec<&str> = cmd.split(' ').collect();
-        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-        assert!(o.status.success(), "{cmd}: {}", text(&o));
-    }
-    let www = node.dir.path().join("www");
-    std::fs::create_dir_all(www.join("cgi-bin")).unwrap();
-    let cgi = www.join("cgi-bin/ip");
-    std::fs::write(
-        &cgi,
-        "#!/bin/busybox sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
-    )
-    .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&cgi).unwrap().permissions(),
-        0o755,
-    );
-    std::fs::set_permissions(&cgi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let _server = skiff_test_support::procs::ChildGuard::spawn(
-        "httpd",
-        Command::new("ip")
-            .args([
-                "netns", "exec", &outside.0, "busybox", "httpd", "-f", "-p", "8080", "-h",
-            ])
-            .arg(&www),
-    )
-    .unwrap();
+    let (outside, _uplink, net) = outside_host(tag, 251);
+    let _server = caller_server(&outside, node.dir.path(), 8080);
     let url = format!("http://{net}.2:8080/cgi-bin/ip");
-    let fetch = || ctr.run(&["curl", "-sS", "-m", "2", &url]);
     // The server is up (from the host, which it can answer)...
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let o = Command::new("curl")
-            .args(["-sS", "-m", "2", &url])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            assert_eq!(caller(&o), format!("{net}.1"));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "server: {}", text(&o));
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert_eq!(caller(&curl_until_up(None, &url)), format!("{net}.1"));
     // ...but without Skiff's rules it cannot answer the container.
-    let before = fetch();
-    assert!(!before.status.success(), "{}", text(&before));
+    let before = curl(Some(&ctr), &url);
     assert!(text(&before).contains("timed out"), "{}", text(&before));
 
-    struct Table;
-    impl Drop for Table {
-        fn drop(&mut self) {
-            let _ = skiff_agent::net::nat::Nat::remove();
-        }
-    }
-    let _table = Table;
-    let nat = skiff_agent::net::nat::Nat {
-        bridge: node.name.clone(),
-        subnet: node.subnet,
-    };
-    nat.ensure().unwrap();
+    let nat = node.nat(tag);
+    nat.0.ensure().unwrap();
     // Applied twice (an agent restart): still one table, same rules.
-    nat.ensure().unwrap();
-    let mut answer = fetch();
-    for _ in 0..20 {
-        if answer.status.success() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        answer = fetch();
-    }
+    nat.0.ensure().unwrap();
     // The outside host saw the node's address, not the container's.
-    assert_eq!(
-        caller(&answer),
-        format!("{net}.1"),
-        "{:?} {}",
-        answer.status,
-        text(&answer)
-    );
-    let rules = Command::new("nft")
-        .args(["list", "table", "ip", "skiff"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        text(&rules).matches("masquerade").count(),
-        1,
-        "{}",
-        text(&rules)
-    );
+    assert_eq!(caller(&curl_until_up(Some(&ctr), &url)), format!("{net}.1"));
+    let rules = text(&nft_table(&nat.0.table));
+    assert_eq!(rules.matches("skiff: egress").count(), 1, "{rules}");
 
-    skiff_agent::net::nat::Nat::remove().unwrap();
-    let gone = Command::new("nft")
-        .args(["list", "table", "ip", "skiff"])
-        .output()
-        .unwrap();
+    nat.0.remove().unwrap();
+    let gone = nft_table(&nat.0.table);
     assert!(!gone.status.success(), "{}", text(&gone));
     link::detach(&node.handle, &host_if).await.unwrap();
+}
+
+#[tokio::test]
+async fn published_ports_reach_a_container_from_everywhere() {
+    require_root();
+    let tag = std::process::id() % 100_000 + 3;
+    let node = Node::new(tag, 160 + tag % 40).await;
+    let server = Netns::new(&format!("skte{tag}"));
+    let client = Netns::new(&format!("sktf{tag}"));
+    let server_ip = node.attach(&server, &format!("ske{tag}")).await;
+    node.attach(&client, &format!("skf{tag}")).await;
+    let (outside, _uplink, net) = outside_host(tag, 252);
+    let _http = caller_server(&server, node.dir.path(), 8080);
+    let (tcp_port, udp_port) = (
+        20_000 + (tag % 20_000) as u16,
+        40_000 + (tag % 20_000) as u16,
+    );
+    let nat = node.nat(tag);
+    nat.0
+        .apply(&[
+            PortMapping {
+                host_ip: None,
+                host_port: tcp_port,
+                proto: Proto::Tcp,
+                container_ip: server_ip,
+                container_port: 8080,
+            },
+            PortMapping {
+                host_ip: None,
+                host_port: udp_port,
+                proto: Proto::Udp,
+                container_ip: server_ip,
+                container_port: 9000,
+            },
+        ])
+        .unwrap();
+
+    // From another host: the container sees that host's address.
+    let url = format!("http://{net}.1:{tcp_port}/cgi-bin/ip");
+    assert_eq!(
+        caller(&curl_until_up(Some(&outside), &url)),
+        format!("{net}.2")
+    );
+    // From the host itself, on its address and on loopback.
+    assert!(curl(None, &url).status.success());
+    let local = curl(None, &format!("http://127.0.0.1:{tcp_port}/cgi-bin/ip"));
+    assert!(local.status.success(), "{}", text(&local));
+    // From another container on the node, through the node's address
+    // (hairpin): answered by way of the bridge's address.
+    let hairpin = curl(Some(&client), &url);
+    assert_eq!(
+        caller(&hairpin),
+        node.ipam.gateway().to_string(),
+        "{}",
+        text(&hairpin)
+    );
+    // And the server reaching itself through its own published port.
+    let own = curl(Some(&server), &url);
+    assert!(own.status.success(), "{}", text(&own));
+
+    // UDP: an echo server in the container, a client on the other host.
+    let _echo = ChildGuard::spawn(
+        "udp echo",
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &server.0,
+            "python3",
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',9000))\nwhile True:\n d,a=s.recvfrom(100)\n s.sendto(d.upper(),a)",
+        ]),
+    )
+    .unwrap();
+    let client_py = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(0.5)\nfor i in range(20):\n s.sendto(b'ping',('{net}.1',{udp_port}))\n try:\n  print(s.recv(100).decode()); break\n except OSError: pass"
+    );
+    let udp = outside.run(&["python3", "-c", &client_py]);
+    assert_eq!(
+        String::from_utf8_lossy(&udp.stdout).trim(),
+        "PING",
+        "{}",
+        text(&udp)
+    );
+
+    let rules = text(&nft_table(&nat.0.table));
+    assert_eq!(rules.matches("dnat to").count(), 4, "{rules}");
 }

@@ -147,6 +147,20 @@ pub async fn attach(
             .execute()
             .await
             .map_err(|e| err(what(), e))?;
+        // Hairpin: a container may reach itself through a published port.
+        let port = find(handle, host_if)
+            .await?
+            .ok_or_else(|| err(what(), "missing"))?;
+        handle
+            .link()
+            .set_port(
+                rtnetlink::LinkBridgePort::new(port.header.index)
+                    .hairpin(true)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| err(format!("{}: hairpin", what()), e))?;
         let ns = netns.try_clone().map_err(|e| err("netns", e))?;
         in_netns(ns, move |h| Box::pin(configure_inside(h, peer, a))).await
     }

@@ -1,18 +1,32 @@
 //! Skiff's nftables rules: a table of its own (`ip skiff`), so they never
 //! touch the host's firewall, built with the `nftables` crate (nft's JSON
-//! API). For now: egress, the node subnet masqueraded behind the host's
-//! address on the way out of the bridge. Published ports come next.
+//! API) and replaced whole in one transaction on every change:
+//!
+//! * egress: the node subnet masqueraded behind the host's address on the
+//!   way out of the bridge;
+//! * published ports: DNAT of `[host ip:]port` to a container, for traffic
+//!   arriving at the host (`prerouting`) and sent by the host itself,
+//!   loopback included (`output`);
+//! * hairpin and loopback: a container reaching a published port of the
+//!   node, and `127.0.0.1:port`, are masqueraded so the answer comes back
+//!   the way it went.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::expr::{
+    CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix,
+};
 use nftables::schema::{Chain, NfListObject, Rule, Table};
-use nftables::stmt::{Match, Operator, Statement};
+use nftables::stmt::{Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainType, NfFamily, NfHook};
+use serde::{Deserialize, Serialize};
 
-/// The table's name.
+/// The table's name on a node.
 pub const TABLE: &str = "skiff";
 
 /// An nftables failure, with what was being done.
@@ -27,70 +41,217 @@ pub struct NatError {
 /// The node's NAT rules.
 #[derive(Debug, Clone)]
 pub struct Nat {
+    /// The nftables table ([`TABLE`]; tests use their own).
+    pub table: String,
     pub bridge: String,
     pub subnet: Ipv4Net,
 }
 
-fn table() -> Table<'static> {
+fn table(name: &str) -> Table<'static> {
     Table {
         family: NfFamily::IP,
-        name: TABLE.into(),
+        name: name.to_string().into(),
         handle: None,
     }
 }
 
+/// `tcp` or `udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A published port: `[host_ip:]host_port/proto` → `container_ip:container_port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Only traffic to this host address (all of the host's by default).
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub proto: Proto,
+    pub container_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+fn matches<'a>(left: Expression<'a>, right: Expression<'a>, op: Operator) -> Statement<'a> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn field<'a>(protocol: &'a str, name: &'a str) -> Expression<'a> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: name.into(),
+        },
+    )))
+}
+
+fn prefix(net: Ipv4Net) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(net.network().to_string().into())),
+        len: u32::from(net.prefix_len()),
+    }))
+}
+
+fn oifname() -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta {
+        key: MetaKey::Oifname,
+    }))
+}
+
+fn nat_chain(table: &str, name: &'static str, hook: NfHook, prio: i32) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: NfFamily::IP,
+        table: table.to_string().into(),
+        name: name.into(),
+        _type: Some(NfChainType::NAT),
+        hook: Some(hook),
+        prio: Some(prio),
+        ..Chain::default()
+    })
+}
+
+fn rule(
+    table: &str,
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+    comment: String,
+) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: NfFamily::IP,
+        table: table.to_string().into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        comment: Some(comment.into()),
+        ..Rule::default()
+    })
+}
+
 impl Nat {
-    /// Creates (or re-creates, after an agent restart) the table with its
-    /// rules, and turns on IPv4 forwarding.
+    /// Creates (or re-creates, after an agent restart) the table with the
+    /// egress rules only, and turns on IPv4 forwarding.
     pub fn ensure(&self) -> Result<(), NatError> {
+        self.apply(&[])
+    }
+
+    /// Replaces the table with the egress rules and `ports`, in one
+    /// transaction; turns on IPv4 forwarding (and, on the bridge, routing
+    /// of loopback-sourced packets, for `127.0.0.1:port`).
+    pub fn apply(&self, ports: &[PortMapping]) -> Result<(), NatError> {
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge),
+            "1",
+        );
         let mut batch = Batch::new();
-        // Add-then-delete makes the delete valid on a first run; the table
-        // is rebuilt whole, in one transaction.
-        batch.add(NfListObject::Table(table()));
-        batch.delete(NfListObject::Table(table()));
-        batch.add(NfListObject::Table(table()));
-        batch.add(NfListObject::Chain(Chain {
-            family: NfFamily::IP,
-            table: TABLE.into(),
-            name: "postrouting".into(),
-            _type: Some(NfChainType::NAT),
-            hook: Some(NfHook::Postrouting),
-            prio: Some(100),
-            ..Chain::default()
-        }));
-        // ip saddr SUBNET oifname != BRIDGE masquerade
-        let egress = [
-            Statement::Match(Match {
-                left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                    PayloadField {
-                        protocol: "ip".into(),
-                        field: "saddr".into(),
-                    },
-                ))),
-                right: Expression::Named(NamedExpression::Prefix(Prefix {
-                    addr: Box::new(Expression::String(self.subnet.network().to_string().into())),
-                    len: u32::from(self.subnet.prefix_len()),
-                })),
-                op: Operator::EQ,
-            }),
-            Statement::Match(Match {
-                left: Expression::Named(NamedExpression::Meta(Meta {
-                    key: MetaKey::Oifname,
-                })),
-                right: Expression::String(self.bridge.clone().into()),
-                op: Operator::NEQ,
-            }),
-            Statement::Masquerade(None),
-        ];
-        batch.add(NfListObject::Rule(Rule {
-            family: NfFamily::IP,
-            table: TABLE.into(),
-            chain: "postrouting".into(),
-            expr: Cow::Owned(egress.to_vec()),
-            comment: Some("skiff: egress".into()),
-            ..Rule::default()
-        }));
+        // Add-then-delete makes the delete valid on a first run.
+        let t = self.table.as_str();
+        batch.add(NfListObject::Table(table(t)));
+        batch.delete(NfListObject::Table(table(t)));
+        batch.add(NfListObject::Table(table(t)));
+        batch.add(nat_chain(t, "prerouting", NfHook::Prerouting, -100));
+        batch.add(nat_chain(t, "output", NfHook::Output, -100));
+        batch.add(nat_chain(t, "postrouting", NfHook::Postrouting, 100));
+        let bridge = || Expression::String(self.bridge.clone().into());
+        // Egress.
+        batch.add(rule(
+            t,
+            "postrouting",
+            vec![
+                matches(field("ip", "saddr"), prefix(self.subnet), Operator::EQ),
+                matches(oifname(), bridge(), Operator::NEQ),
+                Statement::Masquerade(None),
+            ],
+            "skiff: egress".into(),
+        ));
+        // Hairpin: containers to a published port of the node.
+        batch.add(rule(
+            t,
+            "postrouting",
+            vec![
+                matches(
+                    Expression::Named(NamedExpression::CT(CT {
+                        key: "status".into(),
+                        family: None,
+                        dir: None,
+                    })),
+                    Expression::String("dnat".into()),
+                    Operator::IN,
+                ),
+                matches(field("ip", "saddr"), prefix(self.subnet), Operator::EQ),
+                matches(oifname(), bridge(), Operator::EQ),
+                Statement::Masquerade(None),
+            ],
+            "skiff: hairpin".into(),
+        ));
+        // Loopback: 127.0.0.1:port from the host.
+        batch.add(rule(
+            t,
+            "postrouting",
+            vec![
+                matches(
+                    field("ip", "saddr"),
+                    prefix(Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("valid")),
+                    Operator::EQ,
+                ),
+                matches(oifname(), bridge(), Operator::EQ),
+                Statement::Masquerade(None),
+            ],
+            "skiff: loopback".into(),
+        ));
+        for p in ports {
+            for chain in ["prerouting", "output"] {
+                let mut expr = vec![matches(
+                    Expression::Named(NamedExpression::Fib(Fib {
+                        result: FibResult::Type,
+                        flags: HashSet::from([FibFlag::Daddr]),
+                    })),
+                    Expression::String("local".into()),
+                    Operator::EQ,
+                )];
+                if let Some(ip) = p.host_ip {
+                    expr.push(matches(
+                        field("ip", "daddr"),
+                        Expression::String(ip.to_string().into()),
+                        Operator::EQ,
+                    ));
+                }
+                expr.push(matches(
+                    field(p.proto.name(), "dport"),
+                    Expression::Number(u32::from(p.host_port)),
+                    Operator::EQ,
+                ));
+                expr.push(Statement::DNAT(Some(NAT {
+                    addr: Some(Expression::String(p.container_ip.to_string().into())),
+                    family: Some(NATFamily::IP),
+                    port: Some(Expression::Number(u32::from(p.container_port))),
+                    flags: None,
+                })));
+                batch.add(rule(
+                    t,
+                    chain,
+                    expr,
+                    format!(
+                        "skiff: {}:{}/{} to {}:{}",
+                        p.host_ip.map_or("*".to_string(), |i| i.to_string()),
+                        p.host_port,
+                        p.proto.name(),
+                        p.container_ip,
+                        p.container_port
+                    ),
+                ));
+            }
+        }
         nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError {
             what: "set up the skiff table",
             source,
@@ -98,10 +259,10 @@ impl Nat {
     }
 
     /// Removes the table and everything in it.
-    pub fn remove() -> Result<(), NatError> {
+    pub fn remove(&self) -> Result<(), NatError> {
         let mut batch = Batch::new();
-        batch.add(NfListObject::Table(table()));
-        batch.delete(NfListObject::Table(table()));
+        batch.add(NfListObject::Table(table(&self.table)));
+        batch.delete(NfListObject::Table(table(&self.table)));
         nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError {
             what: "remove the skiff table",
             source,
