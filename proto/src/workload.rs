@@ -145,6 +145,47 @@ pub enum Protocol {
     Udp,
 }
 
+impl std::str::FromStr for PortSpec {
+    type Err = String;
+
+    /// Docker's `-p` syntax: `HOST:CONTAINER`, `IP:HOST:CONTAINER`, each
+    /// with an optional `/tcp` or `/udp`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("-p {s:?}: {why} (expected [IP:]HOST:CONTAINER[/tcp|/udp])");
+        let (ports, protocol) = match s.rsplit_once('/') {
+            Some((p, "tcp")) => (p, Protocol::Tcp),
+            Some((p, "udp")) => (p, Protocol::Udp),
+            Some((_, other)) => return Err(bad(&format!("unknown protocol {other:?}"))),
+            None => (s, Protocol::Tcp),
+        };
+        let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
+        let port = |p: &str| -> Result<u32, String> {
+            match p.parse::<u32>() {
+                Ok(n) if (1..=65535).contains(&n) => Ok(n),
+                _ => Err(bad(&format!("{p:?} is not a port"))),
+            }
+        };
+        let (container, host, host_ip) = match parts.as_slice() {
+            [c, h] => (port(c)?, port(h)?, None),
+            [c, h, ip] => {
+                let ip = ip
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .map_err(|_| bad(&format!("{ip:?} is not an IP address")))?;
+                (port(c)?, port(h)?, Some(ip))
+            }
+            _ => return Err(bad("no host port")),
+        };
+        Ok(PortSpec {
+            container,
+            host: Some(host),
+            protocol,
+            host_ip,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
@@ -483,5 +524,66 @@ impl Placement {
     /// The largest allowed replica-count difference under `spread`.
     pub fn max_skew(&self) -> u32 {
         self.max_skew.unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn docker_publish_syntax() {
+        let p: PortSpec = "8080:80".parse().unwrap();
+        assert_eq!(
+            (p.host, p.container, p.protocol, p.host_ip),
+            (Some(8080), 80, Protocol::Tcp, None)
+        );
+        let p: PortSpec = "127.0.0.1:5353:53/udp".parse().unwrap();
+        assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            (p.host, p.container, p.protocol),
+            (Some(5353), 53, Protocol::Udp)
+        );
+        let p: PortSpec = "[::1]:8443:443/tcp".parse().unwrap();
+        assert_eq!(p.host_ip, Some("::1".parse().unwrap()));
+        for (bad, why) in [
+            ("80", "no host port"),
+            ("0:80", "\"0\" is not a port"),
+            ("8080:70000", "\"70000\" is not a port"),
+            ("8080:80/sctp", "unknown protocol \"sctp\""),
+            ("host:8080:80", "\"host\" is not an IP address"),
+            ("", "no host port"),
+        ] {
+            let e = bad.parse::<PortSpec>().unwrap_err();
+            assert!(
+                e.contains(why) && e.starts_with(&format!("-p {bad:?}")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn publish_round_trips(host in 1u32..=65535, container in 1u32..=65535, udp: bool, ip in proptest::option::of(any::<[u8; 4]>())) {
+            let mut s = String::new();
+            if let Some(ip) = ip {
+                s.push_str(&format!("{}.{}.{}.{}:", ip[0], ip[1], ip[2], ip[3]));
+            }
+            s.push_str(&format!("{host}:{container}"));
+            if udp {
+                s.push_str("/udp");
+            }
+            let p: PortSpec = s.parse().unwrap();
+            prop_assert_eq!(p.host, Some(host));
+            prop_assert_eq!(p.container, container);
+            prop_assert_eq!(p.protocol, if udp { Protocol::Udp } else { Protocol::Tcp });
+            prop_assert_eq!(p.host_ip, ip.map(IpAddr::from));
+        }
+
+        #[test]
+        fn publish_never_panics(s in "\\PC{0,40}") {
+            let _ = s.parse::<PortSpec>();
+        }
     }
 }

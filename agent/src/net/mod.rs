@@ -3,8 +3,10 @@
 //!
 //! * [`ipam`]: container addresses from the node's subnet, crash-safe.
 //! * [`link`]: the node bridge and container veth pairs (rtnetlink).
-//! * [`nat`]: Skiff's own nftables table (egress masquerade).
+//! * [`nat`]: Skiff's own nftables table (egress, published ports).
+//! * [`ports`]: which host ports may be published.
 
 pub mod ipam;
 pub mod link;
 pub mod nat;
+pub mod ports;
