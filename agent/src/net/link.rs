@@ -4,9 +4,8 @@
 //! bridged container gets a veth pair: the host end (`sk<id>`) on the
 //! bridge, the other end moved into the container's network namespace and
 //! named `eth0`, with its address, the bridge's MTU and a default route
-//! via the gateway. What happens inside the container's namespace runs on
-//! a short-lived thread that `setns`es into it with its own netlink
-//! socket, so the agent's threads stay in the host's namespace.
+//! via the gateway. What happens inside the container's namespace runs
+//! with a netlink socket of its own there ([`super::netns`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -162,7 +161,7 @@ pub async fn attach(
             .await
             .map_err(|e| err(format!("{}: hairpin", what()), e))?;
         let ns = netns.try_clone().map_err(|e| err("netns", e))?;
-        in_netns(ns, move |h| Box::pin(configure_inside(h, peer, a))).await
+        configure_in(ns, peer, a).await
     }
     .await;
     if result.is_err() {
@@ -213,47 +212,16 @@ async fn configure_inside(handle: Handle, peer: String, a: Attachment) -> Result
         .map_err(|e| err(format!("default route via {}", a.gateway), e))
 }
 
-type Job = Box<
-    dyn FnOnce(
-            Handle,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LinkError>> + Send>>
-        + Send,
->;
-
-/// Runs `job` with a netlink connection inside the network namespace
-/// `netns`, on a thread of its own that ends with it.
-pub async fn in_netns(
-    netns: OwnedFd,
-    job: impl FnOnce(
-        Handle,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(), LinkError>> + Send>,
-    > + Send
-    + 'static,
-) -> Result<(), LinkError> {
-    let job: Job = Box::new(job);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("netns".into())
-        .spawn(move || {
-            let result = (|| {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| err("enter the container's network namespace", e))?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| err("runtime", e))?;
-                rt.block_on(async move {
-                    let handle = connect()?;
-                    job(handle).await
-                })
-            })();
-            let _ = tx.send(result);
-        })
-        .map_err(|e| err("thread", e))?;
-    rx.await
-        .unwrap_or_else(|_| Err(err("netns thread", "ended without an answer")))
+/// Inside the network namespace `netns`, with a netlink connection there.
+async fn configure_in(netns: OwnedFd, peer: String, a: Attachment) -> Result<(), LinkError> {
+    let result = super::netns::run_in(netns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(async move { configure_inside(connect()?, peer, a).await }))
+    })
+    .await;
+    result.map_err(|e| err("enter the container's network namespace", e))?
 }
 
 /// Removes the veth pair whose host end is `host_if` (both ends go);

@@ -5,8 +5,10 @@
 //! * [`link`]: the node bridge and container veth pairs (rtnetlink).
 //! * [`nat`]: Skiff's own nftables table (egress, published ports).
 //! * [`ports`]: which host ports may be published.
+//! * [`netns`]: work inside a container's network namespace.
 
 pub mod ipam;
 pub mod link;
 pub mod nat;
+pub mod netns;
 pub mod ports;

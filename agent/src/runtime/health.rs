@@ -6,8 +6,7 @@
 //! Probes run in the container's own view: `exec` joins it like
 //! `skiff-agent exec`, and TCP and HTTP probes connect to
 //! `127.0.0.1:PORT` from a socket opened inside the container's network
-//! namespace (a short-lived thread does `setns`, so the agent's other
-//! threads stay in the host's namespace).
+//! namespace (`net::netns`).
 
 use std::time::{Duration, Instant};
 
@@ -112,21 +111,12 @@ pub async fn connect_in(
     port: u16,
     timeout: Duration,
 ) -> std::io::Result<std::net::TcpStream> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("probe".into())
-        .spawn(move || {
-            let result = (|| {
-                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                std::net::TcpStream::connect_timeout(&addr, timeout)
-            })();
-            // The thread, and its namespace, end here.
-            let _ = tx.send(result);
-        })?;
-    rx.await
-        .unwrap_or_else(|_| Err(std::io::Error::other("probe thread ended")))
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    crate::net::netns::run_in(ns.into(), move || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        std::net::TcpStream::connect_timeout(&addr, timeout)
+    })
+    .await
 }
 
 /// `GET path` over an open connection; healthy on 2xx and 3xx (as

@@ -69,13 +69,8 @@ pub struct InitArgs<'a> {
     pub spec: &'a ContainerSpec,
     /// The container's directory (upper, work, rootfs, etc files).
     pub dir: &'a Path,
-    /// Read end of the "you are in your cgroup" pipe, read before anything
-    /// else.
-    pub ready: Option<OwnedFd>,
-    /// Warm starts: the same signal, read only before the cgroup namespace
-    /// and `exec` (the root filesystem is built while the agent hands the
-    /// cgroup over). EOF means the start was called off.
-    pub ready_late: Option<OwnedFd>,
+    /// The "you are in your cgroup" signal, and when to wait for it.
+    pub ready: Ready,
     /// Pipe ends that become stdout and stderr.
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -85,6 +80,30 @@ pub struct InitArgs<'a> {
     pub layers: Option<OwnedFd>,
     /// `/proc`, `/dev` and `/sys` already mounted here (warm shims).
     pub staged: Option<&'a Path>,
+}
+
+/// Read end of the "you are in your cgroup" pipe. Nothing of the
+/// container's runs, and the cgroup namespace is not made, before it.
+#[derive(Debug)]
+pub enum Ready {
+    /// Waited for before anything else (cold starts: the user namespace's
+    /// id maps come with it).
+    First(OwnedFd),
+    /// Waited for after the root filesystem is built (warm starts: built
+    /// while the agent hands the cgroup over). EOF calls the start off.
+    BeforeExec(OwnedFd),
+}
+
+fn wait_ready(fd: &OwnedFd) -> Result<(), InitError> {
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(fd, &mut byte), Ok(1)) {
+        return Err(InitError(String::new()));
+    }
+    step(
+        "cgroup namespace",
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+    )
+    .map(|_| ())
 }
 
 /// Runs in the child; only returns on failure (the message goes to the shim).
@@ -100,15 +119,9 @@ pub fn run(a: InitArgs<'_>) -> InitError {
 pub enum Never {}
 
 fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
-    // Wait until the shim has put us in our cgroup, then take a cgroup
-    // namespace rooted there.
-    if let Some(ready) = a.ready {
-        let mut byte = [0u8; 1];
-        let _ = nix::unistd::read(&ready, &mut byte);
-        step(
-            "cgroup namespace",
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
-        )?;
+    // In our cgroup, take a cgroup namespace rooted there.
+    if let Ready::First(fd) = &a.ready {
+        wait_ready(fd)?;
     }
     step("new session", nix::unistd::setsid())?;
 
@@ -154,15 +167,8 @@ fn setup_and_exec(a: InitArgs<'_>) -> Result<Never, InitError> {
     }
     enter_rootfs(&rootfs)?;
 
-    if let Some(ready) = a.ready_late {
-        let mut byte = [0u8; 1];
-        if !matches!(nix::unistd::read(&ready, &mut byte), Ok(1)) {
-            return Err(InitError(String::new()));
-        }
-        step(
-            "cgroup namespace",
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
-        )?;
+    if let Ready::BeforeExec(fd) = &a.ready {
+        wait_ready(fd)?;
     }
 
     // stdin from /dev/null, stdout and stderr to the shim's pipes.

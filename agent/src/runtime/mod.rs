@@ -938,7 +938,8 @@ impl Runtime {
             use tokio::io::AsyncWriteExt;
             let _ = stdin.write_all(&input).await;
         });
-        tracing::info!(container = %record.name, command = ?opts.cmd.first(), "exec");
+        // Debug: exec health probes run every few seconds.
+        tracing::debug!(container = %record.name, command = ?opts.cmd.first(), "exec");
         Ok(child)
     }
 

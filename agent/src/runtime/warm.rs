@@ -37,6 +37,8 @@ pub struct WarmShim {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     cgroup: String,
+    /// Its prepared first process.
+    pid: i32,
 }
 
 /// The pool of warm shims.
@@ -209,55 +211,47 @@ impl WarmPool {
             .map_err(|e| format!("start a warm shim: {e}"))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
+            let _ = child.wait();
             return Err("warm shim has no pipes".into());
         };
         let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
         let _ = stdout.read_line(&mut line);
-        if serde_json::from_str::<WarmReport>(&line).is_err() {
+        let Ok(report) = serde_json::from_str::<WarmReport>(&line) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!("warm shim: {}", line.trim()));
-        }
+        };
         Ok(WarmShim {
             child,
             stdin,
             stdout,
             cgroup,
+            pid: report.pid,
         })
     }
 }
 
 impl WarmShim {
     /// Makes this shim's cgroup the container's, with the container's
-    /// limits and devices. On error the shim is gone and the container
-    /// has a fresh cgroup for a cold start.
-    fn take_over_cgroup(&mut self, spec: &ContainerSpec) -> Result<(), String> {
-        let result = (|| {
-            // Left by an earlier run of this container (empty by now).
-            if super::cgroup::exists(&spec.cgroup) {
-                ContainerCgroup::load(&spec.cgroup).delete()?;
-            }
-            rename(&self.cgroup, &spec.cgroup)?;
-            ContainerCgroup::create(&spec.cgroup, &spec.limits)?;
-            if !spec.security.privileged {
-                super::devices::restrict(&spec.cgroup, super::devices::DEFAULT)?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let cg = ContainerCgroup::load(&spec.cgroup);
-            cg.kill_all();
-            let _ = ContainerCgroup::load(&self.cgroup).delete();
-            let _ = cg.delete();
+    /// limits and devices.
+    fn take_over_cgroup(&self, spec: &ContainerSpec) -> Result<(), String> {
+        // Left by an earlier run of this container (empty by now).
+        if super::cgroup::exists(&spec.cgroup) {
+            ContainerCgroup::load(&spec.cgroup).delete()?;
         }
-        result
+        rename(&self.cgroup, &spec.cgroup)?;
+        ContainerCgroup::create(&spec.cgroup, &spec.limits)?;
+        if !spec.security.privileged {
+            super::devices::restrict(&spec.cgroup, super::devices::DEFAULT)?;
+        }
+        Ok(())
     }
 
     /// Starts the container in `dir` with this shim; returns the shim and
-    /// its start report, as a cold start does.
+    /// its start report, as a cold start does. On error nothing of the
+    /// shim is left (no process, no cgroup, no mount holding the
+    /// container's directories), so the container can start cold.
     pub fn start(
         mut self,
         dir: &Path,
@@ -267,13 +261,20 @@ impl WarmShim {
         // waits for "go" before it runs anything of the container's.
         let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
         line.push(b'\n');
-        self.stdin
+        let handed = self
+            .stdin
             .write_all(&line)
-            .map_err(|e| format!("warm shim: {e}"))?;
-        self.take_over_cgroup(spec)?;
-        self.stdin
-            .write_all(b"go\n")
-            .map_err(|e| format!("warm shim: {e}"))?;
+            .map_err(|e| format!("warm shim: {e}"))
+            .and_then(|()| self.take_over_cgroup(spec))
+            .and_then(|()| {
+                self.stdin
+                    .write_all(b"go\n")
+                    .map_err(|e| format!("warm shim: {e}"))
+            });
+        if let Err(e) = handed {
+            self.abandon(&spec.cgroup);
+            return Err(e);
+        }
         drop(self.stdin);
         let mut report = String::new();
         let _ = self.stdout.read_line(&mut report);
@@ -281,6 +282,31 @@ impl WarmShim {
             error: format!("the shim ended without a report: {}", report.trim()),
         });
         Ok((self.child, report))
+    }
+
+    /// Ends the shim and its process, waits until the process's mount
+    /// namespace (with the container's overlay, if it got that far) is
+    /// gone, and removes the cgroup under either name.
+    fn abandon(&mut self, container_cgroup: &str) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A process that has exited (a zombie included) has no namespaces.
+        let ns = format!("/proc/{}/ns/mnt", self.pid);
+        for _ in 0..200 {
+            if std::fs::read_link(&ns).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for path in [self.cgroup.as_str(), container_cgroup] {
+            let cg = ContainerCgroup::load(path);
+            cg.kill_all();
+            let _ = cg.delete();
+        }
     }
 }
 
