@@ -225,6 +225,28 @@ pub async fn logs(
     Ok(ndjson(rx))
 }
 
+/// Sends what `pipe` gives as output lines of `stream`.
+async fn pump(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    stream: &'static str,
+    tx: mpsc::UnboundedSender<OutputLine>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = pipe.read(&mut buf).await
+        && n > 0
+    {
+        let log = LogLine {
+            time: crate::runtime::logfile::rfc3339(std::time::SystemTime::now()),
+            stream: stream.to_string(),
+            log: String::from_utf8_lossy(&buf[..n]).into_owned(),
+        };
+        if tx.send(OutputLine::Log { log }).is_err() {
+            break;
+        }
+    }
+}
+
 /// `POST /v1/containers/exec?id=`: runs a command in a running container
 /// and streams its output, then its exit.
 pub async fn exec(
@@ -232,43 +254,14 @@ pub async fn exec(
     Query(q): Query<IdQuery>,
     Json(opts): Json<ExecOptions>,
 ) -> Result<Response, ApiError> {
-    use tokio::io::AsyncReadExt;
     let mut child = s.runtime.exec(&q.id, &opts)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let mut readers = Vec::new();
-    for (stream, pipe) in [
-        (
-            "stdout",
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ),
-        (
-            "stderr",
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        ),
-    ] {
-        let Some(mut pipe) = pipe else { continue };
-        let tx = tx.clone();
-        readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            while let Ok(n) = pipe.read(&mut buf).await
-                && n > 0
-            {
-                let log = LogLine {
-                    time: crate::runtime::logfile::rfc3339(std::time::SystemTime::now()),
-                    stream: stream.to_string(),
-                    log: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                };
-                if tx.send(OutputLine::Log { log }).is_err() {
-                    break;
-                }
-            }
-        }));
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(pump(out, "stdout", tx.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(pump(err, "stderr", tx.clone())));
     }
     tokio::spawn(async move {
         for r in readers {

@@ -586,7 +586,14 @@ impl Runtime {
                     Err(e) => tracing::warn!(error = %e, "warm start failed; starting cold"),
                 }
             }
-            // The cgroup is made at each start (a warm start renames its own).
+            // A fresh cgroup at each start (a warm start renames its own):
+            // an earlier run's is empty by now, and its device filter must
+            // not pile up with this one's.
+            if cgroup::exists(&spec.cgroup) {
+                ContainerCgroup::load(&spec.cgroup)
+                    .delete()
+                    .map_err(RuntimeError::Internal)?;
+            }
             ContainerCgroup::create(&spec.cgroup, &spec.limits).map_err(RuntimeError::Internal)?;
             if !spec.security.privileged {
                 devices::restrict(&spec.cgroup, devices::DEFAULT)
