@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// Errors name the interface or namespace and the netlink failure.
@@ -47,14 +47,6 @@ pub async fn find(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, Li
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(err(format!("link {name}"), e)),
     }
-}
-
-/// The MTU of a link.
-pub fn mtu(link: &LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
 }
 
 /// Makes sure the bridge `name` exists, is up, and holds the subnet's

@@ -637,8 +637,3 @@ fn remap(
         .map_err(|e| format!("user namespace layers: {e}"))?;
     userns::send_fds(tx, &trees).map_err(|e| format!("user namespace layers: {e}"))
 }
-
-/// The shim's path in the container directory layout.
-pub fn container_dir(root: &Path, id: &str) -> PathBuf {
-    root.join(id)
-}
