@@ -3,8 +3,8 @@
 fn main() -> std::process::ExitCode {
     // A container's setup (`__shim DIR SUPERVISOR`, or `__shim --warm
     // CGROUP SUPERVISOR STAGING`) and `exec` (`__exec DIR PID`) are this
-    // binary too;
-    // they start before anything else (no async runtime, no logging).
+    // binary too; they start before anything else (no async runtime, no
+    // logging).
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     if arg(1) == "__shim" {
