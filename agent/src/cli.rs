@@ -173,9 +173,14 @@ pub struct RunArgs {
     /// Seconds between SIGTERM and SIGKILL on stop [default: 10].
     #[arg(long)]
     stop_timeout: Option<u64>,
-    /// Network: none (default until bridge networking lands) or host.
+    /// Network: bridge (default: an address on the node bridge, egress
+    /// through NAT), host (the host's own), or none (loopback only).
     #[arg(long, value_parser = parse_network)]
     network: Option<skiff_proto::NetworkMode>,
+    /// Publish a container port on the host: [IP:]HOST:CONTAINER[/tcp|/udp],
+    /// e.g. 8080:80, 127.0.0.1:5353:53/udp (repeatable; bridge network).
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<skiff_proto::PortSpec>,
     /// Hostname inside the container [default: the id's first 12
     /// characters].
     #[arg(long)]
@@ -528,21 +533,29 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 println!(
-                    "{:<12} {:<20} {:<40} {:<10} {:>8} STATUS",
-                    "ID", "NAME", "IMAGE", "STATE", "PID"
+                    "{:<12} {:<20} {:<28} {:<10} {:>8} {:<15} {:<24} STATUS",
+                    "ID", "NAME", "IMAGE", "STATE", "PID", "ADDRESS", "PORTS"
                 );
                 for c in list {
                     let status = match (&c.reason, c.exit_code) {
                         (Some(r), Some(code)) => format!("{r} ({code})"),
                         _ => String::new(),
                     };
+                    let address = match (c.address, c.network) {
+                        (Some(ip), _) => ip.to_string(),
+                        (None, skiff_proto::NetworkMode::Host) => "host".into(),
+                        (None, _) => "-".into(),
+                    };
+                    let ports: Vec<String> = c.ports.iter().map(|p| p.to_string()).collect();
                     println!(
-                        "{:<12} {:<20} {:<40} {:<10} {:>8} {}",
+                        "{:<12} {:<20} {:<28} {:<10} {:>8} {:<15} {:<24} {}",
                         &c.id[..12],
                         c.name,
                         c.image,
                         c.state,
                         c.pid.map(|p| p.to_string()).unwrap_or_default(),
+                        address,
+                        ports.join(","),
                         status
                     );
                 }
@@ -729,6 +742,7 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         restart: a.restart,
         stop_timeout_ms: a.stop_timeout.map(|s| s * 1000),
         network: a.network,
+        ports: a.publish,
         hostname: a.hostname,
         privileged: a.privileged,
         cap_add: a.cap_add,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::images::ImagesConfig;
+use crate::net::NetworkConfig;
 use crate::runtime::RuntimeConfig;
 
 /// Default state directory.
@@ -52,6 +53,8 @@ pub struct FileConfig {
     pub images: ImagesConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 /// What flags and the environment set (clap fills it).
@@ -100,6 +103,7 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub images: ImagesConfig,
     pub runtime: RuntimeConfig,
+    pub network: NetworkConfig,
 }
 
 impl AgentConfig {
@@ -185,6 +189,10 @@ impl AgentConfig {
         if runtime.warm_shims > 64 {
             return Err(bad("runtime.warm_shims", "must be at most 64"));
         }
+        let network = file.network;
+        network
+            .validate()
+            .map_err(|(key, reason)| bad(&key, reason))?;
         let images = file.images;
         if images.concurrent_downloads == 0 || images.concurrent_downloads > 64 {
             return Err(bad(
@@ -217,6 +225,7 @@ impl AgentConfig {
             metrics_listen: o.metrics_listen.or(file.metrics_listen),
             images,
             runtime,
+            network,
         })
     }
 }
@@ -320,6 +329,18 @@ mod tests {
             (
                 "[images]\nmax_layer_bytes = \"12Zb\"\n",
                 "\"12Zb\" is not a size in bytes",
+            ),
+            (
+                "[network]\nsubnet = \"10.1.0.0/31\"\n",
+                "config network.subnet: 10.1.0.0/31 is too small for containers",
+            ),
+            (
+                "[network]\nbridge = \"a-bridge-name-too-long\"\n",
+                "config network.bridge: \"a-bridge-name-too-long\" is not an interface name",
+            ),
+            (
+                "[network]\nsubnet = \"10.1.0.0\"\n",
+                "invalid IP address syntax",
             ),
         ];
         for (text, want) in cases {

@@ -39,10 +39,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let images = ImageStore::open(&config.state_dir.join("images"), config.images.clone())
         .with_context(|| format!("image store in {}", config.state_dir.display()))?;
     let images = Arc::new(images);
-    let runtime =
-        crate::runtime::Runtime::open(&config.state_dir, Arc::clone(&images), &config.runtime)
-            .await
-            .with_context(|| format!("container runtime in {}", config.state_dir.display()))?;
+    let runtime = crate::runtime::Runtime::open(
+        &config.state_dir,
+        Arc::clone(&images),
+        &config.runtime,
+        &config.network,
+    )
+    .await
+    .with_context(|| format!("container runtime in {}", config.state_dir.display()))?;
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -86,9 +86,11 @@ fn setup() -> (tempfile::TempDir, Agent, String) {
     common::setup()
 }
 
-/// Starts a detached container; returns its id (from `inspect`).
+/// Starts a detached container; returns its id (from `inspect`). These
+/// tests are about limits and also run in the cgroup v2 VM, which has no
+/// bridge networking: their containers have no network.
 fn run_detached(agent: &Agent, args: &[&str]) -> String {
-    let mut all = vec!["run", "-d"];
+    let mut all = vec!["run", "-d", "--network", "none"];
     all.extend_from_slice(args);
     let out = agent.ok(&all);
     let key = out.trim();
@@ -118,6 +120,8 @@ fn a_memory_hog_is_oom_killed_and_reported() {
     let (_d, agent, img) = setup();
     let out = agent.cli(&[
         "run",
+        "--network",
+        "none",
         "--name",
         "hog",
         "--memory",
@@ -150,6 +154,8 @@ fn a_container_within_its_memory_limit_is_not_reported_oom_killed() {
     let (_d, agent, img) = setup();
     let out = agent.cli(&[
         "run",
+        "--network",
+        "none",
         "--name",
         "small",
         "--memory",
@@ -191,7 +197,7 @@ fn a_fork_bomb_is_held_by_the_pids_limit() {
     assert!(current <= 20, "pids.current {current}");
     // Still responsive: other containers start and exit, and the bomb
     // stops and goes away with everything it forked.
-    let out = agent.cli(&["run", "--rm", &img, "echo", "alive"]);
+    let out = agent.cli(&["run", "--rm", "--network", "none", &img, "echo", "alive"]);
     assert_eq!(text(&out.stdout), "alive\n", "{}", text(&out.stderr));
     agent.ok(&["stop", "-t", "1", "bomb"]);
     let v = agent.inspect("bomb");
@@ -322,6 +328,8 @@ fn devices_outside_the_allow_list_cannot_be_used() {
     let out = agent.cli(&[
         "run",
         "--rm",
+        "--network",
+        "none",
         &img,
         "sh",
         "-c",

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::server::{ApiError, AppState};
+use crate::net::NetError;
 use crate::runtime::logfile::LogLine;
 use crate::runtime::records::ContainerRecord;
 use crate::runtime::{ContainerInfo, ExecOptions, ExitInfo, RunOptions, Runtime, RuntimeError};
@@ -33,7 +34,12 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Image(crate::images::ImageError::NotFound(_)) => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
-            RuntimeError::Image(_) | RuntimeError::Internal(_) => {
+            RuntimeError::Network(NetError::Port(_)) => (StatusCode::CONFLICT, "conflict"),
+            RuntimeError::Network(NetError::Invalid(_)) => (StatusCode::BAD_REQUEST, "bad_request"),
+            RuntimeError::Network(NetError::Ipam(crate::net::ipam::IpamError::Exhausted {
+                ..
+            })) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            RuntimeError::Image(_) | RuntimeError::Internal(_) | RuntimeError::Network(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
@@ -96,7 +102,7 @@ pub async fn run(
     Json(req): Json<RunRequest>,
 ) -> Result<Response, ApiError> {
     let rt = Arc::clone(&s.runtime);
-    let record = rt.create(&req.options)?;
+    let record = rt.create(&req.options).await?;
     // Open the log before starting, so even the fastest exit is read.
     let log = rt.log_path(&record.id)?.1;
     let file = std::fs::OpenOptions::new()

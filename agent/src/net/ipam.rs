@@ -71,10 +71,15 @@ impl Ipam {
         self.gateway
     }
 
-    /// An address for `owner`: the one it has, or the lowest free one,
-    /// committed to disk before it is returned.
-    pub fn allocate(&self, owner: &str) -> Result<Ipv4Addr, IpamError> {
-        let tx = self.db.begin_write().map_err(store)?;
+    /// An address for `owner`: the one it has, or the lowest free one.
+    /// `durable`: committed to disk before it is returned (otherwise with
+    /// the next durable commit; [`Ipam::claim`] restores what a crash
+    /// lost).
+    pub fn allocate(&self, owner: &str, durable: bool) -> Result<Ipv4Addr, IpamError> {
+        let mut tx = self.db.begin_write().map_err(store)?;
+        if !durable {
+            tx.set_durability(redb::Durability::None).map_err(store)?;
+        }
         let ip = {
             let mut by_owner = tx.open_table(BY_OWNER).map_err(store)?;
             if let Some(ip) = by_owner.get(owner).map_err(store)? {
@@ -102,9 +107,30 @@ impl Ipam {
         Ok(ip)
     }
 
-    /// Frees `owner`'s address, if it has one.
-    pub fn release(&self, owner: &str) -> Result<(), IpamError> {
+    /// Records that `owner` holds `ip` (after a restart, from the
+    /// container's own configuration), unless another owner has it.
+    pub fn claim(&self, owner: &str, ip: Ipv4Addr) -> Result<(), IpamError> {
         let tx = self.db.begin_write().map_err(store)?;
+        {
+            let mut by_owner = tx.open_table(BY_OWNER).map_err(store)?;
+            if by_owner.get(owner).map_err(store)?.is_some() {
+                return Ok(());
+            }
+            let mut by_addr = tx.open_table(BY_ADDR).map_err(store)?;
+            if !self.subnet.contains(&ip) || by_addr.get(u32::from(ip)).map_err(store)?.is_some() {
+                return Ok(());
+            }
+            by_addr.insert(u32::from(ip), owner).map_err(store)?;
+            by_owner.insert(owner, u32::from(ip)).map_err(store)?;
+        }
+        tx.commit().map_err(store)
+    }
+
+    /// Frees `owner`'s address, if it has one. Not waited onto disk: a
+    /// release lost in a crash is redone by [`Ipam::reclaim`].
+    pub fn release(&self, owner: &str) -> Result<(), IpamError> {
+        let mut tx = self.db.begin_write().map_err(store)?;
+        tx.set_durability(redb::Durability::None).map_err(store)?;
         {
             let mut by_owner = tx.open_table(BY_OWNER).map_err(store)?;
             let ip = by_owner.remove(owner).map_err(store)?.map(|v| v.value());
@@ -159,15 +185,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ipam = pool(dir.path(), "10.88.0.0/24");
         assert_eq!(ipam.gateway(), Ipv4Addr::new(10, 88, 0, 1));
-        let a = ipam.allocate("a").unwrap();
-        let b = ipam.allocate("b").unwrap();
+        let a = ipam.allocate("a", true).unwrap();
+        let b = ipam.allocate("b", true).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 88, 0, 2));
         assert_eq!(b, Ipv4Addr::new(10, 88, 0, 3));
         // The same owner keeps its address.
-        assert_eq!(ipam.allocate("a").unwrap(), a);
+        assert_eq!(ipam.allocate("a", true).unwrap(), a);
         // A released address is handed out again.
         ipam.release("a").unwrap();
-        assert_eq!(ipam.allocate("c").unwrap(), a);
+        assert_eq!(ipam.allocate("c", true).unwrap(), a);
     }
 
     #[test]
@@ -176,10 +202,10 @@ mod tests {
         // /29: .1 is the gateway, .2 to .6 for containers, .7 broadcast.
         let ipam = pool(dir.path(), "10.89.0.0/29");
         let got: Vec<Ipv4Addr> = (0..5)
-            .map(|i| ipam.allocate(&format!("c{i}")).unwrap())
+            .map(|i| ipam.allocate(&format!("c{i}"), true).unwrap())
             .collect();
         assert_eq!(got.last(), Some(&Ipv4Addr::new(10, 89, 0, 6)));
-        let e = ipam.allocate("one-too-many").unwrap_err().to_string();
+        let e = ipam.allocate("one-too-many", true).unwrap_err().to_string();
         assert_eq!(e, "subnet 10.89.0.0/29: no free address (5 in use)");
         let e = Ipam::open(&dir.path().join("x.redb"), "10.1.0.0/31".parse().unwrap())
             .unwrap_err()
@@ -192,12 +218,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
             let ipam = pool(dir.path(), "10.90.0.0/24");
-            (ipam.allocate("a").unwrap(), ipam.allocate("b").unwrap())
+            (
+                ipam.allocate("a", true).unwrap(),
+                ipam.allocate("b", true).unwrap(),
+            )
         };
         // Reopened (a restart): nothing handed out twice.
         let ipam = pool(dir.path(), "10.90.0.0/24");
-        assert_eq!(ipam.allocate("a").unwrap(), a);
-        let c = ipam.allocate("c").unwrap();
+        assert_eq!(ipam.allocate("a", true).unwrap(), a);
+        let c = ipam.allocate("c", true).unwrap();
         assert!(c != a && c != b);
         // Only "a" still runs: the others' addresses come back.
         let live: HashSet<String> = ["a".to_string()].into();
@@ -209,5 +238,17 @@ mod tests {
             .map(|(o, _)| o)
             .collect();
         assert_eq!(left, ["a"]);
+        // A claim (an address a container's config holds) is recorded,
+        // unless another owner has it.
+        ipam.claim("d", Ipv4Addr::new(10, 90, 0, 9)).unwrap();
+        ipam.claim("e", a).unwrap();
+        let got: Vec<(String, Ipv4Addr)> = ipam.allocations().unwrap();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), a),
+                ("d".to_string(), Ipv4Addr::new(10, 90, 0, 9))
+            ]
+        );
     }
 }

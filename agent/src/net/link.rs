@@ -2,9 +2,9 @@
 //!
 //! `skiff0` (a Linux bridge) holds the subnet's gateway address. Each
 //! bridged container gets a veth pair: the host end (`sk<id>`) on the
-//! bridge, the other end moved into the container's network namespace and
-//! named `eth0`, with its address, the bridge's MTU and a default route
-//! via the gateway. What happens inside the container's namespace runs
+//! bridge, the other end, `eth0`, created in the container's network
+//! namespace, with its address, the bridge's MTU and a default route via
+//! the gateway. What happens inside the container's namespace runs
 //! with a netlink socket of its own there ([`super::netns`]).
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -12,8 +12,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::LinkMessage;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 /// Errors name the interface or namespace and the netlink failure.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,10 @@ pub struct Attachment {
 
 /// Connects the network namespace `netns` to the bridge: a veth pair with
 /// `host_if` on the bridge and `eth0` inside, addressed and routed.
+///
+/// The pair is created with its ends where they belong, `host_if` already
+/// on the bridge and up: moving an interface to another namespace
+/// afterwards waits for RCU grace periods (20-30 ms here).
 pub async fn attach(
     handle: &Handle,
     bridge_index: u32,
@@ -108,36 +114,26 @@ pub async fn attach(
     netns: &OwnedFd,
     a: Attachment,
 ) -> Result<(), LinkError> {
-    let peer = format!("{host_if}p");
     let what = || format!("veth {host_if}");
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(INSIDE.to_string())
+        .mtu(a.mtu)
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
     handle
         .link()
-        .add(LinkVeth::new(host_if, &peer).mtu(a.mtu).build())
+        .add(
+            LinkVeth::new(host_if, INSIDE)
+                .mtu(a.mtu)
+                .controller(bridge_index)
+                .up()
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build(),
+        )
         .execute()
         .await
         .map_err(|e| err(what(), e))?;
     let result = async {
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_name(&peer)
-                    .setns_by_fd(netns.as_raw_fd())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| err(format!("{}: into the container", what()), e))?;
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_name(host_if)
-                    .controller(bridge_index)
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(|e| err(what(), e))?;
         // Hairpin: a container may reach itself through a published port.
         let port = find(handle, host_if)
             .await?
@@ -153,7 +149,7 @@ pub async fn attach(
             .await
             .map_err(|e| err(format!("{}: hairpin", what()), e))?;
         let ns = netns.try_clone().map_err(|e| err("netns", e))?;
-        configure_in(ns, peer, a).await
+        configure_in(ns, a).await
     }
     .await;
     if result.is_err() {
@@ -162,35 +158,28 @@ pub async fn attach(
     result
 }
 
+/// The container's end of its veth pair.
+const INSIDE: &str = "eth0";
+
 /// Inside the container's namespace: `eth0` with its address, up, and the
 /// default route.
-async fn configure_inside(handle: Handle, peer: String, a: Attachment) -> Result<(), LinkError> {
-    let link = find(&handle, &peer)
+async fn configure_inside(handle: Handle, a: Attachment) -> Result<(), LinkError> {
+    let link = find(&handle, INSIDE)
         .await?
-        .ok_or_else(|| err(format!("{peer} in the container"), "missing"))?;
+        .ok_or_else(|| err(format!("{INSIDE} in the container"), "missing"))?;
     let index = link.header.index;
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(index)
-                .name("eth0".to_string())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| err("eth0", e))?;
     handle
         .address()
         .add(index, IpAddr::V4(a.address), a.prefix_len)
         .execute()
         .await
-        .map_err(|e| err(format!("eth0: address {}", a.address), e))?;
+        .map_err(|e| err(format!("{INSIDE}: address {}", a.address), e))?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(|e| err("eth0", e))?;
+        .map_err(|e| err(INSIDE, e))?;
     handle
         .route()
         .add(
@@ -205,12 +194,12 @@ async fn configure_inside(handle: Handle, peer: String, a: Attachment) -> Result
 }
 
 /// Inside the network namespace `netns`, with a netlink connection there.
-async fn configure_in(netns: OwnedFd, peer: String, a: Attachment) -> Result<(), LinkError> {
+async fn configure_in(netns: OwnedFd, a: Attachment) -> Result<(), LinkError> {
     let result = super::netns::run_in(netns, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        Ok(rt.block_on(async move { configure_inside(connect()?, peer, a).await }))
+        Ok(rt.block_on(async move { configure_inside(connect()?, a).await }))
     })
     .await;
     result.map_err(|e| err("enter the container's network namespace", e))?
@@ -228,4 +217,68 @@ pub async fn detach(handle: &Handle, host_if: &str) -> Result<(), LinkError> {
             .map_err(|e| err(format!("veth {host_if}"), e))?;
     }
     Ok(())
+}
+
+/// The MTU of the uplink (the interface of the IPv4 default route), if
+/// there is one.
+pub async fn uplink_mtu(handle: &Handle) -> Result<Option<u32>, LinkError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::packet_route::route::RouteAttribute;
+    let mut routes = handle
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut uplink = None;
+    while let Some(route) = routes.try_next().await.map_err(|e| err("routes", e))? {
+        if route.header.destination_prefix_length != 0 {
+            continue;
+        }
+        uplink = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if uplink.is_some() {
+            break;
+        }
+    }
+    let Some(index) = uplink else {
+        return Ok(None);
+    };
+    let mut links = handle.link().get().match_index(index).execute();
+    let link = links.try_next().await.map_err(|e| err("uplink", e))?;
+    Ok(link.and_then(|l| {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+    }))
+}
+
+/// The names of the interfaces attached to the bridge `bridge`.
+pub async fn veths_on(handle: &Handle, bridge: &str) -> Result<Vec<String>, LinkError> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let Some(b) = find(handle, bridge).await? else {
+        return Ok(Vec::new());
+    };
+    let index = b.header.index;
+    let mut links = handle.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(l) = links
+        .try_next()
+        .await
+        .map_err(|e| err(format!("links of {bridge}"), e))?
+    {
+        let on_bridge = l
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Controller(c) if *c == index));
+        let name = l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let (true, Some(name)) = (on_bridge, name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }

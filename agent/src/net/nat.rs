@@ -83,6 +83,20 @@ pub struct PortMapping {
     pub container_port: u16,
 }
 
+/// Docker's notation: `0.0.0.0:8080->80/tcp`.
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}->{}/{}",
+            self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            self.host_port,
+            self.container_port,
+            self.proto.name()
+        )
+    }
+}
+
 fn matches<'a>(left: Expression<'a>, right: Expression<'a>, op: Operator) -> Statement<'a> {
     Statement::Match(Match { left, right, op })
 }

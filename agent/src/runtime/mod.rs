@@ -48,6 +48,7 @@ use skiff_proto::{ByteSize, Cpu, NetworkMode, RestartPolicy};
 use tokio::sync::watch;
 
 use crate::images::ImageStore;
+use crate::net::{NetworkConfig, NodeNet};
 use cgroup::{ContainerCgroup, Usage};
 pub use exec::ExecOptions;
 use records::{ContainerRecord, Records, State};
@@ -68,6 +69,8 @@ pub enum RuntimeError {
     StartFailed { name: String, error: String },
     #[error(transparent)]
     Image(#[from] crate::images::ImageError),
+    #[error(transparent)]
+    Network(#[from] crate::net::NetError),
     #[error("{0}")]
     Internal(String),
 }
@@ -108,6 +111,9 @@ pub struct RunOptions {
     pub stop_timeout_ms: Option<u64>,
     #[serde(default)]
     pub network: Option<NetworkMode>,
+    /// Published ports (bridge network only).
+    #[serde(default)]
+    pub ports: Vec<skiff_proto::PortSpec>,
     #[serde(default)]
     pub hostname: Option<String>,
     #[serde(default)]
@@ -147,6 +153,9 @@ pub struct ExitInfo {
 pub struct ContainerInfo {
     #[serde(flatten)]
     pub record: ContainerRecord,
+    /// The container's default gateway (bridge network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::Ipv4Addr>,
     pub limits: Limits,
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +186,7 @@ pub struct Runtime {
     supervisor: PathBuf,
     warm: Arc<warm::WarmPool>,
     userns_range: spec::IdRange,
+    net: NodeNet,
 }
 
 /// The `[runtime]` section of the agent's configuration.
@@ -248,8 +258,10 @@ impl Runtime {
         state_dir: &Path,
         images: Arc<ImageStore>,
         config: &RuntimeConfig,
+        network: &NetworkConfig,
     ) -> Result<Arc<Self>, RuntimeError> {
         let userns_range = config.userns_range().map_err(RuntimeError::Invalid)?;
+        let net = NodeNet::open(state_dir, network)?;
         let root = state_dir.join("containers");
         std::fs::create_dir_all(&root).map_err(internal)?;
         let records = Records::open(&state_dir.join("containers.redb")).map_err(internal)?;
@@ -271,6 +283,7 @@ impl Runtime {
             shim_exe,
             supervisor,
             userns_range,
+            net,
         });
         rt.adopt().await?;
         warm::WarmPool::remove_stale(CGROUP_PARENT);
@@ -319,6 +332,7 @@ impl Runtime {
         let health = self.health.lock().expect("lock").get(&record.id).cloned();
         Ok(ContainerInfo {
             record,
+            gateway: spec.net.as_ref().map(|n| n.gateway),
             limits: spec.limits,
             command: spec.process.args,
             usage,
@@ -328,7 +342,7 @@ impl Runtime {
 
     /// Creates a container (not started): resolves the image and user,
     /// prepares its directory and cgroup. Bad input leaves nothing behind.
-    pub fn create(&self, opts: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
+    pub async fn create(&self, opts: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
         let image = self.images.get(&opts.image)?;
         let id = random_id();
         let name = match &opts.name {
@@ -387,6 +401,16 @@ impl Runtime {
             cap_drop: opts.cap_drop.clone(),
         };
         caps::effective_set(&security).map_err(|e| RuntimeError::Invalid(e.0))?;
+        let network = opts.network.unwrap_or(NetworkMode::Bridge);
+        if network != NetworkMode::Bridge && opts.ports.iter().any(|p| p.host.is_some()) {
+            return Err(RuntimeError::Invalid(format!(
+                "ports: publishing needs the bridge network (this container's is {})",
+                match network {
+                    NetworkMode::Host => "host",
+                    _ => "none",
+                }
+            )));
+        }
 
         let layers = self.images.lower_dirs(&image);
         let cfg = &image.config;
@@ -436,6 +460,15 @@ impl Runtime {
                 "workdir {cwd:?} must be absolute"
             )));
         }
+        // Last, as the address is taken here (and given back on error).
+        let net = match network {
+            NetworkMode::Bridge => Some(
+                self.net
+                    .prepare(&id, &opts.ports, !opts.auto_remove)
+                    .await?,
+            ),
+            _ => None,
+        };
         let spec = ContainerSpec {
             id: id.clone(),
             name: name.clone(),
@@ -457,7 +490,8 @@ impl Runtime {
                 pids: opts.pids,
             },
             security,
-            network: opts.network.unwrap_or(NetworkMode::None),
+            network,
+            net,
             restart: opts.restart.unwrap_or(RestartPolicy::Never),
             stop_timeout_ms: opts.stop_timeout_ms.unwrap_or(10_000),
             log_max_bytes: opts.log_max_bytes.unwrap_or(DEFAULT_LOG_MAX),
@@ -472,12 +506,22 @@ impl Runtime {
                 std::fs::create_dir_all(dir.join(d)).map_err(internal)?;
             }
             std::fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(internal)?;
+            let own = spec
+                .net
+                .as_ref()
+                .map_or_else(|| "127.0.1.1".to_string(), |n| n.address.to_string());
             std::fs::write(
                 dir.join("hosts"),
-                format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+                format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"),
             )
             .map_err(internal)?;
-            std::fs::write(dir.join("resolv.conf"), resolv_conf()).map_err(internal)?;
+            let resolv = match network {
+                NetworkMode::Host => {
+                    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+                }
+                _ => self.net.resolv_conf(),
+            };
+            std::fs::write(dir.join("resolv.conf"), resolv).map_err(internal)?;
             if let Some(range) = spec.userns {
                 // What the container writes belongs to its root, and the
                 // idmapped layers get mount points of their own.
@@ -507,6 +551,13 @@ impl Runtime {
                 restarts: 0,
                 restart: spec.restart,
                 auto_remove: opts.auto_remove,
+                network,
+                address: spec.net.as_ref().map(|n| n.address),
+                ports: spec
+                    .net
+                    .as_ref()
+                    .map(|n| n.ports.clone())
+                    .unwrap_or_default(),
             };
             // On disk before `create` answers, so a crash cannot lose it;
             // except `--rm` containers, which a crash should not keep.
@@ -518,6 +569,9 @@ impl Runtime {
         if result.is_err() {
             let _ = ContainerCgroup::load(&spec.cgroup).delete();
             let _ = std::fs::remove_dir_all(&dir);
+            if spec.net.is_some() {
+                let _ = self.net.release(&id).await;
+            }
         }
         let record = result?;
         let (tx, _) = watch::channel(record.clone());
@@ -575,11 +629,16 @@ impl Runtime {
         let shim_dir = dir.clone();
         let spec: ContainerSpec = read_json(&dir, shim::CONFIG)
             .ok_or_else(|| internal(format!("container {}: config.json is missing", record.id)))?;
+        // Published before the process runs, so they answer as soon as it
+        // listens.
+        if let Some(a) = &spec.net {
+            self.net.publish(&record.id, &record.name, a).await?;
+        }
         // Warm when it can be (see `warm`), cold otherwise.
         let warm = (spec.userns.is_none() && spec.network != NetworkMode::Host)
             .then(|| self.warm.take())
             .flatten();
-        let (child, report, warmed) = tokio::task::spawn_blocking(move || {
+        let started = tokio::task::spawn_blocking(move || {
             if let Some(w) = warm {
                 match w.start(&shim_dir, &spec) {
                     Ok((c, r)) => return Ok((c, r, true)),
@@ -602,7 +661,20 @@ impl Runtime {
             spawn_shim(&exe, &supervisor, &shim_dir).map(|(c, r)| (c, r, false))
         })
         .await
-        .map_err(internal)??;
+        .map_err(internal)
+        .and_then(|r| r);
+        let unpublish = || async {
+            if let Err(e) = self.net.unpublish(&record.id).await {
+                tracing::warn!(container = %record.name, error = %e, "unpublish ports");
+            }
+        };
+        let (child, report, warmed) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                unpublish().await;
+                return Err(e);
+            }
+        };
         self.warm.refill_soon(CGROUP_PARENT);
         match report {
             StartReport::Started { pid, shim_pid } => {
@@ -642,6 +714,7 @@ impl Runtime {
                     .inc();
                 let mut child = child;
                 let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+                unpublish().await;
                 record.state = State::Exited;
                 record.exit_code = Some(127);
                 record.reason = Some("failed-to-start".into());
@@ -685,6 +758,9 @@ impl Runtime {
         record.state = State::Exited;
         record.pid = None;
         record.shim_pid = None;
+        if let Err(e) = self.net.unpublish(id).await {
+            tracing::warn!(container = %record.name, error = %e, "unpublish ports");
+        }
         tracing::info!(container = %record.name, exit_code = ?record.exit_code, reason = ?record.reason, "exited");
         if record.reason.as_deref() == Some("oom-killed") {
             crate::metrics::get().oom_kills.inc();
@@ -876,6 +952,9 @@ impl Runtime {
                 .map_err(RuntimeError::Internal)?;
         }
         files.await.map_err(internal)?.map_err(internal)?;
+        if record.network == NetworkMode::Bridge {
+            self.net.release(&record.id).await?;
+        }
         self.records.remove(&record.id).map_err(internal)?;
         // Waiters get the last state as the record goes.
         if let Some(l) = self.live.lock().expect("lock").remove(&record.id) {
@@ -1051,7 +1130,21 @@ impl Runtime {
     /// containers whose shim still runs are watched again; those that ended
     /// meanwhile get their recorded exit (and their restart policy).
     async fn adopt(self: &Arc<Self>) -> Result<(), RuntimeError> {
-        for record in self.records.all().map_err(internal)? {
+        let records = self.records.all().map_err(internal)?;
+        // Networking first: addresses of containers that are gone come
+        // back, stray links go, running containers' ports are published.
+        let bridged: Vec<_> = records
+            .iter()
+            .filter_map(|r| {
+                let dir = self.dir(&r.id);
+                let a = read_json::<ContainerSpec>(&dir, shim::CONFIG)?.net?;
+                let running = read_json::<RunState>(&dir, STATE)
+                    .is_some_and(|s| shim_alive(s.shim_pid, &dir));
+                Some((r.id.clone(), r.name.clone(), a, running))
+            })
+            .collect();
+        self.net.adopt(&bridged).await?;
+        for record in records {
             if !self.dir(&record.id).join(shim::CONFIG).exists() {
                 // Removed just before a crash (removal is not waited for).
                 let _ = self.records.remove(&record.id);
@@ -1182,23 +1275,4 @@ fn spawn_shim(
         ),
     });
     Ok((child, report))
-}
-
-/// The host's resolver configuration, minus loopback name servers that do
-/// not work inside the container's own network namespace.
-fn resolv_conf() -> String {
-    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let mut out = String::new();
-    for line in host.lines() {
-        let loopback = line
-            .strip_prefix("nameserver")
-            .map(str::trim)
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-            .is_some_and(|ip| ip.is_loopback());
-        if !loopback {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }

@@ -4,7 +4,11 @@ use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use skiff_proto::RestartPolicy;
+use std::net::Ipv4Addr;
+
+use skiff_proto::{NetworkMode, RestartPolicy};
+
+use crate::net::nat::PortMapping;
 
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 
@@ -48,6 +52,19 @@ pub struct ContainerRecord {
     pub restarts: u32,
     pub restart: RestartPolicy,
     pub auto_remove: bool,
+    /// `bridge`, `host` or `none`.
+    #[serde(default = "default_network")]
+    pub network: NetworkMode,
+    /// The container's address on the node bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// Published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
+}
+
+fn default_network() -> NetworkMode {
+    NetworkMode::None
 }
 
 /// The database.

@@ -411,13 +411,25 @@ fn run_cold(dir: &Path, supervisor: &Path) -> Result<(), String> {
         } else {
             cgroup.add(pid.as_raw())
         }
-    });
+    })
+    .and_then(|()| attach_network(&spec, pid));
     if let Err(e) = prepared {
         kill_child(pid);
         return Err(e);
     }
     let _ = nix::unistd::write(&pipes.ready_w, b"g");
     finish(dir, &spec, pid, pipes, oom_before, supervisor)
+}
+
+/// A bridged container's network namespace joins the node bridge before
+/// its process runs (see `net::attach_container`).
+fn attach_network(spec: &ContainerSpec, pid: Pid) -> Result<(), String> {
+    match &spec.net {
+        Some(a) if spec.network == skiff_proto::NetworkMode::Bridge => {
+            crate::net::attach_container(a, pid.as_raw())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `setpriority` for a process (0: this one).
@@ -499,12 +511,19 @@ fn run_warm(cgroup_path: &str, supervisor: &Path, staging: &Path) -> Result<(), 
     let mut msg = dir.as_os_str().as_bytes().to_vec();
     msg.push(b'\n');
     let _ = nix::unistd::write(&pipes.ready_w, &msg);
+    // While the first process builds the root filesystem and the agent
+    // takes over the cgroup.
+    let network = attach_network(&spec, pid);
     let mut go = String::new();
     if !std::io::stdin().read_line(&mut go).is_ok_and(|n| n > 0) {
         kill_child(pid);
         let _ = ContainerCgroup::load(&spec.cgroup).delete();
         let _ = cgroup.delete();
         return Ok(());
+    }
+    if let Err(e) = network {
+        kill_child(pid);
+        return Err(e);
     }
     let oom_before = ContainerCgroup::load(&spec.cgroup).oom_kills();
     let _ = nix::unistd::write(&pipes.ready_w, b"g");

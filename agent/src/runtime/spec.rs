@@ -68,6 +68,9 @@ pub struct ContainerSpec {
     pub limits: Limits,
     pub security: Security,
     pub network: NetworkMode,
+    /// The bridge attachment (bridge mode only).
+    #[serde(default)]
+    pub net: Option<crate::net::Attachment>,
     pub restart: RestartPolicy,
     /// Milliseconds between SIGTERM and SIGKILL on stop.
     pub stop_timeout_ms: u64,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use skiff_test_support::net::NetSlot;
 use skiff_test_support::procs::ChildGuard;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_skiff-agent");
@@ -13,19 +14,32 @@ pub struct Agent {
     pub state: PathBuf,
     pub socket: PathBuf,
     pub process: Option<ChildGuard>,
+    /// The agent's bridge, subnet and nftables table (dropped after the
+    /// agent, which removes them).
+    pub net: NetSlot,
 }
 
 impl Agent {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "")
+    }
+
+    /// With more keys for the `[network]` section of its config.
+    pub fn start_with(dir: &Path, network: &str) -> Self {
+        let net = NetSlot::take().unwrap();
         std::fs::write(
             dir.join("state.toml"),
-            "[images]\nconcurrent_downloads = 2\n",
+            format!(
+                "[images]\nconcurrent_downloads = 2\n{}{network}",
+                net.agent_config()
+            ),
         )
         .unwrap();
         let mut a = Agent {
             state: dir.join("state"),
             socket: dir.join("agent.sock"),
             process: None,
+            net,
         };
         a.restart();
         a

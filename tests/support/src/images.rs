@@ -26,8 +26,30 @@ pub struct OciImage {
     work: PathBuf,
 }
 
-/// Files for one extra layer: (path inside the image, contents).
+/// Files for one extra layer: (path inside the image, contents);
+/// executables (ELF or `#!`) get mode 0755.
 pub type LayerFiles = Vec<(String, Vec<u8>)>;
+
+/// A layer with `/bin/udp-echo PORT`, a static UDP echo server (busybox
+/// `nc` has no UDP), compiled with `rustc` into `work`.
+pub fn udp_echo_layer(work: &Path) -> Result<LayerFiles> {
+    let src = work.join("udp_echo.rs");
+    std::fs::write(&src, include_str!("../helpers/udp_echo.rs"))?;
+    let out = work.join("udp-echo");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    run(Command::new(rustc)
+        .args(["--edition", "2021", "-C", "opt-level=1"])
+        .args([
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "strip=symbols",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src))?;
+    Ok(vec![("/bin/udp-echo".into(), std::fs::read(&out)?)])
+}
 
 impl OciImage {
     /// A busybox image tagged `tag` in a layout under `work`, with one base
@@ -80,6 +102,10 @@ impl OciImage {
                     std::fs::create_dir_all(parent)?;
                 }
                 std::fs::write(&target, contents)?;
+                if contents.starts_with(b"\x7fELF") || contents.starts_with(b"#!") {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
+                }
             }
             run(Command::new(&umoci)
                 .args(["repack", "--image", &image])

@@ -6,6 +6,10 @@
 //!   optional htpasswd basic auth.
 //! * [`layout`]: OCI layouts written by hand from raw tar layers (any
 //!   content, hostile names included; multi-platform indexes).
+//! * [`net`]: free loopback ports; a test's own bridge, subnet and
+//!   nftables table ([`net::NetSlot`]).
+//! * [`netns`]: network namespaces as other hosts, HTTP servers and
+//!   clients in them.
 //! * [`images`]: small OCI images built from `busybox-static` with `umoci`,
 //!   as an OCI layout, an `oci-archive` and a `docker-archive`, pushed to a
 //!   registry with `skopeo`.
@@ -17,6 +21,7 @@
 pub mod images;
 pub mod layout;
 pub mod net;
+pub mod netns;
 pub mod procs;
 pub mod registry;
 pub mod tools;
