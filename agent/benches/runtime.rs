@@ -2,9 +2,10 @@
 //! (as root; needs Debian's `runc` and `umoci`).
 //!
 //! 1. Run-to-exit of a cached busybox `true`: `skiff-agent run --rm IMAGE
-//!    true` against `runc run` of an OCI bundle of the same rootfs,
-//!    alternating, `SKIFF_BENCH_RUNS` times each (default 50). Both are
-//!    timed as a user sees them: one CLI invocation, start to exit.
+//!    true` on the bridge network (the default) and with `--network none`,
+//!    against `runc run` of an OCI bundle of the same rootfs (no network
+//!    set up), alternating, `SKIFF_BENCH_RUNS` times each (default 50).
+//!    All are timed as a user sees them: one CLI invocation, start to exit.
 //! 2. Throughput: create-start-exit-remove cycles (`run --rm … true`) with
 //!    8 in flight, for `SKIFF_BENCH_CYCLES` cycles (default 400); runc the
 //!    same way for reference.
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use skiff_test_support::images::OciImage;
+use skiff_test_support::net::NetSlot;
 use skiff_test_support::procs::ChildGuard;
 use skiff_test_support::tools::{require, require_root};
 
@@ -40,13 +42,16 @@ fn env_or(name: &str, default: usize) -> usize {
 struct Agent {
     socket: PathBuf,
     process: ChildGuard,
+    /// Its own bridge, subnet and table (removed after the agent).
+    _net: NetSlot,
 }
 
 impl Agent {
     fn start(dir: &Path) -> Agent {
         let socket = dir.join("agent.sock");
         let config = dir.join("agent.toml");
-        std::fs::write(&config, "").unwrap();
+        let net = NetSlot::take().unwrap();
+        std::fs::write(&config, net.agent_config()).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
         let process = ChildGuard::spawn(
             "skiff-agent",
@@ -68,7 +73,11 @@ impl Agent {
             assert!(Instant::now() < deadline, "agent did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Agent { socket, process }
+        Agent {
+            socket,
+            process,
+            _net: net,
+        }
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
@@ -191,18 +200,31 @@ fn main() {
     }
 
     // 1. Run to exit.
-    let (mut skiff, mut runc) = (Vec::new(), Vec::new());
+    let (mut bridge, mut none, mut runc) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        skiff.push(time(|| {
+        bridge.push(time(|| {
             agent.cli(&["run", "--rm", IMAGE, "true"]);
+        }));
+        none.push(time(|| {
+            agent.cli(&["run", "--rm", "--network", "none", IMAGE, "true"]);
         }));
         runc.push(time(|| runc_run(&bundle, &runc_id())));
     }
-    let (s, r) = (median(&mut skiff) * 1000.0, median(&mut runc) * 1000.0);
+    let b = median(&mut bridge) * 1000.0;
+    let (s, r) = (median(&mut none) * 1000.0, median(&mut runc) * 1000.0);
     println!("run --rm busybox true, {runs} runs each, medians:");
-    println!("  skiff-agent run --rm   {s:8.1} ms");
-    println!("  runc run (bundle)      {r:8.1} ms");
-    println!("  ratio skiff/runc       {:8.2}   (target <= 0.50)", s / r);
+    println!("  skiff-agent run --rm (bridge)   {b:8.1} ms");
+    println!("  skiff-agent run --rm (none)     {s:8.1} ms");
+    println!("  runc run (bundle, no network)   {r:8.1} ms");
+    println!(
+        "  ratio skiff/runc (none)         {:8.2}   (target <= 0.50)",
+        s / r
+    );
+    println!("  ratio skiff/runc (bridge)       {:8.2}", b / r);
+    println!(
+        "  bridge network setup adds       {:8.1} ms   (target <= 5)",
+        b - s
+    );
 
     // 2. Throughput with 8 in flight.
     let skiff_rate = throughput(cycles, 8, |_| {
