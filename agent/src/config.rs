@@ -234,12 +234,19 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let key = "file";
     let text =
         std::fs::read_to_string(path).map_err(|e| bad(key, format!("{}: {e}", path.display())))?;
-    let file: FileConfig = toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        bad(
-            &format!("{}", path.display()),
-            msg.lines().next().unwrap_or("invalid TOML").to_string(),
-        )
+    let first_line = |m: &str| m.lines().next().unwrap_or("invalid TOML").to_string();
+    let file_key = || format!("{}", path.display());
+    let de =
+        toml::Deserializer::parse(&text).map_err(|e| bad(&file_key(), first_line(e.message())))?;
+    // The path names the key of a bad value (`network.subnet`).
+    let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let msg = first_line(e.inner().message());
+        if key == "." || key.is_empty() {
+            bad(&file_key(), msg)
+        } else {
+            bad(&key, msg)
+        }
     })?;
     let has_secrets = file.join_token.is_some() || !file.images.auth.is_empty();
     if has_secrets {
@@ -340,7 +347,7 @@ mod tests {
             ),
             (
                 "[network]\nsubnet = \"10.1.0.0\"\n",
-                "invalid IP address syntax",
+                "config network.subnet: invalid IP address syntax",
             ),
         ];
         for (text, want) in cases {

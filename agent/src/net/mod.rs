@@ -149,6 +149,9 @@ pub struct NodeNet {
     /// Published ports of running (and starting) containers, by id, with
     /// the container's name.
     published: Mutex<BTreeMap<String, (String, Vec<PortMapping>)>>,
+    /// Held while the table is rewritten, so the last rewrite always has
+    /// the latest ports.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl NodeNet {
@@ -166,6 +169,7 @@ impl NodeNet {
             ipam,
             ready: tokio::sync::Mutex::new(None),
             published: Mutex::new(BTreeMap::new()),
+            applying: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -201,11 +205,14 @@ impl NodeNet {
         )
         .await
         .map_err(|e| bridge_err(&e))?;
-        let ports = self.all_published();
-        let nat = self.nat.clone();
-        tokio::task::spawn_blocking(move || nat.apply(&ports))
-            .await
-            .map_err(|e| NetError::Invalid(e.to_string()))??;
+        {
+            let _one_at_a_time = self.applying.lock().await;
+            let ports = self.all_published();
+            let nat = self.nat.clone();
+            tokio::task::spawn_blocking(move || nat.apply(&ports))
+                .await
+                .map_err(|e| NetError::Invalid(e.to_string()))??;
+        }
         *ready = Some(mtu);
         Ok(mtu)
     }
@@ -269,18 +276,8 @@ impl NodeNet {
     /// Refuses a port published by another running container, or held by
     /// a process on the host.
     pub fn check_ports(&self, id: &str, mappings: &[PortMapping]) -> Result<(), NetError> {
-        let others: Vec<(String, PortMapping)> = self
-            .published
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|(other, _)| other.as_str() != id)
-            .flat_map(|(_, (name, ps))| ps.iter().map(|p| (name.clone(), p.clone())))
-            .collect();
-        for m in mappings {
-            ports::check(m, &others)?;
-        }
-        Ok(())
+        let published = self.published.lock().expect("lock");
+        check_against(&published, id, mappings)
     }
 
     fn all_published(&self) -> Vec<PortMapping> {
@@ -294,6 +291,7 @@ impl NodeNet {
 
     async fn apply(&self) -> Result<(), NetError> {
         self.ensure().await?;
+        let _one_at_a_time = self.applying.lock().await;
         let ports = self.all_published();
         let nat = self.nat.clone();
         tokio::task::spawn_blocking(move || nat.apply(&ports))
@@ -315,11 +313,12 @@ impl NodeNet {
                 return Ok(());
             }
         }
-        self.check_ports(id, &a.ports)?;
-        self.published
-            .lock()
-            .expect("lock")
-            .insert(id.to_string(), (name.to_string(), a.ports.clone()));
+        {
+            // Checked and taken at once: two starts cannot both get a port.
+            let mut published = self.published.lock().expect("lock");
+            check_against(&published, id, &a.ports)?;
+            published.insert(id.to_string(), (name.to_string(), a.ports.clone()));
+        }
         let r = self.apply().await;
         if r.is_err() {
             self.published.lock().expect("lock").remove(id);
@@ -427,41 +426,62 @@ impl NodeNet {
     }
 }
 
+/// Refuses `mappings` of container `id` that overlap another container's
+/// in `published` or a port a host process holds.
+fn check_against(
+    published: &BTreeMap<String, (String, Vec<PortMapping>)>,
+    id: &str,
+    mappings: &[PortMapping],
+) -> Result<(), NetError> {
+    let others: Vec<(String, PortMapping)> = published
+        .iter()
+        .filter(|(other, _)| other.as_str() != id)
+        .flat_map(|(_, (name, ps))| ps.iter().map(|p| (name.clone(), p.clone())))
+        .collect();
+    for m in mappings {
+        ports::check(m, &others)?;
+    }
+    Ok(())
+}
+
 /// The host's resolver configuration, minus loopback name servers that do
 /// not work inside a container's own network namespace. When only
 /// loopback ones are left and systemd-resolved runs, its upstream list is
 /// used (as Docker does); without any, Google's public resolvers.
 pub fn host_resolv_conf() -> String {
-    let filtered = |text: &str| -> (String, usize) {
-        let mut out = String::new();
-        let mut servers = 0;
-        for line in text.lines() {
-            let server = line
-                .strip_prefix("nameserver")
-                .map(str::trim)
-                .map(|ip| ip.parse::<IpAddr>());
-            match server {
-                Some(Ok(ip)) if ip.is_loopback() => continue,
-                Some(_) => servers += 1,
-                None => {}
-            }
-            out.push_str(line);
-            out.push('\n');
-        }
-        (out, servers)
-    };
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let (out, servers) = filtered(&host);
+    let (out, servers) = without_loopback(&host);
     if servers > 0 {
         return out;
     }
     if let Ok(upstream) = std::fs::read_to_string("/run/systemd/resolve/resolv.conf") {
-        let (up, n) = filtered(&upstream);
+        let (up, n) = without_loopback(&upstream);
         if n > 0 {
             return up;
         }
     }
     format!("{out}nameserver 8.8.8.8\nnameserver 8.8.4.4\n")
+}
+
+/// A resolver configuration without its loopback name servers, and how
+/// many servers are left.
+fn without_loopback(text: &str) -> (String, usize) {
+    let mut out = String::new();
+    let mut servers = 0;
+    for line in text.lines() {
+        let server = line
+            .strip_prefix("nameserver")
+            .map(str::trim)
+            .map(|ip| ip.parse::<IpAddr>());
+        match server {
+            Some(Ok(ip)) if ip.is_loopback() => continue,
+            Some(_) => servers += 1,
+            None => {}
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (out, servers)
 }
 
 /// In the shim, between the clone of a bridged container's first process
@@ -499,4 +519,41 @@ pub fn attach_container(a: &Attachment, pid: i32) -> Result<(), String> {
         .await
         .map_err(|e| format!("network: {e}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_resolvers_are_dropped_and_the_rest_kept() {
+        let host = "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nsearch corp.example\noptions edns0\n";
+        let (out, n) = without_loopback(host);
+        assert_eq!(
+            out,
+            "# generated\nnameserver 10.0.0.2\nsearch corp.example\noptions edns0\n"
+        );
+        assert_eq!(n, 1);
+        assert_eq!(without_loopback("nameserver 127.0.0.53\n").1, 0);
+    }
+
+    #[test]
+    fn bad_network_config_names_the_key() {
+        let mut c = NetworkConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        c.mtu = 100;
+        assert_eq!(c.validate().unwrap_err().0, "network.mtu");
+        c = NetworkConfig {
+            nft_table: "no spaces".into(),
+            ..NetworkConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().0, "network.nft_table");
+    }
+
+    #[test]
+    fn host_ends_fit_an_interface_name() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(host_if(id), "sk0123456789ab");
+        assert!(host_if(id).len() <= 15);
+    }
 }
