@@ -1,10 +1,24 @@
 //! The Skiff gateway.
 //!
-//! Built so far: the placement engine ([`scheduler`]), a pure library. The
-//! sessions, store, REST API, reconciler and autoscaler arrive with their
-//! issues.
+//! * [`scheduler`]: the placement engine, a pure function of a snapshot.
+//! * [`config`]: the config file and its overrides.
+//! * [`store`]: durable state (redb by default, behind a trait).
+//! * [`pki`]: the CA, node certificates, API and join token secrets.
+//! * [`control`]: the in-memory state, liveness and the reconciler.
+//! * [`grpc`]: the agent port (`Join`, `Session`).
+//! * [`api`]: the REST API and its OpenAPI document.
+//! * [`metrics`]: Prometheus metrics.
+//! * [`daemon`]: `skiff-gateway serve`.
 
+pub mod api;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod grpc;
+pub mod metrics;
+pub mod pki;
 pub mod scheduler;
+pub mod store;
 
 /// Version reported in the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,266 @@
+//! Gateway configuration: a TOML file, then `SKIFF_GATEWAY_*` environment
+//! variables, then flags (clap reads the last two). Validated before any
+//! port is bound; a bad value is one line naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use skiff_proto::cluster::SiteKind;
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/skiff-gateway";
+
+/// A configuration problem: the key and why.
+#[derive(Debug, thiserror::Error)]
+#[error("config {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A site, as declared in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: String,
+    pub kind: SiteKind,
+    /// Lower is cheaper; filled first after a workload's own preference.
+    #[serde(default)]
+    pub cost_rank: u32,
+    /// Most nodes the site may have.
+    #[serde(default)]
+    pub max_nodes: Option<u32>,
+}
+
+/// The config file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub agent_listen: Option<SocketAddr>,
+    /// Names and addresses agents use to reach the gateway (in its server
+    /// certificate, with `localhost`, `127.0.0.1` and the host name).
+    pub advertise: Vec<String>,
+    /// Time between agent heartbeats, e.g. `1s`.
+    pub heartbeat_interval: skiff_proto::Duration,
+    /// A node that has not been heard from this long is `down`.
+    pub down_after: skiff_proto::Duration,
+    /// Node container subnets are `/24`s cut from this pool.
+    pub node_subnets: Ipv4Net,
+    /// Largest request body the REST API takes.
+    pub max_body: skiff_proto::ByteSize,
+    /// Node certificates are valid this long (renewed at two thirds).
+    pub cert_lifetime: skiff_proto::Duration,
+    pub sites: Vec<SiteConfig>,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            listen: None,
+            agent_listen: None,
+            advertise: Vec::new(),
+            heartbeat_interval: skiff_proto::Duration::from_secs(1),
+            down_after: skiff_proto::Duration::from_secs(5),
+            node_subnets: Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).expect("valid"),
+            max_body: skiff_proto::ByteSize::from_bytes(1 << 20),
+            cert_lifetime: skiff_proto::Duration::from_secs(30 * 24 * 3600),
+            sites: vec![SiteConfig {
+                name: "default".into(),
+                kind: SiteKind::Static,
+                cost_rank: 0,
+                max_nodes: None,
+            }],
+        }
+    }
+}
+
+/// What flags and the environment set.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub agent_listen: Option<SocketAddr>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub agent_listen: SocketAddr,
+    pub advertise: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub down_after: Duration,
+    pub node_subnets: Ipv4Net,
+    pub max_body: usize,
+    pub cert_lifetime: Duration,
+    pub sites: Vec<SiteConfig>,
+}
+
+impl GatewayConfig {
+    /// Reads the file (when given), applies the overrides, validates.
+    pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
+        let file = match &o.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(file, o)
+    }
+
+    pub fn resolve(file: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+        let heartbeat_interval = file.heartbeat_interval.std();
+        let down_after = file.down_after.std();
+        if heartbeat_interval < Duration::from_millis(100) {
+            return Err(bad("heartbeat_interval", "must be at least 100ms"));
+        }
+        if down_after < heartbeat_interval * 2 {
+            return Err(bad(
+                "down_after",
+                "must be at least two heartbeat intervals",
+            ));
+        }
+        if file.node_subnets.prefix_len() > 24 {
+            return Err(bad(
+                "node_subnets",
+                format!("{} is smaller than one node's /24", file.node_subnets),
+            ));
+        }
+        if file.sites.is_empty() {
+            return Err(bad("sites", "at least one site is needed"));
+        }
+        for (i, s) in file.sites.iter().enumerate() {
+            if !skiff_proto::is_valid_name(&s.name) {
+                return Err(bad(
+                    &format!("sites[{i}].name"),
+                    format!("{:?} is not a valid site name", s.name),
+                ));
+            }
+            if file.sites[..i].iter().any(|o| o.name == s.name) {
+                return Err(bad(
+                    &format!("sites[{i}].name"),
+                    format!("{:?} is declared twice", s.name),
+                ));
+            }
+        }
+        let max_body =
+            usize::try_from(file.max_body.bytes()).map_err(|_| bad("max_body", "too large"))?;
+        if max_body < 1024 {
+            return Err(bad("max_body", "must be at least 1Ki"));
+        }
+        Ok(Self {
+            state_dir: o
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            listen: o
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:7070".parse().expect("valid")),
+            agent_listen: o
+                .agent_listen
+                .or(file.agent_listen)
+                .unwrap_or_else(|| "0.0.0.0:7071".parse().expect("valid")),
+            advertise: file.advertise,
+            heartbeat_interval,
+            down_after,
+            node_subnets: file.node_subnets.trunc(),
+            max_body,
+            cert_lifetime: file.cert_lifetime.std(),
+            sites: file.sites,
+        })
+    }
+
+    pub fn site(&self, name: &str) -> Option<&SiteConfig> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let file_key = || path.display().to_string();
+    let first_line = |m: &str| m.lines().next().unwrap_or("invalid TOML").to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| bad(&file_key(), e.to_string()))?;
+    let de =
+        toml::Deserializer::parse(&text).map_err(|e| bad(&file_key(), first_line(e.message())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let msg = first_line(e.inner().message());
+        if key == "." || key.is_empty() {
+            bad(&file_key(), msg)
+        } else {
+            bad(&key, msg)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<GatewayConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gateway.toml");
+        std::fs::write(&p, text).unwrap();
+        GatewayConfig::load(&Overrides {
+            config: Some(p),
+            ..Overrides::default()
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_sites() {
+        let c = load("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.agent_listen.to_string(), "0.0.0.0:7071");
+        assert_eq!(c.down_after, Duration::from_secs(5));
+        assert_eq!(c.sites[0].name, "default");
+        let c = load(
+            "down_after = \"3s\"\n[[sites]]\nname = \"onprem-dc1\"\nkind = \"static\"\n[[sites]]\nname = \"aws-us-east-1\"\nkind = \"aws\"\ncost_rank = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.sites.len(), 2);
+        assert_eq!(c.down_after, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, want) in [
+            (
+                "down_after = \"1s\"\n",
+                "config down_after: must be at least two heartbeat intervals",
+            ),
+            (
+                "node_subnets = \"10.0.0.0/28\"\n",
+                "config node_subnets: 10.0.0.0/28 is smaller than one node's /24",
+            ),
+            (
+                "[[sites]]\nname = \"Bad\"\nkind = \"static\"\n",
+                "config sites[0].name: \"Bad\" is not a valid site name",
+            ),
+            (
+                "[[sites]]\nname = \"a\"\nkind = \"moon\"\n",
+                "config sites[0].kind: unknown variant `moon`",
+            ),
+            ("lisen = \"x\"\n", "config lisen: unknown field `lisen`"),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+}

@@ -1,0 +1,866 @@
+//! The gateway's state and the reconciler.
+//!
+//! All state lives in memory in [`State`] behind one lock and is written
+//! through the [`Store`] before anything is acknowledged. The reconciler
+//! ([`Control::reconcile`]) turns workloads into allocations, places
+//! pending ones with the scheduler (a pure function of a snapshot), and
+//! gives every node whose set of allocations changed a new generation,
+//! which its session pushes down. Liveness is in memory only: a heartbeat
+//! touches no disk.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use skiff_proto::WorkloadSpec;
+use skiff_proto::cluster::{AllocationState, Capacity, NodeStatus};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::config::GatewayConfig;
+use crate::scheduler;
+use crate::store::{Batch, Kind, Store, StoreError};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A workload as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    pub spec: WorkloadSpec,
+    /// Bumped by every update of the spec (not by scaling).
+    pub version: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One replica, placed or waiting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AllocationRecord {
+    pub id: String,
+    pub workload: String,
+    pub workload_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[schema(value_type = String, example = "running")]
+    pub state: AllocationState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it is in its state (e.g. why it cannot be placed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The container's address on its node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    #[serde(default)]
+    pub restarts: u32,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl AllocationRecord {
+    /// Counts toward the workload's replicas.
+    fn is_live(&self) -> bool {
+        !matches!(self.state, AllocationState::Stopped | AllocationState::Lost)
+    }
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeRecord {
+    pub id: String,
+    pub site: String,
+    #[schema(value_type = String, example = "ready")]
+    pub status: NodeStatus,
+    /// Takes no new work (set by cordon and drain).
+    #[serde(default)]
+    pub unschedulable: bool,
+    /// Being emptied: its allocations are replaced elsewhere.
+    #[serde(default)]
+    pub draining: bool,
+    /// The container subnet it was given.
+    #[schema(value_type = String)]
+    pub subnet: Ipv4Net,
+    /// SHA-256 of its current certificate: its identity on sessions.
+    pub cert_hash: String,
+    pub cert_not_after_ms: i64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[schema(value_type = Object)]
+    pub capacity: Capacity,
+    #[schema(value_type = Object)]
+    pub allocatable: Capacity,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub agent_version: String,
+    #[serde(default)]
+    pub hostname: String,
+    pub joined_ms: i64,
+    /// The generation of its desired state last sent (or to send).
+    pub generation: u64,
+}
+
+/// A join token as stored (by the hash of its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub site: String,
+    pub expires_ms: i64,
+    pub used: bool,
+    pub created_ms: i64,
+}
+
+/// An API token as stored (by the hash of its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    pub name: String,
+    pub role: Role,
+    pub created_ms: i64,
+}
+
+/// What an API token may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Reads everything.
+    ReadOnly,
+    /// And changes workloads, drains and cordons nodes.
+    Operator,
+    /// And joins and removes nodes, and makes tokens.
+    Admin,
+}
+
+/// Everything the gateway knows.
+#[derive(Debug, Default)]
+pub struct State {
+    pub workloads: BTreeMap<String, WorkloadRecord>,
+    pub allocations: BTreeMap<String, AllocationRecord>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    pub join_tokens: BTreeMap<String, JoinTokenRecord>,
+    pub api_tokens: BTreeMap<String, ApiTokenRecord>,
+    /// Allocation ids in each node's desired state.
+    desired: HashMap<String, BTreeSet<String>>,
+}
+
+/// Something that happened, for `/v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Event {
+    pub time_ms: i64,
+    /// `workload`, `allocation`, `node`.
+    pub kind: String,
+    pub id: String,
+    pub message: String,
+}
+
+/// A live session's channel and liveness.
+#[derive(Debug)]
+struct Session {
+    /// Identifies this session (a node may reconnect before the old one
+    /// noticed).
+    serial: u64,
+    tx: mpsc::Sender<skiff_proto::wire::v1::GatewayMessage>,
+}
+
+/// Errors of control operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The gateway's core.
+#[derive(Debug)]
+pub struct Control {
+    pub config: GatewayConfig,
+    store: Arc<dyn Store>,
+    state: Mutex<State>,
+    sessions: Mutex<HashMap<String, Session>>,
+    /// Last time each node was heard from (memory only).
+    last_seen: Mutex<HashMap<String, Instant>>,
+    next_serial: std::sync::atomic::AtomicU64,
+    wake: Notify,
+    pub events: broadcast::Sender<Event>,
+    pub metrics: crate::metrics::Metrics,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError(format!("{kind:?} {key}: {e}")))
+}
+
+impl Control {
+    /// Loads the state from the store.
+    pub fn open(config: GatewayConfig, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        let snap = store.load()?;
+        let mut state = State::default();
+        let empty = BTreeMap::new();
+        let rows = |k: Kind| snap.get(&k).unwrap_or(&empty);
+        for (k, v) in rows(Kind::Workload) {
+            state
+                .workloads
+                .insert(k.clone(), parse(Kind::Workload, k, v)?);
+        }
+        for (k, v) in rows(Kind::Allocation) {
+            state
+                .allocations
+                .insert(k.clone(), parse(Kind::Allocation, k, v)?);
+        }
+        for (k, v) in rows(Kind::Node) {
+            state.nodes.insert(k.clone(), parse(Kind::Node, k, v)?);
+        }
+        for (k, v) in rows(Kind::JoinToken) {
+            state
+                .join_tokens
+                .insert(k.clone(), parse(Kind::JoinToken, k, v)?);
+        }
+        for (k, v) in rows(Kind::ApiToken) {
+            state
+                .api_tokens
+                .insert(k.clone(), parse(Kind::ApiToken, k, v)?);
+        }
+        // Desired sets as last computed: every live, placed allocation.
+        for a in state.allocations.values() {
+            if let (Some(n), true) = (&a.node, a.is_live()) {
+                state
+                    .desired
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(a.id.clone());
+            }
+        }
+        // Every node gets a full grace period after a gateway restart.
+        let start = Instant::now();
+        let last_seen = state.nodes.keys().map(|n| (n.clone(), start)).collect();
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            config,
+            store,
+            state: Mutex::new(state),
+            sessions: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(last_seen),
+            next_serial: std::sync::atomic::AtomicU64::new(1),
+            wake: Notify::new(),
+            events,
+            metrics: crate::metrics::Metrics::new(),
+        }))
+    }
+
+    /// Reads the state.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.lock().expect("state lock"))
+    }
+
+    /// Changes the state: `f` edits it and fills the batch, which is
+    /// committed before the lock is released; on a store error the change
+    /// is rolled back by reloading nothing (the edit is only applied when
+    /// the commit succeeded).
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
+        let mut state = self.state.lock().expect("state lock");
+        let mut batch = Batch::default();
+        // Work on a copy of what changes: the closures here edit records
+        // they also put in the batch, so a failed commit must not leave
+        // them changed. Cheap enough: writes are API calls and reconcile
+        // passes, not heartbeats.
+        let mut draft = State {
+            workloads: state.workloads.clone(),
+            allocations: state.allocations.clone(),
+            nodes: state.nodes.clone(),
+            join_tokens: state.join_tokens.clone(),
+            api_tokens: state.api_tokens.clone(),
+            desired: state.desired.clone(),
+        };
+        let out = f(&mut draft, &mut batch)?;
+        self.store.commit(&batch)?;
+        *state = draft;
+        Ok(out)
+    }
+
+    pub fn event(&self, kind: &str, id: &str, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(kind, id, %message, "event");
+        let _ = self.events.send(Event {
+            time_ms: now_ms(),
+            kind: kind.into(),
+            id: id.into(),
+            message,
+        });
+    }
+
+    /// Asks the reconciler for a pass.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs the reconciler and the liveness check until the process ends.
+    pub fn spawn_loops(self: &Arc<Self>) {
+        let c = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = c.wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                // Batches what arrived together.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let t = Instant::now();
+                if let Err(e) = c.reconcile() {
+                    tracing::error!(error = %e, "reconcile");
+                }
+                c.metrics
+                    .reconcile_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        });
+        let c = Arc::clone(self);
+        tokio::spawn(async move {
+            let tick = (c.config.heartbeat_interval / 4).max(Duration::from_millis(50));
+            loop {
+                tokio::time::sleep(tick).await;
+                c.check_liveness();
+            }
+        });
+    }
+
+    /// Marks nodes not heard from within `down_after` as down.
+    fn check_liveness(&self) {
+        let now = Instant::now();
+        let stale: Vec<String> = {
+            let seen = self.last_seen.lock().expect("lock");
+            self.read(|s| {
+                s.nodes
+                    .values()
+                    .filter(|n| n.status != NodeStatus::Down)
+                    .filter(|n| {
+                        seen.get(&n.id)
+                            .is_none_or(|t| now.duration_since(*t) > self.config.down_after)
+                    })
+                    .map(|n| n.id.clone())
+                    .collect()
+            })
+        };
+        if stale.is_empty() {
+            return;
+        }
+        let r = self.write(|s, b| {
+            for id in &stale {
+                if let Some(n) = s.nodes.get_mut(id) {
+                    n.status = NodeStatus::Down;
+                    b.put(Kind::Node, id, n);
+                }
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => {
+                for id in &stale {
+                    self.event("node", id, "down: no heartbeat within the grace period");
+                }
+                self.wake();
+            }
+            Err(e) => tracing::error!(error = %e, "mark nodes down"),
+        }
+    }
+
+    /// A heartbeat (or any message) from `node`.
+    pub fn seen(&self, node: &str) {
+        self.last_seen
+            .lock()
+            .expect("lock")
+            .insert(node.to_string(), Instant::now());
+    }
+
+    /// A session opened for `node`: its channel, and a serial to close it
+    /// with.
+    pub fn open_session(
+        &self,
+        node: &str,
+        tx: mpsc::Sender<skiff_proto::wire::v1::GatewayMessage>,
+    ) -> u64 {
+        let serial = self
+            .next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .expect("lock")
+            .insert(node.to_string(), Session { serial, tx });
+        self.seen(node);
+        serial
+    }
+
+    pub fn close_session(&self, node: &str, serial: u64) {
+        let mut sessions = self.sessions.lock().expect("lock");
+        if sessions.get(node).is_some_and(|s| s.serial == serial) {
+            sessions.remove(node);
+        }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.lock().expect("lock").len()
+    }
+
+    /// The desired state of `node` as a wire message.
+    pub fn desired_state(&self, node: &str) -> skiff_proto::wire::v1::GatewayMessage {
+        use skiff_proto::wire::v1;
+        self.read(|s| {
+            let generation = s.nodes.get(node).map_or(0, |n| n.generation);
+            let allocations = s
+                .desired
+                .get(node)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| s.allocations.get(id))
+                .filter_map(|a| {
+                    let w = s.workloads.get(&a.workload)?;
+                    Some(v1::Allocation {
+                        id: a.id.clone(),
+                        workload: a.workload.clone(),
+                        workload_version: a.workload_version,
+                        spec: Some(v1::ContainerSpec::from(&w.spec.container_spec())),
+                    })
+                })
+                .collect();
+            v1::GatewayMessage {
+                kind: Some(v1::gateway_message::Kind::DesiredState(v1::DesiredState {
+                    generation,
+                    allocations,
+                })),
+            }
+        })
+    }
+
+    /// Pushes the desired state to `nodes` that have a session.
+    fn push(&self, nodes: &BTreeSet<String>) {
+        let targets: Vec<(String, mpsc::Sender<_>)> = {
+            let sessions = self.sessions.lock().expect("lock");
+            nodes
+                .iter()
+                .filter_map(|n| sessions.get(n).map(|s| (n.clone(), s.tx.clone())))
+                .collect()
+        };
+        for (node, tx) in targets {
+            let msg = self.desired_state(&node);
+            if tx.try_send(msg).is_err() {
+                tracing::warn!(
+                    node,
+                    "session queue full or closed; the node gets its state on reconnect"
+                );
+            }
+        }
+    }
+
+    /// The next free node subnet from the pool.
+    pub fn next_subnet(&self, s: &State) -> Result<Ipv4Net, ControlError> {
+        let used: BTreeSet<Ipv4Net> = s.nodes.values().map(|n| n.subnet).collect();
+        self.config
+            .node_subnets
+            .subnets(24)
+            .map_err(|e| ControlError::Invalid(e.to_string()))?
+            .find(|n| !used.contains(n) && n.network() != Ipv4Addr::UNSPECIFIED)
+            .ok_or_else(|| {
+                ControlError::Conflict(format!(
+                    "node_subnets {}: every /24 is taken",
+                    self.config.node_subnets
+                ))
+            })
+    }
+
+    /// One reconciler pass: allocations for every workload, placement of
+    /// the pending ones, new desired states for the nodes that changed.
+    pub fn reconcile(&self) -> Result<(), ControlError> {
+        let t = Instant::now();
+        let changed = self.write(|s, b| {
+            let now = now_ms();
+            let mut events = Vec::new();
+            let mut touched: BTreeSet<String> = BTreeSet::new();
+            let node_ok = |s: &State, n: &Option<String>| {
+                n.as_ref()
+                    .and_then(|n| s.nodes.get(n))
+                    .is_some_and(|n| n.status != NodeStatus::Down && !n.draining)
+            };
+            // Allocations on down or draining nodes, or of deleted
+            // workloads, are over.
+            let ids: Vec<String> = s.allocations.keys().cloned().collect();
+            for id in &ids {
+                let a = &s.allocations[id];
+                if !a.is_live() {
+                    continue;
+                }
+                let gone = !s.workloads.contains_key(&a.workload);
+                let (state, why) = if gone {
+                    (AllocationState::Stopped, "workload deleted")
+                } else if a.node.is_some() && !node_ok(s, &a.node) {
+                    let down = a
+                        .node
+                        .as_ref()
+                        .and_then(|n| s.nodes.get(n))
+                        .is_none_or(|n| n.status == NodeStatus::Down);
+                    if down {
+                        (AllocationState::Lost, "node down")
+                    } else {
+                        (AllocationState::Stopped, "node draining")
+                    }
+                } else {
+                    continue;
+                };
+                let a = s.allocations.get_mut(id).expect("present");
+                a.state = state;
+                a.message = why.into();
+                a.updated_ms = now;
+                if let Some(n) = &a.node {
+                    touched.insert(n.clone());
+                }
+                events.push(("allocation", id.clone(), format!("{state}: {why}")));
+            }
+            // Deleted workloads' allocations are forgotten once stopped.
+            let orphans: Vec<String> = s
+                .allocations
+                .values()
+                .filter(|a| !s.workloads.contains_key(&a.workload))
+                .map(|a| a.id.clone())
+                .collect();
+            for id in orphans {
+                s.allocations.remove(&id);
+                b.delete(Kind::Allocation, &id);
+            }
+            // Replica counts and rolling updates.
+            let names: Vec<String> = s.workloads.keys().cloned().collect();
+            for name in &names {
+                let w = s.workloads[name].clone();
+                let mut live: Vec<&AllocationRecord> = s
+                    .allocations
+                    .values()
+                    .filter(|a| &a.workload == name && a.is_live())
+                    .collect();
+                live.sort_by_key(|a| (a.node.is_some(), std::cmp::Reverse(a.created_ms)));
+                let want = w.spec.replicas as usize;
+                let mut stop: Vec<String> = Vec::new();
+                let mut add = want.saturating_sub(live.len());
+                if live.len() > want {
+                    // Pending ones first, then the newest.
+                    stop.extend(live[..live.len() - want].iter().map(|a| a.id.clone()));
+                } else {
+                    // Rolling update: one outdated replica at a time, when
+                    // every current one runs.
+                    let outdated: Vec<&&AllocationRecord> = live
+                        .iter()
+                        .filter(|a| a.workload_version < w.version)
+                        .collect();
+                    let settling = live.iter().any(|a| {
+                        a.workload_version == w.version && a.state != AllocationState::Running
+                    });
+                    if let (Some(old), false) = (outdated.first(), settling) {
+                        stop.push(old.id.clone());
+                        add += 1;
+                    }
+                }
+                for id in stop {
+                    let a = s.allocations.get_mut(&id).expect("present");
+                    a.state = AllocationState::Stopped;
+                    a.message = "replaced or scaled down".into();
+                    a.updated_ms = now;
+                    if let Some(n) = &a.node {
+                        touched.insert(n.clone());
+                    }
+                }
+                for _ in 0..add {
+                    let id = format!("{name}-{}", crate::pki::random_hex(4));
+                    s.allocations.insert(
+                        id.clone(),
+                        AllocationRecord {
+                            id: id.clone(),
+                            workload: name.clone(),
+                            workload_version: w.version,
+                            node: None,
+                            site: None,
+                            state: AllocationState::Pending,
+                            exit_code: None,
+                            message: String::new(),
+                            address: String::new(),
+                            restarts: 0,
+                            created_ms: now,
+                            updated_ms: now,
+                        },
+                    );
+                }
+            }
+            // Placement of everything pending.
+            self.place(s, now, &mut touched, &mut events)?;
+            // Terminal allocations leave their node's desired set.
+            let mut desired: HashMap<String, BTreeSet<String>> = HashMap::new();
+            for a in s.allocations.values() {
+                if let (Some(n), true) = (&a.node, a.is_live()) {
+                    desired.entry(n.clone()).or_default().insert(a.id.clone());
+                }
+            }
+            for n in s.nodes.keys() {
+                let new = desired.get(n).cloned().unwrap_or_default();
+                let old = s.desired.get(n).cloned().unwrap_or_default();
+                if new != old || touched.contains(n) {
+                    touched.insert(n.clone());
+                }
+            }
+            for n in &touched {
+                if let Some(node) = s.nodes.get_mut(n) {
+                    node.generation += 1;
+                    b.put(Kind::Node, n, node);
+                }
+            }
+            s.desired = desired;
+            // Keep stopped and lost records for a while (they show what
+            // happened), but not forever: 100 per workload.
+            let mut per: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+            for a in s.allocations.values().filter(|a| !a.is_live()) {
+                per.entry(a.workload.clone())
+                    .or_default()
+                    .push((a.updated_ms, a.id.clone()));
+            }
+            for (_, mut v) in per {
+                v.sort();
+                let extra = v.len().saturating_sub(100);
+                for (_, id) in v.into_iter().take(extra) {
+                    s.allocations.remove(&id);
+                    b.delete(Kind::Allocation, &id);
+                }
+            }
+            for a in s.allocations.values() {
+                if a.updated_ms == now {
+                    b.put(Kind::Allocation, &a.id, a);
+                }
+            }
+            Ok((touched, events))
+        })?;
+        let (touched, events) = changed;
+        for (kind, id, msg) in events {
+            self.event(kind, &id, msg);
+        }
+        self.push(&touched);
+        self.metrics
+            .placement_seconds
+            .observe(t.elapsed().as_secs_f64());
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Places pending allocations with the scheduler.
+    fn place(
+        &self,
+        s: &mut State,
+        now: i64,
+        touched: &mut BTreeSet<String>,
+        events: &mut Vec<(&'static str, String, String)>,
+    ) -> Result<(), ControlError> {
+        let pending: Vec<String> = s
+            .allocations
+            .values()
+            .filter(|a| a.state == AllocationState::Pending && a.node.is_none())
+            .map(|a| a.id.clone())
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let sites = self
+            .config
+            .sites
+            .iter()
+            .map(|c| scheduler::SiteInfo {
+                name: c.name.clone(),
+                kind: c.kind,
+                cost_rank: c.cost_rank,
+                max_nodes: c.max_nodes,
+                budget: None,
+                instance_types: Vec::new(),
+                launch_labels: BTreeMap::new(),
+            })
+            .collect();
+        let nodes = s
+            .nodes
+            .values()
+            .map(|n| scheduler::NodeInfo {
+                id: n.id.clone(),
+                site: n.site.clone(),
+                status: if n.status == NodeStatus::Down {
+                    NodeStatus::Down
+                } else if n.draining {
+                    NodeStatus::Draining
+                } else if n.unschedulable {
+                    NodeStatus::Cordoned
+                } else {
+                    n.status
+                },
+                allocatable: n.allocatable,
+                labels: n.labels.clone(),
+                arch: n.arch.clone(),
+                os: n.os.clone(),
+                price: 0,
+            })
+            .collect();
+        let mut groups = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        for (name, w) in &s.workloads {
+            group_of.insert(name.clone(), groups.len());
+            groups.push(scheduler::Group::from_spec(&w.spec));
+        }
+        let allocations = s
+            .allocations
+            .values()
+            .filter(|a| a.is_live())
+            .filter_map(|a| {
+                let node = a.node.clone()?;
+                let g = &groups[*group_of.get(&a.workload)?];
+                Some(scheduler::ExistingAllocation {
+                    id: a.id.clone(),
+                    node,
+                    workload: a.workload.clone(),
+                    demand: g.demand,
+                    priority: g.priority,
+                    host_ports: g.host_ports.clone(),
+                })
+            })
+            .collect();
+        let requests: Vec<scheduler::Request> = pending
+            .iter()
+            .filter_map(|id| {
+                let a = &s.allocations[id];
+                Some(scheduler::Request {
+                    id: id.clone(),
+                    group: *group_of.get(&a.workload)?,
+                })
+            })
+            .collect();
+        let snapshot = scheduler::Snapshot {
+            sites,
+            nodes,
+            allocations,
+            launching: Vec::new(),
+        };
+        let plan = scheduler::place(
+            &snapshot,
+            &groups,
+            &requests,
+            scheduler::Options {
+                seed: now as u64,
+                ..scheduler::Options::default()
+            },
+        )
+        .map_err(ControlError::Invalid)?;
+        for e in &plan.evictions {
+            if let Some(a) = s.allocations.get_mut(&e.allocation) {
+                a.state = AllocationState::Stopped;
+                a.message = format!("preempted by {}", requests[e.for_request].id);
+                a.updated_ms = now;
+                touched.insert(e.node.clone());
+            }
+        }
+        for p in &plan.placements {
+            let scheduler::Target::Node(node) = &p.target else {
+                continue;
+            };
+            let id = &requests[p.request].id;
+            let site = s.nodes.get(node).map(|n| n.site.clone());
+            if let Some(a) = s.allocations.get_mut(id) {
+                a.node = Some(node.clone());
+                a.site = site;
+                a.state = AllocationState::Starting;
+                a.message = String::new();
+                a.updated_ms = now;
+                touched.insert(node.clone());
+                events.push(("allocation", id.clone(), format!("placed on {node}")));
+            }
+        }
+        for u in &plan.unplaced {
+            let id = &requests[u.request].id;
+            if let Some(a) = s.allocations.get_mut(id) {
+                let msg = u.explanation.to_string();
+                if a.message != msg {
+                    a.message = msg;
+                    a.updated_ms = now;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Status reports from `node` (its identity from its certificate): only
+    /// allocations placed on it are taken; others are ignored.
+    pub fn report(&self, node: &str, statuses: &[skiff_proto::wire::v1::AllocationStatus]) {
+        let mut ignored = Vec::new();
+        let r = self.write(|s, b| {
+            let now = now_ms();
+            for st in statuses {
+                let Some(a) = s.allocations.get_mut(&st.allocation_id) else {
+                    continue;
+                };
+                if a.node.as_deref() != Some(node) {
+                    ignored.push(st.allocation_id.clone());
+                    continue;
+                }
+                if !a.is_live() {
+                    continue;
+                }
+                let state = skiff_proto::wire::allocation_state(st.state).unwrap_or(a.state);
+                let changed = a.state != state
+                    || a.exit_code != st.exit_code
+                    || a.restarts != st.restarts
+                    || a.address != st.address
+                    || (a.message != st.message && !st.message.is_empty());
+                if changed {
+                    a.state = state;
+                    a.exit_code = st.exit_code;
+                    a.restarts = st.restarts;
+                    a.address = st.address.clone();
+                    if !st.message.is_empty() {
+                        a.message = st.message.clone();
+                    }
+                    a.updated_ms = now;
+                    b.put(Kind::Allocation, &a.id, a);
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!(node, error = %e, "store allocation status");
+        }
+        for id in ignored {
+            tracing::warn!(node, allocation = %id, "ignored a report for an allocation the node does not hold");
+        }
+        self.wake();
+    }
+
+    /// Sets the gauges from the state.
+    pub fn update_gauges(&self) {
+        let (nodes, allocs) = self.read(|s| {
+            let mut nodes: BTreeMap<String, i64> = BTreeMap::new();
+            for n in s.nodes.values() {
+                *nodes.entry(n.status.to_string()).or_default() += 1;
+            }
+            let mut allocs: BTreeMap<String, i64> = BTreeMap::new();
+            for a in s.allocations.values() {
+                *allocs.entry(a.state.to_string()).or_default() += 1;
+            }
+            (nodes, allocs)
+        });
+        self.metrics
+            .set_gauges(&nodes, &allocs, self.sessions() as i64);
+    }
+}

@@ -1,0 +1,83 @@
+//! `skiff-gateway serve`: the REST API, the agent port, the reconciler.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use skiff_proto::wire::v1;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::api::{self, AppState};
+use crate::config::GatewayConfig;
+use crate::control::Control;
+use crate::grpc::AgentPort;
+use crate::pki::Pki;
+use crate::store::RedbStore;
+
+/// Runs the gateway until it is stopped.
+pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
+    let pki = Arc::new(
+        Pki::open(&config.state_dir, &config.advertise)
+            .with_context(|| format!("PKI in {}", config.state_dir.display()))?,
+    );
+    let store = RedbStore::open(&config.state_dir.join("state.redb"))?;
+    let api_listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen {}", config.listen))?;
+    let agent_listener = tokio::net::TcpListener::bind(config.agent_listen)
+        .await
+        .with_context(|| format!("agent_listen {}", config.agent_listen))?;
+    let control = Control::open(config.clone(), Arc::new(store))?;
+    control.spawn_loops();
+    control.wake();
+    tracing::info!(
+        listen = %api_listener.local_addr()?,
+        agent_listen = %agent_listener.local_addr()?,
+        ca_hash = %pki.ca_hash(),
+        admin_token_file = %crate::pki::admin_token_path(&config.state_dir).display(),
+        "gateway started"
+    );
+
+    let app = api::router(AppState {
+        control: Arc::clone(&control),
+        pki: Arc::clone(&pki),
+    });
+    let api = tokio::spawn(async move { axum::serve(api_listener, app).await });
+
+    let port = AgentPort {
+        control: Arc::clone(&control),
+        pki: Arc::clone(&pki),
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            &pki.server_cert_pem,
+            &pki.server_key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(pki.ca_pem()))
+        // Joining agents have no certificate yet; Session checks for one.
+        .client_auth_optional(true);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(agent_listener);
+    let grpc = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .add_service(v1::join_server::JoinServer::new(port.clone()))
+        .add_service(v1::session_server::SessionServer::new(port))
+        .serve_with_incoming_shutdown(incoming, shutdown());
+    tokio::select! {
+        r = grpc => r.context("agent port")?,
+        r = api => r.context("REST API")?.context("REST API")?,
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
