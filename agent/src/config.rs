@@ -55,6 +55,26 @@ pub struct FileConfig {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub reserve: Reserve,
+}
+
+/// What the node keeps for itself: the gateway places work only in the
+/// rest (allocatable = capacity - reserve).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reserve {
+    pub cpu: skiff_proto::Cpu,
+    pub memory: skiff_proto::ByteSize,
+}
+
+impl Default for Reserve {
+    fn default() -> Self {
+        Self {
+            cpu: skiff_proto::Cpu::from_millis(100),
+            memory: skiff_proto::ByteSize::from_bytes(256 << 20),
+        }
+    }
 }
 
 /// What flags and the environment set (clap fills it).
@@ -104,6 +124,7 @@ pub struct AgentConfig {
     pub images: ImagesConfig,
     pub runtime: RuntimeConfig,
     pub network: NetworkConfig,
+    pub reserve: Reserve,
 }
 
 impl AgentConfig {
@@ -226,6 +247,7 @@ impl AgentConfig {
             images,
             runtime,
             network,
+            reserve: file.reserve,
         })
     }
 }

@@ -75,6 +75,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         });
     }
+    // Joined before anything listens: a refused join stops the agent.
+    let link = crate::link::identity(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?
+        .map(|(url, identity)| crate::link::Link {
+            config: config.clone(),
+            identity,
+            url,
+            runtime: Arc::clone(&runtime),
+            images: Arc::clone(&images),
+        });
     let state = AppState { images, runtime };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
@@ -94,6 +105,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         signals.cancel();
     });
     tracing::info!(node = %config.name, state_dir = %config.state_dir.display(), version = crate::VERSION, "agent starting");
+    if let Some(link) = link {
+        tokio::spawn(crate::link::run(link, shutdown.clone()));
+    }
     serve(&config.socket, state, shutdown)
         .await
         .with_context(|| format!("socket {}", config.socket.display()))?;

@@ -7,14 +7,15 @@
 //! * [`config`]: configuration (file, environment, flags).
 //! * [`cli`], [`daemon`]: the `skiff-agent` command line and daemon.
 //!
-//! * [`net`]: node networking (address pool, bridge and veth pairs; being
-//!   built).
+//! * [`net`]: node networking (bridge, addresses, egress, published ports).
+//! * [`link`]: the link to the gateway (join, session, desired state).
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod images;
+pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod runtime;

@@ -30,5 +30,8 @@ fn main() -> std::process::ExitCode {
         let pid = arg(3).to_string_lossy().parse().unwrap_or(0);
         return std::process::ExitCode::from(skiff_agent::runtime::exec::main(&dir, pid) as u8);
     }
+    // TLS (the gateway link, registries) with ring, whatever else the
+    // dependency tree enables.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     skiff_agent::cli::main()
 }

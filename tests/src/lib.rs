@@ -1,1 +1,367 @@
-//! End-to-end tests live in `tests/`; shared support is the `skiff-test-support` crate.
+//! A fleet on one machine for end-to-end tests: a real `skiff-gateway` and
+//! real `skiff-agent`s (as root, each with its own bridge, subnet and
+//! nftables table), talking over loopback; the REST API driven with curl.
+//! Every process is stopped by its pid when its guard drops, and an
+//! agent's containers are removed with it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_test_support::net::NetSlot;
+use skiff_test_support::procs::ChildGuard;
+
+/// A binary of this workspace, next to the test executable's directory
+/// (`target/<profile>/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace; scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `skiff-gateway serve` on free loopback ports.
+#[derive(Debug)]
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub api: String,
+    pub agent_url: String,
+    config: PathBuf,
+    listen: String,
+    agent_listen: String,
+    pub process: Option<ChildGuard>,
+}
+
+impl Gateway {
+    /// Starts a gateway with `config` (TOML) in `dir`.
+    pub fn start(dir: &Path, config: &str) -> Gateway {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let (api, agent) = (free_port(), free_port());
+        let mut g = Gateway {
+            dir: dir.to_path_buf(),
+            api: format!("http://127.0.0.1:{api}"),
+            agent_url: format!("https://127.0.0.1:{agent}"),
+            config: path,
+            listen: format!("127.0.0.1:{api}"),
+            agent_listen: format!("127.0.0.1:{agent}"),
+            process: None,
+        };
+        g.restart();
+        g
+    }
+
+    /// Starts it (again) on the same ports and state.
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("gateway.log"))
+            .unwrap();
+        let child = ChildGuard::spawn(
+            "skiff-gateway",
+            Command::new(bin("skiff-gateway"))
+                .arg("serve")
+                .arg("--state-dir")
+                .arg(self.dir.join("state"))
+                .args([
+                    "--listen",
+                    &self.listen,
+                    "--agent-listen",
+                    &self.agent_listen,
+                ])
+                .arg("--config")
+                .arg(&self.config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        )
+        .unwrap();
+        self.process = Some(child);
+        let addr: std::net::SocketAddr = self.listen.parse().unwrap();
+        wait_for("the gateway's API", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// A REST call with `token`: (status, body as JSON or a string).
+    pub fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, Value) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-m", "10", "-X", method, "-w", "\n%{http_code}"]);
+        if let Some(t) = token {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        if body.is_some() {
+            cmd.args(["--data-binary", "@-"]);
+        }
+        cmd.arg(format!("{}{path}", self.api));
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("curl");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            if let Some(b) = body {
+                stdin.write_all(b).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+        (code.trim().parse().unwrap_or(0), value)
+    }
+
+    /// A REST call as admin.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.call_as(
+            Some(&self.admin_token()),
+            method,
+            path,
+            body.map(str::as_bytes),
+        )
+    }
+
+    /// A new join token for `site`: (token, CA hash).
+    pub fn join_token(&self, site: &str, ttl: &str) -> (String, String) {
+        let (code, v) = self.call(
+            "POST",
+            "/v1/join-tokens",
+            Some(&format!("{{\"site\": \"{site}\", \"ttl\": \"{ttl}\"}}")),
+        );
+        assert_eq!(code, 201, "{v}");
+        (
+            v["token"].as_str().unwrap().to_string(),
+            v["ca_hash"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Polls `GET path` until `f` holds (or fails the test after `secs`).
+    pub fn until(&self, path: &str, what: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (code, v) = self.call("GET", path, None);
+            if code == 200 && f(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path}: never {what}: {v}\ngateway log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A `skiff-agent serve` linked to a gateway.
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    url: String,
+    ca_hash: String,
+    pub process: Option<ChildGuard>,
+    pub net: NetSlot,
+}
+
+impl Agent {
+    /// Starts an agent named `name` that joins `gateway` with `token`; does
+    /// not wait (a refused join ends the process).
+    pub fn spawn(dir: &Path, name: &str, gateway: &Gateway, token: &str, ca_hash: &str) -> Agent {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let net = NetSlot::take().unwrap();
+        std::fs::write(dir.join("agent.toml"), net.agent_config()).unwrap();
+        let mut a = Agent {
+            name: name.to_string(),
+            socket: dir.join("agent.sock"),
+            dir,
+            url: gateway.agent_url.clone(),
+            ca_hash: ca_hash.to_string(),
+            process: None,
+            net,
+        };
+        a.launch(Some(token));
+        a
+    }
+
+    fn launch(&mut self, token: Option<&str>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(bin("skiff-agent"));
+        cmd.args(["serve", "--name", &self.name, "--state-dir"])
+            .arg(self.dir.join("state"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg(self.dir.join("agent.toml"))
+            .args(["--gateway", &self.url, "--ca-hash", &self.ca_hash])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(t) = token {
+            cmd.args(["--join-token", t]);
+        }
+        self.process = Some(ChildGuard::spawn("skiff-agent", &mut cmd).unwrap());
+    }
+
+    /// Starts it again after a kill (it has joined: no token).
+    pub fn restart(&mut self) {
+        self.launch(None);
+        self.wait_up();
+    }
+
+    /// Waits until its local API answers.
+    pub fn wait_up(&self) {
+        wait_for(
+            &format!("agent {} to listen", self.name),
+            Duration::from_secs(15),
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
+        );
+    }
+
+    /// Waits for the process to end (a refused join); its exit and log.
+    pub fn wait_exit(&mut self) -> (Option<i32>, String) {
+        let p = self.process.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while p.is_running() {
+            assert!(Instant::now() < deadline, "agent {} still runs", self.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let code = p.stop(Duration::ZERO).and_then(|s| s.code());
+        (code, self.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("skiff-agent"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Its containers (`ps -a` as JSON).
+    pub fn containers(&self) -> Vec<Value> {
+        let out = self.cli(&["ps", "-a", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Running containers' names.
+    pub fn running(&self) -> Vec<String> {
+        self.containers()
+            .iter()
+            .filter(|c| c["state"] == "running")
+            .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The node's certificate and key, as it keeps them.
+    pub fn identity(&self) -> (String, String, String) {
+        let pki = self.dir.join("state/pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap();
+        (read("ca.crt"), read("node.crt"), read("node.key"))
+    }
+
+    /// Kills it with SIGKILL (its containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(p) = self.process.as_mut() {
+            p.kill9();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Containers outlive their agent: remove them with it, through an
+        // agent without the gateway (which would start them again).
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(5));
+        }
+        if self.dir.join("state/containers").is_dir() {
+            let log = std::fs::File::create(self.dir.join("cleanup.log")).unwrap();
+            if let Ok(g) = ChildGuard::spawn(
+                "skiff-agent",
+                Command::new(bin("skiff-agent"))
+                    .args(["serve", "--name", &self.name, "--state-dir"])
+                    .arg(self.dir.join("state"))
+                    .arg("--socket")
+                    .arg(&self.socket)
+                    .arg("--config")
+                    .arg(self.dir.join("agent.toml"))
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log),
+            ) {
+                self.process = Some(g);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::os::unix::net::UnixStream::connect(&self.socket).is_err()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        let ids: Vec<String> = self
+            .containers()
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(String::from))
+            .collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = self.cli(&args);
+        }
+    }
+}

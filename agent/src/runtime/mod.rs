@@ -558,6 +558,7 @@ impl Runtime {
                     .as_ref()
                     .map(|n| n.ports.clone())
                     .unwrap_or_default(),
+                labels: opts.labels.clone(),
             };
             // On disk before `create` answers, so a crash cannot lose it;
             // except `--rm` containers, which a crash should not keep.

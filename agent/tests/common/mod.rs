@@ -103,6 +103,24 @@ impl Agent {
     }
 }
 
+impl Drop for Agent {
+    /// Containers outlive their agent: a test that failed half-way must not
+    /// leave its containers running.
+    fn drop(&mut self) {
+        if self.process.is_none() {
+            return;
+        }
+        let ids = self.cli(&["ps", "-a", "-q"]);
+        let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.cli(&args);
+        }
+    }
+}
+
 impl Agent {
     /// Builds the busybox test image and imports it; returns its name.
     /// `SKIFF_TEST_BUSYBOX_LAYOUT` names a ready-made layout to import

@@ -1,0 +1,272 @@
+//! Joining the gateway: the agent pins the gateway's CA by its hash, proves
+//! a single-use join token, and gets a node certificate for a key it made
+//! itself (the key never leaves the node). Kept under `STATE/pki/`:
+//! `node.key` (0600), `node.crt`, `ca.crt`, `node.json`.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use skiff_proto::wire::v1;
+
+/// What a joined node keeps.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node_id: String,
+    pub site: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeFile {
+    node_id: String,
+    site: String,
+    gateway: String,
+}
+
+fn pki_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("pki")
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+/// The identity kept from an earlier join, if any.
+pub fn load(state_dir: &Path) -> Option<Identity> {
+    let dir = pki_dir(state_dir);
+    let node: NodeFile =
+        serde_json::from_slice(&std::fs::read(dir.join("node.json")).ok()?).ok()?;
+    Some(Identity {
+        node_id: node.node_id,
+        site: node.site,
+        ca_pem: std::fs::read_to_string(dir.join("ca.crt")).ok()?,
+        cert_pem: std::fs::read_to_string(dir.join("node.crt")).ok()?,
+        key_pem: std::fs::read_to_string(dir.join("node.key")).ok()?,
+    })
+}
+
+/// Accepts the server only if its chain holds the CA with the pinned hash
+/// and the server certificate verifies against that CA; keeps the CA.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+    found: Mutex<Option<Vec<u8>>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| format!("sha256:{}", hex::encode(Sha256::digest(c.as_ref()))) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the gateway's CA does not match the pinned {}",
+                    self.pin
+                ))
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&self.provider),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let r = verifier.verify_server_cert(end_entity, &[], server_name, ocsp, now)?;
+        *self.found.lock().expect("lock") = Some(ca.to_vec());
+        Ok(r)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `host`, `port` of an `https://HOST:PORT` URL.
+pub fn host_port(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("gateway {url:?}: must be an https:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .map_err(|_| format!("gateway {url:?}: bad port {p:?}"))?,
+        ),
+        _ => (authority.to_string(), 7071),
+    };
+    Ok((host, port))
+}
+
+/// Fetches the gateway's CA over TLS, accepted only if it has the pinned
+/// hash (and the gateway's certificate is signed by it).
+async fn fetch_ca(url: &str, pin: &str) -> Result<Vec<u8>, String> {
+    let (host, port) = host_port(url)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCa {
+        pin: pin.to_string(),
+        found: Mutex::new(None),
+        provider: Arc::clone(&provider),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| format!("gateway {url}: connect timed out"))?
+    .map_err(|e| format!("gateway {url}: {e}"))?;
+    let name = ServerName::try_from(host.clone()).map_err(|e| format!("gateway {url}: {e}"))?;
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("gateway {url}: {e}"))?;
+    verifier
+        .found
+        .lock()
+        .expect("lock")
+        .clone()
+        .ok_or_else(|| format!("gateway {url}: no CA in its chain"))
+}
+
+fn write_private(path: &Path, data: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, data.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Joins the gateway at `url` with `token`, pinning the CA `ca_hash`;
+/// keeps and returns the identity.
+pub async fn join(
+    state_dir: &Path,
+    url: &str,
+    token: &str,
+    ca_hash: &str,
+    name: &str,
+) -> Result<Identity, String> {
+    let ca_der = fetch_ca(url, ca_hash).await?;
+    let ca_pem = pem("CERTIFICATE", &ca_der);
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("node key: {e}"))?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| format!("certificate request: {e}"))?;
+    let channel = super::channel(url, &ca_pem, None).await?;
+    let resp = v1::join_client::JoinClient::new(channel)
+        .join(v1::JoinRequest {
+            token: token.to_string(),
+            csr_der: csr.der().to_vec(),
+            requested_name: name.to_string(),
+            instance_id: String::new(),
+        })
+        .await
+        .map_err(|s| format!("gateway {url} refused the join: {}", s.message()))?
+        .into_inner();
+    let id = Identity {
+        node_id: resp.node_id.clone(),
+        site: resp.site.clone(),
+        ca_pem: pem("CERTIFICATE", &resp.ca_certificate_der),
+        cert_pem: pem("CERTIFICATE", &resp.certificate_der),
+        key_pem: key.serialize_pem(),
+    };
+    let dir = pki_dir(state_dir);
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    write_private(&dir.join("node.key"), &id.key_pem).map_err(io)?;
+    std::fs::write(dir.join("node.crt"), &id.cert_pem).map_err(io)?;
+    std::fs::write(dir.join("ca.crt"), &id.ca_pem).map_err(io)?;
+    let node = NodeFile {
+        node_id: id.node_id.clone(),
+        site: id.site.clone(),
+        gateway: url.to_string(),
+    };
+    std::fs::write(
+        dir.join("node.json"),
+        serde_json::to_vec(&node).map_err(|e| e.to_string())?,
+    )
+    .map_err(io)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_urls() {
+        assert_eq!(
+            host_port("https://127.0.0.1:7071").unwrap(),
+            ("127.0.0.1".into(), 7071)
+        );
+        assert_eq!(
+            host_port("https://gw.example.com").unwrap(),
+            ("gw.example.com".into(), 7071)
+        );
+        assert!(host_port("http://x:1").is_err());
+    }
+}

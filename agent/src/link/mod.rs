@@ -1,0 +1,234 @@
+//! The agent's link to the gateway.
+//!
+//! * [`join`]: the first contact: CA pinned by hash, join token, node
+//!   certificate.
+//! * The session ([`run`]): one long-lived gRPC stream over mutual TLS,
+//!   opened by the agent (nodes behind NAT dial out). The agent registers
+//!   (capacity, labels, platform, what it runs), heartbeats, and reports
+//!   its allocations; the gateway sends the node's desired state (a
+//!   generation and the full set of allocations), which [`reconcile`]
+//!   applies. When the gateway cannot be reached the agent keeps running
+//!   what it runs and reconnects with back-off and jitter.
+
+pub mod join;
+pub mod reconcile;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_proto::wire::v1::{self, AgentMessage, agent_message, gateway_message};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::AgentConfig;
+use crate::images::ImageStore;
+use crate::runtime::Runtime;
+
+/// A gRPC channel to the gateway at `url`, trusting only `ca_pem`, with
+/// the node's identity when it has one.
+pub async fn channel(
+    url: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, String> {
+    let (host, _) = join::host_port(url)?;
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(host);
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("gateway {url}: {e}"))?
+        .tls_config(tls)
+        .map_err(|e| format!("gateway {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("gateway {url}: {e}"))
+}
+
+/// What the link needs from the rest of the agent.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub config: AgentConfig,
+    pub identity: join::Identity,
+    pub url: String,
+    pub runtime: Arc<Runtime>,
+    pub images: Arc<ImageStore>,
+}
+
+/// Joins if needed (before anything else starts: a refused join stops
+/// the agent with the reason) and returns the identity.
+pub async fn identity(config: &AgentConfig) -> Result<Option<(String, join::Identity)>, String> {
+    let Some(gw) = &config.gateway else {
+        return Ok(None);
+    };
+    if let Some(id) = join::load(&config.state_dir) {
+        return Ok(Some((gw.url.clone(), id)));
+    }
+    let token = gw
+        .join_token
+        .as_deref()
+        .ok_or("join_token: required for the first start with a gateway")?;
+    let id = join::join(&config.state_dir, &gw.url, token, &gw.ca_hash, &config.name).await?;
+    tracing::info!(node = %id.node_id, site = %id.site, "joined the gateway");
+    Ok(Some((gw.url.clone(), id)))
+}
+
+/// Keeps a session open until `stop`; reconnects with back-off.
+pub async fn run(link: Link, stop: CancellationToken) {
+    let (desired_tx, desired_rx) = watch::channel::<Option<v1::DesiredState>>(None);
+    let (report_tx, mut report_rx) = mpsc::channel::<v1::AllocationStatusReport>(4);
+    // One reconciler, fed the latest desired state; it reports what runs.
+    let rec = reconcile::Reconciler::new(Arc::clone(&link.runtime), Arc::clone(&link.images));
+    tokio::spawn(rec.run(desired_rx, report_tx));
+    let mut attempt: u32 = 0;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match session(&link, &desired_tx, &mut report_rx, &stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "gateway session ended; the containers keep running")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
+        }
+        // 200 ms doubling to 10 s, with ±50% jitter.
+        let base = (200u64 << attempt.min(6)).min(10_000);
+        let jitter = {
+            use rand::Rng;
+            rand::rng().random_range(base / 2..=base + base / 2)
+        };
+        attempt += 1;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(jitter)) => {}
+        }
+    }
+}
+
+/// Host CPU (millicores) and memory (bytes).
+fn host_capacity() -> v1::Resources {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    v1::Resources {
+        cpu_millis: cpus * 1000,
+        memory_bytes: mem,
+        disk_bytes: 0,
+    }
+}
+
+/// One session: register, then heartbeats and reports up, desired states
+/// down, until it breaks (an error) or the agent stops (`Ok`).
+async fn session(
+    link: &Link,
+    desired: &watch::Sender<Option<v1::DesiredState>>,
+    reports: &mut mpsc::Receiver<v1::AllocationStatusReport>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let id = &link.identity;
+    let channel = channel(&link.url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem))).await?;
+    let mut client = v1::session_client::SessionClient::new(channel);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let capacity = host_capacity();
+    let reserve = &link.config.reserve;
+    let allocatable = v1::Resources {
+        cpu_millis: capacity.cpu_millis.saturating_sub(reserve.cpu.millis()),
+        memory_bytes: capacity.memory_bytes.saturating_sub(reserve.memory.bytes()),
+        disk_bytes: 0,
+    };
+    let register = v1::Register {
+        agent_version: crate::VERSION.to_string(),
+        platform: Some(v1::Platform {
+            os: "linux".into(),
+            architecture: match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                other => other,
+            }
+            .into(),
+            variant: String::new(),
+            kernel_version: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            cgroup_version: if crate::runtime::cgroup::is_v2() {
+                v1::CgroupVersion::V2 as i32
+            } else {
+                v1::CgroupVersion::V1 as i32
+            },
+        }),
+        capacity: Some(capacity),
+        allocatable: Some(allocatable),
+        labels: link.config.labels.clone().into_iter().collect(),
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        applied_generation: desired.borrow().as_ref().map_or(0, |d| d.generation),
+        allocations: reconcile::statuses(&link.runtime),
+        instance_id: String::new(),
+    };
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Register(register)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut inbound = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("attach: {}", s.message()))?
+        .into_inner();
+    let first = inbound
+        .message()
+        .await
+        .map_err(|s| format!("attach: {}", s.message()))?
+        .ok_or("the gateway closed the session")?;
+    let Some(gateway_message::Kind::Registered(reg)) = first.kind else {
+        return Err("the gateway did not answer Register".into());
+    };
+    tracing::info!(node = %reg.node_id, site = %reg.site, subnet = %reg.container_subnet, "session open");
+    let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(100)));
+    let mut beat = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            _ = beat.tick() => {
+                let hb = v1::Heartbeat {
+                    sent_unix_ms: crate::runtime::shim::now_ms(),
+                    applied_generation: desired.borrow().as_ref().map_or(0, |d| d.generation),
+                };
+                tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(report) = reports.recv() => {
+                tx.send(AgentMessage { kind: Some(agent_message::Kind::Allocations(report)) })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            msg = inbound.message() => {
+                let msg = msg.map_err(|s| format!("session: {}", s.message()))?
+                    .ok_or("the gateway closed the session")?;
+                if let Some(gateway_message::Kind::DesiredState(d)) = msg.kind {
+                    tracing::info!(generation = d.generation, allocations = d.allocations.len(), "desired state");
+                    desired.send_replace(Some(d));
+                }
+            }
+        }
+    }
+}

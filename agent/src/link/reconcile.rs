@@ -1,0 +1,193 @@
+//! Applies the node's desired state: every allocation in it runs as a
+//! container named after the allocation (labelled `skiff.allocation`);
+//! managed containers not in it are stopped and removed. Containers
+//! started by hand (no label) are left alone. Runs on every new desired
+//! state and every few seconds; reports the allocations' states when they
+//! change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_proto::wire::v1;
+use tokio::sync::{mpsc, watch};
+
+use crate::images::ImageStore;
+use crate::runtime::records::{ContainerRecord, State};
+use crate::runtime::{RunOptions, Runtime};
+
+/// The label naming a container's allocation.
+pub const ALLOCATION_LABEL: &str = "skiff.allocation";
+const WORKLOAD_LABEL: &str = "skiff.workload";
+
+#[derive(Debug)]
+pub struct Reconciler {
+    runtime: Arc<Runtime>,
+    images: Arc<ImageStore>,
+    /// Why an allocation could not start (pull or create failed).
+    failures: BTreeMap<String, String>,
+}
+
+/// Managed containers, by allocation id.
+fn managed(runtime: &Runtime) -> BTreeMap<String, ContainerRecord> {
+    runtime
+        .list(true)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| {
+            let id = r.labels.get(ALLOCATION_LABEL)?.clone();
+            Some((id, r))
+        })
+        .collect()
+}
+
+fn status_of(id: &str, r: &ContainerRecord) -> v1::AllocationStatus {
+    use v1::AllocationState as S;
+    let state = match r.state {
+        State::Created => S::Starting,
+        State::Running | State::Restarting => S::Running,
+        State::Exited if r.reason.as_deref() == Some("failed-to-start") => S::Failed,
+        State::Exited => S::Exited,
+    };
+    v1::AllocationStatus {
+        allocation_id: id.to_string(),
+        generation: 0,
+        state: state as i32,
+        exit_code: r.exit_code,
+        reason: r.reason.clone().unwrap_or_default(),
+        message: r.message.clone().unwrap_or_default(),
+        health: v1::HealthState::None as i32,
+        restarts: r.restarts,
+        container_id: r.id.clone(),
+        started_unix_ms: r.started_ms.unwrap_or(0),
+        finished_unix_ms: r.finished_ms.unwrap_or(0),
+        address: r.address.map(|a| a.to_string()).unwrap_or_default(),
+    }
+}
+
+/// What runs now, as allocation statuses.
+pub fn statuses(runtime: &Runtime) -> Vec<v1::AllocationStatus> {
+    managed(runtime)
+        .iter()
+        .map(|(id, r)| status_of(id, r))
+        .collect()
+}
+
+impl Reconciler {
+    pub fn new(runtime: Arc<Runtime>, images: Arc<ImageStore>) -> Self {
+        Self {
+            runtime,
+            images,
+            failures: BTreeMap::new(),
+        }
+    }
+
+    /// Applies each new desired state (and re-checks every 2 s); sends a
+    /// report whenever the statuses change.
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Option<v1::DesiredState>>,
+        reports: mpsc::Sender<v1::AllocationStatusReport>,
+    ) {
+        let mut last: Vec<v1::AllocationStatus> = Vec::new();
+        loop {
+            let want = desired.borrow_and_update().clone();
+            if let Some(want) = want {
+                self.apply(&want).await;
+            }
+            let mut now = statuses(&self.runtime);
+            for (id, why) in &self.failures {
+                if !now.iter().any(|s| &s.allocation_id == id) {
+                    now.push(v1::AllocationStatus {
+                        allocation_id: id.clone(),
+                        state: v1::AllocationState::Failed as i32,
+                        message: why.clone(),
+                        ..Default::default()
+                    });
+                }
+            }
+            if now != last {
+                let report = v1::AllocationStatusReport {
+                    allocations: now.clone(),
+                };
+                if reports.try_send(report).is_ok() {
+                    last = now;
+                }
+            }
+            tokio::select! {
+                r = desired.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn apply(&mut self, want: &v1::DesiredState) {
+        let have = managed(&self.runtime);
+        let wanted: BTreeSet<&str> = want.allocations.iter().map(|a| a.id.as_str()).collect();
+        self.failures.retain(|id, _| wanted.contains(id.as_str()));
+        for (id, r) in &have {
+            if !wanted.contains(id.as_str()) {
+                tracing::info!(allocation = %id, "not desired any more: stopping");
+                if let Err(e) = self.runtime.remove(&r.id, true).await {
+                    tracing::warn!(allocation = %id, error = %e, "remove");
+                }
+            }
+        }
+        for a in &want.allocations {
+            if have.contains_key(&a.id) || self.failures.contains_key(&a.id) {
+                continue;
+            }
+            if let Err(e) = self.start(a).await {
+                tracing::warn!(allocation = %a.id, error = %e, "could not start");
+                self.failures.insert(a.id.clone(), e);
+            }
+        }
+    }
+
+    async fn start(&self, a: &v1::Allocation) -> Result<(), String> {
+        let spec = a
+            .spec
+            .as_ref()
+            .ok_or("the allocation has no container spec")?;
+        let spec = skiff_proto::ContainerSpec::try_from(spec).map_err(|e| e.to_string())?;
+        let image = spec.image.to_string();
+        if self.images.get(&image).is_err() {
+            tracing::info!(allocation = %a.id, %image, "pulling");
+            let (tx, _rx) = mpsc::unbounded_channel();
+            self.images
+                .pull(&spec.image, tx)
+                .await
+                .map_err(|e| format!("pull {image}: {e}"))?;
+        }
+        let mut labels = BTreeMap::new();
+        labels.insert(ALLOCATION_LABEL.to_string(), a.id.clone());
+        labels.insert(WORKLOAD_LABEL.to_string(), a.workload.clone());
+        let opts = RunOptions {
+            image,
+            name: Some(a.id.clone()),
+            cmd: spec.args.clone(),
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            memory: Some(spec.resources.memory),
+            cpus: Some(spec.resources.cpu),
+            restart: Some(spec.restart),
+            stop_timeout_ms: Some(spec.stop_timeout.std().as_millis() as u64),
+            network: Some(spec.network),
+            ports: spec.ports.clone(),
+            labels,
+            health: spec.health.clone(),
+            ..RunOptions::default()
+        };
+        let record = self
+            .runtime
+            .create(&opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.runtime.start(&record.id).await {
+            let _ = self.runtime.remove(&record.id, true).await;
+            return Err(e.to_string());
+        }
+        tracing::info!(allocation = %a.id, workload = %a.workload, "started");
+        Ok(())
+    }
+}

@@ -1,0 +1,391 @@
+//! The control plane end to end, as root: a real gateway, real agents
+//! joining it over mutual TLS, workloads over REST running as real
+//! containers, agents killed and partitioned, the gateway killed.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_e2e::{Agent, Gateway};
+use skiff_test_support::images::OciImage;
+use skiff_test_support::registry::Registry;
+use skiff_test_support::tools::require_root;
+
+/// Down after 2 s here, so tests do not wait for the 5 s default.
+const CONFIG: &str = "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\n";
+
+/// A registry with the busybox test image; returns it and the reference.
+fn registry(dir: &std::path::Path) -> (Registry, String) {
+    let registry = Registry::start().unwrap();
+    let image = OciImage::busybox(&dir.join("image"), "test", &[]).unwrap();
+    let reference = image.push(&registry, "skiff/busybox").unwrap();
+    (registry, reference)
+}
+
+fn joined(g: &Gateway, dir: &std::path::Path, name: &str) -> Agent {
+    let (token, hash) = g.join_token("default", "10m");
+    let a = Agent::spawn(dir, name, g, &token, &hash);
+    a.wait_up();
+    g.until(&format!("/v1/nodes/{name}"), "ready", 15, |v| {
+        v["status"] == "ready"
+    });
+    a
+}
+
+fn sleeper(name: &str, image: &str, replicas: u32) -> String {
+    format!(
+        "name: {name}\nimage: {image}\nreplicas: {replicas}\ncommand: [\"sleep\", \"3600\"]\nresources: {{cpu: 100m, memory: 32Mi}}\n"
+    )
+}
+
+/// Allocations of a workload that are running.
+fn running(w: &Value) -> Vec<Value> {
+    w["allocations"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|a| a["state"] == "running")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn joins_are_refused_with_used_expired_or_forged_tokens_and_a_wrong_ca() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let (token, hash) = g.join_token("default", "10m");
+    let a = Agent::spawn(dir.path(), "node-a", &g, &token, &hash);
+    a.wait_up();
+    g.until("/v1/nodes/node-a", "ready", 15, |v| v["status"] == "ready");
+
+    let refused = |name: &str, token: &str, hash: &str, why: &str| {
+        let mut b = Agent::spawn(dir.path(), name, &g, token, hash);
+        let (code, log) = b.wait_exit();
+        assert_ne!(code, Some(0), "{name} joined: {log}");
+        assert!(log.contains(why), "{name}: wanted {why:?} in:\n{log}");
+    };
+    refused("reuse", &token, &hash, "join token was already used");
+    let (short, _) = g.join_token("default", "1s");
+    std::thread::sleep(Duration::from_millis(1500));
+    refused("late", &short, &hash, "join token has expired");
+    refused(
+        "forged",
+        "skiff-join-0123456789abcdef0123456789abcdef0123456789abcdef",
+        &hash,
+        "join token is not valid",
+    );
+    let (fresh, _) = g.join_token("default", "10m");
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    refused("mitm", &fresh, &wrong, "does not match the pinned");
+    // Only the first joined; the unused token still works for a good CA.
+    let (code, nodes) = g.call("GET", "/v1/nodes", None);
+    assert_eq!(code, 200);
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+    let c = Agent::spawn(dir.path(), "node-c", &g, &fresh, &hash);
+    c.wait_up();
+    g.until("/v1/nodes/node-c", "ready", 15, |v| v["status"] == "ready");
+    // Nodes get subnets that do not overlap.
+    let (_, nodes) = g.call("GET", "/v1/nodes", None);
+    let subnets: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["subnet"].as_str().unwrap())
+        .collect();
+    assert_eq!(subnets.len(), 2);
+    assert_ne!(subnets[0], subnets[1]);
+}
+
+#[test]
+fn a_workload_runs_moves_off_a_dead_agent_and_leaves_no_duplicate() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = registry(dir.path());
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let mut agents = [
+        joined(&g, dir.path(), "node-a"),
+        joined(&g, dir.path(), "node-b"),
+    ];
+    let (code, v) = g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 1)));
+    assert_eq!(code, 202, "{v}");
+    let w = g.until("/v1/workloads/web", "running", 60, |w| {
+        running(w).len() == 1
+    });
+    let first = running(&w)[0].clone();
+    let alloc = first["id"].as_str().unwrap().to_string();
+    let on = first["node"].as_str().unwrap().to_string();
+    let i = agents.iter().position(|a| a.name == on).unwrap();
+    assert_eq!(
+        agents[i].running(),
+        [alloc.clone()],
+        "the container runs on {on}"
+    );
+
+    // The agent dies: its node goes down, the replica is replaced on the
+    // other node.
+    agents[i].kill9();
+    g.until(&format!("/v1/nodes/{on}"), "down", 10, |n| {
+        n["status"] == "down"
+    });
+    let w = g.until("/v1/workloads/web", "replaced", 60, |w| {
+        running(w).iter().any(|a| a["node"] != on.as_str())
+    });
+    let other = &agents[1 - i];
+    let moved = running(&w)[0]["id"].as_str().unwrap().to_string();
+    assert_ne!(moved, alloc);
+    assert_eq!(other.running(), [moved.clone()]);
+    let lost = w["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == alloc.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(lost["state"], "lost", "{w}");
+    // Its old container kept running meanwhile (a partition, as far as
+    // the agent can tell).
+    assert!(agents[i].dir.join("state/containers").is_dir());
+
+    // Back: the stale copy is stopped, one replica runs in the fleet.
+    agents[i].restart();
+    g.until(&format!("/v1/nodes/{on}"), "ready", 15, |n| {
+        n["status"] == "ready"
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !agents[i].running().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stale copy still runs"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(agents[1 - i].running(), [moved]);
+    let w = g.until("/v1/workloads/web", "one running", 10, |w| {
+        running(w).len() == 1
+    });
+    assert_eq!(w["running"], 1);
+}
+
+#[test]
+fn a_gateway_killed_keeps_what_it_acknowledged_and_agents_reconnect() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = registry(dir.path());
+    let mut g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let a = joined(&g, dir.path(), "node-a");
+    for name in ["one", "two", "three"] {
+        let (code, v) = g.call("POST", "/v1/workloads", Some(&sleeper(name, &image, 1)));
+        assert_eq!(code, 202, "{v}");
+    }
+    // Killed right after acknowledging: nothing acknowledged is lost.
+    g.process.as_mut().unwrap().kill9();
+    g.restart();
+    let (code, list) = g.call("GET", "/v1/workloads", None);
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["spec"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "three", "two"]);
+    // They run, on the agent that reconnected by itself.
+    for name in ["one", "two", "three"] {
+        g.until(&format!("/v1/workloads/{name}"), "running", 60, |w| {
+            running(w).len() == 1
+        });
+    }
+    let before = a.containers();
+    // Killed again while they run: the same containers, not new ones.
+    g.process.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    g.restart();
+    g.until("/v1/nodes/node-a", "ready after the restart", 15, |n| {
+        n["status"] == "ready"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let ids = |v: &[Value]| -> Vec<String> {
+        let mut ids: Vec<String> = v.iter().map(|c| c["id"].to_string()).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&a.containers()), ids(&before));
+    assert_eq!(a.running().len(), 3);
+}
+
+#[test]
+fn an_agent_cannot_report_for_another_node() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = registry(dir.path());
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let a = joined(&g, dir.path(), "node-a");
+    // Only node-a can take it (node-b is cordoned as it joins).
+    let b = joined(&g, dir.path(), "node-b");
+    let (code, _) = g.call("POST", "/v1/nodes/node-b/cordon", None);
+    assert_eq!(code, 200);
+    g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 1)));
+    let w = g.until("/v1/workloads/web", "running", 60, |w| {
+        running(w).len() == 1
+    });
+    let alloc = running(&w)[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(running(&w)[0]["node"], "node-a");
+    assert_eq!(a.running(), [alloc.clone()]);
+
+    // node-b's certificate, claiming node-a's allocation failed.
+    let (ca, cert, key) = b.identity();
+    let url = g.agent_url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use skiff_proto::wire::v1;
+        let ch = skiff_agent::link::channel(&url, &ca, Some((&cert, &key)))
+            .await
+            .unwrap();
+        let mut client = v1::session_client::SessionClient::new(ch);
+        let forged = v1::AllocationStatus {
+            allocation_id: alloc.clone(),
+            state: v1::AllocationState::Failed as i32,
+            message: "forged".into(),
+            ..Default::default()
+        };
+        let msgs = vec![
+            v1::AgentMessage {
+                kind: Some(v1::agent_message::Kind::Register(v1::Register {
+                    allocations: vec![forged.clone()],
+                    ..Default::default()
+                })),
+            },
+            v1::AgentMessage {
+                kind: Some(v1::agent_message::Kind::Allocations(
+                    v1::AllocationStatusReport {
+                        allocations: vec![forged],
+                    },
+                )),
+            },
+        ];
+        let mut inbound = client
+            .attach(tokio_stream::iter(msgs))
+            .await
+            .unwrap()
+            .into_inner();
+        // Registered as node-b, whatever it claims.
+        let first = inbound.message().await.unwrap().unwrap();
+        match first.kind {
+            Some(v1::gateway_message::Kind::Registered(r)) => assert_eq!(r.node_id, "node-b"),
+            other => panic!("expected Registered, got {other:?}"),
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, w) = g.call("GET", "/v1/workloads/web", None);
+    let a0 = &w["allocations"][0];
+    assert_eq!(a0["state"], "running", "{w}");
+    assert_ne!(a0["message"], "forged");
+    assert!(
+        g.log()
+            .contains("ignored a report for an allocation the node does not hold")
+    );
+
+    // Without a certificate, no session at all.
+    rt.block_on(async {
+        use skiff_proto::wire::v1;
+        let ch = skiff_agent::link::channel(&url, &ca, None).await.unwrap();
+        let mut client = v1::session_client::SessionClient::new(ch);
+        let e = client
+            .attach(tokio_stream::iter(Vec::<v1::AgentMessage>::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    });
+}
+
+#[test]
+fn the_api_checks_tokens_roles_and_bodies() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(&dir.path().join("gw"), "max_body = \"64Ki\"\n");
+    let spec = "name: web\nimage: busybox\n";
+    // No token, an unknown one.
+    let (code, v) = g.call_as(None, "GET", "/v1/workloads", None);
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{v}"
+    );
+    let (code, _) = g.call_as(Some("skiff-api-nope"), "GET", "/v1/workloads", None);
+    assert_eq!(code, 401);
+    // A read-only token reads but does not write.
+    let (code, t) = g.call(
+        "POST",
+        "/v1/api-tokens",
+        Some("{\"name\": \"ci\", \"role\": \"read-only\"}"),
+    );
+    assert_eq!(code, 201, "{t}");
+    let ro = t["token"].as_str().unwrap().to_string();
+    let (code, _) = g.call_as(Some(&ro), "GET", "/v1/workloads", None);
+    assert_eq!(code, 200);
+    let (code, v) = g.call_as(Some(&ro), "POST", "/v1/workloads", Some(spec.as_bytes()));
+    assert_eq!((code, v["code"].as_str()), (403, Some("forbidden")), "{v}");
+    assert_eq!(v["message"], "this needs the operator role");
+    // An operator writes workloads but makes no join tokens.
+    let (_, t) = g.call(
+        "POST",
+        "/v1/api-tokens",
+        Some("{\"name\": \"deploy\", \"role\": \"operator\"}"),
+    );
+    let op = t["token"].as_str().unwrap().to_string();
+    let (code, v) = g.call_as(Some(&op), "POST", "/v1/workloads", Some(spec.as_bytes()));
+    assert_eq!(code, 202, "{v}");
+    let (code, _) = g.call_as(
+        Some(&op),
+        "POST",
+        "/v1/join-tokens",
+        Some(b"{\"site\": \"default\"}"),
+    );
+    assert_eq!(code, 403);
+    // Malformed bodies name the field.
+    for (body, want) in [
+        (
+            "name: web2\nimage: busybox\nports: [{container: 70000}]\n",
+            "spec.ports[0].container: 70000 is not a port",
+        ),
+        (
+            "name: web2\nimage: busybox\nreplicas: many\n",
+            "spec.replicas: invalid type",
+        ),
+        ("{\"name\": \"web2\"}", "spec: missing field `image`"),
+    ] {
+        let (code, v) = g.call("POST", "/v1/workloads", Some(body));
+        assert_eq!(
+            (code, v["code"].as_str()),
+            (400, Some("bad_request")),
+            "{body}: {v}"
+        );
+        assert!(
+            v["message"].as_str().unwrap().starts_with(want),
+            "{body}: {v}"
+        );
+    }
+    let (code, v) = g.call("POST", "/v1/join-tokens", Some("{\"site\": \"mars\"}"));
+    assert_eq!(code, 400);
+    assert_eq!(v["message"], "site: \"mars\" is not a configured site");
+    let (code, v) = g.call("POST", "/v1/workloads", Some(spec));
+    assert_eq!((code, v["code"].as_str()), (409, Some("conflict")), "{v}");
+    // Too large.
+    let big = format!("name: big\nimage: busybox\n# {}\n", "x".repeat(100 << 10));
+    let (code, v) = g.call("POST", "/v1/workloads", Some(&big));
+    assert_eq!((code, v["code"].as_str()), (413, Some("too_large")), "{v}");
+    // The OpenAPI document describes the routes.
+    let (code, doc) = g.call_as(None, "GET", "/v1/openapi.json", None);
+    assert_eq!(code, 200);
+    for path in [
+        "/v1/workloads",
+        "/v1/nodes/{id}/drain",
+        "/v1/join-tokens",
+        "/v1/events",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(doc["components"]["schemas"]["WorkloadSpec"].is_object());
+}
