@@ -462,6 +462,7 @@ async fn remove_node(
         b.delete(Kind::Node, &id);
         Ok(())
     })?;
+    s.control.end_session(&id);
     s.control.event(
         "node",
         &id,

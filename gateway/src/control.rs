@@ -209,6 +209,28 @@ fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Resul
 impl Control {
     /// Loads the state from the store.
     pub fn open(config: GatewayConfig, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        let state = load_state(store.as_ref())?;
+        // Every node gets a full grace period after a gateway restart.
+        let start = Instant::now();
+        let last_seen = state.nodes.keys().map(|n| (n.clone(), start)).collect();
+        let (events, _) = broadcast::channel(1024);
+        Ok(Arc::new(Self {
+            config,
+            store,
+            state: Mutex::new(state),
+            sessions: Mutex::new(HashMap::new()),
+            last_seen: Mutex::new(last_seen),
+            next_serial: std::sync::atomic::AtomicU64::new(1),
+            wake: Notify::new(),
+            events,
+            metrics: crate::metrics::Metrics::new(),
+        }))
+    }
+}
+
+/// The state as the store has it.
+fn load_state(store: &dyn Store) -> Result<State, StoreError> {
+    {
         let snap = store.load()?;
         let mut state = State::default();
         let empty = BTreeMap::new();
@@ -246,54 +268,57 @@ impl Control {
                     .insert(a.id.clone());
             }
         }
-        // Every node gets a full grace period after a gateway restart.
-        let start = Instant::now();
-        let last_seen = state.nodes.keys().map(|n| (n.clone(), start)).collect();
-        let (events, _) = broadcast::channel(1024);
-        Ok(Arc::new(Self {
-            config,
-            store,
-            state: Mutex::new(state),
-            sessions: Mutex::new(HashMap::new()),
-            last_seen: Mutex::new(last_seen),
-            next_serial: std::sync::atomic::AtomicU64::new(1),
-            wake: Notify::new(),
-            events,
-            metrics: crate::metrics::Metrics::new(),
-        }))
+        Ok(state)
     }
+}
 
+impl Control {
     /// Reads the state.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.state.lock().expect("state lock"))
     }
 
-    /// Changes the state: `f` edits it and fills the batch, which is
-    /// committed before the lock is released; on a store error the change
-    /// is rolled back by reloading nothing (the edit is only applied when
-    /// the commit succeeded).
+    /// Changes the state: `f` edits it and fills the batch with what it
+    /// changed, which is committed (durably) before the lock is released
+    /// and before the caller answers anyone. If `f` fails, or the commit
+    /// does, the state is reloaded from the store: it holds exactly what
+    /// was committed.
     pub fn write<T>(
         &self,
         f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
+        self.write_with(false, f)
+    }
+
+    /// [`Control::write`] for soft state (see [`Batch::soft`]).
+    pub fn write_soft<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
+        self.write_with(true, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        soft: bool,
+        f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
         let mut state = self.state.lock().expect("state lock");
-        let mut batch = Batch::default();
-        // Work on a copy of what changes: the closures here edit records
-        // they also put in the batch, so a failed commit must not leave
-        // them changed. Cheap enough: writes are API calls and reconcile
-        // passes, not heartbeats.
-        let mut draft = State {
-            workloads: state.workloads.clone(),
-            allocations: state.allocations.clone(),
-            nodes: state.nodes.clone(),
-            join_tokens: state.join_tokens.clone(),
-            api_tokens: state.api_tokens.clone(),
-            desired: state.desired.clone(),
+        let mut batch = Batch {
+            soft,
+            ..Batch::default()
         };
-        let out = f(&mut draft, &mut batch)?;
-        self.store.commit(&batch)?;
-        *state = draft;
-        Ok(out)
+        let out = f(&mut state, &mut batch).and_then(|out| {
+            self.store.commit(&batch)?;
+            Ok(out)
+        });
+        if out.is_err() && !batch.is_empty() {
+            match load_state(self.store.as_ref()) {
+                Ok(fresh) => *state = fresh,
+                Err(e) => tracing::error!(error = %e, "reload the state after a failed write"),
+            }
+        }
+        out
     }
 
     pub fn event(&self, kind: &str, id: &str, message: impl Into<String>) {
@@ -362,7 +387,7 @@ impl Control {
         if stale.is_empty() {
             return;
         }
-        let r = self.write(|s, b| {
+        let r = self.write_soft(|s, b| {
             for id in &stale {
                 if let Some(n) = s.nodes.get_mut(id) {
                     n.status = NodeStatus::Down;
@@ -413,6 +438,13 @@ impl Control {
         if sessions.get(node).is_some_and(|s| s.serial == serial) {
             sessions.remove(node);
         }
+    }
+
+    /// Ends `node`'s session (it was removed): its stream closes, and its
+    /// certificate opens no new one.
+    pub fn end_session(&self, node: &str) {
+        self.sessions.lock().expect("lock").remove(node);
+        self.last_seen.lock().expect("lock").remove(node);
     }
 
     pub fn sessions(&self) -> usize {
@@ -805,7 +837,8 @@ impl Control {
     /// allocations placed on it are taken; others are ignored.
     pub fn report(&self, node: &str, statuses: &[skiff_proto::wire::v1::AllocationStatus]) {
         let mut ignored = Vec::new();
-        let r = self.write(|s, b| {
+        // Soft: agents report again on reconnect.
+        let r = self.write_soft(|s, b| {
             let now = now_ms();
             for st in statuses {
                 let Some(a) = s.allocations.get_mut(&st.allocation_id) else {

@@ -164,8 +164,9 @@ impl v1::session_server::Session for AgentPort {
             ));
         };
         let c = Arc::clone(&self.control);
+        // Soft: the agent sends all of it again on its next connect.
         let (was_down, registered) = c
-            .write(|s, b| {
+            .write_soft(|s, b| {
                 let n = s.nodes.get_mut(&node).ok_or_else(|| {
                     ControlError::Unauthenticated(format!("node {node} was removed"))
                 })?;

@@ -47,6 +47,10 @@ impl Kind {
 pub struct Batch {
     pub puts: Vec<(Kind, String, Vec<u8>)>,
     pub deletes: Vec<(Kind, String)>,
+    /// Soft state (what an agent re-sends on reconnect): committed
+    /// atomically but not waited onto disk; it becomes durable with the
+    /// next durable commit.
+    pub soft: bool,
 }
 
 impl Batch {
@@ -121,7 +125,10 @@ impl Store for RedbStore {
         if batch.is_empty() {
             return Ok(());
         }
-        let tx = self.db.begin_write().map_err(e)?;
+        let mut tx = self.db.begin_write().map_err(e)?;
+        if batch.soft {
+            tx.set_durability(redb::Durability::None).map_err(e)?;
+        }
         {
             for (k, key, value) in &batch.puts {
                 tx.open_table(k.table())

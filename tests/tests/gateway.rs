@@ -119,7 +119,7 @@ fn a_workload_runs_moves_off_a_dead_agent_and_leaves_no_duplicate() {
     let i = agents.iter().position(|a| a.name == on).unwrap();
     assert_eq!(
         agents[i].running(),
-        [alloc.clone()],
+        std::slice::from_ref(&alloc),
         "the container runs on {on}"
     );
 
@@ -135,7 +135,7 @@ fn a_workload_runs_moves_off_a_dead_agent_and_leaves_no_duplicate() {
     let other = &agents[1 - i];
     let moved = running(&w)[0]["id"].as_str().unwrap().to_string();
     assert_ne!(moved, alloc);
-    assert_eq!(other.running(), [moved.clone()]);
+    assert_eq!(other.running(), std::slice::from_ref(&moved));
     let lost = w["allocations"]
         .as_array()
         .unwrap()
@@ -232,7 +232,7 @@ fn an_agent_cannot_report_for_another_node() {
     });
     let alloc = running(&w)[0]["id"].as_str().unwrap().to_string();
     assert_eq!(running(&w)[0]["node"], "node-a");
-    assert_eq!(a.running(), [alloc.clone()]);
+    assert_eq!(a.running(), std::slice::from_ref(&alloc));
 
     // node-b's certificate, claiming node-a's allocation failed.
     let (ca, cert, key) = b.identity();
@@ -388,4 +388,162 @@ fn the_api_checks_tokens_roles_and_bodies() {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     assert!(doc["components"]["schemas"]["WorkloadSpec"].is_object());
+}
+
+#[test]
+fn certificates_rotate_and_a_removed_node_is_shut_out() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(
+        &dir.path().join("gw"),
+        &format!("{CONFIG}cert_lifetime = \"3s\"\n"),
+    );
+    let a = joined(&g, dir.path(), "node-a");
+    let first = a.identity().1;
+    let hash = g.call("GET", "/v1/nodes/node-a", None).1["cert_hash"].clone();
+    // Renewed at two thirds of its life, before it expires; the node stays
+    // ready throughout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while a.identity().1 == first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never renewed: {}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let n = g.until(
+        "/v1/nodes/node-a",
+        "ready with a new certificate",
+        10,
+        |n| n["status"] == "ready" && n["cert_hash"] != hash,
+    );
+    assert!(n["cert_not_after_ms"].as_i64().unwrap() > 0);
+
+    // Removed: the session ends and the certificate opens no new one.
+    let (code, _) = g.call("DELETE", "/v1/nodes/node-a", None);
+    assert_eq!(code, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !a
+        .log()
+        .contains("the gateway does not accept this node any more")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = g.call("GET", "/v1/nodes/node-a", None);
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn scale_update_drain_events_and_metrics() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = registry(dir.path());
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let a = joined(&g, dir.path(), "node-a");
+    let b = joined(&g, dir.path(), "node-b");
+    // Events, as a client would follow them.
+    let events_file = dir.path().join("events.txt");
+    let mut events = skiff_test_support::procs::ChildGuard::spawn(
+        "curl events",
+        std::process::Command::new("curl")
+            .args(["-sN", "-m", "120", "-H"])
+            .arg(format!("Authorization: Bearer {}", g.admin_token()))
+            .arg(format!("{}/v1/events", g.api))
+            .stdout(std::fs::File::create(&events_file).unwrap()),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Everything on node-a first (node-b cordoned).
+    let (code, _) = g.call("POST", "/v1/nodes/node-b/cordon", None);
+    assert_eq!(code, 200);
+    g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 2)));
+    g.until("/v1/workloads/web", "2 running", 60, |w| {
+        running(w).len() == 2
+    });
+    let (code, _) = g.call("POST", "/v1/workloads/web/scale", Some("{\"replicas\": 3}"));
+    assert_eq!(code, 202);
+    g.until("/v1/workloads/web", "3 running", 60, |w| {
+        running(w).len() == 3
+    });
+
+    // An update replaces the replicas, one at a time, with the new spec.
+    let updated = sleeper("web", &image, 3).replace("command:", "env: {MODE: blue}\ncommand:");
+    let (code, v) = g.call("PUT", "/v1/workloads/web", Some(&updated));
+    assert_eq!(code, 202, "{v}");
+    assert_eq!(v["version"], 2);
+    let w = g.until("/v1/workloads/web", "rolled to version 2", 90, |w| {
+        let r = running(w);
+        r.len() == 3 && r.iter().all(|a| a["workload_version"] == 2)
+    });
+    let new_id = running(&w)[0]["id"].as_str().unwrap().to_string();
+    let holder = if a.running().contains(&new_id) {
+        &a
+    } else {
+        &b
+    };
+    let env = holder.cli(&["exec", &new_id, "sh", "-c", "echo $MODE"]);
+    assert_eq!(String::from_utf8_lossy(&env.stdout).trim(), "blue");
+
+    assert_eq!(a.running().len(), 3);
+    assert!(b.running().is_empty());
+    // Drained: node-a's replicas move to node-b.
+    let (code, _) = g.call("POST", "/v1/nodes/node-b/uncordon", None);
+    assert_eq!(code, 200);
+    let (code, _) = g.call("POST", "/v1/nodes/node-a/drain", None);
+    assert_eq!(code, 200);
+    g.until("/v1/workloads/web", "all on node-b", 60, |w| {
+        let r = running(w);
+        r.len() == 3 && r.iter().all(|a| a["node"] == "node-b")
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !a.running().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-a still runs {:?}",
+            a.running()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.running().len(), 3);
+
+    // Deleted: nothing runs.
+    let (code, _) = g.call("DELETE", "/v1/workloads/web", None);
+    assert_eq!(code, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !b.running().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-b still runs {:?}",
+            b.running()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The event stream saw it all happen.
+    events.stop(Duration::ZERO);
+    let text = std::fs::read_to_string(&events_file).unwrap();
+    for want in [
+        "\"created\"",
+        "scaled to 3",
+        "updated to version 2",
+        "drained",
+        "\"deleted\"",
+        "placed on node-b",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want} missing from the events:\n{text}"
+        );
+    }
+    // Metrics.
+    let (code, m) = g.call_as(None, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let m = m.as_str().unwrap_or_default().to_string();
+    assert!(m.contains("skiff_gateway_nodes{status=\"ready\"} 2"), "{m}");
+    assert!(m.contains("skiff_gateway_sessions 2"), "{m}");
+    assert!(m.contains("skiff_gateway_heartbeats_total"), "{m}");
 }

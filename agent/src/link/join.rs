@@ -22,6 +22,16 @@ pub struct Identity {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// When the certificate was issued and when it expires (unix ms).
+    pub issued_ms: i64,
+    pub not_after_ms: i64,
+}
+
+impl Identity {
+    /// When to renew: two thirds into the certificate's life.
+    pub fn renew_at_ms(&self) -> i64 {
+        self.issued_ms + (self.not_after_ms - self.issued_ms) * 2 / 3
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +39,10 @@ struct NodeFile {
     node_id: String,
     site: String,
     gateway: String,
+    #[serde(default)]
+    issued_ms: i64,
+    #[serde(default)]
+    not_after_ms: i64,
 }
 
 fn pki_dir(state_dir: &Path) -> PathBuf {
@@ -50,6 +64,8 @@ pub fn load(state_dir: &Path) -> Option<Identity> {
         ca_pem: std::fs::read_to_string(dir.join("ca.crt")).ok()?,
         cert_pem: std::fs::read_to_string(dir.join("node.crt")).ok()?,
         key_pem: std::fs::read_to_string(dir.join("node.key")).ok()?,
+        issued_ms: node.issued_ms,
+        not_after_ms: node.not_after_ms,
     })
 }
 
@@ -208,19 +224,12 @@ pub async fn join(
 ) -> Result<Identity, String> {
     let ca_der = fetch_ca(url, ca_hash).await?;
     let ca_pem = pem("CERTIFICATE", &ca_der);
-    let key = rcgen::KeyPair::generate().map_err(|e| format!("node key: {e}"))?;
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| format!("certificate request: {e}"))?;
+    let (key, csr) = new_key(name)?;
     let channel = super::channel(url, &ca_pem, None).await?;
     let resp = v1::join_client::JoinClient::new(channel)
         .join(v1::JoinRequest {
             token: token.to_string(),
-            csr_der: csr.der().to_vec(),
+            csr_der: csr,
             requested_name: name.to_string(),
             instance_id: String::new(),
         })
@@ -233,7 +242,53 @@ pub async fn join(
         ca_pem: pem("CERTIFICATE", &resp.ca_certificate_der),
         cert_pem: pem("CERTIFICATE", &resp.certificate_der),
         key_pem: key.serialize_pem(),
+        issued_ms: crate::runtime::shim::now_ms(),
+        not_after_ms: resp.not_after_unix_ms,
     };
+    save(state_dir, url, &id)?;
+    Ok(id)
+}
+
+/// A new key and a certificate request for it.
+fn new_key(name: &str) -> Result<(rcgen::KeyPair, Vec<u8>), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("node key: {e}"))?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| format!("certificate request: {e}"))?;
+    Ok((key, csr.der().to_vec()))
+}
+
+/// A new key and certificate for a joined node, over its current session
+/// channel; kept, and returned.
+pub async fn renew(
+    state_dir: &Path,
+    url: &str,
+    channel: tonic::transport::Channel,
+    id: &Identity,
+) -> Result<Identity, String> {
+    let (key, csr) = new_key(&id.node_id)?;
+    let resp = v1::session_client::SessionClient::new(channel)
+        .renew(v1::RenewRequest { csr_der: csr })
+        .await
+        .map_err(|s| format!("renew the node certificate: {}", s.message()))?
+        .into_inner();
+    let new = Identity {
+        cert_pem: pem("CERTIFICATE", &resp.certificate_der),
+        key_pem: key.serialize_pem(),
+        issued_ms: crate::runtime::shim::now_ms(),
+        not_after_ms: resp.not_after_unix_ms,
+        ..id.clone()
+    };
+    save(state_dir, url, &new)?;
+    Ok(new)
+}
+
+/// Writes the identity under `STATE/pki/` (the key first, 0600).
+fn save(state_dir: &Path, url: &str, id: &Identity) -> Result<(), String> {
     let dir = pki_dir(state_dir);
     let io = |e: std::io::Error| format!("{}: {e}", dir.display());
     std::fs::create_dir_all(&dir).map_err(io)?;
@@ -244,13 +299,14 @@ pub async fn join(
         node_id: id.node_id.clone(),
         site: id.site.clone(),
         gateway: url.to_string(),
+        issued_ms: id.issued_ms,
+        not_after_ms: id.not_after_ms,
     };
     std::fs::write(
         dir.join("node.json"),
         serde_json::to_vec(&node).map_err(|e| e.to_string())?,
     )
-    .map_err(io)?;
-    Ok(id)
+    .map_err(io)
 }
 
 #[cfg(test)]

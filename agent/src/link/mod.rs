@@ -80,7 +80,7 @@ pub async fn identity(config: &AgentConfig) -> Result<Option<(String, join::Iden
 }
 
 /// Keeps a session open until `stop`; reconnects with back-off.
-pub async fn run(link: Link, stop: CancellationToken) {
+pub async fn run(mut link: Link, stop: CancellationToken) {
     let (desired_tx, desired_rx) = watch::channel::<Option<v1::DesiredState>>(None);
     let (report_tx, mut report_rx) = mpsc::channel::<v1::AllocationStatusReport>(4);
     // One reconciler, fed the latest desired state; it reports what runs.
@@ -92,7 +92,7 @@ pub async fn run(link: Link, stop: CancellationToken) {
             return;
         }
         let started = std::time::Instant::now();
-        match session(&link, &desired_tx, &mut report_rx, &stop).await {
+        match session(&mut link, &desired_tx, &mut report_rx, &stop).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "gateway session ended; the containers keep running")
@@ -137,14 +137,14 @@ fn host_capacity() -> v1::Resources {
 /// One session: register, then heartbeats and reports up, desired states
 /// down, until it breaks (an error) or the agent stops (`Ok`).
 async fn session(
-    link: &Link,
+    link: &mut Link,
     desired: &watch::Sender<Option<v1::DesiredState>>,
     reports: &mut mpsc::Receiver<v1::AllocationStatusReport>,
     stop: &CancellationToken,
 ) -> Result<(), String> {
-    let id = &link.identity;
+    let id = link.identity.clone();
     let channel = channel(&link.url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem))).await?;
-    let mut client = v1::session_client::SessionClient::new(channel);
+    let mut client = v1::session_client::SessionClient::new(channel.clone());
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let capacity = host_capacity();
     let reserve = &link.config.reserve;
@@ -191,7 +191,16 @@ async fn session(
     let mut inbound = client
         .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("attach: {}", s.message()))?
+        .map_err(|s| {
+            if s.code() == tonic::Code::Unauthenticated {
+                format!(
+                    "the gateway does not accept this node any more ({}); it keeps its containers; join again with a new token",
+                    s.message()
+                )
+            } else {
+                format!("attach: {}", s.message())
+            }
+        })?
         .into_inner();
     let first = inbound
         .message()
@@ -204,9 +213,19 @@ async fn session(
     tracing::info!(node = %reg.node_id, site = %reg.site, subnet = %reg.container_subnet, "session open");
     let interval = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(100)));
     let mut beat = tokio::time::interval(interval);
+    let renew_in =
+        Duration::from_millis((id.renew_at_ms() - crate::runtime::shim::now_ms()).max(0) as u64);
+    let renew = tokio::time::sleep(renew_in);
+    tokio::pin!(renew);
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
+            () = &mut renew, if id.not_after_ms > 0 => {
+                let new = join::renew(&link.config.state_dir, &link.url, channel.clone(), &id).await?;
+                tracing::info!(not_after_ms = new.not_after_ms, "node certificate renewed; reconnecting with it");
+                link.identity = new;
+                return Err("reconnecting with the renewed certificate".into());
+            }
             _ = beat.tick() => {
                 let hb = v1::Heartbeat {
                     sent_unix_ms: crate::runtime::shim::now_ms(),
