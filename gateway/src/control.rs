@@ -837,6 +837,7 @@ impl Control {
     /// allocations placed on it are taken; others are ignored.
     pub fn report(&self, node: &str, statuses: &[skiff_proto::wire::v1::AllocationStatus]) {
         let mut ignored = Vec::new();
+        let mut changed = false;
         // Soft: agents report again on reconnect.
         let r = self.write_soft(|s, b| {
             let now = now_ms();
@@ -852,12 +853,12 @@ impl Control {
                     continue;
                 }
                 let state = skiff_proto::wire::allocation_state(st.state).unwrap_or(a.state);
-                let changed = a.state != state
+                let differs = a.state != state
                     || a.exit_code != st.exit_code
                     || a.restarts != st.restarts
                     || a.address != st.address
                     || (a.message != st.message && !st.message.is_empty());
-                if changed {
+                if differs {
                     a.state = state;
                     a.exit_code = st.exit_code;
                     a.restarts = st.restarts;
@@ -867,6 +868,7 @@ impl Control {
                     }
                     a.updated_ms = now;
                     b.put(Kind::Allocation, &a.id, a);
+                    changed = true;
                 }
             }
             Ok(())
@@ -877,7 +879,10 @@ impl Control {
         for id in ignored {
             tracing::warn!(node, allocation = %id, "ignored a report for an allocation the node does not hold");
         }
-        self.wake();
+        // A state change may let a rolling update go on.
+        if changed {
+            self.wake();
+        }
     }
 
     /// Sets the gauges from the state.

@@ -15,6 +15,7 @@ use crate::store::RedbStore;
 
 /// Runs the gateway until it is stopped.
 pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    raise_nofile();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let pki = Arc::new(
@@ -71,6 +72,16 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// One connection per agent: allow as many open files as the hard limit.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 async fn shutdown() {

@@ -214,8 +214,10 @@ impl v1::session_server::Session for AgentPort {
                 let Ok(msg) = msg else { break };
                 c2.seen(&node2);
                 match msg.kind {
-                    Some(agent_message::Kind::Heartbeat(_)) => {
+                    Some(agent_message::Kind::Heartbeat(hb)) => {
                         c2.metrics.heartbeats.inc();
+                        let delay = (now_ms() - hb.sent_unix_ms).max(0) as f64 / 1000.0;
+                        c2.metrics.heartbeat_delay_seconds.observe(delay);
                     }
                     Some(agent_message::Kind::Allocations(r)) => c2.report(&node2, &r.allocations),
                     Some(agent_message::Kind::NodeStatus(_)) => {}

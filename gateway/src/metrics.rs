@@ -33,6 +33,8 @@ pub struct Metrics {
     pub allocations: Family<StateLabel, Gauge>,
     pub sessions: Gauge,
     pub heartbeats: Counter,
+    /// From an agent sending a heartbeat to the gateway handling it.
+    pub heartbeat_delay_seconds: Histogram,
     pub placement_seconds: Histogram,
     pub reconcile_seconds: Histogram,
     pub api_seconds: Family<RouteLabel, Histogram>,
@@ -55,6 +57,7 @@ impl Metrics {
         let allocations = Family::<StateLabel, Gauge>::default();
         let sessions = Gauge::default();
         let heartbeats = Counter::default();
+        let heartbeat_delay_seconds = latency();
         let placement_seconds = latency();
         let reconcile_seconds = latency();
         let api_seconds = Family::<RouteLabel, Histogram>::new_with_constructor(latency);
@@ -62,6 +65,11 @@ impl Metrics {
         r.register("allocations", "Allocations by state", allocations.clone());
         r.register("sessions", "Agent sessions open", sessions.clone());
         r.register("heartbeats", "Heartbeats received", heartbeats.clone());
+        r.register(
+            "heartbeat_delay_seconds",
+            "Time from an agent sending a heartbeat to the gateway handling it",
+            heartbeat_delay_seconds.clone(),
+        );
         r.register(
             "placement_seconds",
             "Time of a reconcile pass including placement",
@@ -83,6 +91,7 @@ impl Metrics {
             allocations,
             sessions,
             heartbeats,
+            heartbeat_delay_seconds,
             placement_seconds,
             reconcile_seconds,
             api_seconds,

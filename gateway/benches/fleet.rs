@@ -1,0 +1,424 @@
+//! Fleet benchmark: `cargo bench -p skiff-gateway --bench fleet`.
+//!
+//! One `skiff-gateway serve` (its own process, default timings: heartbeat
+//! every 1 s, down after 5 s) and `SKIFF_BENCH_AGENTS` simulated agents
+//! (default 10,000) in this process, each a real agent as far as the
+//! gateway can tell: it joins with its own single-use token and CSR, then
+//! keeps one mutual-TLS gRPC session, registers (1 CPU, 1 GiB), heartbeats
+//! every second and reports its allocations running. A workload fills all
+//! but 100 nodes with one replica each. Then 100 agents are killed at once.
+//!
+//! Prints: gateway CPU (cores, over 10 s of steady heartbeats) and peak
+//! RSS; heartbeat delay (agent send to gateway handling, p50/p99 from the
+//! gateway's histogram); for the killed nodes, from each one's last
+//! heartbeat to `down` (p50/p99/max) and from `down` to its replacement
+//! placed (p50/p99/max), from the gateway's event stream. Asserts nothing.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use skiff_proto::wire::v1;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const BIN: &str = env!("CARGO_BIN_EXE_skiff-gateway");
+const KILLED: usize = 100;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn call(
+    http: &Http,
+    api: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> serde_json::Value {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{api}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let res = http.request(req).await.unwrap();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a process.
+fn cpu_and_peak(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0);
+    (ticks / hz, peak)
+}
+
+/// A simulated agent: joins, then keeps its session until aborted.
+async fn agent(
+    i: usize,
+    url: String,
+    ca_pem: String,
+    token: String,
+    last_beat: Arc<AtomicI64>,
+    joined: tokio::sync::mpsc::Sender<()>,
+) {
+    let name = format!("sim-{i:05}");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, &name);
+    let csr = params.serialize_request(&key).unwrap().der().to_vec();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca_pem))
+        .domain_name("127.0.0.1");
+    let connect = |tls: ClientTlsConfig| {
+        let url = url.clone();
+        async move {
+            loop {
+                let ep = Endpoint::from_shared(url.clone())
+                    .unwrap()
+                    .tls_config(tls.clone())
+                    .unwrap()
+                    .connect_timeout(Duration::from_secs(20));
+                match ep.connect().await {
+                    Ok(c) => return c,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    };
+    let ch: Channel = connect(tls.clone()).await;
+    let resp = v1::join_client::JoinClient::new(ch)
+        .join(v1::JoinRequest {
+            token,
+            csr_der: csr,
+            requested_name: name,
+            instance_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cert = pem::encode(&pem::Pem::new("CERTIFICATE", resp.certificate_der));
+    let ch = connect(tls.identity(Identity::from_pem(cert, key.serialize_pem()))).await;
+    let mut client = v1::session_client::SessionClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(v1::AgentMessage {
+        kind: Some(v1::agent_message::Kind::Register(v1::Register {
+            agent_version: "bench".into(),
+            platform: Some(v1::Platform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                ..Default::default()
+            }),
+            capacity: Some(v1::Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                disk_bytes: 0,
+            }),
+            allocatable: Some(v1::Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                disk_bytes: 0,
+            }),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let _ = joined.send(()).await;
+    // Spread the heartbeats over the second.
+    tokio::time::sleep(Duration::from_millis((i as u64 * 7919) % 1000)).await;
+    let mut beat = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                let sent = now_ms();
+                let hb = v1::AgentMessage { kind: Some(v1::agent_message::Kind::Heartbeat(v1::Heartbeat { sent_unix_ms: sent, applied_generation: 0 })) };
+                if tx.send(hb).await.is_err() { return; }
+                last_beat.store(sent, Ordering::Relaxed);
+            }
+            msg = inbound.message() => {
+                let Ok(Some(msg)) = msg else { return };
+                if let Some(v1::gateway_message::Kind::DesiredState(d)) = msg.kind {
+                    let report = v1::AllocationStatusReport {
+                        allocations: d.allocations.iter().map(|a| v1::AllocationStatus {
+                            allocation_id: a.id.clone(),
+                            state: v1::AllocationState::Running as i32,
+                            ..Default::default()
+                        }).collect(),
+                    };
+                    let _ = tx.send(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Allocations(report)) }).await;
+                }
+            }
+        }
+    }
+}
+
+/// p50 and p99 (upper bucket bounds) of a histogram in OpenMetrics text.
+fn histogram_quantiles(metrics: &str, name: &str) -> (f64, f64) {
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(&format!("{name}_bucket{{le=\"")) else {
+            continue;
+        };
+        let Some((le, count)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(0.0)
+        };
+        buckets.push((le, count.trim().parse().unwrap_or(0.0)));
+    }
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let q = |p: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= total * p)
+            .map_or(f64::NAN, |b| b.0)
+    };
+    (q(0.5), q(0.99))
+}
+
+fn main() {
+    raise_nofile();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let agents: usize = std::env::var("SKIFF_BENCH_AGENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir().unwrap();
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (api_port, agent_port) = (port(0), port(1));
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let mut gw = Command::new(BIN)
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gw_pid = gw.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let api = format!("http://127.0.0.1:{api_port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", api_port)).await.is_err() {
+            assert!(Instant::now() < deadline, "gateway did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let admin = std::fs::read_to_string(dir.path().join("state/admin.token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let ca_pem = std::fs::read_to_string(dir.path().join("state/pki/ca.crt")).unwrap();
+        let http: Http = Client::builder(TokioExecutor::new()).build_http();
+
+        // Tokens, then agents joining 500 at a time.
+        let t0 = Instant::now();
+        let mut tokens = Vec::with_capacity(agents);
+        for _ in 0..agents {
+            let v = call(&http, &api, &admin, "POST", "/v1/join-tokens", "{\"site\": \"default\", \"ttl\": \"1h\"}").await;
+            tokens.push(v["token"].as_str().unwrap().to_string());
+        }
+        println!("fleet of {agents} simulated agents (gateway pid {gw_pid}):");
+        println!("  {agents} join tokens in {:.1} s", t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel(agents);
+        let mut handles = Vec::with_capacity(agents);
+        let mut beats = Vec::with_capacity(agents);
+        let url = format!("https://127.0.0.1:{agent_port}");
+        for (i, token) in tokens.into_iter().enumerate() {
+            if i >= 500 {
+                // Keep at most 500 joins in flight.
+                joined_rx.recv().await;
+            }
+            let last = Arc::new(AtomicI64::new(0));
+            beats.push(Arc::clone(&last));
+            handles.push(tokio::spawn(agent(i, url.clone(), ca_pem.clone(), token, last, joined_tx.clone())));
+        }
+        for _ in 0..agents.min(500) {
+            joined_rx.recv().await;
+        }
+        println!("  joined and registered in {:.1} s", t0.elapsed().as_secs_f64());
+
+        // One replica per node on all but KILLED nodes.
+        let t0 = Instant::now();
+        let spec = format!(
+            "{{\"name\": \"bench\", \"image\": \"busybox\", \"replicas\": {}, \"resources\": {{\"cpu\": \"1\", \"memory\": \"512Mi\"}}}}",
+            agents - KILLED
+        );
+        call(&http, &api, &admin, "POST", "/v1/workloads", &spec).await;
+        loop {
+            let v = call(&http, &api, &admin, "GET", "/v1/workloads/bench", "").await;
+            if v["running"].as_u64() == Some((agents - KILLED) as u64) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        println!("  {} replicas placed and reported running in {:.1} s", agents - KILLED, t0.elapsed().as_secs_f64());
+
+        // Steady state: CPU over 10 s.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (c0, _) = cpu_and_peak(gw_pid);
+        let w0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (c1, peak) = cpu_and_peak(gw_pid);
+        let cores = (c1 - c0) / w0.elapsed().as_secs_f64();
+        let metrics = {
+            let req = hyper::Request::get(format!("{api}/metrics")).body(Full::new(Bytes::new())).unwrap();
+            let res = http.request(req).await.unwrap();
+            String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned()
+        };
+        let (p50, p99) = histogram_quantiles(&metrics, "skiff_gateway_heartbeat_delay_seconds");
+        println!("  gateway CPU, steady heartbeats      {cores:8.2} cores   (target < 1)");
+        println!("  gateway peak RSS                    {:8.0} MiB", peak as f64 / 1024.0);
+        println!("  heartbeat delay p50 <= {:.1} ms, p99 <= {:.1} ms (histogram bucket bounds)", p50 * 1000.0, p99 * 1000.0);
+
+        // Kill 100 agents at once; follow the events.
+        let events_req = hyper::Request::get(format!("{api}/v1/events"))
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut events = http.request(events_req).await.unwrap().into_body();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let victims: Vec<usize> = (0..KILLED).map(|k| k * (agents / KILLED)).collect();
+        let mut last_beat: HashMap<String, i64> = HashMap::new();
+        for &v in &victims {
+            handles[v].abort();
+            last_beat.insert(format!("sim-{v:05}"), beats[v].load(Ordering::Relaxed));
+        }
+        let mut down: HashMap<String, i64> = HashMap::new();
+        let mut lost_on: HashMap<String, String> = HashMap::new();
+        let mut placed: Vec<(String, i64)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = String::new();
+        while (down.len() < KILLED || placed.len() < lost_on.len().max(1)) && Instant::now() < deadline {
+            let frame = tokio::time::timeout(Duration::from_secs(1), events.frame()).await;
+            let Ok(Some(Ok(frame))) = frame else { continue };
+            let Ok(data) = frame.into_data() else { continue };
+            buf.push_str(&String::from_utf8_lossy(&data));
+            while let Some(i) = buf.find("\n\n") {
+                let block: String = buf.drain(..i + 2).collect();
+                let Some(json) = block.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                let Ok(e) = serde_json::from_str::<serde_json::Value>(json) else { continue };
+                let (id, msg, t) = (e["id"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""), e["time_ms"].as_i64().unwrap_or(0));
+                if e["kind"] == "node" && msg.starts_with("down") && last_beat.contains_key(id) {
+                    down.insert(id.to_string(), t);
+                } else if e["kind"] == "allocation" && msg.starts_with("lost") {
+                    lost_on.insert(id.to_string(), String::new());
+                } else if e["kind"] == "allocation" && msg.starts_with("placed on") {
+                    placed.push((id.to_string(), t));
+                }
+            }
+        }
+        let mut detect: Vec<f64> = down
+            .iter()
+            .map(|(n, t)| (*t - last_beat[n]) as f64 / 1000.0)
+            .collect();
+        // Replacements: placed after the first down, against the last down
+        // of their batch (the pass that saw them).
+        let first_down = down.values().copied().min().unwrap_or(0);
+        let mut downs: Vec<i64> = down.values().copied().collect();
+        downs.sort();
+        let mut replace: Vec<f64> = placed
+            .iter()
+            .filter(|(_, t)| *t >= first_down)
+            .map(|(_, t)| {
+                let d = downs.iter().rev().find(|d| *d <= t).copied().unwrap_or(first_down);
+                (*t - d) as f64 / 1000.0
+            })
+            .collect();
+        println!("killed {KILLED} agents at once:");
+        println!(
+            "  marked down: {}/{KILLED}; their allocations lost: {}; replacements placed: {}",
+            down.len(),
+            lost_on.len(),
+            replace.len()
+        );
+        println!(
+            "  last heartbeat -> down      p50 {:5.2} s  p99 {:5.2} s  max {:5.2} s   (target p99 <= 6 s)",
+            percentile(&mut detect, 0.5), percentile(&mut detect, 0.99), percentile(&mut detect, 1.0)
+        );
+        println!(
+            "  down -> replacement placed  p50 {:5.3} s  p99 {:5.3} s  max {:5.3} s   (target <= 1 s)",
+            percentile(&mut replace, 0.5), percentile(&mut replace, 0.99), percentile(&mut replace, 1.0)
+        );
+        for h in handles {
+            h.abort();
+        }
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw_pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = gw.wait();
+}
