@@ -32,13 +32,24 @@ fn tame_the_allocator() {
 }
 
 /// Runs the agent daemon.
-pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     tame_the_allocator();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
     let images = ImageStore::open(&config.state_dir.join("images"), config.images.clone())
         .with_context(|| format!("image store in {}", config.state_dir.display()))?;
     let images = Arc::new(images);
+    // Joined before anything listens: a refused join stops the agent. The
+    // gateway gives the node its container subnet (unless the config
+    // sets one).
+    let joined = crate::link::identity(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some((_, id)) = &joined
+        && config.network.subnet.is_none()
+    {
+        config.network.subnet = id.subnet;
+    }
     let runtime = crate::runtime::Runtime::open(
         &config.state_dir,
         Arc::clone(&images),
@@ -75,17 +86,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         });
     }
-    // Joined before anything listens: a refused join stops the agent.
-    let link = crate::link::identity(&config)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?
-        .map(|(url, identity)| crate::link::Link {
-            config: config.clone(),
-            identity,
-            url,
-            runtime: Arc::clone(&runtime),
-            images: Arc::clone(&images),
-        });
+    let link = joined.map(|(url, identity)| crate::link::Link {
+        config: config.clone(),
+        identity,
+        url,
+        runtime: Arc::clone(&runtime),
+        images: Arc::clone(&images),
+    });
     let state = AppState { images, runtime };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -136,16 +136,22 @@ async fn agent(
         }
     };
     let ch: Channel = connect(tls.clone()).await;
-    let resp = v1::join_client::JoinClient::new(ch)
+    let resp = match v1::join_client::JoinClient::new(ch)
         .join(v1::JoinRequest {
             token,
             csr_der: csr,
-            requested_name: name,
+            requested_name: name.clone(),
             instance_id: String::new(),
         })
         .await
-        .unwrap()
-        .into_inner();
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            eprintln!("{name}: join refused: {}", e.message());
+            let _ = joined.send(()).await;
+            return;
+        }
+    };
     let cert = pem::encode(&pem::Pem::new("CERTIFICATE", resp.certificate_der));
     let ch = connect(tls.identity(Identity::from_pem(cert, key.serialize_pem()))).await;
     let mut client = v1::session_client::SessionClient::new(ch);

@@ -74,7 +74,7 @@ impl Default for FileConfig {
             advertise: Vec::new(),
             heartbeat_interval: skiff_proto::Duration::from_secs(1),
             down_after: skiff_proto::Duration::from_secs(5),
-            node_subnets: Ipv4Net::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 12).expect("valid"),
+            node_subnets: Ipv4Net::new(std::net::Ipv4Addr::new(10, 128, 0, 0), 10).expect("valid"),
             max_body: skiff_proto::ByteSize::from_bytes(1 << 20),
             cert_lifetime: skiff_proto::Duration::from_secs(30 * 24 * 3600),
             sites: vec![SiteConfig {

@@ -134,6 +134,7 @@ impl v1::join_server::Join for AgentPort {
                     certificate_der: cert,
                     ca_certificate_der: pki.ca_der().to_vec(),
                     not_after_unix_ms: not_after,
+                    container_subnet: subnet.to_string(),
                 })
             })
             .map_err(status)?;

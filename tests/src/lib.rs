@@ -212,10 +212,28 @@ impl Agent {
     /// Starts an agent named `name` that joins `gateway` with `token`; does
     /// not wait (a refused join ends the process).
     pub fn spawn(dir: &Path, name: &str, gateway: &Gateway, token: &str, ca_hash: &str) -> Agent {
+        Self::spawn_with(dir, name, gateway, token, ca_hash, true)
+    }
+
+    /// With `own_subnet` false, the agent's containers take the subnet the
+    /// gateway gives the node.
+    pub fn spawn_with(
+        dir: &Path,
+        name: &str,
+        gateway: &Gateway,
+        token: &str,
+        ca_hash: &str,
+        own_subnet: bool,
+    ) -> Agent {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let net = NetSlot::take().unwrap();
-        std::fs::write(dir.join("agent.toml"), net.agent_config()).unwrap();
+        let config = if own_subnet {
+            net.agent_config()
+        } else {
+            net.agent_config_no_subnet()
+        };
+        std::fs::write(dir.join("agent.toml"), config).unwrap();
         let mut a = Agent {
             name: name.to_string(),
             socket: dir.join("agent.sock"),

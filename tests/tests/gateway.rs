@@ -547,3 +547,38 @@ fn scale_update_drain_events_and_metrics() {
     assert!(m.contains("skiff_gateway_sessions 2"), "{m}");
     assert!(m.contains("skiff_gateway_heartbeats_total"), "{m}");
 }
+
+#[test]
+fn containers_take_the_subnet_the_gateway_gives_their_node() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = registry(dir.path());
+    // A pool of one /24 that no other test uses.
+    let pool = skiff_test_support::net::NetSlot::take().unwrap();
+    let g = Gateway::start(
+        &dir.path().join("gw"),
+        &format!("{CONFIG}node_subnets = \"{}\"\n", pool.subnet()),
+    );
+    let (token, hash) = g.join_token("default", "10m");
+    let a = Agent::spawn_with(dir.path(), "node-a", &g, &token, &hash, false);
+    a.wait_up();
+    let n = g.until("/v1/nodes/node-a", "ready", 15, |v| v["status"] == "ready");
+    assert_eq!(n["subnet"], pool.subnet());
+    g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 1)));
+    let w = g.until("/v1/workloads/web", "running", 60, |w| {
+        running(w).len() == 1
+    });
+    let address = running(&w)[0]["address"].as_str().unwrap().to_string();
+    let prefix = pool.subnet().trim_end_matches("0/24").to_string();
+    assert!(
+        address.starts_with(&prefix),
+        "{address} not in {}",
+        pool.subnet()
+    );
+    // The pool is full: a second node cannot join.
+    let (token, _) = g.join_token("default", "10m");
+    let mut b = Agent::spawn_with(dir.path(), "node-b", &g, &token, &hash, false);
+    let (code, log) = b.wait_exit();
+    assert_ne!(code, Some(0));
+    assert!(log.contains("every /24 is taken"), "{log}");
+}

@@ -25,6 +25,8 @@ pub struct Identity {
     /// When the certificate was issued and when it expires (unix ms).
     pub issued_ms: i64,
     pub not_after_ms: i64,
+    /// The node's container subnet, from the gateway.
+    pub subnet: Option<ipnet::Ipv4Net>,
 }
 
 impl Identity {
@@ -43,6 +45,8 @@ struct NodeFile {
     issued_ms: i64,
     #[serde(default)]
     not_after_ms: i64,
+    #[serde(default)]
+    subnet: Option<ipnet::Ipv4Net>,
 }
 
 fn pki_dir(state_dir: &Path) -> PathBuf {
@@ -66,6 +70,7 @@ pub fn load(state_dir: &Path) -> Option<Identity> {
         key_pem: std::fs::read_to_string(dir.join("node.key")).ok()?,
         issued_ms: node.issued_ms,
         not_after_ms: node.not_after_ms,
+        subnet: node.subnet,
     })
 }
 
@@ -244,6 +249,7 @@ pub async fn join(
         key_pem: key.serialize_pem(),
         issued_ms: crate::runtime::shim::now_ms(),
         not_after_ms: resp.not_after_unix_ms,
+        subnet: resp.container_subnet.parse().ok(),
     };
     save(state_dir, url, &id)?;
     Ok(id)
@@ -301,6 +307,7 @@ fn save(state_dir: &Path, url: &str, id: &Identity) -> Result<(), String> {
         gateway: url.to_string(),
         issued_ms: id.issued_ms,
         not_after_ms: id.not_after_ms,
+        subnet: id.subnet,
     };
     std::fs::write(
         dir.join("node.json"),

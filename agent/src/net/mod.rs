@@ -39,7 +39,8 @@ pub struct NetworkConfig {
     /// The node bridge.
     pub bridge: String,
     /// Container addresses come from here; the first is the bridge's.
-    pub subnet: Ipv4Net,
+    /// Unset: the subnet the gateway gave the node, or `10.88.0.0/16`.
+    pub subnet: Option<Ipv4Net>,
     /// MTU of the bridge and container interfaces; 0 takes the uplink's
     /// (the interface of the default route).
     pub mtu: u32,
@@ -54,7 +55,7 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             bridge: "skiff0".into(),
-            subnet: Ipv4Net::new(Ipv4Addr::new(10, 88, 0, 0), 16).expect("valid"),
+            subnet: None,
             mtu: 0,
             dns: Vec::new(),
             nft_table: nat::TABLE.into(),
@@ -80,10 +81,12 @@ impl NetworkConfig {
                 ),
             ));
         }
-        if self.subnet.prefix_len() > 30 {
+        if let Some(subnet) = self.subnet
+            && subnet.prefix_len() > 30
+        {
             return Err((
                 "network.subnet".into(),
-                format!("{} is too small for containers (at least /30)", self.subnet),
+                format!("{subnet} is too small for containers (at least /30)"),
             ));
         }
         if self.mtu != 0 && !(576..=65_535).contains(&self.mtu) {
@@ -101,6 +104,12 @@ impl NetworkConfig {
         Ok(())
     }
 }
+
+/// The node subnet when neither the config nor the gateway gives one.
+pub const DEFAULT_SUBNET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(10, 88, 0, 0), 16) {
+    Ok(n) => n,
+    Err(_) => panic!("valid"),
+};
 
 /// What a bridged container's shim sets up, decided at create and kept in
 /// its `config.json`.
@@ -158,7 +167,8 @@ impl NodeNet {
     /// Opens the address pool under `state_dir` (the bridge and rules come
     /// with the first bridged container, see [`NodeNet::ensure`]).
     pub fn open(state_dir: &Path, config: &NetworkConfig) -> Result<Self, NetError> {
-        let ipam = ipam::Ipam::open(&state_dir.join("network.redb"), config.subnet)?;
+        let subnet = config.subnet.unwrap_or(DEFAULT_SUBNET);
+        let ipam = ipam::Ipam::open(&state_dir.join("network.redb"), subnet)?;
         Ok(Self {
             nat: Nat {
                 table: config.nft_table.clone(),

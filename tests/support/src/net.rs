@@ -79,9 +79,17 @@ impl NetSlot {
     /// The agent's `[network]` config section for this slot.
     pub fn agent_config(&self) -> String {
         format!(
-            "[network]\nbridge = \"{}\"\nsubnet = \"{}\"\nnft_table = \"{}\"\n",
+            "{}subnet = \"{}\"\n",
+            self.agent_config_no_subnet(),
+            self.subnet()
+        )
+    }
+
+    /// The same without the subnet (the agent takes the gateway's).
+    pub fn agent_config_no_subnet(&self) -> String {
+        format!(
+            "[network]\nbridge = \"{}\"\nnft_table = \"{}\"\n",
             self.bridge(),
-            self.subnet(),
             self.table()
         )
     }
