@@ -24,9 +24,13 @@ const WORKLOAD_LABEL: &str = "skiff.workload";
 pub struct Reconciler {
     runtime: Arc<Runtime>,
     images: Arc<ImageStore>,
-    /// Why an allocation could not start (pull or create failed).
-    failures: BTreeMap<String, String>,
+    /// Why an allocation could not start (pull or create failed), and
+    /// when it is tried again.
+    failures: BTreeMap<String, (String, std::time::Instant)>,
 }
+
+/// Time before an allocation that could not start is tried again.
+const RETRY: Duration = Duration::from_secs(10);
 
 /// Managed containers, by allocation id.
 fn managed(runtime: &Runtime) -> BTreeMap<String, ContainerRecord> {
@@ -96,7 +100,7 @@ impl Reconciler {
                 self.apply(&want).await;
             }
             let mut now = statuses(&self.runtime);
-            for (id, why) in &self.failures {
+            for (id, (why, _)) in &self.failures {
                 if !now.iter().any(|s| &s.allocation_id == id) {
                     now.push(v1::AllocationStatus {
                         allocation_id: id.clone(),
@@ -125,21 +129,37 @@ impl Reconciler {
         let have = managed(&self.runtime);
         let wanted: BTreeSet<&str> = want.allocations.iter().map(|a| a.id.as_str()).collect();
         self.failures.retain(|id, _| wanted.contains(id.as_str()));
-        for (id, r) in &have {
-            if !wanted.contains(id.as_str()) {
-                tracing::info!(allocation = %id, "not desired any more: stopping");
-                if let Err(e) = self.runtime.remove(&r.id, true).await {
-                    tracing::warn!(allocation = %id, error = %e, "remove");
+        // Stopped gracefully (each with its own stop timeout), all at once.
+        let stale: Vec<_> = have
+            .iter()
+            .filter(|(id, _)| !wanted.contains(id.as_str()))
+            .map(|(id, r)| {
+                let rt = Arc::clone(&self.runtime);
+                let (id, container) = (id.clone(), r.id.clone());
+                async move {
+                    tracing::info!(allocation = %id, "not desired any more: stopping");
+                    let _ = rt.stop(&container, None).await;
+                    if let Err(e) = rt.remove(&container, true).await {
+                        tracing::warn!(allocation = %id, error = %e, "remove");
+                    }
                 }
-            }
-        }
+            })
+            .collect();
+        futures::future::join_all(stale).await;
+        let now = std::time::Instant::now();
         for a in &want.allocations {
-            if have.contains_key(&a.id) || self.failures.contains_key(&a.id) {
+            let waiting = self.failures.get(&a.id).is_some_and(|(_, at)| *at > now);
+            if have.contains_key(&a.id) || waiting {
                 continue;
             }
-            if let Err(e) = self.start(a).await {
-                tracing::warn!(allocation = %a.id, error = %e, "could not start");
-                self.failures.insert(a.id.clone(), e);
+            match self.start(a).await {
+                Ok(()) => {
+                    self.failures.remove(&a.id);
+                }
+                Err(e) => {
+                    tracing::warn!(allocation = %a.id, error = %e, "could not start; trying again in 10 s");
+                    self.failures.insert(a.id.clone(), (e, now + RETRY));
+                }
             }
         }
     }
