@@ -155,8 +155,28 @@ async fn agent(
     let cert = pem::encode(&pem::Pem::new("CERTIFICATE", resp.certificate_der));
     let ch = connect(tls.identity(Identity::from_pem(cert, key.serialize_pem()))).await;
     let mut client = v1::session_client::SessionClient::new(ch);
+    let mut joined = Some(joined);
+    // Like a real agent: a broken session is opened again.
+    loop {
+        if session(i, &mut client, &last_beat, &mut joined).await {
+            return;
+        }
+        RECONNECTS.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+static RECONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One session; `true` when it ended because the agent was stopped.
+async fn session(
+    i: usize,
+    client: &mut v1::session_client::SessionClient<Channel>,
+    last_beat: &AtomicI64,
+    joined: &mut Option<tokio::sync::mpsc::Sender<()>>,
+) -> bool {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(v1::AgentMessage {
+    let register = v1::AgentMessage {
         kind: Some(v1::agent_message::Kind::Register(v1::Register {
             agent_version: "bench".into(),
             platform: Some(v1::Platform {
@@ -176,15 +196,20 @@ async fn agent(
             }),
             ..Default::default()
         })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
+    };
+    if tx.send(register).await.is_err() {
+        return false;
+    }
+    let Ok(inbound) = client
         .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .unwrap()
-        .into_inner();
-    let _ = joined.send(()).await;
+    else {
+        return false;
+    };
+    let mut inbound = inbound.into_inner();
+    if let Some(j) = joined.take() {
+        let _ = j.send(()).await;
+    }
     // Spread the heartbeats over the second.
     tokio::time::sleep(Duration::from_millis((i as u64 * 7919) % 1000)).await;
     let mut beat = tokio::time::interval(Duration::from_secs(1));
@@ -193,11 +218,11 @@ async fn agent(
             _ = beat.tick() => {
                 let sent = now_ms();
                 let hb = v1::AgentMessage { kind: Some(v1::agent_message::Kind::Heartbeat(v1::Heartbeat { sent_unix_ms: sent, applied_generation: 0 })) };
-                if tx.send(hb).await.is_err() { return; }
+                if tx.send(hb).await.is_err() { return false; }
                 last_beat.store(sent, Ordering::Relaxed);
             }
             msg = inbound.message() => {
-                let Ok(Some(msg)) = msg else { return };
+                let Ok(Some(msg)) = msg else { return false };
                 if let Some(v1::gateway_message::Kind::DesiredState(d)) = msg.kind {
                     let report = v1::AllocationStatusReport {
                         allocations: d.allocations.iter().map(|a| v1::AllocationStatus {
@@ -451,6 +476,10 @@ fn main() {
             }
         }
         println!("  allocations by state afterwards: {states:?}");
+        println!(
+            "  simulated sessions that broke and were opened again (whole run): {}",
+            RECONNECTS.load(Ordering::Relaxed)
+        );
         for h in handles {
             h.abort();
         }
