@@ -415,6 +415,33 @@ impl Control {
             .insert(node.to_string(), Instant::now());
     }
 
+    /// A node marked down while its session still stood (its heartbeats
+    /// were late, not gone) that is heard from again is ready again; the
+    /// allocations it lost meanwhile are already gone from its desired
+    /// state, so it stops them.
+    pub fn heard_from(&self, node: &str) {
+        self.seen(node);
+        let down = self.read(|s| {
+            s.nodes
+                .get(node)
+                .is_some_and(|n| n.status == NodeStatus::Down)
+        });
+        if !down {
+            return;
+        }
+        let r = self.write_soft(|s, b| {
+            if let Some(n) = s.nodes.get_mut(node) {
+                n.status = NodeStatus::Ready;
+                b.put(Kind::Node, node, n);
+            }
+            Ok(())
+        });
+        if r.is_ok() {
+            self.event("node", node, "ready: heard from again");
+            self.wake();
+        }
+    }
+
     /// A session opened for `node`: its channel, and a serial to close it
     /// with.
     pub fn open_session(

@@ -213,7 +213,7 @@ impl v1::session_server::Session for AgentPort {
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
-                c2.seen(&node2);
+                c2.heard_from(&node2);
                 match msg.kind {
                     Some(agent_message::Kind::Heartbeat(hb)) => {
                         c2.metrics.heartbeats.inc();

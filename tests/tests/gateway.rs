@@ -33,7 +33,7 @@ fn joined(g: &Gateway, dir: &std::path::Path, name: &str) -> Agent {
 
 fn sleeper(name: &str, image: &str, replicas: u32) -> String {
     format!(
-        "name: {name}\nimage: {image}\nreplicas: {replicas}\ncommand: [\"sleep\", \"3600\"]\nresources: {{cpu: 100m, memory: 32Mi}}\n"
+        "name: {name}\nimage: {image}\nreplicas: {replicas}\ncommand: [\"sleep\", \"3600\"]\nresources: {{cpu: 100m, memory: 32Mi}}\nstop_timeout: 1s\n"
     )
 }
 
@@ -581,4 +581,47 @@ fn containers_take_the_subnet_the_gateway_gives_their_node() {
     let (code, log) = b.wait_exit();
     assert_ne!(code, Some(0));
     assert!(log.contains("every /24 is taken"), "{log}");
+}
+
+#[test]
+fn a_node_that_was_only_late_comes_back_and_stops_its_stale_copy() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = registry(dir.path());
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let a = joined(&g, dir.path(), "node-a");
+    let b = joined(&g, dir.path(), "node-b");
+    g.call("POST", "/v1/nodes/node-b/cordon", None);
+    g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 1)));
+    g.until("/v1/workloads/web", "running on node-a", 60, |w| {
+        running(w).first().is_some_and(|r| r["node"] == "node-a")
+    });
+    g.call("POST", "/v1/nodes/node-b/uncordon", None);
+    // node-a stops answering (SIGSTOP) past the grace: down, replaced.
+    let pid = nix::unistd::Pid::from_raw(a.process.as_ref().unwrap().pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    g.until("/v1/nodes/node-a", "down", 10, |n| n["status"] == "down");
+    g.until("/v1/workloads/web", "replaced on node-b", 60, |w| {
+        running(w).iter().any(|r| r["node"] == "node-b")
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // Heard from again on the same session: ready, and its copy stopped.
+    g.until("/v1/nodes/node-a", "ready again", 15, |n| {
+        n["status"] == "ready"
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !a.running().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-a still runs {:?}",
+            a.running()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.running().len(), 1);
+    assert!(
+        !a.log().contains("gateway session ended"),
+        "it was the same session: {}",
+        a.log()
+    );
 }
