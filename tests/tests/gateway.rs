@@ -469,6 +469,25 @@ fn scale_update_drain_events_and_metrics() {
     g.until("/v1/workloads/web", "3 running", 60, |w| {
         running(w).len() == 3
     });
+    // Sites and allocations views.
+    let (code, sites) = g.call("GET", "/v1/sites", None);
+    assert_eq!(code, 200);
+    let site = &sites[0];
+    assert_eq!(
+        (
+            site["name"].as_str(),
+            site["nodes"].as_u64(),
+            site["nodes_ready"].as_u64()
+        ),
+        (Some("default"), Some(2), Some(2)),
+        "{sites}"
+    );
+    assert_eq!(site["allocations"], 3, "{sites}");
+    assert_eq!(site["cpu_millis_used"], 300, "{sites}");
+    let (_, allocs) = g.call("GET", "/v1/allocations?node=node-a", None);
+    assert_eq!(allocs.as_array().unwrap().len(), 3, "{allocs}");
+    let (_, none) = g.call("GET", "/v1/allocations?node=node-b", None);
+    assert_eq!(none, serde_json::json!([]));
 
     // An update replaces the replicas, one at a time, with the new spec.
     let updated = sleeper("web", &image, 3).replace("command:", "env: {MODE: blue}\ncommand:");
