@@ -342,13 +342,17 @@ pub struct ServeArgs {
     /// Node label KEY=VALUE (repeatable).
     #[arg(long = "label", env = "SKIFF_AGENT_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
-    /// Gateway URL, https://HOST:7071.
+    /// Gateway URL, https://HOST:7071: the agent joins it (first start)
+    /// and keeps a session to it, running what the gateway places here.
     #[arg(long, env = "SKIFF_AGENT_GATEWAY")]
     gateway: Option<String>,
-    /// Single-use join token from the gateway.
+    /// Single-use join token (POST /v1/join-tokens on the gateway); needed
+    /// on the first start only, the node keeps its certificate after.
+    /// Prefer the environment variable: flags show in `ps`.
     #[arg(long, env = "SKIFF_AGENT_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
-    /// The gateway CA's hash, sha256:HEX.
+    /// The gateway CA's hash, sha256:HEX (printed with the join token):
+    /// the agent trusts a gateway only if its CA has this hash.
     #[arg(long, env = "SKIFF_AGENT_CA_HASH")]
     ca_hash: Option<String>,
     /// Address for Prometheus metrics.
