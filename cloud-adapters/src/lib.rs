@@ -9,11 +9,13 @@
 //!   for tests of everything above the adapters.
 //! * [`terminate_owned`]: the one way to terminate: only instances tagged
 //!   with the gateway's own cluster id are ever terminated.
+//! * [`bootstrap`]: the cloud-init user data that installs and joins the
+//!   agent (the template is shared with the Terraform modules).
 //!
 //! The AWS (aws-sdk-ec2), Azure (ARM REST) and local (network namespace)
-//! providers, and the bootstrap template, arrive with the cloud-bursting
-//! issue.
+//! providers arrive with the cloud-bursting issue.
 
+pub mod bootstrap;
 pub mod fake;
 
 use std::collections::BTreeMap;
