@@ -114,10 +114,10 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// Reads the file (when given), applies the overrides, validates.
     pub fn load(o: &Overrides) -> Result<Self, ConfigError> {
-        let file = match &o.config {
-            Some(p) => read_file(p)?,
-            None => FileConfig::default(),
-        };
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let file = read_file(o.config.as_deref(), &env)?;
         Self::resolve(file, o)
     }
 
@@ -190,13 +190,54 @@ impl GatewayConfig {
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let file_key = || path.display().to_string();
+/// Environment variables that set top-level keys of the file:
+/// `SKIFF_GATEWAY_DOWN_AFTER=3s` sets `down_after`; `ADVERTISE` is a
+/// comma-separated list. (Sites are declared in the file only.)
+const ENV_PREFIX: &str = "SKIFF_GATEWAY_";
+const ENV_KEYS: [&str; 9] = [
+    "state_dir",
+    "listen",
+    "agent_listen",
+    "advertise",
+    "heartbeat_interval",
+    "down_after",
+    "node_subnets",
+    "max_body",
+    "cert_lifetime",
+];
+
+/// The file (if any) with the environment's values on top, checked.
+fn read_file(path: Option<&Path>, env: &[(String, String)]) -> Result<FileConfig, ConfigError> {
+    let file_key = || path.map_or("file".into(), |p| p.display().to_string());
     let first_line = |m: &str| m.lines().next().unwrap_or("invalid TOML").to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| bad(&file_key(), e.to_string()))?;
-    let de =
-        toml::Deserializer::parse(&text).map_err(|e| bad(&file_key(), first_line(e.message())))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| bad(&file_key(), e.to_string()))?,
+        None => String::new(),
+    };
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| bad(&file_key(), first_line(e.message())))?;
+    for (name, value) in env {
+        let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        if key == "config" {
+            continue;
+        }
+        if !ENV_KEYS.contains(&key.as_str()) {
+            return Err(bad(name, "not a setting of the gateway"));
+        }
+        let v = if key == "advertise" {
+            toml::Value::Array(
+                value
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.trim().to_string()))
+                    .collect(),
+            )
+        } else {
+            toml::Value::String(value.clone())
+        };
+        table.insert(key, v);
+    }
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
         let msg = first_line(e.inner().message());
         if key == "." || key.is_empty() {
@@ -235,6 +276,39 @@ mod tests {
         .unwrap();
         assert_eq!(c.sites.len(), 2);
         assert_eq!(c.down_after, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_environment_sets_keys_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gateway.toml");
+        std::fs::write(&p, "down_after = \"9s\"\nmax_body = \"2Mi\"\n").unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let file = read_file(
+            Some(&p),
+            &env(&[
+                ("SKIFF_GATEWAY_DOWN_AFTER", "3s"),
+                ("SKIFF_GATEWAY_ADVERTISE", "gw.example.com,10.0.0.5"),
+                ("SKIFF_GATEWAY_CONFIG", "ignored"),
+            ]),
+        )
+        .unwrap();
+        let c = GatewayConfig::resolve(file, &Overrides::default()).unwrap();
+        assert_eq!(c.down_after, Duration::from_secs(3));
+        assert_eq!(c.max_body, 2 << 20);
+        assert_eq!(c.advertise, ["gw.example.com", "10.0.0.5"]);
+        let e = read_file(None, &env(&[("SKIFF_GATEWAY_DOWN_AFTR", "3s")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config SKIFF_GATEWAY_DOWN_AFTR: not a setting of the gateway"
+        );
+        let e = read_file(None, &env(&[("SKIFF_GATEWAY_DOWN_AFTER", "soon")])).unwrap_err();
+        assert!(e.to_string().starts_with("config down_after:"), "{e}");
     }
 
     #[test]
