@@ -222,7 +222,10 @@ fn read_file(path: Option<&Path>, env: &[(String, String)]) -> Result<FileConfig
             continue;
         }
         if !ENV_KEYS.contains(&key.as_str()) {
-            return Err(bad(name, "not a setting of the gateway"));
+            // Not an error: clients (the `skiff` CLI) may set variables of
+            // their own with this prefix on the same host.
+            eprintln!("skiff-gateway: {name} is not a setting of the gateway; ignored");
+            continue;
         }
         let v = if key == "advertise" {
             toml::Value::Array(
@@ -302,11 +305,9 @@ mod tests {
         assert_eq!(c.down_after, Duration::from_secs(3));
         assert_eq!(c.max_body, 2 << 20);
         assert_eq!(c.advertise, ["gw.example.com", "10.0.0.5"]);
-        let e = read_file(None, &env(&[("SKIFF_GATEWAY_DOWN_AFTR", "3s")])).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "config SKIFF_GATEWAY_DOWN_AFTR: not a setting of the gateway"
-        );
+        // A variable that is no setting is ignored (with a warning).
+        let file = read_file(None, &env(&[("SKIFF_GATEWAY_DOWN_AFTR", "3s")])).unwrap();
+        assert_eq!(file.down_after, FileConfig::default().down_after);
         let e = read_file(None, &env(&[("SKIFF_GATEWAY_DOWN_AFTER", "soon")])).unwrap_err();
         assert!(e.to_string().starts_with("config down_after:"), "{e}");
     }
