@@ -484,12 +484,16 @@ pub struct SiteView {
     pub cpu_millis_used: u64,
     pub memory_bytes_used: u64,
     pub allocations: usize,
+    /// VMs the placement engine asks this site for (launched by the
+    /// autoscaler).
+    pub planned_launches: Vec<crate::control::PlannedLaunch>,
 }
 
 #[utoipa::path(get, path = "/v1/sites", responses((status = 200, body = [SiteView])), security(("bearer" = [])))]
 async fn list_sites(State(s): State<AppState>, h: HeaderMap) -> ApiResult<Json<Vec<SiteView>>> {
     auth(&s, &h, Role::ReadOnly)?;
     let cfg = &s.control.config;
+    let planned = s.control.planned_launches();
     Ok(Json(s.control.read(|st| {
         cfg.sites
             .iter()
@@ -521,6 +525,11 @@ async fn list_sites(State(s): State<AppState>, h: HeaderMap) -> ApiResult<Json<V
                     cpu_millis_used: demand(&|w| w.resources.cpu.millis()),
                     memory_bytes_used: demand(&|w| w.resources.memory.bytes()),
                     allocations: live.len(),
+                    planned_launches: planned
+                        .iter()
+                        .filter(|p| p.site == site.name)
+                        .cloned()
+                        .collect(),
                 }
             })
             .collect()

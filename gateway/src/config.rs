@@ -40,6 +40,53 @@ pub struct SiteConfig {
     /// Most nodes the site may have.
     #[serde(default)]
     pub max_nodes: Option<u32>,
+    /// Most its cloud nodes may cost per hour, e.g. `"12.50"`.
+    #[serde(default)]
+    pub budget_per_hour: Option<String>,
+    /// What a cloud site can launch (not for static sites).
+    #[serde(default)]
+    pub instance_types: Vec<InstanceTypeConfig>,
+}
+
+/// A VM shape a cloud site can launch.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceTypeConfig {
+    pub name: String,
+    /// What workloads can use on it (after the agent's reserve).
+    pub cpu: skiff_proto::Cpu,
+    pub memory: skiff_proto::ByteSize,
+    /// Price per hour, e.g. `"0.096"`.
+    pub price_per_hour: String,
+    #[serde(default = "amd64")]
+    pub arch: String,
+}
+
+fn amd64() -> String {
+    "amd64".into()
+}
+
+/// `"0.096"` → 96,000 millionths (exact; at most six decimals).
+pub fn parse_price(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a price (e.g. \"0.096\")");
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    if whole.is_empty()
+        || frac.len() > 6
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let whole: u64 = whole.parse().map_err(|_| bad())?;
+    let frac: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<6}").parse().map_err(|_| bad())?
+    };
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|w| w.checked_add(frac))
+        .ok_or_else(bad)
 }
 
 /// The config file, as written.
@@ -82,6 +129,8 @@ impl Default for FileConfig {
                 kind: SiteKind::Static,
                 cost_rank: 0,
                 max_nodes: None,
+                budget_per_hour: None,
+                instance_types: Vec::new(),
             }],
         }
     }
@@ -154,6 +203,20 @@ impl GatewayConfig {
                     &format!("sites[{i}].name"),
                     format!("{:?} is declared twice", s.name),
                 ));
+            }
+            if s.kind == SiteKind::Static && !s.instance_types.is_empty() {
+                return Err(bad(
+                    &format!("sites[{i}].instance_types"),
+                    "a static site launches nothing",
+                ));
+            }
+            if let Some(b) = &s.budget_per_hour {
+                parse_price(b).map_err(|e| bad(&format!("sites[{i}].budget_per_hour"), e))?;
+            }
+            for (j, t) in s.instance_types.iter().enumerate() {
+                parse_price(&t.price_per_hour).map_err(|e| {
+                    bad(&format!("sites[{i}].instance_types[{j}].price_per_hour"), e)
+                })?;
             }
         }
         let max_body =
@@ -313,8 +376,26 @@ mod tests {
     }
 
     #[test]
+    fn prices_are_exact() {
+        assert_eq!(parse_price("0.096"), Ok(96_000));
+        assert_eq!(parse_price("12"), Ok(12_000_000));
+        assert_eq!(parse_price("1.000001"), Ok(1_000_001));
+        for bad in ["", ".5", "1.0000001", "-1", "1e3", "0,5"] {
+            assert!(parse_price(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (text, want) in [
+            (
+                "[[sites]]\nname = \"dc\"\nkind = \"static\"\n[[sites.instance_types]]\nname = \"m\"\ncpu = \"2\"\nmemory = \"8Gi\"\nprice_per_hour = \"0.1\"\n",
+                "config sites[0].instance_types: a static site launches nothing",
+            ),
+            (
+                "[[sites]]\nname = \"aws\"\nkind = \"aws\"\n[[sites.instance_types]]\nname = \"m\"\ncpu = \"2\"\nmemory = \"8Gi\"\nprice_per_hour = \"cheap\"\n",
+                "config sites[0].instance_types[0].price_per_hour: \"cheap\" is not a price",
+            ),
             (
                 "down_after = \"1s\"\n",
                 "config down_after: must be at least two heartbeat intervals",

@@ -163,6 +163,14 @@ pub struct Event {
     pub message: String,
 }
 
+/// VMs the placement engine asks for, by site and type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlannedLaunch {
+    pub site: String,
+    pub instance_type: String,
+    pub count: u32,
+}
+
 /// A live session's channel and liveness.
 #[derive(Debug)]
 struct Session {
@@ -200,6 +208,8 @@ pub struct Control {
     wake: Notify,
     pub events: broadcast::Sender<Event>,
     pub metrics: crate::metrics::Metrics,
+    /// The last launch plan (the autoscaler acts on it).
+    planned: Mutex<Vec<PlannedLaunch>>,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
@@ -224,6 +234,7 @@ impl Control {
             wake: Notify::new(),
             events,
             metrics: crate::metrics::Metrics::new(),
+            planned: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -273,6 +284,11 @@ fn load_state(store: &dyn Store) -> Result<State, StoreError> {
 }
 
 impl Control {
+    /// The VMs the last placement pass asked for.
+    pub fn planned_launches(&self) -> Vec<PlannedLaunch> {
+        self.planned.lock().expect("lock").clone()
+    }
+
     /// Reads the state.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         f(&self.state.lock().expect("state lock"))
@@ -736,6 +752,7 @@ impl Control {
             .map(|a| a.id.clone())
             .collect();
         if pending.is_empty() {
+            self.planned.lock().expect("lock").clear();
             return Ok(());
         }
         let sites = self
@@ -747,8 +764,20 @@ impl Control {
                 kind: c.kind,
                 cost_rank: c.cost_rank,
                 max_nodes: c.max_nodes,
-                budget: None,
-                instance_types: Vec::new(),
+                budget: c
+                    .budget_per_hour
+                    .as_deref()
+                    .and_then(|b| crate::config::parse_price(b).ok()),
+                instance_types: c
+                    .instance_types
+                    .iter()
+                    .map(|t| scheduler::InstanceType {
+                        name: t.name.clone(),
+                        allocatable: Capacity::new(t.cpu.millis(), t.memory.bytes(), 0),
+                        price: crate::config::parse_price(&t.price_per_hour).unwrap_or(0),
+                        arch: t.arch.clone(),
+                    })
+                    .collect(),
                 launch_labels: BTreeMap::new(),
             })
             .collect();
@@ -847,6 +876,47 @@ impl Control {
                 events.push(("allocation", id.clone(), format!("placed on {node}")));
             }
         }
+        // Waiting for VMs: what the autoscaler is to launch.
+        let mut launches: BTreeMap<(String, String), u32> = BTreeMap::new();
+        for l in &plan.launches {
+            *launches
+                .entry((l.site.clone(), l.instance_type.clone()))
+                .or_default() += 1;
+        }
+        for p in &plan.placements {
+            let scheduler::Target::NewVm(i) = p.target else {
+                continue;
+            };
+            let id = &requests[p.request].id;
+            let l = &plan.launches[i];
+            if let Some(a) = s.allocations.get_mut(id) {
+                let msg = format!("waiting for a new {} in {}", l.instance_type, l.site);
+                if a.message != msg {
+                    a.message = msg;
+                    a.updated_ms = now;
+                }
+            }
+        }
+        let planned: Vec<PlannedLaunch> = launches
+            .into_iter()
+            .map(|((site, instance_type), count)| PlannedLaunch {
+                site,
+                instance_type,
+                count,
+            })
+            .collect();
+        let mut last = self.planned.lock().expect("lock");
+        if *last != planned {
+            for p in &planned {
+                events.push((
+                    "site",
+                    p.site.clone(),
+                    format!("launch planned: {} x {}", p.count, p.instance_type),
+                ));
+            }
+            *last = planned;
+        }
+        drop(last);
         for u in &plan.unplaced {
             let id = &requests[u.request].id;
             if let Some(a) = s.allocations.get_mut(id) {
@@ -927,5 +997,117 @@ impl Control {
         });
         self.metrics
             .set_gauges(&nodes, &allocs, self.sessions() as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, GatewayConfig, InstanceTypeConfig, Overrides, SiteConfig};
+    use crate::store::RedbStore;
+
+    fn control(dir: &std::path::Path) -> Arc<Control> {
+        let file = FileConfig {
+            sites: vec![
+                SiteConfig {
+                    name: "onprem".into(),
+                    kind: skiff_proto::cluster::SiteKind::Static,
+                    cost_rank: 0,
+                    max_nodes: None,
+                    budget_per_hour: None,
+                    instance_types: Vec::new(),
+                },
+                SiteConfig {
+                    name: "aws-us-east-1".into(),
+                    kind: skiff_proto::cluster::SiteKind::Aws,
+                    cost_rank: 2,
+                    max_nodes: Some(10),
+                    budget_per_hour: Some("1.00".into()),
+                    instance_types: vec![InstanceTypeConfig {
+                        name: "m.large".into(),
+                        cpu: "2".parse().unwrap(),
+                        memory: "8Gi".parse().unwrap(),
+                        price_per_hour: "0.096".into(),
+                        arch: "amd64".into(),
+                    }],
+                },
+            ],
+            ..FileConfig::default()
+        };
+        let config = GatewayConfig::resolve(file, &Overrides::default()).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb")).unwrap();
+        Control::open(config, Arc::new(store)).unwrap()
+    }
+
+    fn workload(c: &Control, text: &str) {
+        let spec = skiff_proto::parse_workloads(text, skiff_proto::Format::Yaml)
+            .unwrap()
+            .remove(0);
+        c.write(|s, b| {
+            let w = WorkloadRecord {
+                spec,
+                version: 1,
+                created_ms: 0,
+                updated_ms: 0,
+            };
+            b.put(Kind::Workload, &w.spec.name, &w);
+            s.workloads.insert(w.spec.name.clone(), w);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn demand_no_node_fits_becomes_a_launch_plan_and_goes_when_the_demand_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path());
+        // Three replicas of 1 CPU: two fit a 2-CPU VM, so two VMs.
+        workload(
+            &c,
+            "name: web\nimage: busybox\nreplicas: 3\nresources: {cpu: '1', memory: 1Gi}\n",
+        );
+        c.reconcile().unwrap();
+        assert_eq!(
+            c.planned_launches(),
+            [PlannedLaunch {
+                site: "aws-us-east-1".into(),
+                instance_type: "m.large".into(),
+                count: 2,
+            }]
+        );
+        let msgs: Vec<String> =
+            c.read(|s| s.allocations.values().map(|a| a.message.clone()).collect());
+        assert_eq!(msgs.len(), 3);
+        for m in &msgs {
+            assert_eq!(m, "waiting for a new m.large in aws-us-east-1");
+        }
+        // More than the budget allows (10 VMs at 0.096 > 1.00/h): some
+        // replicas are left unplaced, with the reason.
+        c.write(|s, b| {
+            let w = s.workloads.get_mut("web").unwrap();
+            w.spec.replicas = 30;
+            b.put(Kind::Workload, "web", w);
+            Ok(())
+        })
+        .unwrap();
+        c.reconcile().unwrap();
+        let planned: u32 = c.planned_launches().iter().map(|p| p.count).sum();
+        assert_eq!(planned, 10, "max_nodes and the budget cap the plan");
+        let unplaced = c.read(|s| {
+            s.allocations
+                .values()
+                .filter(|a| !a.message.starts_with("waiting for a new"))
+                .count()
+        });
+        assert_eq!(unplaced, 10);
+        // No demand, no plan.
+        c.write(|s, b| {
+            s.workloads.remove("web");
+            b.delete(Kind::Workload, "web");
+            Ok(())
+        })
+        .unwrap();
+        c.reconcile().unwrap();
+        assert!(c.planned_launches().is_empty());
     }
 }
