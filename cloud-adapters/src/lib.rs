@@ -12,11 +12,15 @@
 //! * [`bootstrap`]: the cloud-init user data that installs and joins the
 //!   agent (the template is shared with the Terraform modules).
 //!
-//! The AWS (aws-sdk-ec2), Azure (ARM REST) and local (network namespace)
-//! providers arrive with the cloud-bursting issue.
+//! * [`local::LocalCloud`]: "VMs" as network namespaces on this host,
+//!   booted from the same user data.
+//!
+//! The AWS (aws-sdk-ec2) and Azure (ARM REST) providers arrive with the
+//! cloud-bursting issue.
 
 pub mod bootstrap;
 pub mod fake;
+pub mod local;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -60,6 +60,12 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway with `config` (TOML) in `dir`.
     pub fn start(dir: &Path, config: &str) -> Gateway {
+        Self::start_on(dir, config, "127.0.0.1")
+    }
+
+    /// With its agent port on `agent_host` (an address of this host, e.g.
+    /// a test bridge's) instead of loopback.
+    pub fn start_on(dir: &Path, config: &str, agent_host: &str) -> Gateway {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("gateway.toml");
         std::fs::write(&path, config).unwrap();
@@ -67,10 +73,10 @@ impl Gateway {
         let mut g = Gateway {
             dir: dir.to_path_buf(),
             api: format!("http://127.0.0.1:{api}"),
-            agent_url: format!("https://127.0.0.1:{agent}"),
+            agent_url: format!("https://{agent_host}:{agent}"),
             config: path,
             listen: format!("127.0.0.1:{api}"),
-            agent_listen: format!("127.0.0.1:{agent}"),
+            agent_listen: format!("{agent_host}:{agent}"),
             process: None,
         };
         g.restart();

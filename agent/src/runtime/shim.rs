@@ -232,7 +232,23 @@ fn clone_child(
         layers,
     });
     let mut child = Some(child);
+    // The shim's own ends, which the child gets copies of: closed first
+    // thing in the child, or it would hold the "go on" pipe open itself and
+    // never see the shim die.
+    let parent_ends = [
+        out_r.as_raw_fd(),
+        err_r.as_raw_fd(),
+        ready_w.as_raw_fd(),
+        fail_r.as_raw_fd(),
+    ];
     let cb = move || -> isize {
+        for fd in parent_ends {
+            // SAFETY: these descriptors are the child's copies of the
+            // shim's pipe ends; nothing in the child uses them.
+            unsafe {
+                libc::close(fd);
+            }
+        }
         let (Some(ends), Some(child)) = (ends.take(), child.take()) else {
             return 127;
         };
