@@ -51,6 +51,46 @@ pub fn udp_echo_layer(work: &Path) -> Result<LayerFiles> {
     Ok(vec![("/bin/udp-echo".into(), std::fs::read(&out)?)])
 }
 
+/// Sets every entry under `dir` (symlinks themselves, not their targets)
+/// to one fixed time, so the same files always make the same layer
+/// whenever the image is built.
+fn fixed_times(dir: &Path) -> Result<()> {
+    let t = libc::timespec {
+        tv_sec: 1_700_000_000,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    let mut stack = vec![dir.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            }
+            all.push(e.path());
+        }
+    }
+    all.push(dir.to_path_buf());
+    for p in all {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid C string and a two-element array, as utimensat wants.
+        let r = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("set the time of {}", p.display()));
+        }
+    }
+    Ok(())
+}
+
 impl OciImage {
     /// A busybox image tagged `tag` in a layout under `work`, with one base
     /// layer (busybox and its applets) and one layer per entry of `extra`.
@@ -86,6 +126,7 @@ impl OciImage {
             "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
         )?;
         std::fs::write(rootfs.join("www/index.html"), "hello from skiff\n")?;
+        fixed_times(&rootfs)?;
         run(Command::new(&umoci)
             .args(["repack", "--image", &image])
             .arg(&bundle))?;
@@ -107,6 +148,7 @@ impl OciImage {
                     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
                 }
             }
+            fixed_times(&rootfs)?;
             run(Command::new(&umoci)
                 .args(["repack", "--image", &image])
                 .arg(&bundle))?;
