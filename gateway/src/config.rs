@@ -46,6 +46,30 @@ pub struct SiteConfig {
     /// What a cloud site can launch (not for static sites).
     #[serde(default)]
     pub instance_types: Vec<InstanceTypeConfig>,
+    /// The agent port as this site's VMs reach it (`https://HOST:7071`);
+    /// needed to launch VMs.
+    #[serde(default)]
+    pub gateway_url: Option<String>,
+    /// A VM that has not joined this long is terminated (default 5m).
+    #[serde(default)]
+    pub join_timeout: Option<skiff_proto::Duration>,
+    /// `kind = "local"`: where its "VMs" (network namespaces) live.
+    #[serde(default)]
+    pub local: Option<LocalSiteConfig>,
+}
+
+/// The local provider's settings (see `skiff_cloud::local`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSiteConfig {
+    /// VM directories.
+    pub root: PathBuf,
+    /// The agent binary the VMs run.
+    pub agent_bin: PathBuf,
+    /// The VMs' bridge; its first address is the host's (put it in
+    /// `advertise` and `gateway_url`).
+    pub bridge: String,
+    pub subnet: Ipv4Net,
 }
 
 /// A VM shape a cloud site can launch.
@@ -131,6 +155,9 @@ impl Default for FileConfig {
                 max_nodes: None,
                 budget_per_hour: None,
                 instance_types: Vec::new(),
+                gateway_url: None,
+                join_timeout: None,
+                local: None,
             }],
         }
     }

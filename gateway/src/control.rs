@@ -119,6 +119,17 @@ pub struct JoinTokenRecord {
     pub created_ms: i64,
 }
 
+/// A cloud VM launched for pending work, until its node joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmRecord {
+    pub id: String,
+    pub site: String,
+    pub instance_type: String,
+    /// The node it joins as.
+    pub node: String,
+    pub launched_ms: i64,
+}
+
 /// An API token as stored (by the hash of its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiTokenRecord {
@@ -149,6 +160,8 @@ pub struct State {
     pub nodes: BTreeMap<String, NodeRecord>,
     pub join_tokens: BTreeMap<String, JoinTokenRecord>,
     pub api_tokens: BTreeMap<String, ApiTokenRecord>,
+    /// Cloud VMs launched, not joined yet.
+    pub vms: BTreeMap<String, VmRecord>,
     /// Allocation ids in each node's desired state.
     desired: HashMap<String, BTreeSet<String>>,
 }
@@ -210,6 +223,9 @@ pub struct Control {
     pub metrics: crate::metrics::Metrics,
     /// The last launch plan (the autoscaler acts on it).
     planned: Mutex<Vec<PlannedLaunch>>,
+    /// Set by each pass that computed a plan; taken by the autoscaler, so it
+    /// acts once on each plan (the next counts what it launched).
+    plan_fresh: std::sync::atomic::AtomicBool,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
@@ -235,6 +251,7 @@ impl Control {
             events,
             metrics: crate::metrics::Metrics::new(),
             planned: Mutex::new(Vec::new()),
+            plan_fresh: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }
@@ -269,6 +286,9 @@ fn load_state(store: &dyn Store) -> Result<State, StoreError> {
                 .api_tokens
                 .insert(k.clone(), parse(Kind::ApiToken, k, v)?);
         }
+        for (k, v) in rows(Kind::Vm) {
+            state.vms.insert(k.clone(), parse(Kind::Vm, k, v)?);
+        }
         // Desired sets as last computed: every live, placed allocation.
         for a in state.allocations.values() {
             if let (Some(n), true) = (&a.node, a.is_live()) {
@@ -287,6 +307,13 @@ impl Control {
     /// The VMs the last placement pass asked for.
     pub fn planned_launches(&self) -> Vec<PlannedLaunch> {
         self.planned.lock().expect("lock").clone()
+    }
+
+    /// The plan, if a pass computed one since the last call.
+    pub fn take_fresh_plan(&self) -> Option<Vec<PlannedLaunch>> {
+        self.plan_fresh
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+            .then(|| self.planned_launches())
     }
 
     /// Reads the state.
@@ -840,7 +867,15 @@ impl Control {
             sites,
             nodes,
             allocations,
-            launching: Vec::new(),
+            launching: s
+                .vms
+                .values()
+                .map(|v| scheduler::LaunchingVm {
+                    id: v.id.clone(),
+                    site: v.site.clone(),
+                    instance_type: v.instance_type.clone(),
+                })
+                .collect(),
         };
         let plan = scheduler::place(
             &snapshot,
@@ -884,17 +919,22 @@ impl Control {
                 .or_default() += 1;
         }
         for p in &plan.placements {
-            let scheduler::Target::NewVm(i) = p.target else {
-                continue;
+            let msg = match &p.target {
+                scheduler::Target::NewVm(i) => {
+                    let l = &plan.launches[*i];
+                    format!("waiting for a new {} in {}", l.instance_type, l.site)
+                }
+                scheduler::Target::Launching(vm) => {
+                    format!("waiting for VM {vm} to join")
+                }
+                scheduler::Target::Node(_) => continue,
             };
             let id = &requests[p.request].id;
-            let l = &plan.launches[i];
-            if let Some(a) = s.allocations.get_mut(id) {
-                let msg = format!("waiting for a new {} in {}", l.instance_type, l.site);
-                if a.message != msg {
-                    a.message = msg;
-                    a.updated_ms = now;
-                }
+            if let Some(a) = s.allocations.get_mut(id)
+                && a.message != msg
+            {
+                a.message = msg;
+                a.updated_ms = now;
             }
         }
         let planned: Vec<PlannedLaunch> = launches
@@ -905,6 +945,8 @@ impl Control {
                 count,
             })
             .collect();
+        self.plan_fresh
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut last = self.planned.lock().expect("lock");
         if *last != planned {
             for p in &planned {
@@ -1016,6 +1058,9 @@ mod tests {
                     max_nodes: None,
                     budget_per_hour: None,
                     instance_types: Vec::new(),
+                    gateway_url: None,
+                    join_timeout: None,
+                    local: None,
                 },
                 SiteConfig {
                     name: "aws-us-east-1".into(),
@@ -1030,6 +1075,9 @@ mod tests {
                         price_per_hour: "0.096".into(),
                         arch: "amd64".into(),
                     }],
+                    gateway_url: None,
+                    join_timeout: None,
+                    local: None,
                 },
             ],
             ..FileConfig::default()

@@ -6,7 +6,13 @@ use anyhow::Context;
 use skiff_proto::wire::v1;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use std::collections::BTreeMap;
+
+use skiff_cloud::CloudProvider;
+use skiff_cloud::local::{LocalCloud, LocalConfig};
+
 use crate::api::{self, AppState};
+use crate::autoscale::Autoscaler;
 use crate::config::GatewayConfig;
 use crate::control::Control;
 use crate::grpc::AgentPort;
@@ -23,6 +29,34 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             .with_context(|| format!("PKI in {}", config.state_dir.display()))?,
     );
     let store = RedbStore::open(&config.state_dir.join("state.redb"))?;
+    // Cloud providers (only the local one so far); a local site's bridge
+    // comes first, as the agent port may listen on it.
+    let mut providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::new();
+    for site in &config.sites {
+        let Some(l) = &site.local else { continue };
+        let types = site
+            .instance_types
+            .iter()
+            .map(|t| skiff_cloud::InstanceType {
+                name: t.name.clone(),
+                cpu_millis: t.cpu.millis(),
+                memory_bytes: t.memory.bytes(),
+                price_micros_per_hour: crate::config::parse_price(&t.price_per_hour).unwrap_or(0),
+                arch: t.arch.clone(),
+            })
+            .collect();
+        let cloud = LocalCloud::new(LocalConfig {
+            root: l.root.clone(),
+            agent_bin: l.agent_bin.clone(),
+            bridge: l.bridge.clone(),
+            subnet: l.subnet,
+            types,
+        });
+        cloud
+            .ensure_bridge()
+            .with_context(|| format!("site {}: local bridge {}", site.name, l.bridge))?;
+        providers.insert(site.name.clone(), Arc::new(cloud));
+    }
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen {}", config.listen))?;
@@ -32,6 +66,16 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let control = Control::open(config.clone(), Arc::new(store))?;
     control.spawn_loops();
     control.wake();
+    if !providers.is_empty() {
+        let cluster = cluster_id(&config.state_dir)?;
+        Arc::new(Autoscaler::new(
+            Arc::clone(&control),
+            Arc::clone(&pki),
+            providers,
+            cluster,
+        ))
+        .spawn();
+    }
     tracing::info!(
         listen = %api_listener.local_addr()?,
         agent_listen = %agent_listener.local_addr()?,
@@ -72,6 +116,20 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// This gateway's id (`STATE/cluster.id`, made on first use): the
+/// `skiff:cluster` tag of every instance it launches.
+fn cluster_id(state_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = state_dir.join("cluster.id");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && !id.trim().is_empty()
+    {
+        return Ok(id.trim().to_string());
+    }
+    let id = format!("skiff-{}", crate::pki::random_hex(8));
+    std::fs::write(&path, format!("{id}\n")).with_context(|| path.display().to_string())?;
+    Ok(id)
 }
 
 /// One connection per agent: allow as many open files as the hard limit.

@@ -7,10 +7,12 @@
 //! * [`control`]: the in-memory state, liveness and the reconciler.
 //! * [`grpc`]: the agent port (`Join`, `Session`).
 //! * [`api`]: the REST API and its OpenAPI document.
+//! * [`autoscale`]: launching VMs for the placement engine's launch plan.
 //! * [`metrics`]: Prometheus metrics.
 //! * [`daemon`]: `skiff-gateway serve`.
 
 pub mod api;
+pub mod autoscale;
 pub mod config;
 pub mod control;
 pub mod daemon;

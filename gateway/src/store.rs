@@ -18,16 +18,19 @@ pub enum Kind {
     JoinToken,
     ApiToken,
     Meta,
+    /// Cloud VMs launched and not joined yet.
+    Vm,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Workload,
         Kind::Allocation,
         Kind::Node,
         Kind::JoinToken,
         Kind::ApiToken,
         Kind::Meta,
+        Kind::Vm,
     ];
 
     fn table(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -38,6 +41,7 @@ impl Kind {
             Kind::JoinToken => "join_tokens",
             Kind::ApiToken => "api_tokens",
             Kind::Meta => "meta",
+            Kind::Vm => "vms",
         })
     }
 }

@@ -64,12 +64,14 @@ impl Gateway {
     }
 
     /// With its agent port on `agent_host` (an address of this host, e.g.
-    /// a test bridge's) instead of loopback.
+    /// a test bridge's) instead of loopback. `{{agent_url}}` in the config
+    /// becomes the agent port's URL.
     pub fn start_on(dir: &Path, config: &str, agent_host: &str) -> Gateway {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("gateway.toml");
-        std::fs::write(&path, config).unwrap();
         let (api, agent) = (free_port(), free_port());
+        let config = config.replace("{{agent_url}}", &format!("https://{agent_host}:{agent}"));
+        std::fs::write(&path, config).unwrap();
         let mut g = Gateway {
             dir: dir.to_path_buf(),
             api: format!("http://127.0.0.1:{api}"),

@@ -124,3 +124,62 @@ fn a_local_vm_boots_from_user_data_joins_and_is_terminated() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn pending_work_bursts_to_a_local_vm_that_joins_and_takes_it() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let slot = NetSlot::take().unwrap();
+    let host = slot.subnet().replace("0/24", "1");
+    let vms = dir.path().join("vms");
+    let config = format!(
+        "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\nadvertise = [\"{host}\"]\n\
+         [[sites]]\nname = \"local\"\nkind = \"local\"\ngateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"60s\"\n\
+         [[sites.instance_types]]\nname = \"local.small\"\ncpu = \"1\"\nmemory = \"1Gi\"\nprice_per_hour = \"0\"\n\
+         [sites.local]\nroot = \"{}\"\nagent_bin = \"{}\"\nbridge = \"{}\"\nsubnet = \"{}\"\n",
+        vms.display(),
+        skiff_e2e::bin("skiff-agent").display(),
+        slot.bridge(),
+        slot.subnet()
+    );
+    let g = Gateway::start_on(&dir.path().join("gw"), &config, &host);
+    // No node at all: the workload can only run on a VM launched for it.
+    let (code, v) = g.call(
+        "POST",
+        "/v1/workloads",
+        Some("name: web\nimage: busybox\nreplicas: 1\nresources: {cpu: 500m, memory: 64Mi}\n"),
+    );
+    assert_eq!(code, 202, "{v}");
+    let w = g.until("/v1/workloads/web", "placed on a new VM", 60, |w| {
+        w["allocations"][0]["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("local-"))
+    });
+    let node = w["allocations"][0]["node"].as_str().unwrap().to_string();
+    let n = g.call("GET", &format!("/v1/nodes/{node}"), None).1;
+    assert_eq!(n["site"], "local");
+    assert_eq!(n["status"], "ready");
+    let log = g.log();
+    assert!(log.contains("launched local-"), "{log}");
+    assert!(!log.contains("skiff-join-"), "a join token was logged");
+    // Exactly one VM was launched for the one replica.
+    let vm_dirs = std::fs::read_dir(&vms).unwrap().count();
+    assert_eq!(vm_dirs, 1);
+
+    // Clean up the VM (scale-in is not built yet).
+    let cloud = LocalCloud::new(LocalConfig {
+        root: vms.clone(),
+        agent_bin: skiff_e2e::bin("skiff-agent"),
+        bridge: slot.bridge(),
+        subnet: slot.subnet().parse().unwrap(),
+        types: Vec::new(),
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ids: Vec<String> = rt
+        .block_on(cloud.describe(TAG_SITE, "local"))
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    rt.block_on(cloud.terminate(&ids)).unwrap();
+}

@@ -1,0 +1,420 @@
+//! The autoscaler's launch side: it carries out the placement engine's
+//! launch plan. Once a second it compares the VMs the plan asks for with
+//! the VMs already launching (which the scheduler counts as capacity, so
+//! the same demand never launches twice), launches the difference, each
+//! VM with its own single-use join token in its cloud-init user data, and
+//! records it before anything else; a VM whose node has joined is done,
+//! one that has not joined within the site's `join_timeout` is terminated
+//! (only ever the gateway's own instances). Quota and capacity errors set
+//! that site and type aside for a minute, so the next pass plans around
+//! them. Scale-in is not built yet.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use skiff_cloud::bootstrap::Bootstrap;
+use skiff_cloud::{
+    Backoff, CloudProvider, LaunchRequest, Secret, TAG_CLUSTER, TAG_NODE, TAG_SITE,
+    terminate_owned, with_retry,
+};
+
+use crate::control::{Control, JoinTokenRecord, VmRecord, now_ms};
+use crate::pki::{Pki, random_hex, sha256_hex};
+use crate::store::Kind;
+
+/// Launches and retires VMs for the sites that have a provider.
+#[derive(Debug)]
+pub struct Autoscaler {
+    pub control: Arc<Control>,
+    pub pki: Arc<Pki>,
+    /// By site name.
+    pub providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+    /// This gateway's id, in every instance's `skiff:cluster` tag.
+    pub cluster: String,
+    /// (site, type) set aside until then after a quota or capacity error.
+    held: std::sync::Mutex<BTreeMap<(String, String), Instant>>,
+}
+
+impl Autoscaler {
+    pub fn new(
+        control: Arc<Control>,
+        pki: Arc<Pki>,
+        providers: BTreeMap<String, Arc<dyn CloudProvider>>,
+        cluster: String,
+    ) -> Self {
+        Self {
+            control,
+            pki,
+            providers,
+            cluster,
+            held: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Runs a pass every second until the process ends.
+    pub fn spawn(self: Arc<Self>) {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.tick().await;
+            }
+        });
+    }
+
+    /// One pass: joined VMs done, late ones terminated, the plan launched.
+    pub async fn tick(&self) {
+        self.settle().await;
+        let Some(planned) = self.control.take_fresh_plan() else {
+            return;
+        };
+        for p in planned {
+            let Some(provider) = self.providers.get(&p.site) else {
+                continue;
+            };
+            let key = (p.site.clone(), p.instance_type.clone());
+            if self
+                .held
+                .lock()
+                .expect("lock")
+                .get(&key)
+                .is_some_and(|until| *until > Instant::now())
+            {
+                continue;
+            }
+            for _ in 0..p.count {
+                match self
+                    .launch_one(provider.as_ref(), &p.site, &p.instance_type)
+                    .await
+                {
+                    Ok(vm) => self.control.event(
+                        "site",
+                        &p.site,
+                        format!(
+                            "launched {} ({}) for pending work; it joins as {}",
+                            vm.id, vm.instance_type, vm.node
+                        ),
+                    ),
+                    Err(e) => {
+                        if e.wants_fallback() {
+                            self.held
+                                .lock()
+                                .expect("lock")
+                                .insert(key.clone(), Instant::now() + Duration::from_secs(60));
+                        }
+                        self.control.event(
+                            "site",
+                            &p.site,
+                            format!("could not launch {}: {e}", p.instance_type),
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        self.control.wake();
+    }
+
+    async fn launch_one(
+        &self,
+        provider: &dyn CloudProvider,
+        site: &str,
+        instance_type: &str,
+    ) -> Result<VmRecord, skiff_cloud::CloudError> {
+        let invalid = |m: String| skiff_cloud::CloudError::Invalid(m);
+        let cfg = self
+            .control
+            .config
+            .site(site)
+            .ok_or_else(|| invalid(format!("no site {site}")))?;
+        let gateway_url = cfg
+            .gateway_url
+            .clone()
+            .ok_or_else(|| invalid(format!("site {site}: gateway_url is not set")))?;
+        let node = format!("{site}-{}", random_hex(3));
+        // A token for this VM alone, valid as long as it may take to join.
+        let token = format!("{}{}", crate::grpc::JOIN_TOKEN_PREFIX, random_hex(24));
+        let timeout = join_timeout(cfg);
+        let hash = sha256_hex(token.as_bytes());
+        self.control
+            .write(|s, b| {
+                let t = JoinTokenRecord {
+                    site: site.to_string(),
+                    expires_ms: now_ms() + timeout.as_millis() as i64,
+                    used: false,
+                    created_ms: now_ms(),
+                };
+                b.put(Kind::JoinToken, &hash, &t);
+                s.join_tokens.insert(hash.clone(), t);
+                Ok(())
+            })
+            .map_err(|e| skiff_cloud::CloudError::Other(e.to_string()))?;
+        let user_data = Bootstrap {
+            gateway_url,
+            ca_hash: self.pki.ca_hash(),
+            join_token: Secret(token),
+            node_name: node.clone(),
+            labels: BTreeMap::from([("skiff/site".to_string(), site.to_string())]),
+            agent_url: None,
+            agent_sha256: None,
+        }
+        .render()
+        .map_err(|e| invalid(e.to_string()))?;
+        let req = LaunchRequest {
+            site: site.to_string(),
+            instance_type: instance_type.to_string(),
+            count: 1,
+            user_data,
+            tags: BTreeMap::from([
+                (TAG_CLUSTER.to_string(), self.cluster.clone()),
+                (TAG_SITE.to_string(), site.to_string()),
+                (TAG_NODE.to_string(), node.clone()),
+            ]),
+            spot: false,
+        };
+        let launched = with_retry(Backoff::default(), || provider.launch(&req)).await?;
+        let instance = launched
+            .into_iter()
+            .next()
+            .ok_or_else(|| skiff_cloud::CloudError::Other("launch returned nothing".into()))?;
+        let vm = VmRecord {
+            id: instance.id,
+            site: site.to_string(),
+            instance_type: instance_type.to_string(),
+            node,
+            launched_ms: now_ms(),
+        };
+        let r = self.control.write(|s, b| {
+            b.put(Kind::Vm, &vm.id, &vm);
+            s.vms.insert(vm.id.clone(), vm.clone());
+            Ok(())
+        });
+        if let Err(e) = r {
+            // Not recorded: not ours to keep.
+            let _ = terminate_owned(provider, &self.cluster, std::slice::from_ref(&vm.id)).await;
+            return Err(skiff_cloud::CloudError::Other(e.to_string()));
+        }
+        Ok(vm)
+    }
+
+    /// VMs whose node joined are done; those past their join timeout are
+    /// terminated.
+    async fn settle(&self) {
+        let now = now_ms();
+        let (joined, late): (Vec<VmRecord>, Vec<VmRecord>) = self.control.read(|s| {
+            let joined = s
+                .vms
+                .values()
+                .filter(|v| s.nodes.contains_key(&v.node))
+                .cloned()
+                .collect();
+            let late = s
+                .vms
+                .values()
+                .filter(|v| !s.nodes.contains_key(&v.node))
+                .filter(|v| {
+                    let t = self
+                        .control
+                        .config
+                        .site(&v.site)
+                        .map_or(Duration::from_secs(300), join_timeout);
+                    now - v.launched_ms > t.as_millis() as i64
+                })
+                .cloned()
+                .collect();
+            (joined, late)
+        });
+        for vm in &late {
+            if let Some(p) = self.providers.get(&vm.site) {
+                match terminate_owned(p.as_ref(), &self.cluster, std::slice::from_ref(&vm.id)).await
+                {
+                    Ok(_) => self.control.event(
+                        "site",
+                        &vm.site,
+                        format!("terminated {}: it did not join in time", vm.id),
+                    ),
+                    Err(e) => {
+                        self.control
+                            .event("site", &vm.site, format!("terminate {}: {e}", vm.id));
+                        continue;
+                    }
+                }
+            }
+            self.forget(vm);
+        }
+        for vm in &joined {
+            self.forget(vm);
+        }
+    }
+
+    fn forget(&self, vm: &VmRecord) {
+        let _ = self.control.write(|s, b| {
+            s.vms.remove(&vm.id);
+            b.delete(Kind::Vm, &vm.id);
+            Ok(())
+        });
+    }
+}
+
+fn join_timeout(site: &crate::config::SiteConfig) -> Duration {
+    site.join_timeout
+        .map_or(Duration::from_secs(300), |d| d.std())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, GatewayConfig, InstanceTypeConfig, Overrides, SiteConfig};
+    use crate::control::WorkloadRecord;
+    use crate::store::RedbStore;
+    use skiff_cloud::fake::{FakeCloud, Op};
+
+    fn setup(dir: &std::path::Path, join_timeout: &str) -> (Arc<Autoscaler>, Arc<FakeCloud>) {
+        let file = FileConfig {
+            sites: vec![SiteConfig {
+                name: "aws-us-east-1".into(),
+                kind: skiff_proto::cluster::SiteKind::Aws,
+                cost_rank: 2,
+                max_nodes: Some(10),
+                budget_per_hour: None,
+                instance_types: vec![InstanceTypeConfig {
+                    name: "m.large".into(),
+                    cpu: "2".parse().unwrap(),
+                    memory: "8Gi".parse().unwrap(),
+                    price_per_hour: "0.096".into(),
+                    arch: "amd64".into(),
+                }],
+                gateway_url: Some("https://gw.example.com:7071".into()),
+                join_timeout: Some(join_timeout.parse().unwrap()),
+                local: None,
+            }],
+            ..FileConfig::default()
+        };
+        let config = GatewayConfig::resolve(file, &Overrides::default()).unwrap();
+        let store = RedbStore::open(&dir.join("state.redb")).unwrap();
+        let control = Control::open(config, Arc::new(store)).unwrap();
+        let pki = Arc::new(Pki::open(dir, &[]).unwrap());
+        let cloud = Arc::new(FakeCloud::new(vec![skiff_cloud::InstanceType {
+            name: "m.large".into(),
+            cpu_millis: 2000,
+            memory_bytes: 8 << 30,
+            price_micros_per_hour: 96_000,
+            arch: "amd64".into(),
+        }]));
+        let providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::from([(
+            "aws-us-east-1".to_string(),
+            cloud.clone() as Arc<dyn CloudProvider>,
+        )]);
+        let a = Arc::new(Autoscaler::new(control, pki, providers, "cluster-1".into()));
+        (a, cloud)
+    }
+
+    fn workload(c: &Control, replicas: u32) {
+        let text = format!(
+            "name: web\nimage: busybox\nreplicas: {replicas}\nresources: {{cpu: '1', memory: 1Gi}}\n"
+        );
+        let spec = skiff_proto::parse_workloads(&text, skiff_proto::Format::Yaml)
+            .unwrap()
+            .remove(0);
+        c.write(|s, b| {
+            let w = WorkloadRecord {
+                spec,
+                version: 1,
+                created_ms: 0,
+                updated_ms: 0,
+            };
+            b.put(Kind::Workload, "web", &w);
+            s.workloads.insert("web".into(), w);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn pending_work_launches_vms_once_with_their_own_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, cloud) = setup(dir.path(), "5m");
+        workload(&a.control, 3);
+        a.control.reconcile().unwrap();
+        a.tick().await;
+        let launched = cloud.instances();
+        assert_eq!(launched.len(), 2, "3 replicas of 1 CPU on 2-CPU VMs");
+        for vm in &launched {
+            assert_eq!(vm.tags[TAG_CLUSTER], "cluster-1");
+            assert!(vm.tags[TAG_NODE].starts_with("aws-us-east-1-"));
+        }
+        // The launching VMs are capacity: the next passes launch nothing.
+        a.control.reconcile().unwrap();
+        a.tick().await;
+        a.control.reconcile().unwrap();
+        a.tick().await;
+        assert_eq!(cloud.instances().len(), 2);
+        let msgs: Vec<String> = a
+            .control
+            .read(|s| s.allocations.values().map(|x| x.message.clone()).collect());
+        assert!(
+            msgs.iter().all(|m| m.starts_with("waiting for VM i-")),
+            "{msgs:?}"
+        );
+        // Each has its own unused join token, valid for the join timeout.
+        let tokens = a
+            .control
+            .read(|s| s.join_tokens.values().filter(|t| !t.used).count());
+        assert_eq!(tokens, 2);
+        // A VM's node joining ends its launch.
+        let node = launched[0].tags[TAG_NODE].clone();
+        a.control
+            .write(|s, _| {
+                let mut n: crate::control::NodeRecord = serde_json::from_value(serde_json::json!({
+                    "id": node, "site": "aws-us-east-1", "status": "ready", "subnet": "10.128.0.0/24",
+                    "cert_hash": "x", "cert_not_after_ms": 0, "capacity": {"cpu": "2", "memory": "8Gi"},
+                    "allocatable": {"cpu": "2", "memory": "8Gi"}, "joined_ms": 0, "generation": 1
+                }))
+                .unwrap();
+                n.os = "linux".into();
+                n.arch = "amd64".into();
+                s.nodes.insert(n.id.clone(), n);
+                Ok(())
+            })
+            .unwrap();
+        a.tick().await;
+        assert_eq!(a.control.read(|s| s.vms.len()), 1);
+    }
+
+    #[tokio::test]
+    async fn quota_errors_hold_the_type_and_late_vms_are_terminated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, cloud) = setup(dir.path(), "1ms");
+        workload(&a.control, 1);
+        a.control.reconcile().unwrap();
+        cloud.fail(
+            Op::Launch,
+            [skiff_cloud::CloudError::Quota("vCPU limit".into())],
+        );
+        a.tick().await;
+        assert!(cloud.instances().is_empty());
+        a.control.reconcile().unwrap();
+        a.tick().await;
+        assert!(
+            cloud.instances().is_empty(),
+            "held for a minute after a quota error"
+        );
+        assert_eq!(
+            cloud.calls().iter().filter(|c| c.0 == Op::Launch).count(),
+            1
+        );
+        // Without the hold: launched, never joins, terminated (and the
+        // demand planned for again).
+        a.held.lock().unwrap().clear();
+        a.control.reconcile().unwrap();
+        a.tick().await;
+        assert_eq!(cloud.instances().len(), 1);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        a.tick().await;
+        assert_eq!(
+            cloud.instances()[0].state,
+            skiff_cloud::InstanceState::Terminated
+        );
+        assert_eq!(a.control.read(|s| s.vms.len()), 0);
+    }
+}
