@@ -62,9 +62,11 @@ impl Autoscaler {
         });
     }
 
-    /// One pass: joined VMs done, late ones terminated, the plan launched.
+    /// One pass: joined VMs done, late ones terminated, idle nodes scaled
+    /// in, the plan launched.
     pub async fn tick(&self) {
         self.settle().await;
+        self.scale_in().await;
         let Some(planned) = self.control.take_fresh_plan() else {
             return;
         };
@@ -243,7 +245,137 @@ impl Autoscaler {
             self.forget(vm);
         }
         for vm in &joined {
+            // The node knows its instance from now on (for scale-in).
+            let _ = self.control.write(|s, b| {
+                if let Some(n) = s.nodes.get_mut(&vm.node) {
+                    n.instance_id = Some(vm.id.clone());
+                    b.put(Kind::Node, &vm.node, n);
+                }
+                Ok(())
+            });
             self.forget(vm);
+        }
+    }
+
+    /// Launched nodes without work for the site's `scale_in_after` are
+    /// cordoned, then (still without work) terminated and removed. Each
+    /// step is recorded on the node before it is taken, so a gateway
+    /// killed half-way goes on from there; a node that has work is never
+    /// terminated (work that lands on it while cordoned is drained away
+    /// first).
+    async fn scale_in(&self) {
+        let now = now_ms();
+        struct Step {
+            node: String,
+            site: String,
+            instance: String,
+            work: usize,
+            idle_since: Option<i64>,
+            phase: Option<String>,
+        }
+        let steps: Vec<Step> = self.control.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| self.providers.contains_key(&n.site))
+                .filter_map(|n| {
+                    Some(Step {
+                        node: n.id.clone(),
+                        site: n.site.clone(),
+                        instance: n.instance_id.clone()?,
+                        work: s
+                            .allocations
+                            .values()
+                            .filter(|a| a.node.as_deref() == Some(n.id.as_str()) && a.is_live())
+                            .count(),
+                        idle_since: n.idle_since_ms,
+                        phase: n.scale_in.clone(),
+                    })
+                })
+                .collect()
+        });
+        for st in steps {
+            let after = self
+                .control
+                .config
+                .site(&st.site)
+                .and_then(|c| c.scale_in_after)
+                .map_or(Duration::from_secs(600), |d| d.std());
+            let set = |f: &dyn Fn(&mut crate::control::NodeRecord)| {
+                self.control.write(|s, b| {
+                    if let Some(n) = s.nodes.get_mut(&st.node) {
+                        f(n);
+                        b.put(Kind::Node, &st.node, n);
+                    }
+                    Ok(())
+                })
+            };
+            match (st.phase.as_deref(), st.work) {
+                (None, 0) => match st.idle_since {
+                    None => {
+                        let _ = set(&|n| n.idle_since_ms = Some(now));
+                    }
+                    Some(t) if now - t >= after.as_millis() as i64 => {
+                        if set(&|n| {
+                            n.scale_in = Some("cordoned".into());
+                            n.unschedulable = true;
+                        })
+                        .is_ok()
+                        {
+                            self.control
+                                .event("node", &st.node, "scale-in: idle, cordoned");
+                        }
+                    }
+                    Some(_) => {}
+                },
+                (None, _) => {
+                    if st.idle_since.is_some() {
+                        let _ = set(&|n| n.idle_since_ms = None);
+                    }
+                }
+                (Some("cordoned"), 0) | (Some("terminating"), 0) => {
+                    if set(&|n| n.scale_in = Some("terminating".into())).is_err() {
+                        continue;
+                    }
+                    let Some(p) = self.providers.get(&st.site) else {
+                        continue;
+                    };
+                    match terminate_owned(
+                        p.as_ref(),
+                        &self.cluster,
+                        std::slice::from_ref(&st.instance),
+                    )
+                    .await
+                    {
+                        Ok(_) => {
+                            let removed = self.control.write(|s, b| {
+                                s.nodes.remove(&st.node);
+                                b.delete(Kind::Node, &st.node);
+                                Ok(())
+                            });
+                            if removed.is_ok() {
+                                self.control.end_session(&st.node);
+                                self.control.event(
+                                    "node",
+                                    &st.node,
+                                    format!(
+                                        "scale-in: terminated {} and removed the node",
+                                        st.instance
+                                    ),
+                                );
+                            }
+                        }
+                        Err(e) => self.control.event(
+                            "node",
+                            &st.node,
+                            format!("scale-in: terminate {}: {e}", st.instance),
+                        ),
+                    }
+                }
+                (Some(_), _) => {
+                    // Work arrived before the cordon took: move it first.
+                    let _ = set(&|n| n.draining = true);
+                }
+            }
         }
     }
 
@@ -286,6 +418,7 @@ mod tests {
                 }],
                 gateway_url: Some("https://gw.example.com:7071".into()),
                 join_timeout: Some(join_timeout.parse().unwrap()),
+                scale_in_after: None,
                 local: None,
             }],
             ..FileConfig::default()
@@ -416,5 +549,80 @@ mod tests {
             skiff_cloud::InstanceState::Terminated
         );
         assert_eq!(a.control.read(|s| s.vms.len()), 0);
+    }
+
+    fn cloud_node(c: &Control, id: &str, instance: &str, phase: Option<&str>) {
+        c.write(|s, b| {
+            let n: crate::control::NodeRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "site": "aws-us-east-1", "status": "ready", "subnet": "10.128.9.0/24",
+                "cert_hash": "x", "cert_not_after_ms": 0, "capacity": {"cpu": "2", "memory": "8Gi"},
+                "allocatable": {"cpu": "2", "memory": "8Gi"}, "joined_ms": 0, "generation": 1,
+                "instance_id": instance, "scale_in": phase
+            }))
+            .unwrap();
+            b.put(Kind::Node, id, &n);
+            s.nodes.insert(id.into(), n);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_scale_in_cut_short_resumes_and_never_takes_a_busy_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, cloud) = setup(dir.path(), "5m");
+        let mut req_tags = BTreeMap::new();
+        req_tags.insert(TAG_CLUSTER.to_string(), "cluster-1".to_string());
+        let launch = |n: u32| LaunchRequest {
+            site: "aws-us-east-1".into(),
+            instance_type: "m.large".into(),
+            count: n,
+            user_data: Secret(String::new()),
+            tags: req_tags.clone(),
+            spot: false,
+        };
+        let vms = cloud.launch(&launch(2)).await.unwrap();
+        // One node was half-way through termination when the gateway died;
+        // the other was cordoned but got work meanwhile.
+        cloud_node(&a.control, "idle", &vms[0].id, Some("terminating"));
+        cloud_node(&a.control, "busy", &vms[1].id, Some("cordoned"));
+        workload(&a.control, 1);
+        a.control.reconcile().unwrap();
+        a.control
+            .write(|s, b| {
+                let al = s.allocations.values_mut().next().unwrap();
+                al.node = Some("busy".into());
+                al.state = skiff_proto::cluster::AllocationState::Running;
+                b.put(Kind::Allocation, &al.id.clone(), al);
+                Ok(())
+            })
+            .unwrap();
+        // A new autoscaler, as after a restart, picks up from the records.
+        let again = Autoscaler::new(
+            Arc::clone(&a.control),
+            Arc::clone(&a.pki),
+            a.providers.clone(),
+            "cluster-1".into(),
+        );
+        again.tick().await;
+        let state = |id: &str| {
+            cloud
+                .instances()
+                .into_iter()
+                .find(|i| i.id == id)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(&vms[0].id), skiff_cloud::InstanceState::Terminated);
+        assert!(a.control.read(|s| !s.nodes.contains_key("idle")));
+        assert_eq!(
+            state(&vms[1].id),
+            skiff_cloud::InstanceState::Pending,
+            "busy: not terminated"
+        );
+        assert!(
+            a.control.read(|s| s.nodes["busy"].draining),
+            "its work is moved first"
+        );
     }
 }

@@ -53,6 +53,10 @@ pub struct SiteConfig {
     /// A VM that has not joined this long is terminated (default 5m).
     #[serde(default)]
     pub join_timeout: Option<skiff_proto::Duration>,
+    /// A launched node without work this long is drained and terminated
+    /// (default 10m).
+    #[serde(default)]
+    pub scale_in_after: Option<skiff_proto::Duration>,
     /// `kind = "local"`: where its "VMs" (network namespaces) live.
     #[serde(default)]
     pub local: Option<LocalSiteConfig>,
@@ -157,6 +161,7 @@ impl Default for FileConfig {
                 instance_types: Vec::new(),
                 gateway_url: None,
                 join_timeout: None,
+                scale_in_after: None,
                 local: None,
             }],
         }

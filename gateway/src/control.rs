@@ -67,7 +67,7 @@ pub struct AllocationRecord {
 
 impl AllocationRecord {
     /// Counts toward the workload's replicas.
-    fn is_live(&self) -> bool {
+    pub fn is_live(&self) -> bool {
         !matches!(self.state, AllocationState::Stopped | AllocationState::Lost)
     }
 }
@@ -108,6 +108,15 @@ pub struct NodeRecord {
     pub joined_ms: i64,
     /// The generation of its desired state last sent (or to send).
     pub generation: u64,
+    /// The cloud instance it runs on (nodes the autoscaler launched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Since when it has had no work (launched nodes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since_ms: Option<i64>,
+    /// Where its scale-in is: `cordoned`, then `terminating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_in: Option<String>,
 }
 
 /// A join token as stored (by the hash of its secret).
@@ -1060,6 +1069,7 @@ mod tests {
                     instance_types: Vec::new(),
                     gateway_url: None,
                     join_timeout: None,
+                    scale_in_after: None,
                     local: None,
                 },
                 SiteConfig {
@@ -1077,6 +1087,7 @@ mod tests {
                     }],
                     gateway_url: None,
                     join_timeout: None,
+                    scale_in_after: None,
                     local: None,
                 },
             ],

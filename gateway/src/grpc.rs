@@ -125,6 +125,9 @@ impl v1::join_server::Join for AgentPort {
                     hostname: String::new(),
                     joined_ms: now,
                     generation: 1,
+                    instance_id: None,
+                    idle_since_ms: None,
+                    scale_in: None,
                 };
                 b.put(Kind::Node, &id, &node);
                 s.nodes.insert(id.clone(), node);

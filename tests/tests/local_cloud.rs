@@ -134,7 +134,7 @@ fn pending_work_bursts_to_a_local_vm_that_joins_and_takes_it() {
     let vms = dir.path().join("vms");
     let config = format!(
         "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\nadvertise = [\"{host}\"]\n\
-         [[sites]]\nname = \"local\"\nkind = \"local\"\ngateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"60s\"\n\
+         [[sites]]\nname = \"local\"\nkind = \"local\"\ngateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"60s\"\nscale_in_after = \"1s\"\n\
          [[sites.instance_types]]\nname = \"local.small\"\ncpu = \"1\"\nmemory = \"1Gi\"\nprice_per_hour = \"0\"\n\
          [sites.local]\nroot = \"{}\"\nagent_bin = \"{}\"\nbridge = \"{}\"\nsubnet = \"{}\"\n",
         vms.display(),
@@ -166,7 +166,23 @@ fn pending_work_bursts_to_a_local_vm_that_joins_and_takes_it() {
     let vm_dirs = std::fs::read_dir(&vms).unwrap().count();
     assert_eq!(vm_dirs, 1);
 
-    // Clean up the VM (scale-in is not built yet).
+    // The work goes: the idle node is cordoned, its VM terminated, the
+    // node removed.
+    let (code, _) = g.call("DELETE", "/v1/workloads/web", None);
+    assert_eq!(code, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while g.call("GET", &format!("/v1/nodes/{node}"), None).0 != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never scaled in: {}",
+            g.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = g.log();
+    assert!(log.contains("scale-in: idle, cordoned"), "{log}");
+    assert!(log.contains("scale-in: terminated local-"), "{log}");
+    // Whatever happens above, no VM outlives the test.
     let cloud = LocalCloud::new(LocalConfig {
         root: vms.clone(),
         agent_bin: skiff_e2e::bin("skiff-agent"),
@@ -181,5 +197,12 @@ fn pending_work_bursts_to_a_local_vm_that_joins_and_takes_it() {
         .into_iter()
         .map(|i| i.id)
         .collect();
+    let states: Vec<InstanceState> = rt
+        .block_on(cloud.describe(TAG_SITE, "local"))
+        .unwrap()
+        .into_iter()
+        .map(|i| i.state)
+        .collect();
+    assert_eq!(states, [InstanceState::Terminated]);
     rt.block_on(cloud.terminate(&ids)).unwrap();
 }
