@@ -21,19 +21,10 @@ pub const DEFAULT_SOCKET: &str = "/run/skiff/agent.sock";
 /// Config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/skiff/agent.toml";
 
-/// A configuration problem: the key and why.
-#[derive(Debug, thiserror::Error)]
-#[error("config {key}: {reason}")]
-pub struct ConfigError {
-    pub key: String,
-    pub reason: String,
-}
+pub use skiff_proto::config::ConfigError;
 
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::new(key, reason)
 }
 
 /// The config file, as written.
@@ -256,20 +247,10 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let key = "file";
     let text =
         std::fs::read_to_string(path).map_err(|e| bad(key, format!("{}: {e}", path.display())))?;
-    let first_line = |m: &str| m.lines().next().unwrap_or("invalid TOML").to_string();
-    let file_key = || format!("{}", path.display());
-    let de =
-        toml::Deserializer::parse(&text).map_err(|e| bad(&file_key(), first_line(e.message())))?;
-    // The path names the key of a bad value (`network.subnet`).
-    let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let msg = first_line(e.inner().message());
-        if key == "." || key.is_empty() {
-            bad(&file_key(), msg)
-        } else {
-            bad(&key, msg)
-        }
-    })?;
+    let file_key = path.display().to_string();
+    let table = skiff_proto::config::toml_table(&text, &file_key)?;
+    // A bad value is named by its key (`network.subnet`).
+    let file: FileConfig = skiff_proto::config::from_toml(table, &file_key)?;
     let has_secrets = file.join_token.is_some() || !file.images.auth.is_empty();
     if has_secrets {
         let mode = std::fs::metadata(path)

@@ -396,36 +396,16 @@ fn join_timeout(site: &crate::config::SiteConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileConfig, GatewayConfig, InstanceTypeConfig, Overrides, SiteConfig};
-    use crate::control::WorkloadRecord;
-    use crate::store::RedbStore;
+    use crate::control::testing::aws_site;
     use skiff_cloud::fake::{FakeCloud, Op};
 
     fn setup(dir: &std::path::Path, join_timeout: &str) -> (Arc<Autoscaler>, Arc<FakeCloud>) {
-        let file = FileConfig {
-            sites: vec![SiteConfig {
-                name: "aws-us-east-1".into(),
-                kind: skiff_proto::cluster::SiteKind::Aws,
-                cost_rank: 2,
-                max_nodes: Some(10),
-                budget_per_hour: None,
-                instance_types: vec![InstanceTypeConfig {
-                    name: "m.large".into(),
-                    cpu: "2".parse().unwrap(),
-                    memory: "8Gi".parse().unwrap(),
-                    price_per_hour: "0.096".into(),
-                    arch: "amd64".into(),
-                }],
-                gateway_url: Some("https://gw.example.com:7071".into()),
-                join_timeout: Some(join_timeout.parse().unwrap()),
-                scale_in_after: None,
-                local: None,
-            }],
-            ..FileConfig::default()
+        let site = crate::config::SiteConfig {
+            gateway_url: Some("https://gw.example.com:7071".into()),
+            join_timeout: Some(join_timeout.parse().unwrap()),
+            ..aws_site()
         };
-        let config = GatewayConfig::resolve(file, &Overrides::default()).unwrap();
-        let store = RedbStore::open(&dir.join("state.redb")).unwrap();
-        let control = Control::open(config, Arc::new(store)).unwrap();
+        let control = crate::control::testing::control(dir, vec![site]);
         let pki = Arc::new(Pki::open(dir, &[]).unwrap());
         let cloud = Arc::new(FakeCloud::new(vec![skiff_cloud::InstanceType {
             name: "m.large".into(),
@@ -443,24 +423,12 @@ mod tests {
     }
 
     fn workload(c: &Control, replicas: u32) {
-        let text = format!(
-            "name: web\nimage: busybox\nreplicas: {replicas}\nresources: {{cpu: '1', memory: 1Gi}}\n"
+        crate::control::testing::workload(
+            c,
+            &format!(
+                "name: web\nimage: busybox\nreplicas: {replicas}\nresources: {{cpu: '1', memory: 1Gi}}\n"
+            ),
         );
-        let spec = skiff_proto::parse_workloads(&text, skiff_proto::Format::Yaml)
-            .unwrap()
-            .remove(0);
-        c.write(|s, b| {
-            let w = WorkloadRecord {
-                spec,
-                version: 1,
-                created_ms: 0,
-                updated_ms: 0,
-            };
-            b.put(Kind::Workload, "web", &w);
-            s.workloads.insert("web".into(), w);
-            Ok(())
-        })
-        .unwrap();
     }
 
     #[tokio::test]

@@ -13,19 +13,10 @@ use skiff_proto::cluster::SiteKind;
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/skiff-gateway";
 
-/// A configuration problem: the key and why.
-#[derive(Debug, thiserror::Error)]
-#[error("config {key}: {reason}")]
-pub struct ConfigError {
-    pub key: String,
-    pub reason: String,
-}
+pub use skiff_proto::config::ConfigError;
 
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::new(key, reason)
 }
 
 /// A site, as declared in the config.
@@ -303,14 +294,12 @@ const ENV_KEYS: [&str; 9] = [
 
 /// The file (if any) with the environment's values on top, checked.
 fn read_file(path: Option<&Path>, env: &[(String, String)]) -> Result<FileConfig, ConfigError> {
-    let file_key = || path.map_or("file".into(), |p| p.display().to_string());
-    let first_line = |m: &str| m.lines().next().unwrap_or("invalid TOML").to_string();
+    let file_key = path.map_or("file".into(), |p| p.display().to_string());
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| bad(&file_key(), e.to_string()))?,
+        Some(p) => std::fs::read_to_string(p).map_err(|e| bad(&file_key, e.to_string()))?,
         None => String::new(),
     };
-    let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| bad(&file_key(), first_line(e.message())))?;
+    let mut table = skiff_proto::config::toml_table(&text, &file_key)?;
     for (name, value) in env {
         let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
         if key == "config" {
@@ -335,15 +324,7 @@ fn read_file(path: Option<&Path>, env: &[(String, String)]) -> Result<FileConfig
         };
         table.insert(key, v);
     }
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let key = e.path().to_string();
-        let msg = first_line(e.inner().message());
-        if key == "." || key.is_empty() {
-            bad(&file_key(), msg)
-        } else {
-            bad(&key, msg)
-        }
-    })
+    skiff_proto::config::from_toml(table, &file_key)
 }
 
 #[cfg(test)]

@@ -643,6 +643,18 @@ impl Control {
                 }
                 events.push(("allocation", id.clone(), format!("{state}: {why}")));
             }
+            // Join tokens an hour past their expiry are of no use to anyone
+            // (every VM launch makes one).
+            let expired: Vec<String> = s
+                .join_tokens
+                .iter()
+                .filter(|(_, t)| t.expires_ms < now - 3_600_000)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                s.join_tokens.remove(&k);
+                b.delete(Kind::JoinToken, &k);
+            }
             // Deleted workloads' allocations are forgotten once stopped.
             let orphans: Vec<String> = s
                 .allocations
@@ -1051,46 +1063,49 @@ impl Control {
     }
 }
 
+/// Test helpers shared by the gateway's unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::config::{FileConfig, GatewayConfig, InstanceTypeConfig, Overrides, SiteConfig};
     use crate::store::RedbStore;
 
-    fn control(dir: &std::path::Path) -> Arc<Control> {
+    /// A site with nothing but a name and a kind.
+    pub fn site(name: &str, kind: skiff_proto::cluster::SiteKind) -> SiteConfig {
+        SiteConfig {
+            name: name.into(),
+            kind,
+            cost_rank: 0,
+            max_nodes: None,
+            budget_per_hour: None,
+            instance_types: Vec::new(),
+            gateway_url: None,
+            join_timeout: None,
+            scale_in_after: None,
+            local: None,
+        }
+    }
+
+    /// `aws-us-east-1`: cost rank 2, at most 10 VMs, 2-CPU `m.large`.
+    pub fn aws_site() -> SiteConfig {
+        SiteConfig {
+            cost_rank: 2,
+            max_nodes: Some(10),
+            instance_types: vec![InstanceTypeConfig {
+                name: "m.large".into(),
+                cpu: "2".parse().unwrap(),
+                memory: "8Gi".parse().unwrap(),
+                price_per_hour: "0.096".into(),
+                arch: "amd64".into(),
+            }],
+            ..site("aws-us-east-1", skiff_proto::cluster::SiteKind::Aws)
+        }
+    }
+
+    /// A control over a fresh store in `dir` with these sites.
+    pub fn control(dir: &std::path::Path, sites: Vec<SiteConfig>) -> Arc<Control> {
         let file = FileConfig {
-            sites: vec![
-                SiteConfig {
-                    name: "onprem".into(),
-                    kind: skiff_proto::cluster::SiteKind::Static,
-                    cost_rank: 0,
-                    max_nodes: None,
-                    budget_per_hour: None,
-                    instance_types: Vec::new(),
-                    gateway_url: None,
-                    join_timeout: None,
-                    scale_in_after: None,
-                    local: None,
-                },
-                SiteConfig {
-                    name: "aws-us-east-1".into(),
-                    kind: skiff_proto::cluster::SiteKind::Aws,
-                    cost_rank: 2,
-                    max_nodes: Some(10),
-                    budget_per_hour: Some("1.00".into()),
-                    instance_types: vec![InstanceTypeConfig {
-                        name: "m.large".into(),
-                        cpu: "2".parse().unwrap(),
-                        memory: "8Gi".parse().unwrap(),
-                        price_per_hour: "0.096".into(),
-                        arch: "amd64".into(),
-                    }],
-                    gateway_url: None,
-                    join_timeout: None,
-                    scale_in_after: None,
-                    local: None,
-                },
-            ],
+            sites,
             ..FileConfig::default()
         };
         let config = GatewayConfig::resolve(file, &Overrides::default()).unwrap();
@@ -1098,7 +1113,8 @@ mod tests {
         Control::open(config, Arc::new(store)).unwrap()
     }
 
-    fn workload(c: &Control, text: &str) {
+    /// Stores a workload from YAML.
+    pub fn workload(c: &Control, text: &str) {
         let spec = skiff_proto::parse_workloads(text, skiff_proto::Format::Yaml)
             .unwrap()
             .remove(0);
@@ -1114,6 +1130,23 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{aws_site, site, workload};
+    use super::*;
+
+    fn control(dir: &std::path::Path) -> Arc<Control> {
+        let aws = crate::config::SiteConfig {
+            budget_per_hour: Some("1.00".into()),
+            ..aws_site()
+        };
+        super::testing::control(
+            dir,
+            vec![site("onprem", skiff_proto::cluster::SiteKind::Static), aws],
+        )
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! This crate does no I/O.
 
 pub mod cluster;
+pub mod config;
 mod constraint;
 mod duration;
 mod error;

@@ -45,6 +45,16 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `f` until it holds; fails the test after `secs` with `why()`
+/// (evaluated then, so it can show the latest logs).
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool, why: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "{}", why());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A `skiff-gateway serve` on free loopback ports.
 #[derive(Debug)]
 pub struct Gateway {

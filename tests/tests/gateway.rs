@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use skiff_e2e::{Agent, Gateway};
+use skiff_e2e::{Agent, Gateway, eventually};
 use skiff_test_support::images::OciImage;
 use skiff_test_support::registry::Registry;
 use skiff_test_support::tools::require_root;
@@ -153,14 +153,11 @@ fn a_workload_runs_moves_off_a_dead_agent_and_leaves_no_duplicate() {
     g.until(&format!("/v1/nodes/{on}"), "ready", 15, |n| {
         n["status"] == "ready"
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !agents[i].running().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stale copy still runs"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        20,
+        || agents[i].running().is_empty(),
+        || "the stale copy still runs".to_string(),
+    );
     assert_eq!(agents[1 - i].running(), [moved]);
     let w = g.until("/v1/workloads/web", "one running", 10, |w| {
         running(w).len() == 1
@@ -403,15 +400,11 @@ fn certificates_rotate_and_a_removed_node_is_shut_out() {
     let hash = g.call("GET", "/v1/nodes/node-a", None).1["cert_hash"].clone();
     // Renewed at two thirds of its life, before it expires; the node stays
     // ready throughout.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while a.identity().1 == first {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never renewed: {}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        15,
+        || a.identity().1 != first,
+        || format!("never renewed: {}", a.log()),
+    );
     std::thread::sleep(Duration::from_secs(4));
     let n = g.until(
         "/v1/nodes/node-a",
@@ -424,14 +417,14 @@ fn certificates_rotate_and_a_removed_node_is_shut_out() {
     // Removed: the session ends and the certificate opens no new one.
     let (code, _) = g.call("DELETE", "/v1/nodes/node-a", None);
     assert_eq!(code, 202);
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !a
-        .log()
-        .contains("the gateway does not accept this node any more")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", a.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        15,
+        || {
+            a.log()
+                .contains("the gateway does not accept this node any more")
+        },
+        || a.log(),
+    );
     let (code, _) = g.call("GET", "/v1/nodes/node-a", None);
     assert_eq!(code, 404);
 }
@@ -518,29 +511,21 @@ fn scale_update_drain_events_and_metrics() {
         let r = running(w);
         r.len() == 3 && r.iter().all(|a| a["node"] == "node-b")
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !a.running().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node-a still runs {:?}",
-            a.running()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        20,
+        || a.running().is_empty(),
+        || format!("node-a still runs {:?}", a.running()),
+    );
     assert_eq!(b.running().len(), 3);
 
     // Deleted: nothing runs.
     let (code, _) = g.call("DELETE", "/v1/workloads/web", None);
     assert_eq!(code, 202);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !b.running().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node-b still runs {:?}",
-            b.running()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        20,
+        || b.running().is_empty(),
+        || format!("node-b still runs {:?}", b.running()),
+    );
 
     // The event stream saw it all happen.
     events.stop(Duration::ZERO);
@@ -628,15 +613,11 @@ fn a_node_that_was_only_late_comes_back_and_stops_its_stale_copy() {
     g.until("/v1/nodes/node-a", "ready again", 15, |n| {
         n["status"] == "ready"
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !a.running().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node-a still runs {:?}",
-            a.running()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        20,
+        || a.running().is_empty(),
+        || format!("node-a still runs {:?}", a.running()),
+    );
     assert_eq!(b.running().len(), 1);
     assert!(
         !a.log().contains("gateway session ended"),

@@ -4,7 +4,6 @@
 //! when terminated.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use skiff_cloud::bootstrap::Bootstrap;
 use skiff_cloud::local::{LocalCloud, LocalConfig};
@@ -12,7 +11,7 @@ use skiff_cloud::{
     CloudProvider, InstanceState, InstanceType, LaunchRequest, Secret, TAG_CLUSTER, TAG_SITE,
     terminate_owned,
 };
-use skiff_e2e::Gateway;
+use skiff_e2e::{Gateway, eventually};
 use skiff_test_support::net::NetSlot;
 use skiff_test_support::tools::require_root;
 
@@ -114,15 +113,11 @@ fn a_local_vm_boots_from_user_data_joins_and_is_terminated() {
             .filter(|c| c.contains(&vm_dir))
             .collect()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !running().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running: {:?}",
-            running()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        10,
+        || running().is_empty(),
+        || format!("still running: {:?}", running()),
+    );
 }
 
 #[test]
@@ -170,15 +165,11 @@ fn pending_work_bursts_to_a_local_vm_that_joins_and_takes_it() {
     // node removed.
     let (code, _) = g.call("DELETE", "/v1/workloads/web", None);
     assert_eq!(code, 202);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while g.call("GET", &format!("/v1/nodes/{node}"), None).0 != 404 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never scaled in: {}",
-            g.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        30,
+        || g.call("GET", &format!("/v1/nodes/{node}"), None).0 == 404,
+        || format!("never scaled in: {}", g.log()),
+    );
     let log = g.log();
     assert!(log.contains("scale-in: idle, cordoned"), "{log}");
     assert!(log.contains("scale-in: terminated local-"), "{log}");

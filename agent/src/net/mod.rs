@@ -183,10 +183,6 @@ impl NodeNet {
         })
     }
 
-    pub fn config(&self) -> &NetworkConfig {
-        &self.config
-    }
-
     /// Makes sure the bridge is up with the gateway address and Skiff's
     /// table holds the egress rules; returns the MTU.
     pub async fn ensure(&self) -> Result<u32, NetError> {

@@ -1,0 +1,77 @@
+//! Config files: TOML read into typed settings, with errors that name the
+//! key (`config network.subnet: invalid IP address syntax`). Shared by the
+//! agent and the gateway; parsing only, no I/O.
+
+use serde::de::DeserializeOwned;
+
+/// A configuration problem: the key (or the file) and why, on one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn first_line(m: &str) -> String {
+    m.lines().next().unwrap_or("invalid TOML").to_string()
+}
+
+/// TOML text as a table; `source` (the file) names syntax errors.
+pub fn toml_table(text: &str, source: &str) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::new(source, first_line(e.message())))
+}
+
+/// The settings in `table`; a bad value is named by its key path,
+/// anything else by `source`.
+pub fn from_toml<T: DeserializeOwned>(table: toml::Table, source: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let msg = first_line(e.inner().message());
+        if key == "." || key.is_empty() {
+            ConfigError::new(source, msg)
+        } else {
+            ConfigError::new(&key, msg)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Settings {
+        inner: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        port: u16,
+    }
+
+    #[test]
+    fn errors_name_the_key_or_the_file() {
+        let parse = |t: &str| {
+            toml_table(t, "a.toml")
+                .and_then(|tb| from_toml::<Settings>(tb, "a.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(parse("[inner]\nport = 70000\n").starts_with("config inner.port: invalid value"));
+        assert!(parse("[inner\n").starts_with("config a.toml: "));
+        assert!(parse("").starts_with("config a.toml: missing field `inner`"));
+    }
+}
