@@ -13,12 +13,13 @@ use crate::Secret;
 pub const TEMPLATE: &str = include_str!("../bootstrap/cloud-init.yaml.tmpl");
 
 /// The template's placeholders, in the order they appear first.
-pub const VARIABLES: [&str; 7] = [
+pub const VARIABLES: [&str; 8] = [
     "gateway_url",
     "ca_hash",
     "join_token",
     "node_name",
     "labels",
+    "agent_config_b64",
     "agent_url",
     "agent_sha256",
 ];
@@ -37,6 +38,10 @@ pub struct Bootstrap {
     pub agent_url: Option<String>,
     /// The agent binary's SHA-256 (hex), required with `agent_url`.
     pub agent_sha256: Option<String>,
+    /// `/etc/skiff/agent.toml` for the VM (a site's `agent_config`, e.g.
+    /// registry mirrors or the reserve); empty: the agent's defaults. It
+    /// goes in base64, so it cannot change the document's shape.
+    pub agent_config: String,
 }
 
 /// A value that may not go into the template, naming the field.
@@ -131,6 +136,10 @@ impl Bootstrap {
             ("join_token", self.join_token.0.clone()),
             ("node_name", self.node_name.clone()),
             ("labels", labels.join(",")),
+            (
+                "agent_config_b64",
+                aws_smithy_types::base64::encode(&self.agent_config),
+            ),
             ("agent_url", self.agent_url.clone().unwrap_or_default()),
             (
                 "agent_sha256",
@@ -178,6 +187,7 @@ mod tests {
             labels: [("skiff/site".to_string(), "aws-us-east-1".to_string())].into(),
             agent_url: Some("https://downloads.example.com/skiff-agent-0.1.0".into()),
             agent_sha256: Some("cd".repeat(32)),
+            agent_config: "[reserve]\ncpu = \"100m\"\n".into(),
         }
     }
 

@@ -21,7 +21,6 @@ struct Inner {
     instances: BTreeMap<String, Instance>,
     failures: BTreeMap<Op, VecDeque<CloudError>>,
     calls: Vec<(Op, String)>,
-    next: u64,
 }
 
 /// The fake provider.
@@ -102,9 +101,11 @@ impl CloudProvider for FakeCloud {
         let mut inner = self.inner.lock().expect("lock");
         let mut out = Vec::new();
         for _ in 0..req.count {
-            inner.next += 1;
+            // Unique across fakes, as real clouds' ids are.
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let i = Instance {
-                id: format!("i-{:08x}", inner.next),
+                id: format!("i-{n:08x}"),
                 site: req.site.clone(),
                 instance_type: req.instance_type.clone(),
                 state: InstanceState::Pending,

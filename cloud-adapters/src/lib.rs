@@ -18,6 +18,7 @@
 //! The AWS (aws-sdk-ec2) and Azure (ARM REST) providers arrive with the
 //! cloud-bursting issue.
 
+pub mod aws;
 pub mod bootstrap;
 pub mod fake;
 pub mod local;
@@ -116,6 +117,18 @@ impl CloudError {
     /// Whether the same call may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         matches!(self, CloudError::Throttled { .. } | CloudError::Other(_))
+    }
+
+    /// The class, in a word or two (for events).
+    pub fn class(&self) -> &'static str {
+        match self {
+            CloudError::Quota(_) => "quota",
+            CloudError::Capacity(_) => "insufficient capacity",
+            CloudError::Throttled { .. } => "throttled",
+            CloudError::Auth(_) => "not authorized",
+            CloudError::Invalid(_) => "invalid request",
+            CloudError::Other(_) => "cloud error",
+        }
     }
 
     /// Whether another instance type or site may succeed.

@@ -88,6 +88,8 @@ fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError
         content: String,
         #[serde(default)]
         permissions: Option<String>,
+        #[serde(default)]
+        encoding: Option<String>,
     }
     let doc: Doc = serde_yaml_ng::from_str(user_data)
         .map_err(|e| CloudError::Invalid(format!("user data: {e}")))?;
@@ -102,7 +104,25 @@ fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError
                     .map_err(|_| CloudError::Invalid(format!("user data: permissions {p:?}")))?,
                 None => 0o644,
             };
-            Ok((f.path, f.content, mode))
+            let content = match f.encoding.as_deref() {
+                None | Some("text/plain") => f.content,
+                Some("b64") | Some("base64") => {
+                    let bytes =
+                        aws_smithy_types::base64::decode(f.content.trim()).map_err(|e| {
+                            CloudError::Invalid(format!("user data: {}: base64: {e}", f.path))
+                        })?;
+                    String::from_utf8(bytes).map_err(|_| {
+                        CloudError::Invalid(format!("user data: {}: not UTF-8", f.path))
+                    })?
+                }
+                Some(other) => {
+                    return Err(CloudError::Invalid(format!(
+                        "user data: {}: encoding {other:?}",
+                        f.path
+                    )));
+                }
+            };
+            Ok((f.path, content, mode))
         })
         .collect()
 }
@@ -228,10 +248,12 @@ impl LocalCloud {
         }
         // The agent, as systemd would start it from the unit.
         let log = std::fs::File::create(dir.join("agent.log")).map_err(other)?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns])
-            .arg(&self.config.agent_bin)
-            .arg("serve")
+        // Into the namespace's network only (not `ip netns exec`, which
+        // also remounts /sys and so hides the host's cgroup hierarchies).
+        let netns = std::fs::File::open(format!("/run/netns/{ns}"))
+            .map_err(|e| other(format!("/run/netns/{ns}: {e}")))?;
+        let mut cmd = Command::new(&self.config.agent_bin);
+        cmd.arg("serve")
             .env_clear()
             .env(
                 "PATH",
@@ -242,6 +264,10 @@ impl LocalCloud {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(other)?)
             .stderr(log);
+        let toml = fs.join("etc/skiff/agent.toml");
+        if toml.exists() {
+            cmd.env("SKIFF_AGENT_CONFIG", &toml);
+        }
         for (k, v) in env_file(&env) {
             if k.starts_with("SKIFF_AGENT_") {
                 cmd.env(k, v);
@@ -249,6 +275,14 @@ impl LocalCloud {
         }
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
+        // SAFETY: setns is async-signal-safe; nothing else runs in the
+        // child between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
         let child = cmd
             .spawn()
             .map_err(|e| other(format!("start the agent: {e}")))?;
@@ -261,6 +295,41 @@ impl LocalCloud {
             agent_pid: child.id(),
             terminated: false,
         })
+    }
+
+    /// Boots an instance another cloud launched (its id, type, tags and
+    /// user data as that cloud has them) as a local VM: the test
+    /// support's VM simulator runs what moto or the fake ARM server were
+    /// asked to launch this way. Terminate it with [`CloudProvider::terminate`].
+    pub fn boot_launched(&self, id: &str, req: &LaunchRequest) -> Result<(), CloudError> {
+        let _one = self.lock.lock().expect("lock");
+        self.start(id, req).map(drop)
+    }
+
+    /// Gives the VM `id` an address on the bridge and boots it from the
+    /// request's user data (the caller holds the lock).
+    fn start(&self, id: &str, req: &LaunchRequest) -> Result<VmRecord, CloudError> {
+        if id.len() < 8 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(CloudError::Invalid(format!("instance id {id:?}")));
+        }
+        let host = self.ensure_bridge()?;
+        let used: Vec<Ipv4Addr> = self
+            .records()
+            .into_iter()
+            .filter(|r| !r.terminated)
+            .map(|r| r.address)
+            .collect();
+        let address = self
+            .config
+            .subnet
+            .hosts()
+            .skip(1)
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| CloudError::Capacity("local subnet is full".into()))?;
+        std::fs::create_dir_all(self.dir(id)).map_err(other)?;
+        let r = self.boot(id, req, address, host)?;
+        self.save(&r)?;
+        Ok(r)
     }
 
     /// Powers the VM off: everything it ran is killed, as a real VM's
@@ -355,28 +424,10 @@ impl CloudProvider for LocalCloud {
             )));
         }
         let _one = self.lock.lock().expect("lock");
-        let host = self.ensure_bridge()?;
-        let used: Vec<Ipv4Addr> = self
-            .records()
-            .into_iter()
-            .filter(|r| !r.terminated)
-            .map(|r| r.address)
-            .collect();
-        let mut free = self
-            .config
-            .subnet
-            .hosts()
-            .skip(1)
-            .filter(|a| !used.contains(a));
         let mut out = Vec::new();
         for _ in 0..req.count {
-            let address = free
-                .next()
-                .ok_or_else(|| CloudError::Capacity("local subnet is full".into()))?;
             let id = format!("local-{}", hex_id());
-            std::fs::create_dir_all(self.dir(&id)).map_err(other)?;
-            let r = self.boot(&id, req, address, host)?;
-            self.save(&r)?;
+            let r = self.start(&id, req)?;
             out.push(Instance {
                 id,
                 site: r.site,

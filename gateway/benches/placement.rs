@@ -287,6 +287,7 @@ fn launch() {
         allocatable: Capacity::new(cores * 1000, mem * GI, 0),
         price,
         arch: "amd64".into(),
+        held: false,
     })
     .collect();
     let types = aws.instance_types.clone();

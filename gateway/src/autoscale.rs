@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use skiff_cloud::bootstrap::Bootstrap;
 use skiff_cloud::{
@@ -32,8 +32,21 @@ pub struct Autoscaler {
     pub providers: BTreeMap<String, Arc<dyn CloudProvider>>,
     /// This gateway's id, in every instance's `skiff:cluster` tag.
     pub cluster: String,
-    /// (site, type) set aside until then after a quota or capacity error.
-    held: std::sync::Mutex<BTreeMap<(String, String), Instant>>,
+}
+
+/// How long demand is gathered after a plan first asks for VMs.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// How long a type is set aside after a launch failed with `e` (after the
+/// retries [`with_retry`] made): capacity and quota may come back within
+/// minutes; a refused request or credentials need an operator.
+fn hold_after(e: &skiff_cloud::CloudError) -> Duration {
+    use skiff_cloud::CloudError as E;
+    match e {
+        E::Quota(_) | E::Capacity(_) => Duration::from_secs(60),
+        E::Throttled { .. } | E::Other(_) => Duration::from_secs(30),
+        E::Auth(_) | E::Invalid(_) => Duration::from_secs(300),
+    }
 }
 
 impl Autoscaler {
@@ -48,15 +61,21 @@ impl Autoscaler {
             pki,
             providers,
             cluster,
-            held: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Runs a pass every second until the process ends.
+    /// Runs a pass every second, and soon after a plan asks for VMs (after
+    /// a short window that batches the demand arriving with it), until
+    /// the process ends.
     pub fn spawn(self: Arc<Self>) {
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = self.control.plan_wanted() => {
+                        tokio::time::sleep(BATCH_WINDOW).await;
+                    }
+                }
                 self.tick().await;
             }
         });
@@ -74,14 +93,7 @@ impl Autoscaler {
             let Some(provider) = self.providers.get(&p.site) else {
                 continue;
             };
-            let key = (p.site.clone(), p.instance_type.clone());
-            if self
-                .held
-                .lock()
-                .expect("lock")
-                .get(&key)
-                .is_some_and(|until| *until > Instant::now())
-            {
+            if self.control.is_held(&p.site, &p.instance_type) {
                 continue;
             }
             for _ in 0..p.count {
@@ -98,16 +110,18 @@ impl Autoscaler {
                         ),
                     ),
                     Err(e) => {
-                        if e.wants_fallback() {
-                            self.held
-                                .lock()
-                                .expect("lock")
-                                .insert(key.clone(), Instant::now() + Duration::from_secs(60));
-                        }
                         self.control.event(
                             "site",
                             &p.site,
                             format!("could not launch {}: {e}", p.instance_type),
+                        );
+                        // Never the same failing call again and again: the
+                        // type is set aside and the demand planned elsewhere.
+                        self.control.hold_instance_type(
+                            &p.site,
+                            &p.instance_type,
+                            hold_after(&e),
+                            e.class(),
                         );
                         break;
                     }
@@ -159,6 +173,7 @@ impl Autoscaler {
             labels: BTreeMap::from([("skiff/site".to_string(), site.to_string())]),
             agent_url: None,
             agent_sha256: None,
+            agent_config: cfg.agent_config.clone().unwrap_or_default(),
         }
         .render()
         .map_err(|e| invalid(e.to_string()))?;
@@ -207,13 +222,13 @@ impl Autoscaler {
             let joined = s
                 .vms
                 .values()
-                .filter(|v| s.nodes.contains_key(&v.node))
+                .filter(|v| registered(s, v))
                 .cloned()
                 .collect();
             let late = s
                 .vms
                 .values()
-                .filter(|v| !s.nodes.contains_key(&v.node))
+                .filter(|v| !registered(s, v))
                 .filter(|v| {
                     let t = self
                         .control
@@ -230,11 +245,20 @@ impl Autoscaler {
             if let Some(p) = self.providers.get(&vm.site) {
                 match terminate_owned(p.as_ref(), &self.cluster, std::slice::from_ref(&vm.id)).await
                 {
-                    Ok(_) => self.control.event(
-                        "site",
-                        &vm.site,
-                        format!("terminated {}: it did not join in time", vm.id),
-                    ),
+                    Ok(_) => {
+                        self.control.event(
+                            "site",
+                            &vm.site,
+                            format!("terminated {}: it did not join in time", vm.id),
+                        );
+                        // Its demand goes to another type or site.
+                        self.control.hold_instance_type(
+                            &vm.site,
+                            &vm.instance_type,
+                            Duration::from_secs(60),
+                            "a VM of it did not join",
+                        );
+                    }
                     Err(e) => {
                         self.control
                             .event("site", &vm.site, format!("terminate {}: {e}", vm.id));
@@ -388,6 +412,14 @@ impl Autoscaler {
     }
 }
 
+/// Whether the VM's node has joined and registered (until then it is
+/// launching capacity; a joined node takes work only once registered).
+fn registered(s: &crate::control::State, vm: &VmRecord) -> bool {
+    s.nodes
+        .get(&vm.node)
+        .is_some_and(|n| n.status != skiff_proto::cluster::NodeStatus::Down)
+}
+
 fn join_timeout(site: &crate::config::SiteConfig) -> Duration {
     site.join_timeout
         .map_or(Duration::from_secs(300), |d| d.std())
@@ -399,27 +431,151 @@ mod tests {
     use crate::control::testing::aws_site;
     use skiff_cloud::fake::{FakeCloud, Op};
 
-    fn setup(dir: &std::path::Path, join_timeout: &str) -> (Arc<Autoscaler>, Arc<FakeCloud>) {
-        let site = crate::config::SiteConfig {
-            gateway_url: Some("https://gw.example.com:7071".into()),
-            join_timeout: Some(join_timeout.parse().unwrap()),
-            ..aws_site()
-        };
-        let control = crate::control::testing::control(dir, vec![site]);
-        let pki = Arc::new(Pki::open(dir, &[]).unwrap());
-        let cloud = Arc::new(FakeCloud::new(vec![skiff_cloud::InstanceType {
-            name: "m.large".into(),
+    fn fake(name: &str, price: u64) -> Arc<FakeCloud> {
+        Arc::new(FakeCloud::new(vec![skiff_cloud::InstanceType {
+            name: name.into(),
             cpu_millis: 2000,
             memory_bytes: 8 << 30,
-            price_micros_per_hour: 96_000,
+            price_micros_per_hour: price,
             arch: "amd64".into(),
-        }]));
-        let providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::from([(
-            "aws-us-east-1".to_string(),
-            cloud.clone() as Arc<dyn CloudProvider>,
-        )]);
+        }]))
+    }
+
+    fn setup(dir: &std::path::Path, join_timeout: &str) -> (Arc<Autoscaler>, Arc<FakeCloud>) {
+        let (a, mut clouds) = setup_sites(dir, join_timeout, false);
+        (a, clouds.remove(0))
+    }
+
+    /// `aws-us-east-1` (m.large), and with `azure` a dearer second site
+    /// `azure-westeurope` (D2s), each with its own fake cloud.
+    fn setup_sites(
+        dir: &std::path::Path,
+        join_timeout: &str,
+        azure: bool,
+    ) -> (Arc<Autoscaler>, Vec<Arc<FakeCloud>>) {
+        let gateway_url = Some("https://gw.example.com:7071".to_string());
+        let mut sites = vec![crate::config::SiteConfig {
+            gateway_url: gateway_url.clone(),
+            join_timeout: Some(join_timeout.parse().unwrap()),
+            ..aws_site()
+        }];
+        let mut clouds = vec![("aws-us-east-1", fake("m.large", 96_000))];
+        if azure {
+            let mut az = crate::control::testing::site(
+                "azure-westeurope",
+                skiff_proto::cluster::SiteKind::Azure,
+            );
+            az.cost_rank = 3;
+            az.gateway_url = gateway_url;
+            az.instance_types = vec![crate::config::InstanceTypeConfig {
+                name: "D2s".into(),
+                cpu: "2".parse().unwrap(),
+                memory: "8Gi".parse().unwrap(),
+                price_per_hour: "0.12".into(),
+                arch: "amd64".into(),
+            }];
+            sites.push(az);
+            clouds.push(("azure-westeurope", fake("D2s", 120_000)));
+        }
+        let control = crate::control::testing::control(dir, sites);
+        let pki = Arc::new(Pki::open(dir, &[]).unwrap());
+        let providers: BTreeMap<String, Arc<dyn CloudProvider>> = clouds
+            .iter()
+            .map(|(site, c)| (site.to_string(), c.clone() as Arc<dyn CloudProvider>))
+            .collect();
         let a = Arc::new(Autoscaler::new(control, pki, providers, "cluster-1".into()));
-        (a, cloud)
+        (a, clouds.into_iter().map(|(_, c)| c).collect())
+    }
+
+    fn launches(c: &FakeCloud) -> usize {
+        c.calls().iter().filter(|c| c.0 == Op::Launch).count()
+    }
+
+    #[tokio::test]
+    async fn capacity_errors_fall_back_to_the_next_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, clouds) = setup_sites(dir.path(), "5m", true);
+        let (aws, azure) = (&clouds[0], &clouds[1]);
+        let mut rx = a.control.events.subscribe();
+        workload(&a.control, 1);
+        a.control.reconcile().unwrap();
+        assert_eq!(a.control.planned_launches()[0].site, "aws-us-east-1");
+        aws.fail(
+            Op::Launch,
+            [skiff_cloud::CloudError::Capacity(
+                "InsufficientInstanceCapacity".into(),
+            )],
+        );
+        a.tick().await;
+        assert!(aws.instances().is_empty());
+        // The next plan goes around the type that failed.
+        a.control.reconcile().unwrap();
+        assert_eq!(a.control.planned_launches()[0].site, "azure-westeurope");
+        a.tick().await;
+        assert_eq!(azure.instances().len(), 1, "launched in the next site");
+        assert_eq!(launches(aws), 1, "no second try at the failed type");
+        let events: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.message)
+            .collect();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.contains("m.large set aside") && e.contains("insufficient capacity")),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_backs_off_then_falls_back_without_a_failure_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, clouds) = setup_sites(dir.path(), "5m", true);
+        let (aws, azure) = (&clouds[0], &clouds[1]);
+        workload(&a.control, 1);
+        // Throttled once, with Retry-After: the retry launches.
+        aws.fail(
+            Op::Launch,
+            [skiff_cloud::CloudError::Throttled {
+                message: "RequestLimitExceeded".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            }],
+        );
+        a.control.reconcile().unwrap();
+        let t = tokio::time::Instant::now();
+        a.tick().await;
+        assert!(
+            t.elapsed() >= Duration::from_secs(2),
+            "Retry-After honoured"
+        );
+        assert_eq!(aws.instances().len(), 1);
+        assert_eq!(launches(aws), 2);
+        // Throttled on every call: the retries end, the type is set aside,
+        // the demand goes to the other site; passes after that do not call
+        // the throttled API again.
+        workload_named(&a.control, "api", 2);
+        a.control.reconcile().unwrap();
+        aws.fail(
+            Op::Launch,
+            (0..100).map(|_| skiff_cloud::CloudError::Throttled {
+                message: "RequestLimitExceeded".into(),
+                retry_after: None,
+            }),
+        );
+        a.tick().await;
+        let calls = launches(aws);
+        assert_eq!(calls, 2 + Backoff::default().attempts as usize);
+        for _ in 0..5 {
+            a.control.reconcile().unwrap();
+            a.tick().await;
+        }
+        assert_eq!(launches(aws), calls, "held: not called again");
+        assert_eq!(azure.instances().len(), 1, "2 CPUs of demand: one D2s");
+    }
+
+    fn workload_named(c: &Control, name: &str, cpus: u32) {
+        crate::control::testing::workload(
+            c,
+            &format!("name: {name}\nimage: busybox\nresources: {{cpu: '{cpus}', memory: 1Gi}}\n"),
+        );
     }
 
     fn workload(c: &Control, replicas: u32) {
@@ -506,7 +662,7 @@ mod tests {
         );
         // Without the hold: launched, never joins, terminated (and the
         // demand planned for again).
-        a.held.lock().unwrap().clear();
+        a.control.release_holds();
         a.control.reconcile().unwrap();
         a.tick().await;
         assert_eq!(cloud.instances().len(), 1);

@@ -51,6 +51,12 @@ pub struct SiteConfig {
     /// `kind = "local"`: where its "VMs" (network namespaces) live.
     #[serde(default)]
     pub local: Option<LocalSiteConfig>,
+    /// The agent config (TOML) its VMs get as `/etc/skiff/agent.toml`.
+    #[serde(default)]
+    pub agent_config: Option<String>,
+    /// `kind = "aws"`: region, image and network of its VMs.
+    #[serde(default)]
+    pub aws: Option<skiff_cloud::aws::AwsSettings>,
 }
 
 /// The local provider's settings (see `skiff_cloud::local`).
@@ -154,6 +160,8 @@ impl Default for FileConfig {
                 join_timeout: None,
                 scale_in_after: None,
                 local: None,
+                aws: None,
+                agent_config: None,
             }],
         }
     }
@@ -232,6 +240,17 @@ impl GatewayConfig {
                     &format!("sites[{i}].instance_types"),
                     "a static site launches nothing",
                 ));
+            }
+            for (key, set, kind) in [
+                ("local", s.local.is_some(), SiteKind::Local),
+                ("aws", s.aws.is_some(), SiteKind::Aws),
+            ] {
+                if set && s.kind != kind {
+                    return Err(bad(
+                        &format!("sites[{i}].{key}"),
+                        format!("only for kind = \"{key}\""),
+                    ));
+                }
             }
             if let Some(b) = &s.budget_per_hour {
                 parse_price(b).map_err(|e| bad(&format!("sites[{i}].budget_per_hour"), e))?;

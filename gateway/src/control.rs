@@ -235,6 +235,12 @@ pub struct Control {
     /// Set by each pass that computed a plan; taken by the autoscaler, so it
     /// acts once on each plan (the next counts what it launched).
     plan_fresh: std::sync::atomic::AtomicBool,
+    /// Instance types set aside after a failed launch (quota, capacity,
+    /// throttling, refusal), by (site, type), until then: plans go around
+    /// them, to another type or site.
+    held: Mutex<BTreeMap<(String, String), Instant>>,
+    /// Notified when a pass plans VMs (the autoscaler wakes for it).
+    plan_ready: Notify,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
@@ -261,6 +267,8 @@ impl Control {
             metrics: crate::metrics::Metrics::new(),
             planned: Mutex::new(Vec::new()),
             plan_fresh: std::sync::atomic::AtomicBool::new(false),
+            held: Mutex::new(BTreeMap::new()),
+            plan_ready: Notify::new(),
         }))
     }
 }
@@ -316,6 +324,43 @@ impl Control {
     /// The VMs the last placement pass asked for.
     pub fn planned_launches(&self) -> Vec<PlannedLaunch> {
         self.planned.lock().expect("lock").clone()
+    }
+
+    /// Sets `instance_type` of `site` aside for `hold`: the next plans
+    /// launch another type or in another site. Plans again at once.
+    pub fn hold_instance_type(&self, site: &str, instance_type: &str, hold: Duration, why: &str) {
+        self.held.lock().expect("lock").insert(
+            (site.to_string(), instance_type.to_string()),
+            Instant::now() + hold,
+        );
+        self.event(
+            "site",
+            site,
+            format!(
+                "{instance_type} set aside for {}s ({why}); planning around it",
+                hold.as_secs()
+            ),
+        );
+        self.wake();
+    }
+
+    /// Whether `instance_type` of `site` is set aside now.
+    pub fn is_held(&self, site: &str, instance_type: &str) -> bool {
+        self.held
+            .lock()
+            .expect("lock")
+            .get(&(site.to_string(), instance_type.to_string()))
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Ends every hold (tests).
+    pub fn release_holds(&self) {
+        self.held.lock().expect("lock").clear();
+    }
+
+    /// Resolves when a placement pass has planned VMs.
+    pub async fn plan_wanted(&self) {
+        self.plan_ready.notified().await;
     }
 
     /// The plan, if a pass computed one since the last call.
@@ -820,6 +865,7 @@ impl Control {
                     .instance_types
                     .iter()
                     .map(|t| scheduler::InstanceType {
+                        held: self.is_held(&c.name, &t.name),
                         name: t.name.clone(),
                         allocatable: Capacity::new(t.cpu.millis(), t.memory.bytes(), 0),
                         price: crate::config::parse_price(&t.price_per_hour).unwrap_or(0),
@@ -968,6 +1014,9 @@ impl Control {
             .collect();
         self.plan_fresh
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        if !planned.is_empty() {
+            self.plan_ready.notify_one();
+        }
         let mut last = self.planned.lock().expect("lock");
         if *last != planned {
             for p in &planned {
@@ -1083,6 +1132,8 @@ pub(crate) mod testing {
             join_timeout: None,
             scale_in_after: None,
             local: None,
+            aws: None,
+            agent_config: None,
         }
     }
 

@@ -29,12 +29,11 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             .with_context(|| format!("PKI in {}", config.state_dir.display()))?,
     );
     let store = RedbStore::open(&config.state_dir.join("state.redb"))?;
-    // Cloud providers (only the local one so far); a local site's bridge
-    // comes first, as the agent port may listen on it.
+    // Cloud providers; a local site's bridge comes first, as the agent
+    // port may listen on it.
     let mut providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::new();
     for site in &config.sites {
-        let Some(l) = &site.local else { continue };
-        let types = site
+        let types: Vec<skiff_cloud::InstanceType> = site
             .instance_types
             .iter()
             .map(|t| skiff_cloud::InstanceType {
@@ -45,17 +44,22 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
                 arch: t.arch.clone(),
             })
             .collect();
-        let cloud = LocalCloud::new(LocalConfig {
-            root: l.root.clone(),
-            agent_bin: l.agent_bin.clone(),
-            bridge: l.bridge.clone(),
-            subnet: l.subnet,
-            types,
-        });
-        cloud
-            .ensure_bridge()
-            .with_context(|| format!("site {}: local bridge {}", site.name, l.bridge))?;
-        providers.insert(site.name.clone(), Arc::new(cloud));
+        if let Some(l) = &site.local {
+            let cloud = LocalCloud::new(LocalConfig {
+                root: l.root.clone(),
+                agent_bin: l.agent_bin.clone(),
+                bridge: l.bridge.clone(),
+                subnet: l.subnet,
+                types,
+            });
+            cloud
+                .ensure_bridge()
+                .with_context(|| format!("site {}: local bridge {}", site.name, l.bridge))?;
+            providers.insert(site.name.clone(), Arc::new(cloud));
+        } else if let Some(a) = &site.aws {
+            let cloud = skiff_cloud::aws::AwsCloud::new(&site.name, a.clone(), types).await;
+            providers.insert(site.name.clone(), Arc::new(cloud));
+        }
     }
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -12,6 +12,8 @@ use serde_json::Value;
 use skiff_test_support::net::NetSlot;
 use skiff_test_support::procs::ChildGuard;
 
+pub mod cloud;
+
 /// A binary of this workspace, next to the test executable's directory
 /// (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
@@ -64,6 +66,8 @@ pub struct Gateway {
     config: PathBuf,
     listen: String,
     agent_listen: String,
+    /// Extra environment of the process (e.g. cloud credentials).
+    env: Vec<(String, String)>,
     pub process: Option<ChildGuard>,
 }
 
@@ -77,6 +81,16 @@ impl Gateway {
     /// a test bridge's) instead of loopback. `{{agent_url}}` in the config
     /// becomes the agent port's URL.
     pub fn start_on(dir: &Path, config: &str, agent_host: &str) -> Gateway {
+        Self::start_env(dir, config, agent_host, Vec::new())
+    }
+
+    /// [`Gateway::start_on`] with extra environment variables.
+    pub fn start_env(
+        dir: &Path,
+        config: &str,
+        agent_host: &str,
+        env: Vec<(String, String)>,
+    ) -> Gateway {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("gateway.toml");
         let (api, agent) = (free_port(), free_port());
@@ -89,6 +103,7 @@ impl Gateway {
             config: path,
             listen: format!("127.0.0.1:{api}"),
             agent_listen: format!("{agent_host}:{agent}"),
+            env,
             process: None,
         };
         g.restart();
@@ -116,6 +131,7 @@ impl Gateway {
                 ])
                 .arg("--config")
                 .arg(&self.config)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log),
@@ -233,6 +249,18 @@ impl Agent {
         Self::spawn_with(dir, name, gateway, token, ca_hash, true)
     }
 
+    /// [`Agent::spawn`] with more of the agent's config (TOML tables).
+    pub fn spawn_configured(
+        dir: &Path,
+        name: &str,
+        gateway: &Gateway,
+        token: &str,
+        ca_hash: &str,
+        extra: &str,
+    ) -> Agent {
+        Self::spawn_full(dir, name, gateway, (token, ca_hash), true, extra)
+    }
+
     /// With `own_subnet` false, the agent's containers take the subnet the
     /// gateway gives the node.
     pub fn spawn_with(
@@ -243,6 +271,17 @@ impl Agent {
         ca_hash: &str,
         own_subnet: bool,
     ) -> Agent {
+        Self::spawn_full(dir, name, gateway, (token, ca_hash), own_subnet, "")
+    }
+
+    fn spawn_full(
+        dir: &Path,
+        name: &str,
+        gateway: &Gateway,
+        (token, ca_hash): (&str, &str),
+        own_subnet: bool,
+        extra: &str,
+    ) -> Agent {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let net = NetSlot::take().unwrap();
@@ -251,7 +290,7 @@ impl Agent {
         } else {
             net.agent_config_no_subnet()
         };
-        std::fs::write(dir.join("agent.toml"), config).unwrap();
+        std::fs::write(dir.join("agent.toml"), format!("{config}{extra}")).unwrap();
         let mut a = Agent {
             name: name.to_string(),
             socket: dir.join("agent.sock"),

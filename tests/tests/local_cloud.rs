@@ -51,6 +51,7 @@ fn a_local_vm_boots_from_user_data_joins_and_is_terminated() {
         labels: BTreeMap::from([("skiff/site".to_string(), "local".to_string())]),
         agent_url: None,
         agent_sha256: None,
+        agent_config: String::new(),
     }
     .render()
     .unwrap();

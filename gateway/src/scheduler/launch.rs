@@ -139,7 +139,8 @@ impl Cloud {
     ) -> impl Iterator<Item = usize> + 'a {
         let site = &self.sites[s];
         (0..site.types.len()).filter(move |&t| {
-            Res::of(&site.types[t].allocatable).fits(demand)
+            !site.types[t].held
+                && Res::of(&site.types[t].allocatable).fits(demand)
                 && site.attrs[t].satisfies(&g.constraints, None)
         })
     }
@@ -177,6 +178,9 @@ impl Cloud {
             .map(|t| site.types[t].price)
             .min()
         else {
+            if site.types.iter().any(|t| t.held) {
+                return "its instance types that fit are set aside after failed launches".into();
+            }
             return "no instance type satisfies the constraints".into();
         };
         if let Some(m) = site.max_nodes

@@ -20,6 +20,9 @@ pub struct InstanceType {
     pub allocatable: Capacity,
     pub price: MicrosPerHour,
     pub arch: String,
+    /// Set aside after failed launches: VMs of it already launching still
+    /// count, no new one is planned.
+    pub held: bool,
 }
 
 /// A site and its limits.

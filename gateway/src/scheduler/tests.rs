@@ -27,6 +27,7 @@ pub(super) fn ty(name: &str, cores: u64, mem_gib: u64, price_micros: u64) -> Ins
         allocatable: Capacity::new(cores * 1000, mem_gib * GI, 0),
         price: price_micros,
         arch: "amd64".into(),
+        held: false,
     }
 }
 

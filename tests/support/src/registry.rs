@@ -30,18 +30,27 @@ pub struct Registry {
 impl Registry {
     /// An anonymous registry.
     pub fn start() -> Result<Self> {
-        Self::start_with(None)
+        Self::start_with(None, [127, 0, 0, 1].into())
+    }
+
+    /// An anonymous registry on `ip` (an address of a test bridge, for
+    /// agents in network namespaces), plain HTTP.
+    pub fn start_on(ip: std::net::Ipv4Addr) -> Result<Self> {
+        Self::start_with(None, ip)
     }
 
     /// A registry that requires these credentials (htpasswd, bcrypt).
     pub fn start_with_auth(username: &str, password: &str) -> Result<Self> {
-        Self::start_with(Some(Credentials {
-            username: username.into(),
-            password: password.into(),
-        }))
+        Self::start_with(
+            Some(Credentials {
+                username: username.into(),
+                password: password.into(),
+            }),
+            [127, 0, 0, 1].into(),
+        )
     }
 
-    fn start_with(credentials: Option<Credentials>) -> Result<Self> {
+    fn start_with(credentials: Option<Credentials>, ip: std::net::Ipv4Addr) -> Result<Self> {
         let bin = require("docker-registry")?;
         let dir = tempfile::Builder::new()
             .prefix("skiff-registry-")
@@ -63,7 +72,7 @@ impl Registry {
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let addr: SocketAddr = (ip, port).into();
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
