@@ -12,13 +12,14 @@
 //! * [`bootstrap`]: the cloud-init user data that installs and joins the
 //!   agent (the template is shared with the Terraform modules).
 //!
+//! * [`aws::AwsCloud`]: EC2 through aws-sdk-ec2 (tested against moto).
+//! * [`azure::AzureCloud`]: the ARM REST API over reqwest (tested against
+//!   a fake ARM server shaped by Azure's published examples).
 //! * [`local::LocalCloud`]: "VMs" as network namespaces on this host,
 //!   booted from the same user data.
-//!
-//! The AWS (aws-sdk-ec2) and Azure (ARM REST) providers arrive with the
-//! cloud-bursting issue.
 
 pub mod aws;
+pub mod azure;
 pub mod bootstrap;
 pub mod fake;
 pub mod local;

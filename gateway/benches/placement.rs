@@ -14,6 +14,8 @@
 //! The environment variable `SKIFF_BENCH_SCALE` (default 1.0) scales the
 //! c1m scenario down for quick runs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -312,68 +314,27 @@ fn launch() {
     let plan = place(&snap, &groups, &requests, Options::default()).unwrap();
     let seconds = start.elapsed().as_secs_f64();
     assert!(plan.unplaced.is_empty());
-    let cost: u64 = plan
-        .launches
-        .iter()
-        .map(|l| {
-            types
-                .iter()
-                .find(|t| t.name == l.instance_type)
-                .unwrap()
-                .price
-        })
-        .sum();
     let (cpu, mem): (u64, u64) = requests.iter().fold((0, 0), |(c, m), r| {
         let d = &groups[r.group].demand;
         (c + d.cpu.millis(), m + d.memory.bytes())
     });
-    // No cover of the demand can cost less than the cheapest price per core
-    // times the cores, nor less than the cheapest price per byte times the
-    // bytes: the larger of the two is a lower bound on the ideal.
-    let per_cpu = types
-        .iter()
-        .map(|t| t.price as f64 / t.allocatable.cpu.millis() as f64)
-        .fold(f64::MAX, f64::min);
-    let per_mem = types
-        .iter()
-        .map(|t| t.price as f64 / t.allocatable.memory.bytes() as f64)
-        .fold(f64::MAX, f64::min);
-    let ideal = (cpu as f64 * per_cpu).max(mem as f64 * per_mem);
-    let launched_cpu: u64 = plan
+    let shape = |t: &InstanceType| {
+        (
+            t.allocatable.cpu.millis(),
+            t.allocatable.memory.bytes(),
+            t.price,
+        )
+    };
+    let all: Vec<(u64, u64, u64)> = types.iter().map(shape).collect();
+    let vms: Vec<(u64, u64, u64)> = plan
         .launches
         .iter()
-        .map(|l| {
-            types
-                .iter()
-                .find(|t| t.name == l.instance_type)
-                .unwrap()
-                .allocatable
-                .cpu
-                .millis()
-        })
-        .sum();
-    let launched_mem: u64 = plan
-        .launches
-        .iter()
-        .map(|l| {
-            types
-                .iter()
-                .find(|t| t.name == l.instance_type)
-                .unwrap()
-                .allocatable
-                .memory
-                .bytes()
-        })
-        .sum();
+        .map(|l| shape(types.iter().find(|t| t.name == l.instance_type).unwrap()))
+        .collect();
     println!(
-        "launch scenario=burst1000 pending={} vms={} cost_per_hour={:.3} ideal_lower_bound={:.3} over_ideal_pct={:.2} cpu_used_pct={:.1} mem_used_pct={:.1} seconds={seconds:.4}",
+        "launch scenario=burst1000 pending={} {} seconds={seconds:.4}",
         requests.len(),
-        plan.launches.len(),
-        cost as f64 / 1e6,
-        ideal / 1e6,
-        (cost as f64 / ideal - 1.0) * 100.0,
-        cpu as f64 / launched_cpu as f64 * 100.0,
-        mem as f64 / launched_mem as f64 * 100.0,
+        common::cover(&all, &vms, cpu, mem)
     );
 }
 

@@ -96,9 +96,15 @@ impl Autoscaler {
             if self.control.is_held(&p.site, &p.instance_type) {
                 continue;
             }
-            for _ in 0..p.count {
+            for j in 0..p.count as usize {
+                let for_allocations = p.vms.get(j).cloned().unwrap_or_default();
                 match self
-                    .launch_one(provider.as_ref(), &p.site, &p.instance_type)
+                    .launch_one(
+                        provider.as_ref(),
+                        &p.site,
+                        &p.instance_type,
+                        for_allocations,
+                    )
                     .await
                 {
                     Ok(vm) => self.control.event(
@@ -136,6 +142,7 @@ impl Autoscaler {
         provider: &dyn CloudProvider,
         site: &str,
         instance_type: &str,
+        allocations: Vec<String>,
     ) -> Result<VmRecord, skiff_cloud::CloudError> {
         let invalid = |m: String| skiff_cloud::CloudError::Invalid(m);
         let cfg = self
@@ -200,6 +207,7 @@ impl Autoscaler {
             instance_type: instance_type.to_string(),
             node,
             launched_ms: now_ms(),
+            allocations,
         };
         let r = self.control.write(|s, b| {
             b.put(Kind::Vm, &vm.id, &vm);

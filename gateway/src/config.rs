@@ -57,6 +57,9 @@ pub struct SiteConfig {
     /// `kind = "aws"`: region, image and network of its VMs.
     #[serde(default)]
     pub aws: Option<skiff_cloud::aws::AwsSettings>,
+    /// `kind = "azure"`: subscription, resource group, subnet and image.
+    #[serde(default)]
+    pub azure: Option<skiff_cloud::azure::AzureSettings>,
 }
 
 /// The local provider's settings (see `skiff_cloud::local`).
@@ -161,6 +164,7 @@ impl Default for FileConfig {
                 scale_in_after: None,
                 local: None,
                 aws: None,
+                azure: None,
                 agent_config: None,
             }],
         }
@@ -244,6 +248,7 @@ impl GatewayConfig {
             for (key, set, kind) in [
                 ("local", s.local.is_some(), SiteKind::Local),
                 ("aws", s.aws.is_some(), SiteKind::Aws),
+                ("azure", s.azure.is_some(), SiteKind::Azure),
             ] {
                 if set && s.kind != kind {
                     return Err(bad(

@@ -137,6 +137,10 @@ pub struct VmRecord {
     /// The node it joins as.
     pub node: String,
     pub launched_ms: i64,
+    /// The pending allocations it was launched for: they wait for it
+    /// (later passes do not plan them again).
+    #[serde(default)]
+    pub allocations: Vec<String>,
 }
 
 /// An API token as stored (by the hash of its secret).
@@ -191,6 +195,10 @@ pub struct PlannedLaunch {
     pub site: String,
     pub instance_type: String,
     pub count: u32,
+    /// Per VM, the pending allocations it is for.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub vms: Vec<Vec<String>>,
 }
 
 /// A live session's channel and liveness.
@@ -920,8 +928,28 @@ impl Control {
                 })
             })
             .collect();
+        // Allocations a launching VM was launched for wait for it.
+        let mut holds: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut held: HashMap<&str, &str> = HashMap::new();
+        for v in s.vms.values() {
+            for id in &v.allocations {
+                if let Some(a) = s.allocations.get(id)
+                    && a.state == AllocationState::Pending
+                    && a.node.is_none()
+                    && let Some(&g) = group_of.get(&a.workload)
+                {
+                    holds.entry(v.id.as_str()).or_default().push(g);
+                    held.insert(id.as_str(), v.id.as_str());
+                }
+            }
+        }
+        let held: HashMap<String, String> = held
+            .into_iter()
+            .map(|(a, v)| (a.to_string(), v.to_string()))
+            .collect();
         let requests: Vec<scheduler::Request> = pending
             .iter()
+            .filter(|id| !held.contains_key(id.as_str()))
             .filter_map(|id| {
                 let a = &s.allocations[id];
                 Some(scheduler::Request {
@@ -941,6 +969,7 @@ impl Control {
                     id: v.id.clone(),
                     site: v.site.clone(),
                     instance_type: v.instance_type.clone(),
+                    holds: holds.remove(v.id.as_str()).unwrap_or_default(),
                 })
                 .collect(),
         };
@@ -978,26 +1007,37 @@ impl Control {
                 events.push(("allocation", id.clone(), format!("placed on {node}")));
             }
         }
-        // Waiting for VMs: what the autoscaler is to launch.
-        let mut launches: BTreeMap<(String, String), u32> = BTreeMap::new();
-        for l in &plan.launches {
-            *launches
-                .entry((l.site.clone(), l.instance_type.clone()))
-                .or_default() += 1;
-        }
+        // Waiting for VMs: what the autoscaler is to launch, and for each
+        // new VM the allocations it is for.
+        let mut per_vm: Vec<Vec<String>> = vec![Vec::new(); plan.launches.len()];
         for p in &plan.placements {
+            if let scheduler::Target::NewVm(i) = &p.target {
+                per_vm[*i].push(requests[p.request].id.clone());
+            }
+        }
+        let mut launches: BTreeMap<(String, String), Vec<Vec<String>>> = BTreeMap::new();
+        for (l, ids) in plan.launches.iter().zip(per_vm) {
+            launches
+                .entry((l.site.clone(), l.instance_type.clone()))
+                .or_default()
+                .push(ids);
+        }
+        let waiting = plan.placements.iter().filter_map(|p| {
             let msg = match &p.target {
                 scheduler::Target::NewVm(i) => {
                     let l = &plan.launches[*i];
                     format!("waiting for a new {} in {}", l.instance_type, l.site)
                 }
-                scheduler::Target::Launching(vm) => {
-                    format!("waiting for VM {vm} to join")
-                }
-                scheduler::Target::Node(_) => continue,
+                scheduler::Target::Launching(vm) => format!("waiting for VM {vm} to join"),
+                scheduler::Target::Node(_) => return None,
             };
-            let id = &requests[p.request].id;
-            if let Some(a) = s.allocations.get_mut(id)
+            Some((requests[p.request].id.clone(), msg))
+        });
+        let waiting_held = held
+            .iter()
+            .map(|(a, vm)| (a.clone(), format!("waiting for VM {vm} to join")));
+        for (id, msg) in waiting.chain(waiting_held).collect::<Vec<_>>() {
+            if let Some(a) = s.allocations.get_mut(&id)
                 && a.message != msg
             {
                 a.message = msg;
@@ -1006,10 +1046,11 @@ impl Control {
         }
         let planned: Vec<PlannedLaunch> = launches
             .into_iter()
-            .map(|((site, instance_type), count)| PlannedLaunch {
+            .map(|((site, instance_type), vms)| PlannedLaunch {
                 site,
                 instance_type,
-                count,
+                count: vms.len() as u32,
+                vms,
             })
             .collect();
         self.plan_fresh
@@ -1018,7 +1059,12 @@ impl Control {
             self.plan_ready.notify_one();
         }
         let mut last = self.planned.lock().expect("lock");
-        if *last != planned {
+        let shape = |v: &[PlannedLaunch]| -> Vec<(String, String, u32)> {
+            v.iter()
+                .map(|p| (p.site.clone(), p.instance_type.clone(), p.count))
+                .collect()
+        };
+        if shape(&last) != shape(&planned) {
             for p in &planned {
                 events.push((
                     "site",
@@ -1026,8 +1072,8 @@ impl Control {
                     format!("launch planned: {} x {}", p.count, p.instance_type),
                 ));
             }
-            *last = planned;
         }
+        *last = planned;
         drop(last);
         for u in &plan.unplaced {
             let id = &requests[u.request].id;
@@ -1133,6 +1179,7 @@ pub(crate) mod testing {
             scale_in_after: None,
             local: None,
             aws: None,
+            azure: None,
             agent_config: None,
         }
     }
@@ -1210,14 +1257,20 @@ mod tests {
             "name: web\nimage: busybox\nreplicas: 3\nresources: {cpu: '1', memory: 1Gi}\n",
         );
         c.reconcile().unwrap();
+        let plan = c.planned_launches();
+        assert_eq!(plan.len(), 1);
         assert_eq!(
-            c.planned_launches(),
-            [PlannedLaunch {
-                site: "aws-us-east-1".into(),
-                instance_type: "m.large".into(),
-                count: 2,
-            }]
+            (
+                plan[0].site.as_str(),
+                plan[0].instance_type.as_str(),
+                plan[0].count
+            ),
+            ("aws-us-east-1", "m.large", 2)
         );
+        // Each VM is for its own replicas: two and one.
+        let mut per_vm: Vec<usize> = plan[0].vms.iter().map(Vec::len).collect();
+        per_vm.sort();
+        assert_eq!(per_vm, [1, 2]);
         let msgs: Vec<String> =
             c.read(|s| s.allocations.values().map(|a| a.message.clone()).collect());
         assert_eq!(msgs.len(), 3);

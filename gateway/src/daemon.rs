@@ -59,6 +59,13 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         } else if let Some(a) = &site.aws {
             let cloud = skiff_cloud::aws::AwsCloud::new(&site.name, a.clone(), types).await;
             providers.insert(site.name.clone(), Arc::new(cloud));
+        } else if let Some(a) = &site.azure {
+            let credential = skiff_cloud::azure::Credential::from_env(a);
+            tracing::info!(site = %site.name, ?credential, "azure credentials");
+            let cloud =
+                skiff_cloud::azure::AzureCloud::new(&site.name, a.clone(), credential, types)
+                    .with_context(|| format!("site {}: azure client", site.name))?;
+            providers.insert(site.name.clone(), Arc::new(cloud));
         }
     }
     let api_listener = tokio::net::TcpListener::bind(config.listen)

@@ -89,6 +89,35 @@ impl LaunchedVms for skiff_cloud::aws::AwsCloud {
     }
 }
 
+/// The fake ARM server's VMs; their `customData` is the user data (ARM
+/// itself never returns it).
+#[async_trait::async_trait]
+impl LaunchedVms for crate::azure::FakeArm {
+    async fn instances(&self, site: &str) -> Vec<Instance> {
+        self.vms()
+            .into_iter()
+            .filter(|v| v.tags.get(TAG_SITE).map(String::as_str) == Some(site))
+            .map(|v| Instance {
+                id: v.name,
+                site: site.to_string(),
+                instance_type: v.size,
+                state: match v.provisioning_state.as_str() {
+                    "Creating" | "Updating" => InstanceState::Pending,
+                    "Succeeded" => InstanceState::Running,
+                    _ => InstanceState::Stopping,
+                },
+                tags: v.tags,
+            })
+            .collect()
+    }
+    async fn user_data(&self, id: &str) -> Option<Secret> {
+        self.vms()
+            .into_iter()
+            .find(|v| v.name == id)
+            .map(|v| Secret(v.custom_data))
+    }
+}
+
 /// Boots what a cloud launched, until dropped (then powers everything
 /// off).
 #[derive(Debug)]
@@ -102,7 +131,7 @@ pub struct VmSimulator {
 impl VmSimulator {
     /// Watches `site` of `cloud` every 200 ms; boots new instances in
     /// `local`, powers off those the cloud terminated.
-    pub fn start(cloud: impl LaunchedVms, site: &str, local: LocalCloud) -> VmSimulator {
+    pub fn start(cloud: Arc<dyn LaunchedVms>, site: &str, local: LocalCloud) -> VmSimulator {
         let stop = Arc::new(AtomicBool::new(false));
         let booted: Arc<std::sync::Mutex<BTreeMap<String, bool>>> = Arc::default();
         let (s, b, site) = (stop.clone(), booted.clone(), site.to_string());
@@ -113,7 +142,20 @@ impl VmSimulator {
                 .unwrap();
             rt.block_on(async {
                 while !s.load(Ordering::SeqCst) {
-                    for i in cloud.instances(&site).await {
+                    let listed = cloud.instances(&site).await;
+                    // Gone from the cloud's list (Azure deletes): off too.
+                    let gone: Vec<String> = b
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|(id, off)| !**off && !listed.iter().any(|i| &i.id == *id))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in gone {
+                        let _ = local.terminate(std::slice::from_ref(&id)).await;
+                        b.lock().unwrap().insert(id, true);
+                    }
+                    for i in listed {
                         let known = b.lock().unwrap().get(&i.id).copied();
                         match (known, i.state) {
                             (None, InstanceState::Pending | InstanceState::Running) => {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use skiff_test_support::net::NetSlot;
 use skiff_test_support::procs::ChildGuard;
 
+pub mod azure;
 pub mod cloud;
 
 /// A binary of this workspace, next to the test executable's directory

@@ -8,9 +8,13 @@
 //! Then the workload is deleted, and after the cooldown the node is
 //! drained and the instance terminated in the cloud.
 
+use std::sync::Arc;
+
 use skiff_cloud::aws::{AwsCloud, AwsSettings};
+use skiff_cloud::azure::{AzureCloud, AzureSettings, Credential};
 use skiff_cloud::local::{LocalCloud, LocalConfig};
 use skiff_cloud::{CloudProvider, InstanceState, TAG_SITE};
+use skiff_e2e::azure::{CLIENT_ID, CLIENT_SECRET, FakeArm, TENANT};
 use skiff_e2e::cloud::{LaunchedVms, Moto, VmSimulator};
 use skiff_e2e::{Agent, Gateway, eventually};
 use skiff_test_support::images::OciImage;
@@ -19,15 +23,34 @@ use skiff_test_support::registry::Registry;
 use skiff_test_support::tools::require_root;
 
 /// A cloud site under test: its `[[sites]]` table (after name and kind),
-/// the gateway's environment, and the cloud as the simulator sees it.
-struct CloudUnderTest<C: LaunchedVms + CloudProvider + Clone> {
+/// the gateway's environment, the provider (for the test's own view of
+/// the cloud) and the cloud as the simulator sees it.
+struct CloudUnderTest {
     site: &'static str,
     kind: &'static str,
     /// `[sites.<kind>]` and anything else of the site.
     settings: String,
     instance_type: &'static str,
     env: Vec<(String, String)>,
-    cloud: C,
+    cloud: Arc<dyn CloudProvider>,
+    launched: Arc<dyn LaunchedVms>,
+}
+
+/// The simulator's VMs (in `dir/vms`, on the slot's bridge).
+fn vm_cloud(dir: &std::path::Path, slot: &NetSlot) -> LocalCloud {
+    LocalCloud::new(LocalConfig {
+        root: dir.join("vms"),
+        agent_bin: skiff_e2e::bin("skiff-agent"),
+        bridge: slot.bridge(),
+        subnet: slot.subnet().parse().unwrap(),
+        types: Vec::new(),
+    })
+}
+
+/// The host's address on the VMs' bridge (the gateway's agent port and
+/// the registry listen there).
+fn vm_host(dir: &std::path::Path, slot: &NetSlot) -> std::net::Ipv4Addr {
+    vm_cloud(dir, slot).ensure_bridge().unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -37,11 +60,11 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn burst_and_scale_in<C: LaunchedVms + CloudProvider + Clone>(
+fn burst_and_scale_in(
     dir: &std::path::Path,
     slot: &NetSlot,
     host: std::net::Ipv4Addr,
-    c: CloudUnderTest<C>,
+    c: CloudUnderTest,
 ) {
     // Images come from a registry the VMs reach on their bridge.
     let registry = Registry::start_on(host).unwrap();
@@ -94,14 +117,7 @@ fn burst_and_scale_in<C: LaunchedVms + CloudProvider + Clone>(
     });
 
     // The VM simulator boots whatever the cloud is asked to launch.
-    let local = LocalCloud::new(LocalConfig {
-        root: dir.join("vms"),
-        agent_bin: skiff_e2e::bin("skiff-agent"),
-        bridge: slot.bridge(),
-        subnet: slot.subnet().parse().unwrap(),
-        types: Vec::new(),
-    });
-    let sim = VmSimulator::start(c.cloud.clone(), c.site, local);
+    let sim = VmSimulator::start(c.launched.clone(), c.site, vm_cloud(dir, slot));
 
     // On-prem is full: the workload bursts to the cloud and runs there.
     assert_eq!(
@@ -120,7 +136,7 @@ fn burst_and_scale_in<C: LaunchedVms + CloudProvider + Clone>(
     assert_eq!(vm.tags[skiff_cloud::TAG_NODE], node);
     assert!(vm.tags.contains_key(skiff_cloud::TAG_CLUSTER));
     // The launch carried the bootstrap, with a join token in it.
-    let user_data = rt.block_on(c.cloud.user_data(&vm.id)).unwrap();
+    let user_data = rt.block_on(c.launched.user_data(&vm.id)).unwrap();
     assert!(user_data.0.starts_with("#cloud-config"));
     assert!(user_data.0.contains("SKIFF_AGENT_JOIN_TOKEN=skiff-join-"));
     assert!(user_data.0.contains(&format!("SKIFF_AGENT_NAME={node}")));
@@ -142,6 +158,7 @@ fn burst_and_scale_in<C: LaunchedVms + CloudProvider + Clone>(
         || g.call("GET", &format!("/v1/nodes/{node}"), None).0 == 404,
         || format!("never scaled in: {}", g.log()),
     );
+    // Terminated (AWS lists it so a while), or gone (Azure deletes).
     let state = rt
         .block_on(c.cloud.describe(TAG_SITE, c.site))
         .unwrap()
@@ -151,7 +168,7 @@ fn burst_and_scale_in<C: LaunchedVms + CloudProvider + Clone>(
     assert!(
         matches!(
             state,
-            Some(InstanceState::Terminated | InstanceState::Stopping)
+            None | Some(InstanceState::Terminated | InstanceState::Stopping)
         ),
         "the cloud still runs {}: {state:?}",
         vm.id
@@ -169,6 +186,14 @@ fn burst_and_scale_in<C: LaunchedVms + CloudProvider + Clone>(
         log.contains(&format!("scale-in: terminated {}", vm.id)),
         "{log}"
     );
+    // And nothing else was planned or launched, before or after.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = g.log();
+    assert_eq!(log.matches("launch planned").count(), 1, "{log}");
+    assert_eq!(log.matches("for pending work").count(), 1, "{log}");
+    // The gateway goes first, so that it does not react to the teardown
+    // (the on-prem agent's end would make the filler pending again).
+    drop(g);
 }
 
 #[test]
@@ -177,15 +202,7 @@ fn full_on_prem_bursts_to_aws_in_moto_and_scales_back_in() {
     let dir = tempfile::tempdir().unwrap();
     let moto = Moto::start();
     let slot = NetSlot::take().unwrap();
-    let host = LocalCloud::new(LocalConfig {
-        root: dir.path().join("vms"),
-        agent_bin: skiff_e2e::bin("skiff-agent"),
-        bridge: slot.bridge(),
-        subnet: slot.subnet().parse().unwrap(),
-        types: Vec::new(),
-    })
-    .ensure_bridge()
-    .unwrap();
+    let host = vm_host(dir.path(), &slot);
     let settings = AwsSettings {
         region: "us-east-1".into(),
         endpoint: Some(moto.endpoint.clone()),
@@ -201,7 +218,7 @@ fn full_on_prem_bursts_to_aws_in_moto_and_scales_back_in() {
         // SAFETY: set before any other thread of this test process runs.
         unsafe { std::env::set_var(k, v) };
     }
-    let cloud = rt().block_on(AwsCloud::new("aws-us-east-1", settings, Vec::new()));
+    let cloud = Arc::new(rt().block_on(AwsCloud::new("aws-us-east-1", settings, Vec::new())));
     burst_and_scale_in(
         dir.path(),
         &slot,
@@ -215,7 +232,80 @@ fn full_on_prem_bursts_to_aws_in_moto_and_scales_back_in() {
             ),
             instance_type: "t3.medium",
             env: Moto::env(),
-            cloud,
+            cloud: cloud.clone(),
+            launched: cloud,
         },
     );
+}
+
+#[test]
+fn full_on_prem_bursts_to_azure_through_arm_and_scales_back_in() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let arm = Arc::new(FakeArm::start());
+    let slot = NetSlot::take().unwrap();
+    let host = vm_host(dir.path(), &slot);
+    let subnet = "/subscriptions/sub-1/resourceGroups/skiff-rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default";
+    let settings = format!(
+        "[sites.azure]
+subscription_id = \"sub-1\"
+resource_group = \"skiff-rg\"
+location = \"westeurope\"
+         subnet_id = \"{subnet}\"
+image = \"Canonical:ubuntu-24_04-lts:server:latest\"
+         ssh_public_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBkrZ2T3J0FakeKeyForTests skiff\"
+endpoint = \"{}\"
+",
+        arm.url
+    );
+    // A service principal, as the gateway finds it in its environment.
+    let env: Vec<(String, String)> = [
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+        ("AZURE_AUTHORITY_HOST", arm.url.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let parsed: toml::Table = settings.parse().unwrap();
+    let azure: AzureSettings = parsed["sites"]["azure"].clone().try_into().unwrap();
+    let cloud = Arc::new(
+        AzureCloud::new(
+            "azure-westeurope",
+            azure,
+            Credential::ServicePrincipal {
+                authority: arm.url.clone(),
+                tenant: TENANT.into(),
+                client_id: CLIENT_ID.into(),
+                secret: CLIENT_SECRET.into(),
+            },
+            Vec::new(),
+        )
+        .unwrap(),
+    );
+    burst_and_scale_in(
+        dir.path(),
+        &slot,
+        host,
+        CloudUnderTest {
+            site: "azure-westeurope",
+            kind: "azure",
+            settings,
+            instance_type: "Standard_D2s_v5",
+            env,
+            cloud,
+            launched: arm.clone(),
+        },
+    );
+    // The VM, its NIC and its disk are gone; it had been created with
+    // the bootstrap as custom data, spot off, tagged.
+    assert!(arm.vms().is_empty(), "{:?}", arm.vms());
+    assert!(arm.nics().is_empty(), "{:?}", arm.nics());
+    assert!(arm.disks().is_empty(), "{:?}", arm.disks());
+    let created = arm.created();
+    assert_eq!(created.len(), 1);
+    assert!(created[0].custom_data.starts_with("#cloud-config"));
+    assert!(!created[0].spot);
+    assert_eq!(created[0].tags[skiff_cloud::TAG_SITE], "azure-westeurope");
 }

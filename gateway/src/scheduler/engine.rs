@@ -73,12 +73,23 @@ impl<'a> Scheduler<'a> {
             })
             .collect();
         let fleet = Fleet::new(snap, &site_index, &label_keys, opts.seed)?;
-        let cloud = Cloud::new(snap, &site_index)?;
+        let mut cloud = Cloud::new(snap, &site_index)?;
         let mut group_of_workload = HashMap::new();
         let mut gs = Vec::with_capacity(groups.len());
         for (gi, g) in groups.iter().enumerate() {
             group_of_workload.insert(g.workload.as_str(), gi);
             gs.push(GroupState::new(g, snap, &site_index, &fleet, &cloud)?);
+        }
+        // Replicas waiting for a launching VM: its room is theirs, and they
+        // count for spread.
+        for (v, vm) in snap.launching.iter().enumerate() {
+            for &gi in &vm.holds {
+                let st = gs
+                    .get_mut(gi)
+                    .ok_or_else(|| format!("launching VM {}: no group {gi}", vm.id))?;
+                let site = cloud.hold(v, gi, &st.demand, &st.ports);
+                st.site_count[site] += 1;
+            }
         }
         // Existing replicas count for spread and distinct nodes.
         for (a, alloc) in snap.allocations.iter().enumerate() {

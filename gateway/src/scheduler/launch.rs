@@ -112,6 +112,16 @@ impl Cloud {
         })
     }
 
+    /// Gives part of launching VM `v` to one replica of group `gi`
+    /// (waiting for it outside the pass).
+    pub fn hold(&mut self, v: usize, gi: usize, demand: &Res, ports: &[u32]) -> usize {
+        let vm = &mut self.vms[v];
+        vm.free.sub(demand);
+        vm.ports.extend_from_slice(ports);
+        *vm.groups.entry(gi).or_default() += 1;
+        vm.site
+    }
+
     /// The site of a launching or planned VM.
     pub fn vm_site(&self, target: &Target) -> usize {
         self.vms

@@ -63,6 +63,9 @@ pub struct LaunchingVm {
     pub id: String,
     pub site: String,
     pub instance_type: String,
+    /// Groups (an entry per replica) of the requests it was launched for:
+    /// they wait for it, outside the pass, and its room is theirs.
+    pub holds: Vec<usize>,
 }
 
 /// An allocation already running (or assigned) on a node.
