@@ -177,6 +177,13 @@ impl FakeArm {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Long-running operations started from now on answer "in progress"
+    /// (with `Retry-After: 1`) this many times before their outcome
+    /// (default 1): slow operations, for crash-in-the-middle tests.
+    pub fn set_operation_polls(&self, polls: u32) {
+        self.lock().extra_polls = polls.saturating_sub(1);
+    }
+
     /// Current VMs (deleted ones gone).
     pub fn vms(&self) -> Vec<FakeVm> {
         self.lock().vms.values().map(|v| v.fake.clone()).collect()
@@ -308,6 +315,8 @@ struct Inner {
     requests: Vec<(String, String)>,
     created: Vec<FakeVm>,
     next_ip: u32,
+    /// Polls an operation answers "in progress" beyond the first.
+    extra_polls: u32,
 }
 
 /// An answer, turned into an HTTP response by axum.
@@ -843,14 +852,15 @@ impl Inner {
         };
         op.polls += 1;
         let (polls, failure, effect) = (op.polls, op.failure.clone(), op.effect.clone());
-        if polls == 1 {
+        let in_progress = 1 + self.extra_polls;
+        if polls <= in_progress {
             return if location_style {
                 Reply::empty(202).header("retry-after", "1")
             } else {
                 Reply::json(200, json!({"status": "InProgress"})).header("retry-after", "1")
             };
         }
-        if polls == 2 {
+        if polls == in_progress + 1 {
             self.finish(effect, failure.is_none());
         }
         match (failure, location_style) {

@@ -14,7 +14,7 @@ use skiff_cloud::aws::{AwsCloud, AwsSettings};
 use skiff_cloud::azure::{AzureCloud, AzureSettings, Credential};
 use skiff_cloud::local::{LocalCloud, LocalConfig};
 use skiff_cloud::{CloudProvider, InstanceState, TAG_SITE};
-use skiff_e2e::azure::{CLIENT_ID, CLIENT_SECRET, FakeArm, TENANT};
+use skiff_e2e::azure::{ArmFailure, ArmOp, CLIENT_ID, CLIENT_SECRET, FakeArm, TENANT};
 use skiff_e2e::cloud::{LaunchedVms, Moto, VmSimulator};
 use skiff_e2e::{Agent, Gateway, eventually};
 use skiff_test_support::images::OciImage;
@@ -60,12 +60,27 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn burst_and_scale_in(
+/// A `[[sites]]` table of a cloud site whose VMs join within 90 s and are
+/// scaled in after 1 s idle; `{agent_config}` is filled in later.
+fn cloud_site(name: &str, kind: &str, cost_rank: u32, ty: &str, settings: &str) -> String {
+    format!(
+        "[[sites]]\nname = \"{name}\"\nkind = \"{kind}\"\ncost_rank = {cost_rank}\nmax_nodes = 3\n\
+         gateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"90s\"\nscale_in_after = \"1s\"\n\
+         agent_config = '''\n{{agent_config}}'''\n\
+         [[sites.instance_types]]\nname = \"{ty}\"\ncpu = \"1900m\"\nmemory = \"3Gi\"\nprice_per_hour = \"0.0416\"\n\
+         {settings}"
+    )
+}
+
+/// A registry with the test image and a gateway with a static on-prem
+/// site and `sites`, both listening on the VMs' bridge: (registry,
+/// image, the agent config that trusts the registry, gateway).
+fn gateway_for_vms(
     dir: &std::path::Path,
-    slot: &NetSlot,
     host: std::net::Ipv4Addr,
-    c: CloudUnderTest,
-) {
+    sites: &[String],
+    env: Vec<(String, String)>,
+) -> (Registry, String, String, Gateway) {
     // Images come from a registry the VMs reach on their bridge.
     let registry = Registry::start_on(host).unwrap();
     let image = OciImage::busybox(&dir.join("image"), "test", &[])
@@ -78,18 +93,28 @@ fn burst_and_scale_in(
     );
     let config = format!(
         "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\nadvertise = [\"{host}\"]\n\
-         [[sites]]\nname = \"onprem\"\nkind = \"static\"\n\
-         [[sites]]\nname = \"{site}\"\nkind = \"{kind}\"\ncost_rank = 2\nmax_nodes = 3\n\
-         gateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"90s\"\nscale_in_after = \"1s\"\n\
-         agent_config = '''\n{insecure}'''\n\
-         [[sites.instance_types]]\nname = \"{ty}\"\ncpu = \"1900m\"\nmemory = \"3Gi\"\nprice_per_hour = \"0.0416\"\n\
-         {settings}",
-        site = c.site,
-        kind = c.kind,
-        ty = c.instance_type,
-        settings = c.settings,
+         [[sites]]\nname = \"onprem\"\nkind = \"static\"\n{}",
+        sites.join("").replace("{agent_config}", &insecure)
     );
-    let g = Gateway::start_env(&dir.join("gw"), &config, &host.to_string(), c.env.clone());
+    let g = Gateway::start_env(&dir.join("gw"), &config, &host.to_string(), env);
+    (registry, image, insecure, g)
+}
+
+/// A workload of one replica of 500m that sleeps.
+fn sleeper(name: &str, image: &str) -> String {
+    format!(
+        "name: {name}\nimage: {image}\ncommand: [\"sleep\", \"3600\"]\nresources: {{cpu: 500m, memory: 64Mi}}\nstop_timeout: 1s\n"
+    )
+}
+
+fn burst_and_scale_in(
+    dir: &std::path::Path,
+    slot: &NetSlot,
+    host: std::net::Ipv4Addr,
+    c: CloudUnderTest,
+) {
+    let site = cloud_site(c.site, c.kind, 2, c.instance_type, &c.settings);
+    let (_registry, image, insecure, g) = gateway_for_vms(dir, host, &[site], c.env.clone());
     // On-prem: one node with 500m allocatable, filled by a running workload.
     let (token, ca) = g.join_token("onprem", "10m");
     let onprem = Agent::spawn_configured(
@@ -103,13 +128,9 @@ fn burst_and_scale_in(
     g.until("/v1/nodes/onprem-1", "ready", 30, |n| {
         n["status"] == "ready"
     });
-    let sleeper = |name: &str| {
-        format!(
-            "name: {name}\nimage: {image}\ncommand: [\"sleep\", \"3600\"]\nresources: {{cpu: 500m, memory: 64Mi}}\nstop_timeout: 1s\n"
-        )
-    };
     assert_eq!(
-        g.call("POST", "/v1/workloads", Some(&sleeper("filler"))).0,
+        g.call("POST", "/v1/workloads", Some(&sleeper("filler", &image)))
+            .0,
         202
     );
     g.until("/v1/workloads/filler", "running on-prem", 60, |w| {
@@ -121,7 +142,8 @@ fn burst_and_scale_in(
 
     // On-prem is full: the workload bursts to the cloud and runs there.
     assert_eq!(
-        g.call("POST", "/v1/workloads", Some(&sleeper("web"))).0,
+        g.call("POST", "/v1/workloads", Some(&sleeper("web", &image)))
+            .0,
         202
     );
     let w = g.until("/v1/workloads/web", "running on a cloud VM", 120, |w| {
@@ -196,6 +218,43 @@ fn burst_and_scale_in(
     drop(g);
 }
 
+/// `[sites.azure]` for the fake ARM server, and the gateway's environment
+/// (a service principal, as the gateway finds it).
+fn azure_site(arm: &FakeArm) -> (String, Vec<(String, String)>) {
+    let subnet = "/subscriptions/sub-1/resourceGroups/skiff-rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default";
+    let settings = format!(
+        "[sites.azure]\nsubscription_id = \"sub-1\"\nresource_group = \"skiff-rg\"\nlocation = \"westeurope\"\n\
+         subnet_id = \"{subnet}\"\nimage = \"Canonical:ubuntu-24_04-lts:server:latest\"\n\
+         ssh_public_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBkrZ2T3J0FakeKeyForTests skiff\"\n\
+         endpoint = \"{}\"\n",
+        arm.url
+    );
+    let env = [
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+        ("AZURE_AUTHORITY_HOST", arm.url.as_str()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    (settings, env)
+}
+
+/// `[sites.aws]` for moto; the test process itself talks to moto too.
+fn aws_site(moto: &Moto) -> (String, AwsSettings) {
+    for (k, v) in Moto::env() {
+        // SAFETY: set before this test starts any thread of its own.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let settings = format!(
+        "[sites.aws]\nregion = \"us-east-1\"\nendpoint = \"{}\"\nimage_id = \"ami-760aaa0f\"\n",
+        moto.endpoint
+    );
+    let parsed: toml::Table = settings.parse().unwrap();
+    (settings, parsed["sites"]["aws"].clone().try_into().unwrap())
+}
+
 #[test]
 fn full_on_prem_bursts_to_aws_in_moto_and_scales_back_in() {
     require_root();
@@ -203,21 +262,7 @@ fn full_on_prem_bursts_to_aws_in_moto_and_scales_back_in() {
     let moto = Moto::start();
     let slot = NetSlot::take().unwrap();
     let host = vm_host(dir.path(), &slot);
-    let settings = AwsSettings {
-        region: "us-east-1".into(),
-        endpoint: Some(moto.endpoint.clone()),
-        image_id: "ami-760aaa0f".into(),
-        subnet_id: None,
-        security_group_ids: Vec::new(),
-        instance_profile: None,
-        spot: false,
-        key_name: None,
-    };
-    // The test's own view of moto (the simulator's and the assertions').
-    for (k, v) in Moto::env() {
-        // SAFETY: set before any other thread of this test process runs.
-        unsafe { std::env::set_var(k, v) };
-    }
+    let (settings_toml, settings) = aws_site(&moto);
     let cloud = Arc::new(rt().block_on(AwsCloud::new("aws-us-east-1", settings, Vec::new())));
     burst_and_scale_in(
         dir.path(),
@@ -226,10 +271,7 @@ fn full_on_prem_bursts_to_aws_in_moto_and_scales_back_in() {
         CloudUnderTest {
             site: "aws-us-east-1",
             kind: "aws",
-            settings: format!(
-                "[sites.aws]\nregion = \"us-east-1\"\nendpoint = \"{}\"\nimage_id = \"ami-760aaa0f\"\n",
-                moto.endpoint
-            ),
+            settings: settings_toml,
             instance_type: "t3.medium",
             env: Moto::env(),
             cloud: cloud.clone(),
@@ -245,45 +287,8 @@ fn full_on_prem_bursts_to_azure_through_arm_and_scales_back_in() {
     let arm = Arc::new(FakeArm::start());
     let slot = NetSlot::take().unwrap();
     let host = vm_host(dir.path(), &slot);
-    let subnet = "/subscriptions/sub-1/resourceGroups/skiff-rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default";
-    let settings = format!(
-        "[sites.azure]
-subscription_id = \"sub-1\"
-resource_group = \"skiff-rg\"
-location = \"westeurope\"
-         subnet_id = \"{subnet}\"
-image = \"Canonical:ubuntu-24_04-lts:server:latest\"
-         ssh_public_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBkrZ2T3J0FakeKeyForTests skiff\"
-endpoint = \"{}\"
-",
-        arm.url
-    );
-    // A service principal, as the gateway finds it in its environment.
-    let env: Vec<(String, String)> = [
-        ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", CLIENT_ID),
-        ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
-        ("AZURE_AUTHORITY_HOST", arm.url.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let parsed: toml::Table = settings.parse().unwrap();
-    let azure: AzureSettings = parsed["sites"]["azure"].clone().try_into().unwrap();
-    let cloud = Arc::new(
-        AzureCloud::new(
-            "azure-westeurope",
-            azure,
-            Credential::ServicePrincipal {
-                authority: arm.url.clone(),
-                tenant: TENANT.into(),
-                client_id: CLIENT_ID.into(),
-                secret: CLIENT_SECRET.into(),
-            },
-            Vec::new(),
-        )
-        .unwrap(),
-    );
+    let (settings, env) = azure_site(&arm);
+    let cloud = Arc::new(azure_cloud(&arm, &settings));
     burst_and_scale_in(
         dir.path(),
         &slot,
@@ -308,4 +313,181 @@ endpoint = \"{}\"
     assert!(created[0].custom_data.starts_with("#cloud-config"));
     assert!(!created[0].spot);
     assert_eq!(created[0].tags[skiff_cloud::TAG_SITE], "azure-westeurope");
+}
+
+/// The provider for the fake ARM server, for the test's own view.
+fn azure_cloud(arm: &FakeArm, settings: &str) -> AzureCloud {
+    let parsed: toml::Table = settings.parse().unwrap();
+    let azure: AzureSettings = parsed["sites"]["azure"].clone().try_into().unwrap();
+    AzureCloud::new(
+        "azure-westeurope",
+        azure,
+        Credential::ServicePrincipal {
+            authority: arm.url.clone(),
+            tenant: TENANT.into(),
+            client_id: CLIENT_ID.into(),
+            secret: CLIENT_SECRET.into(),
+        },
+        Vec::new(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_gateway_killed_mid_scale_in_finishes_it_after_restart() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let arm = Arc::new(FakeArm::start());
+    let slot = NetSlot::take().unwrap();
+    let host = vm_host(dir.path(), &slot);
+    let (settings, env) = azure_site(&arm);
+    let site = cloud_site("azure-westeurope", "azure", 1, "Standard_D2s_v5", &settings);
+    let (_registry, image, _, mut g) = gateway_for_vms(dir.path(), host, &[site], env);
+    let _sim = VmSimulator::start(arm.clone(), "azure-westeurope", vm_cloud(dir.path(), &slot));
+    assert_eq!(
+        g.call("POST", "/v1/workloads", Some(&sleeper("web", &image)))
+            .0,
+        202
+    );
+    let w = g.until("/v1/workloads/web", "running on a VM", 120, |w| {
+        w["allocations"][0]["state"] == "running"
+    });
+    let node = w["allocations"][0]["node"].as_str().unwrap().to_string();
+    let path = format!("/v1/nodes/{node}");
+    g.until(&path, "on its instance", 10, |n| {
+        n["instance_id"] == node.as_str()
+    });
+
+    // Every ARM operation now takes about 8 s: the gateway is killed while
+    // it waits for the VM's deletion, with the node marked `terminating`.
+    arm.set_operation_polls(8);
+    assert_eq!(g.call("DELETE", "/v1/workloads/web", None).0, 202);
+    eventually(
+        30,
+        || {
+            let deleting = arm
+                .vms()
+                .iter()
+                .any(|v| v.name == node && v.provisioning_state == "Deleting");
+            deleting && g.call("GET", &path, None).1["scale_in"] == "terminating"
+        },
+        || format!("never began to terminate: {}", g.log()),
+    );
+    g.process.as_mut().unwrap().kill9();
+    assert!(
+        arm.vms().iter().any(|v| v.name == node),
+        "the kill came after the deletion ended"
+    );
+
+    // Restarted, it finishes the scale-in it had begun: the VM, its NIC
+    // and disk are deleted and the node removed; nothing new launched.
+    arm.set_operation_polls(1);
+    let before = g.log().len();
+    g.restart();
+    eventually(
+        60,
+        || {
+            g.call("GET", &path, None).0 == 404
+                && arm.vms().is_empty()
+                && arm.nics().is_empty()
+                && arm.disks().is_empty()
+        },
+        || format!("scale-in not finished: {:?} {}", arm.vms(), g.log()),
+    );
+    let after = g.log()[before..].to_string();
+    assert!(
+        after.contains(&format!("scale-in: terminated {node}")),
+        "{after}"
+    );
+    assert_eq!(arm.created().len(), 1);
+    assert!(!after.contains("for pending work"), "{after}");
+    drop(g);
+}
+
+#[test]
+fn throttling_and_quota_in_azure_back_off_then_fall_back_to_aws() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let arm = Arc::new(FakeArm::start());
+    let moto = Moto::start();
+    let slot = NetSlot::take().unwrap();
+    let host = vm_host(dir.path(), &slot);
+    let (az_settings, mut env) = azure_site(&arm);
+    let (aws_settings, aws) = aws_site(&moto);
+    env.extend(Moto::env());
+    // Azure is preferred (cost rank 1), AWS next (2).
+    let sites = [
+        cloud_site(
+            "azure-westeurope",
+            "azure",
+            1,
+            "Standard_D2s_v5",
+            &az_settings,
+        ),
+        cloud_site("aws-us-east-1", "aws", 2, "t3.medium", &aws_settings),
+    ];
+    let (_registry, image, _, g) = gateway_for_vms(dir.path(), host, &sites, env);
+    let aws = Arc::new(rt().block_on(AwsCloud::new("aws-us-east-1", aws, Vec::new())));
+    let sim = VmSimulator::start(aws.clone(), "aws-us-east-1", vm_cloud(dir.path(), &slot));
+    // ARM throttles the NIC once, then refuses the VM for quota.
+    arm.fail_next(
+        ArmOp::CreateNic,
+        ArmFailure::Status {
+            status: 429,
+            code: "TooManyRequests".into(),
+            message: "The request is being throttled.".into(),
+            retry_after: Some(1),
+        },
+    );
+    arm.fail_next(
+        ArmOp::CreateVm,
+        ArmFailure::Status {
+            status: 409,
+            code: "OperationNotAllowed".into(),
+            message: "Operation could not be completed as it results in exceeding approved standardDSv5Family Cores quota.".into(),
+            retry_after: None,
+        },
+    );
+    assert_eq!(
+        g.call("POST", "/v1/workloads", Some(&sleeper("web", &image)))
+            .0,
+        202
+    );
+    let w = g.until("/v1/workloads/web", "running in AWS", 120, |w| {
+        w["allocations"][0]["state"] == "running" && w["allocations"][0]["site"] == "aws-us-east-1"
+    });
+    let node = w["allocations"][0]["node"].as_str().unwrap();
+    assert!(node.starts_with("aws-us-east-1-"), "{node}");
+    let count = |method: &str, what: &str| {
+        arm.requests()
+            .iter()
+            .filter(|(m, p)| m == method && p.contains(what))
+            .count()
+    };
+    // The throttled call was retried; the quota error was not, and the
+    // NIC made for the refused VM was deleted.
+    assert_eq!(count("PUT", "/networkInterfaces/"), 2);
+    assert_eq!(count("PUT", "/virtualMachines/"), 1);
+    assert!(
+        arm.vms().is_empty() && arm.nics().is_empty(),
+        "{:?}",
+        arm.nics()
+    );
+    let log = g.log();
+    assert!(
+        log.contains("could not launch Standard_D2s_v5: quota exceeded"),
+        "{log}"
+    );
+    assert!(log.contains("Standard_D2s_v5 set aside"), "{log}");
+    // No failure loop: the type stays aside while the work runs in AWS.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(count("PUT", "/virtualMachines/"), 1);
+    assert_eq!(
+        rt().block_on(aws.describe(TAG_SITE, "aws-us-east-1"))
+            .unwrap()
+            .len(),
+        1
+    );
+    drop(g);
+    drop(sim);
 }
