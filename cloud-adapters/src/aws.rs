@@ -148,8 +148,8 @@ where
             let message = format!("{code}: {}", e.message().unwrap_or("no message"));
             classify_code(&code, message, retry_after)
         }
-        SdkError::ConstructionFailure(_) => CloudError::Invalid(error_chain(&e)),
-        _ => CloudError::Other(error_chain(&e)),
+        SdkError::ConstructionFailure(_) => CloudError::Invalid(skiff_proto::error_chain(&e)),
+        _ => CloudError::Other(skiff_proto::error_chain(&e)),
     }
 }
 
@@ -190,17 +190,6 @@ fn classify_code(
         }
         _ => CloudError::Other(message),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 #[async_trait::async_trait]

@@ -74,8 +74,9 @@ fn ip(args: &[&str]) -> Result<(), CloudError> {
     Ok(())
 }
 
-/// The files a cloud-config writes: (path, content, mode).
-fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError> {
+/// The files a cloud-config writes (its `write_files`): (path, content,
+/// mode). Paths are absolute and never climb (`..`).
+pub fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError> {
     #[derive(Deserialize)]
     struct Doc {
         #[serde(default)]
@@ -125,6 +126,21 @@ fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError
             Ok((f.path, content, mode))
         })
         .collect()
+}
+
+/// Writes a cloud-config's `write_files` under `root`, as cloud-init
+/// writes them at first boot.
+pub fn write_files_under(user_data: &str, root: &Path) -> Result<(), CloudError> {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, content, mode) in write_files(user_data)? {
+        let target = root.join(path.trim_start_matches('/'));
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p).map_err(other)?;
+        }
+        std::fs::write(&target, content).map_err(other)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(other)?;
+    }
+    Ok(())
 }
 
 /// `KEY=VALUE` lines.
@@ -198,16 +214,7 @@ impl LocalCloud {
     ) -> Result<VmRecord, CloudError> {
         let dir = self.dir(id);
         let fs = dir.join("rootfs");
-        for (path, content, mode) in write_files(&req.user_data.0)? {
-            let target = fs.join(path.trim_start_matches('/'));
-            if let Some(p) = target.parent() {
-                std::fs::create_dir_all(p).map_err(other)?;
-            }
-            std::fs::write(&target, content).map_err(other)?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
-                .map_err(other)?;
-        }
+        write_files_under(&req.user_data.0, &fs)?;
         let env = std::fs::read_to_string(fs.join("etc/skiff/agent.env"))
             .map_err(|_| CloudError::Invalid("user data writes no /etc/skiff/agent.env".into()))?;
         // The network: a namespace on the bridge, the host as its gateway.

@@ -71,3 +71,16 @@ impl Collector {
         }
     }
 }
+
+/// An error and its sources, `outer: inner: innermost`, in one line (for
+/// errors from libraries whose `Display` leaves the cause out).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

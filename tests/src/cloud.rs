@@ -118,6 +118,96 @@ impl LaunchedVms for crate::azure::FakeArm {
     }
 }
 
+/// How the simulator runs an instance.
+#[async_trait::async_trait]
+pub trait Boot: Send + Sync + 'static {
+    /// Boots instance `id` from the launch's user data.
+    async fn boot(&self, id: &str, req: &LaunchRequest) -> Result<(), String>;
+    /// Powers these instances off.
+    async fn power_off(&self, ids: &[String]);
+}
+
+#[async_trait::async_trait]
+impl<T: Boot> Boot for Arc<T> {
+    async fn boot(&self, id: &str, req: &LaunchRequest) -> Result<(), String> {
+        T::boot(self, id, req).await
+    }
+    async fn power_off(&self, ids: &[String]) {
+        T::power_off(self, ids).await;
+    }
+}
+
+/// As network namespaces on this host.
+#[async_trait::async_trait]
+impl Boot for LocalCloud {
+    async fn boot(&self, id: &str, req: &LaunchRequest) -> Result<(), String> {
+        self.boot_launched(id, req).map_err(|e| e.to_string())
+    }
+    async fn power_off(&self, ids: &[String]) {
+        let _ = self.terminate(ids).await;
+    }
+}
+
+/// As real VMs: qemu (software emulation) booting Debian's cloud kernel,
+/// through `scripts/vm-test --cloud-root` (the agent is in the image; the
+/// user data's write_files are written into it; its init plays the rest
+/// of the bootstrap). The guest reaches this host as 10.0.2.2.
+#[derive(Debug)]
+pub struct QemuVms {
+    dir: PathBuf,
+    vms: std::sync::Mutex<BTreeMap<String, ChildGuard>>,
+}
+
+impl QemuVms {
+    pub fn new(dir: &std::path::Path) -> QemuVms {
+        std::fs::create_dir_all(dir).unwrap();
+        QemuVms {
+            dir: dir.to_path_buf(),
+            vms: Default::default(),
+        }
+    }
+
+    /// What `scripts/vm-test` and the VM's console printed.
+    pub fn console(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{id}.console"))).unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Boot for QemuVms {
+    async fn boot(&self, id: &str, req: &LaunchRequest) -> Result<(), String> {
+        // What cloud-init's write_files would leave on the VM's disk.
+        let root = self.dir.join(format!("{id}.root"));
+        skiff_cloud::local::write_files_under(&req.user_data.0, &root)
+            .map_err(|e| e.to_string())?;
+        let console = std::fs::File::create(self.dir.join(format!("{id}.console")))
+            .map_err(|e| e.to_string())?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/vm-test");
+        let child = ChildGuard::spawn(
+            "qemu VM",
+            Command::new("bash")
+                .arg(script)
+                .arg("--cloud-root")
+                .arg(&root)
+                .stdin(Stdio::null())
+                .stdout(console.try_clone().map_err(|e| e.to_string())?)
+                .stderr(console),
+        )
+        .map_err(|e| e.to_string())?;
+        self.vms.lock().unwrap().insert(id.to_string(), child);
+        Ok(())
+    }
+
+    async fn power_off(&self, ids: &[String]) {
+        for id in ids {
+            let vm = self.vms.lock().unwrap().remove(id);
+            if let Some(mut vm) = vm {
+                vm.stop(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Boots what a cloud launched, until dropped (then powers everything
 /// off).
 #[derive(Debug)]
@@ -129,9 +219,9 @@ pub struct VmSimulator {
 }
 
 impl VmSimulator {
-    /// Watches `site` of `cloud` every 200 ms; boots new instances in
+    /// Watches `site` of `cloud` every 200 ms; boots new instances with
     /// `local`, powers off those the cloud terminated.
-    pub fn start(cloud: Arc<dyn LaunchedVms>, site: &str, local: LocalCloud) -> VmSimulator {
+    pub fn start(cloud: Arc<dyn LaunchedVms>, site: &str, local: impl Boot) -> VmSimulator {
         let stop = Arc::new(AtomicBool::new(false));
         let booted: Arc<std::sync::Mutex<BTreeMap<String, bool>>> = Arc::default();
         let (s, b, site) = (stop.clone(), booted.clone(), site.to_string());
@@ -152,7 +242,7 @@ impl VmSimulator {
                         .map(|(id, _)| id.clone())
                         .collect();
                     for id in gone {
-                        let _ = local.terminate(std::slice::from_ref(&id)).await;
+                        local.power_off(std::slice::from_ref(&id)).await;
                         b.lock().unwrap().insert(id, true);
                     }
                     for i in listed {
@@ -170,14 +260,14 @@ impl VmSimulator {
                                     tags: i.tags.clone(),
                                     spot: false,
                                 };
-                                let ok = local.boot_launched(&i.id, &req);
+                                let ok = local.boot(&i.id, &req).await;
                                 if let Err(e) = &ok {
                                     eprintln!("vm simulator: boot {}: {e}", i.id);
                                 }
                                 b.lock().unwrap().insert(i.id.clone(), ok.is_err());
                             }
                             (Some(false), InstanceState::Stopping | InstanceState::Terminated) => {
-                                let _ = local.terminate(std::slice::from_ref(&i.id)).await;
+                                local.power_off(std::slice::from_ref(&i.id)).await;
                                 b.lock().unwrap().insert(i.id.clone(), true);
                             }
                             _ => {}
@@ -192,7 +282,7 @@ impl VmSimulator {
                     .filter(|(_, off)| !**off)
                     .map(|(id, _)| id.clone())
                     .collect();
-                let _ = local.terminate(&running).await;
+                local.power_off(&running).await;
             });
         });
         VmSimulator {

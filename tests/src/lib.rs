@@ -80,7 +80,7 @@ impl Gateway {
 
     /// With its agent port on `agent_host` (an address of this host, e.g.
     /// a test bridge's) instead of loopback. `{{agent_url}}` in the config
-    /// becomes the agent port's URL.
+    /// becomes the agent port's URL, `{{agent_port}}` its port.
     pub fn start_on(dir: &Path, config: &str, agent_host: &str) -> Gateway {
         Self::start_env(dir, config, agent_host, Vec::new())
     }
@@ -95,7 +95,9 @@ impl Gateway {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("gateway.toml");
         let (api, agent) = (free_port(), free_port());
-        let config = config.replace("{{agent_url}}", &format!("https://{agent_host}:{agent}"));
+        let config = config
+            .replace("{{agent_url}}", &format!("https://{agent_host}:{agent}"))
+            .replace("{{agent_port}}", &agent.to_string());
         std::fs::write(&path, config).unwrap();
         let mut g = Gateway {
             dir: dir.to_path_buf(),

@@ -491,3 +491,89 @@ fn throttling_and_quota_in_azure_back_off_then_fall_back_to_aws() {
     drop(g);
     drop(sim);
 }
+
+#[test]
+fn a_launched_instance_boots_as_a_real_vm_joins_and_runs_the_workload() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let (aws_settings, aws) = aws_site(&moto);
+    // The guest reaches this host's loopback as 10.0.2.2 (qemu user mode).
+    let registry = Registry::start().unwrap();
+    let port = registry.addr().port();
+    OciImage::busybox(&dir.path().join("image"), "test", &[])
+        .unwrap()
+        .push(&registry, "skiff/busybox")
+        .unwrap();
+    let image = format!("10.0.2.2:{port}/skiff/busybox:test");
+    let site = cloud_site("aws-us-east-1", "aws", 2, "t3.medium", &aws_settings)
+        .replace("{{agent_url}}", "https://10.0.2.2:{{agent_port}}")
+        .replace("join_timeout = \"90s\"", "join_timeout = \"10m\"")
+        .replace(
+            "{agent_config}",
+            &format!("[images]\ninsecure_registries = [\"10.0.2.2:{port}\"]\n"),
+        );
+    let config = format!(
+        "heartbeat_interval = \"1s\"\ndown_after = \"30s\"\nadvertise = [\"10.0.2.2\"]\n\
+         [[sites]]\nname = \"onprem\"\nkind = \"static\"\n{site}"
+    );
+    let g = Gateway::start_env(&dir.path().join("gw"), &config, "127.0.0.1", Moto::env());
+    let aws = Arc::new(rt().block_on(AwsCloud::new("aws-us-east-1", aws, Vec::new())));
+    let qemu = Arc::new(skiff_e2e::cloud::QemuVms::new(&dir.path().join("qemu")));
+    let sim = VmSimulator::start(aws.clone(), "aws-us-east-1", qemu.clone());
+
+    // No bridge in the VM's kernel modules: the workload has no network.
+    let spec = format!(
+        "name: web\nimage: {image}\nnetwork: none\ncommand: [\"sleep\", \"3600\"]\nresources: {{cpu: 500m, memory: 64Mi}}\nstop_timeout: 1s\n"
+    );
+    assert_eq!(g.call("POST", "/v1/workloads", Some(&spec)).0, 202);
+    let console = || {
+        let ids = sim.vms().0;
+        ids.iter()
+            .map(|id| qemu.console(id))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let w = loop {
+        let (code, w) = g.call("GET", "/v1/workloads/web", None);
+        if code == 200 && w["allocations"][0]["state"] == "running" {
+            break w;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never running in the VM: {w}\n--- VM:\n{}\n--- gateway:\n{}",
+            console(),
+            g.log()
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    let node = w["allocations"][0]["node"].as_str().unwrap().to_string();
+    // The node is the VM (its kernel and host name), not this host.
+    let n = g.until(&format!("/v1/nodes/{node}"), "on its instance", 10, |n| {
+        n["instance_id"].is_string()
+    });
+    assert_eq!(n["hostname"], "skiff-cloud-vm", "{n}");
+    assert_eq!(n["site"], "aws-us-east-1");
+    let c = console();
+    assert!(c.contains("cgroup2 controllers:"), "{c}");
+    assert!(
+        c.contains("skiff-vm: starting /usr/local/bin/skiff-agent serve"),
+        "{c}"
+    );
+
+    // Scaled in: TerminateInstances at moto, the VM powered off.
+    assert_eq!(g.call("DELETE", "/v1/workloads/web", None).0, 202);
+    eventually(
+        120,
+        || g.call("GET", &format!("/v1/nodes/{node}"), None).0 == 404,
+        || format!("never scaled in: {}", g.log()),
+    );
+    let id = n["instance_id"].as_str().unwrap_or_default().to_string();
+    eventually(
+        30,
+        || sim.vms().1.contains(&id),
+        || format!("{id} not powered off: {:?}", sim.vms()),
+    );
+    drop(g);
+}

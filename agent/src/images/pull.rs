@@ -82,14 +82,22 @@ fn client_for(registry: &str, config: &ImagesConfig) -> Result<oci_client::Clien
     } else {
         ClientProtocol::Https
     };
-    Ok(oci_client::Client::new(ClientConfig {
+    // Not `Client::new`: it panics when TLS cannot be set up (a host
+    // without CA certificates); that is an error to report.
+    oci_client::Client::try_from(ClientConfig {
         protocol,
         extra_root_certificates,
         max_concurrent_download: config.concurrent_downloads.max(1),
         connect_timeout: Some(std::time::Duration::from_secs(10)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
         ..Default::default()
-    }))
+    })
+    .map_err(|e| {
+        ImageError::Registry(format!(
+            "{registry}: cannot set up TLS ({}); install the host's CA certificates (ca-certificates) or set images.extra_ca_file",
+            skiff_proto::error_chain(&e)
+        ))
+    })
 }
 
 fn auth_for(registry: &str, config: &ImagesConfig) -> OciAuth {
