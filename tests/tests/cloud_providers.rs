@@ -1,0 +1,263 @@
+//! The AWS and Azure providers against their peers, call by call: moto
+//! (EC2 in server mode) and the fake ARM server (shaped by Azure's
+//! published examples). No root needed.
+
+use std::collections::BTreeMap;
+
+use skiff_cloud::aws::{AwsCloud, AwsSettings};
+use skiff_cloud::azure::{AzureCloud, AzureSettings, Credential};
+use skiff_cloud::{
+    CloudError, CloudProvider, InstanceState, InstanceType, LaunchRequest, Secret, TAG_CLUSTER,
+    TAG_NODE, TAG_SITE, terminate_owned,
+};
+use skiff_e2e::azure::{ArmFailure, ArmOp, CLIENT_ID, CLIENT_SECRET, FakeArm, TENANT};
+use skiff_e2e::cloud::Moto;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn priced(name: &str) -> InstanceType {
+    InstanceType {
+        name: name.into(),
+        cpu_millis: 0,
+        memory_bytes: 0,
+        price_micros_per_hour: 41_600,
+        arch: "amd64".into(),
+    }
+}
+
+fn request(site: &str, ty: &str, node: &str, cluster: &str) -> LaunchRequest {
+    LaunchRequest {
+        site: site.into(),
+        instance_type: ty.into(),
+        count: 1,
+        user_data: Secret("#cloud-config\nwrite_files: []\n".into()),
+        tags: BTreeMap::from([
+            (TAG_CLUSTER.to_string(), cluster.to_string()),
+            (TAG_SITE.to_string(), site.to_string()),
+            (TAG_NODE.to_string(), node.to_string()),
+        ]),
+        spot: false,
+    }
+}
+
+fn aws(moto: &Moto, subnet_id: Option<&str>) -> AwsCloud {
+    for (k, v) in Moto::env() {
+        // SAFETY: set before this test starts any thread of its own.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let settings = AwsSettings {
+        region: "us-east-1".into(),
+        endpoint: Some(moto.endpoint.clone()),
+        image_id: "ami-760aaa0f".into(),
+        subnet_id: subnet_id.map(String::from),
+        security_group_ids: Vec::new(),
+        instance_profile: None,
+        spot: false,
+        key_name: None,
+    };
+    rt().block_on(AwsCloud::new(
+        "aws-us-east-1",
+        settings,
+        vec![priced("t3.medium")],
+    ))
+}
+
+#[test]
+fn aws_shapes_launch_describe_and_owned_only_termination_against_moto() {
+    let moto = Moto::start();
+    let cloud = aws(&moto, None);
+    let rt = rt();
+    // Shapes from EC2, the price from the config.
+    let types = rt.block_on(cloud.instance_types()).unwrap();
+    assert_eq!(types.len(), 1);
+    assert_eq!(
+        (types[0].cpu_millis, types[0].memory_bytes),
+        (2000, 4 << 30)
+    );
+    assert_eq!(types[0].price_micros_per_hour, 41_600);
+
+    let ours = rt
+        .block_on(cloud.launch(&request("aws-us-east-1", "t3.medium", "aws-1", "c1")))
+        .unwrap();
+    let theirs = rt
+        .block_on(cloud.launch(&request("aws-us-east-1", "t3.medium", "aws-2", "other")))
+        .unwrap();
+    assert_eq!(ours[0].tags[TAG_NODE], "aws-1");
+    // The user data goes to EC2 as launched.
+    let data = rt.block_on(cloud.user_data(&ours[0].id)).unwrap();
+    assert_eq!(data.0, "#cloud-config\nwrite_files: []\n");
+    let listed = rt.block_on(cloud.describe(TAG_CLUSTER, "c1")).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, ours[0].id);
+    // Only this cluster's instances are terminated.
+    let refused = rt
+        .block_on(terminate_owned(
+            &cloud,
+            "c1",
+            &[ours[0].id.clone(), theirs[0].id.clone()],
+        ))
+        .unwrap();
+    assert_eq!(refused, [theirs[0].id.clone()]);
+    let state = |id: &str, cluster: &str| {
+        rt.block_on(cloud.describe(TAG_CLUSTER, cluster))
+            .unwrap()
+            .into_iter()
+            .find(|i| i.id == id)
+            .unwrap()
+            .state
+    };
+    assert_eq!(state(&ours[0].id, "c1"), InstanceState::Terminated);
+    assert_ne!(state(&theirs[0].id, "other"), InstanceState::Terminated);
+}
+
+#[test]
+fn aws_errors_are_classified_and_name_what_is_wrong() {
+    let moto = Moto::start();
+    let rt = rt();
+    let bad_subnet = aws(&moto, Some("subnet-0000000000000000f"));
+    let e = rt
+        .block_on(bad_subnet.launch(&request("aws-us-east-1", "t3.medium", "n", "c1")))
+        .unwrap_err();
+    assert!(
+        matches!(&e, CloudError::Invalid(m) if m.contains("InvalidSubnetID")),
+        "{e:?}"
+    );
+    // An endpoint nobody answers: a transient error, retried by callers.
+    let gone = {
+        let settings = AwsSettings {
+            region: "us-east-1".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            image_id: "ami-760aaa0f".into(),
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+            instance_profile: None,
+            spot: false,
+            key_name: None,
+        };
+        rt.block_on(AwsCloud::new("aws-us-east-1", settings, Vec::new()))
+    };
+    let e = rt.block_on(gone.describe(TAG_CLUSTER, "c1")).unwrap_err();
+    assert!(e.is_retryable(), "{e:?}");
+}
+
+fn azure(arm: &FakeArm, credential: Credential) -> AzureCloud {
+    let settings = AzureSettings {
+        subscription_id: "sub-1".into(),
+        resource_group: "skiff-rg".into(),
+        location: "westeurope".into(),
+        subnet_id: "/subscriptions/sub-1/resourceGroups/skiff-rg/providers/Microsoft.Network/virtualNetworks/vnet/subnets/default".into(),
+        image: "Canonical:ubuntu-24_04-lts:server:latest".into(),
+        admin_username: "skiff".into(),
+        ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBkrZ2T3J0FakeKeyForTests skiff".into(),
+        spot: false,
+        endpoint: Some(arm.url.clone()),
+        imds_endpoint: Some(arm.url.clone()),
+        identity_client_id: None,
+    };
+    AzureCloud::new(
+        "azure-westeurope",
+        settings,
+        credential,
+        vec![priced("Standard_D2s_v5")],
+    )
+    .unwrap()
+}
+
+fn service_principal(arm: &FakeArm, secret: &str) -> Credential {
+    Credential::ServicePrincipal {
+        authority: arm.url.clone(),
+        tenant: TENANT.into(),
+        client_id: CLIENT_ID.into(),
+        secret: secret.into(),
+    }
+}
+
+#[test]
+fn azure_managed_identity_lists_shapes_and_a_wrong_secret_is_an_auth_error() {
+    let arm = FakeArm::start();
+    let rt = rt();
+    let mi = azure(
+        &arm,
+        Credential::ManagedIdentity {
+            imds: arm.url.clone(),
+            client_id: None,
+        },
+    );
+    let types = rt.block_on(mi.instance_types()).unwrap();
+    assert_eq!(
+        (types[0].cpu_millis, types[0].memory_bytes),
+        (2000, 8192 << 20)
+    );
+    assert!(
+        arm.requests()
+            .iter()
+            .any(|(m, p)| m == "GET" && p == "/metadata/identity/oauth2/token")
+    );
+    let wrong = azure(&arm, service_principal(&arm, "not-the-secret"));
+    let e = rt.block_on(wrong.instance_types()).unwrap_err();
+    assert!(matches!(e, CloudError::Auth(_)), "{e:?}");
+    assert!(!format!("{e}").contains("not-the-secret"));
+}
+
+#[test]
+fn azure_launches_pages_and_cleans_up_after_an_allocation_failure() {
+    let arm = FakeArm::start();
+    let rt = rt();
+    let cloud = azure(&arm, service_principal(&arm, CLIENT_SECRET));
+    // Three VMs: listed across pages.
+    let mut req = request("azure-westeurope", "Standard_D2s_v5", "az-1", "c1");
+    req.count = 3;
+    let vms = rt.block_on(cloud.launch(&req)).unwrap();
+    assert_eq!(vms.len(), 3);
+    assert_eq!(
+        rt.block_on(cloud.describe(TAG_CLUSTER, "c1"))
+            .unwrap()
+            .len(),
+        3
+    );
+    let created = arm.created();
+    assert!(
+        created
+            .iter()
+            .all(|v| v.custom_data.starts_with("#cloud-config"))
+    );
+    // The region is out of capacity: the operation fails, the error says
+    // so (the caller falls back), and no NIC or VM is left.
+    arm.fail_next(
+        ArmOp::CreateVm,
+        ArmFailure::AsyncFailed {
+            code: "AllocationFailed".into(),
+            message: "Allocation failed. We do not have sufficient capacity.".into(),
+        },
+    );
+    let e = rt
+        .block_on(cloud.launch(&request(
+            "azure-westeurope",
+            "Standard_D2s_v5",
+            "az-9",
+            "c1",
+        )))
+        .unwrap_err();
+    assert!(matches!(e, CloudError::Capacity(_)), "{e:?}");
+    assert!(!arm.vms().iter().any(|v| v.name == "az-9"));
+    assert!(!arm.nics().iter().any(|n| n.starts_with("az-9")));
+    // An unknown size is the site's config at fault.
+    let e = rt
+        .block_on(cloud.launch(&request("azure-westeurope", "Standard_Nope", "az-8", "c1")))
+        .unwrap_err();
+    assert!(
+        e.wants_fallback() || matches!(e, CloudError::Invalid(_)),
+        "{e:?}"
+    );
+    // Terminated: VM, NIC and disk gone.
+    let ids: Vec<String> = vms.iter().map(|v| v.id.clone()).collect();
+    rt.block_on(terminate_owned(&cloud, "c1", &ids)).unwrap();
+    assert!(arm.vms().is_empty(), "{:?}", arm.vms());
+    assert!(arm.nics().is_empty(), "{:?}", arm.nics());
+    assert!(arm.disks().is_empty(), "{:?}", arm.disks());
+}
