@@ -1075,15 +1075,28 @@ impl Control {
         }
         *last = planned;
         drop(last);
+        // Why nothing is launched for them: an event per workload and
+        // reason when it changes.
+        let mut unplaced: BTreeMap<(String, String), u32> = BTreeMap::new();
         for u in &plan.unplaced {
             let id = &requests[u.request].id;
             if let Some(a) = s.allocations.get_mut(id) {
                 let msg = u.explanation.to_string();
                 if a.message != msg {
+                    *unplaced
+                        .entry((a.workload.clone(), msg.clone()))
+                        .or_default() += 1;
                     a.message = msg;
                     a.updated_ms = now;
                 }
             }
+        }
+        for ((workload, why), n) in unplaced {
+            events.push((
+                "workload",
+                workload,
+                format!("{n} replica(s) cannot be placed or launched for: {why}"),
+            ));
         }
         Ok(())
     }
@@ -1286,9 +1299,20 @@ mod tests {
             Ok(())
         })
         .unwrap();
+        let mut rx = c.events.subscribe();
         c.reconcile().unwrap();
         let planned: u32 = c.planned_launches().iter().map(|p| p.count).sum();
         assert_eq!(planned, 10, "max_nodes and the budget cap the plan");
+        // An event says why the rest launches nothing.
+        let events: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.message)
+            .collect();
+        assert!(
+            events.iter().any(|e| e
+                .starts_with("10 replica(s) cannot be placed or launched for: ")
+                && e.contains("max_nodes 10 reached")),
+            "{events:?}"
+        );
         let unplaced = c.read(|s| {
             s.allocations
                 .values()
