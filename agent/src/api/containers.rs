@@ -111,6 +111,9 @@ pub async fn run(
         .read(true)
         .open(&log)
         .map_err(|e| ApiError::from(RuntimeError::Internal(e.to_string())))?;
+    // Subscribed before the start: a fast `--rm` container may exit and
+    // be removed before a waiter started afterwards would find it.
+    let exits = rt.subscribe(&record.id)?;
     if let Err(e) = rt.start(&record.id).await {
         // A container that cannot start is not left behind.
         let _ = rt.remove(&record.id, true).await;
@@ -126,29 +129,27 @@ pub async fn run(
             .unwrap_or_default());
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(follow(rt, record.id, log, file, tx, true));
+    tokio::spawn(follow(log, file, tx, Some(exits)));
     Ok(ndjson(rx))
 }
 
 /// Streams a container's log; with `follow`, until it has exited, then
 /// its exit.
 async fn follow(
-    rt: Arc<Runtime>,
-    id: String,
     path: PathBuf,
     file: std::fs::File,
     tx: mpsc::UnboundedSender<OutputLine>,
-    follow: bool,
+    exits: Option<tokio::sync::watch::Receiver<crate::runtime::records::ContainerRecord>>,
 ) {
+    let follow = exits.is_some();
     let mut reader = BufReader::new(file);
     let _ = reader.rewind();
     let mut inode = reader.get_ref().metadata().map(|m| m.ino()).unwrap_or(0);
-    let waiter = {
-        let rt = Arc::clone(&rt);
-        let id = id.clone();
-        tokio::spawn(async move { rt.wait(&id).await })
-    };
-    let mut waiter = Some(waiter);
+    let mut waiter = exits.map(|rx| {
+        tokio::spawn(
+            async move { Ok::<_, crate::runtime::RuntimeError>(Runtime::exit_of(rx).await) },
+        )
+    });
     let mut exit = None;
     let mut buf = String::new();
     loop {
@@ -220,14 +221,12 @@ pub async fn logs(
             let _ = tx.send(OutputLine::Log { log });
         }
     }
-    tokio::spawn(follow(
-        Arc::clone(&s.runtime),
-        record.id,
-        path,
-        file,
-        tx,
-        q.follow,
-    ));
+    // A container the runtime no longer tracks has nothing more to say.
+    let exits = q
+        .follow
+        .then(|| s.runtime.subscribe(&record.id).ok())
+        .flatten();
+    tokio::spawn(follow(path, file, tx, exits));
     Ok(ndjson(rx))
 }
 

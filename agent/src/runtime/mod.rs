@@ -841,14 +841,22 @@ impl Runtime {
 
     /// Waits until the container is not running; returns how it ended.
     pub async fn wait(&self, key: &str) -> Result<ExitInfo, RuntimeError> {
+        let rx = self.subscribe(key)?;
+        Ok(Self::exit_of(rx).await)
+    }
+
+    /// The container's record as it changes; subscribe before starting it
+    /// to hear of even the fastest exit (and an auto-remove right after).
+    pub fn subscribe(&self, key: &str) -> Result<watch::Receiver<ContainerRecord>, RuntimeError> {
         let record = self.resolve(key)?;
-        let mut rx = {
-            let live = self.live.lock().expect("lock");
-            match live.get(&record.id) {
-                Some(l) => l.tx.subscribe(),
-                None => return Err(RuntimeError::NotFound(key.into())),
-            }
-        };
+        let live = self.live.lock().expect("lock");
+        live.get(&record.id)
+            .map(|l| l.tx.subscribe())
+            .ok_or_else(|| RuntimeError::NotFound(key.into()))
+    }
+
+    /// Waits on a subscription until the container has exited.
+    pub async fn exit_of(mut rx: watch::Receiver<ContainerRecord>) -> ExitInfo {
         let r = rx
             .wait_for(|r| {
                 matches!(r.state, State::Exited | State::Created) && r.exit_code.is_some()
@@ -860,11 +868,11 @@ impl Runtime {
             // The record was removed (auto-remove): its last value stands.
             Err(_) => rx.borrow().clone(),
         };
-        Ok(ExitInfo {
+        ExitInfo {
             exit_code: r.exit_code.unwrap_or(255),
             reason: r.reason.unwrap_or_else(|| "exited".into()),
             message: r.message,
-        })
+        }
     }
 
     /// Sends a signal to the container's first process.
