@@ -12,7 +12,9 @@ use skiff_cloud::{
     terminate_owned,
 };
 use skiff_e2e::{Gateway, eventually};
+use skiff_test_support::images::OciImage;
 use skiff_test_support::net::NetSlot;
+use skiff_test_support::registry::Registry;
 use skiff_test_support::tools::require_root;
 
 #[test]
@@ -126,13 +128,30 @@ fn pending_work_bursts_to_a_local_vm_that_joins_and_takes_it() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let slot = NetSlot::take().unwrap();
-    let host = slot.subnet().replace("0/24", "1");
     let vms = dir.path().join("vms");
+    // The VMs' bridge first: the registry the VMs pull from listens on it.
+    let host = LocalCloud::new(LocalConfig {
+        root: vms.clone(),
+        agent_bin: skiff_e2e::bin("skiff-agent"),
+        bridge: slot.bridge(),
+        subnet: slot.subnet().parse().unwrap(),
+        types: Vec::new(),
+    })
+    .ensure_bridge()
+    .unwrap();
+    let registry = Registry::start_on(host).unwrap();
+    let image = OciImage::busybox(&dir.path().join("image"), "test", &[])
+        .unwrap()
+        .push(&registry, "skiff/busybox")
+        .unwrap();
+    let host = host.to_string();
     let config = format!(
         "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\nadvertise = [\"{host}\"]\n\
          [[sites]]\nname = \"local\"\nkind = \"local\"\ngateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"60s\"\nscale_in_after = \"1s\"\n\
+         agent_config = \"[images]\\ninsecure_registries = [\\\"{}\\\"]\\n\"\n\
          [[sites.instance_types]]\nname = \"local.small\"\ncpu = \"1\"\nmemory = \"1Gi\"\nprice_per_hour = \"0\"\n\
          [sites.local]\nroot = \"{}\"\nagent_bin = \"{}\"\nbridge = \"{}\"\nsubnet = \"{}\"\n",
+        registry.host(),
         vms.display(),
         skiff_e2e::bin("skiff-agent").display(),
         slot.bridge(),
@@ -143,13 +162,16 @@ fn pending_work_bursts_to_a_local_vm_that_joins_and_takes_it() {
     let (code, v) = g.call(
         "POST",
         "/v1/workloads",
-        Some("name: web\nimage: busybox\nreplicas: 1\nresources: {cpu: 500m, memory: 64Mi}\n"),
+        Some(&format!(
+            "name: web\nimage: {image}\nreplicas: 1\ncommand: [\"sleep\", \"3600\"]\nresources: {{cpu: 500m, memory: 64Mi}}\nstop_timeout: 1s\n"
+        )),
     );
     assert_eq!(code, 202, "{v}");
-    let w = g.until("/v1/workloads/web", "placed on a new VM", 60, |w| {
-        w["allocations"][0]["node"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("local-"))
+    let w = g.until("/v1/workloads/web", "running on a new VM", 60, |w| {
+        w["allocations"][0]["state"] == "running"
+            && w["allocations"][0]["node"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("local-"))
     });
     let node = w["allocations"][0]["node"].as_str().unwrap().to_string();
     let n = g.call("GET", &format!("/v1/nodes/{node}"), None).1;
