@@ -1,13 +1,20 @@
-//! The autoscaler's launch side: it carries out the placement engine's
-//! launch plan. Once a second it compares the VMs the plan asks for with
-//! the VMs already launching (which the scheduler counts as capacity, so
-//! the same demand never launches twice), launches the difference, each
-//! VM with its own single-use join token in its cloud-init user data, and
-//! records it before anything else; a VM whose node has joined is done,
-//! one that has not joined within the site's `join_timeout` is terminated
-//! (only ever the gateway's own instances). Quota and capacity errors set
-//! that site and type aside for a minute, so the next pass plans around
-//! them. Scale-in is not built yet.
+//! The autoscaler: it carries out the placement engine's launch plan and
+//! hands idle VMs back.
+//!
+//! * Launch: 100 ms after a pass plans VMs (and every second) it launches
+//!   what the plan asks for: sites and types in parallel, within one a
+//!   first VM alone and then the rest together; each VM with its own
+//!   single-use join token in its cloud-init user data, recorded with the
+//!   allocations it is for (the scheduler counts it as capacity holding
+//!   them, so the same demand never launches twice).
+//! * Settle: a VM whose node has registered is done; one that has not
+//!   joined within the site's `join_timeout` is terminated (only ever the
+//!   gateway's own instances) and its type set aside.
+//! * Failures: after `with_retry`'s back-off, a failed launch sets that
+//!   site's type aside (60 s quota/capacity, 30 s throttling or transient,
+//!   5 min auth/invalid); the next plan, made at once, goes elsewhere.
+//! * Scale-in: a launched node idle for `scale_in_after` is cordoned, then
+//!   terminated and removed, each phase recorded on the node first.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,9 +26,10 @@ use skiff_cloud::{
     terminate_owned, with_retry,
 };
 
-use crate::control::{Control, JoinTokenRecord, VmRecord, now_ms};
+use crate::control::{Control, JoinTokenRecord, PlannedLaunch, VmRecord, now_ms};
 use crate::pki::{Pki, random_hex, sha256_hex};
 use crate::store::Kind;
+use futures::StreamExt;
 
 /// Launches and retires VMs for the sites that have a provider.
 #[derive(Debug)]
@@ -33,6 +41,9 @@ pub struct Autoscaler {
     /// This gateway's id, in every instance's `skiff:cluster` tag.
     pub cluster: String,
 }
+
+/// Most launch calls in flight for one site and type.
+const LAUNCH_CONCURRENCY: usize = 16;
 
 /// How long demand is gathered after a plan first asks for VMs.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
@@ -89,52 +100,72 @@ impl Autoscaler {
         let Some(planned) = self.control.take_fresh_plan() else {
             return;
         };
-        for p in planned {
-            let Some(provider) = self.providers.get(&p.site) else {
-                continue;
-            };
-            if self.control.is_held(&p.site, &p.instance_type) {
-                continue;
-            }
-            for j in 0..p.count as usize {
-                let for_allocations = p.vms.get(j).cloned().unwrap_or_default();
-                match self
-                    .launch_one(
-                        provider.as_ref(),
-                        &p.site,
-                        &p.instance_type,
-                        for_allocations,
-                    )
-                    .await
-                {
-                    Ok(vm) => self.control.event(
-                        "site",
-                        &p.site,
-                        format!(
-                            "launched {} ({}) for pending work; it joins as {}",
-                            vm.id, vm.instance_type, vm.node
-                        ),
+        // Sites and types in parallel; within one, a first VM alone (a
+        // quota or capacity refusal stops there), then the rest together.
+        let launches = planned.into_iter().filter_map(|p| {
+            let provider = Arc::clone(self.providers.get(&p.site)?);
+            (!self.control.is_held(&p.site, &p.instance_type))
+                .then(|| self.launch_planned(provider, p))
+        });
+        futures::future::join_all(launches).await;
+        self.control.wake();
+    }
+
+    async fn launch_planned(&self, provider: Arc<dyn CloudProvider>, p: PlannedLaunch) {
+        let mut vms = p.vms.clone();
+        vms.resize(p.count as usize, Vec::new());
+        let mut vms = vms.into_iter();
+        let Some(first) = vms.next() else {
+            return;
+        };
+        let r = self
+            .launch_one(provider.as_ref(), &p.site, &p.instance_type, first)
+            .await;
+        if !self.outcome(&p, r) {
+            return;
+        }
+        let rest: Vec<_> = futures::stream::iter(vms.map(|allocations| {
+            self.launch_one(provider.as_ref(), &p.site, &p.instance_type, allocations)
+        }))
+        .buffer_unordered(LAUNCH_CONCURRENCY)
+        .collect()
+        .await;
+        for r in rest {
+            self.outcome(&p, r);
+        }
+    }
+
+    /// Reports a launch; a failure sets the type aside (never the same
+    /// failing call again and again: the demand is planned elsewhere).
+    /// Whether it succeeded.
+    fn outcome(&self, p: &PlannedLaunch, r: Result<VmRecord, skiff_cloud::CloudError>) -> bool {
+        match r {
+            Ok(vm) => {
+                self.control.event(
+                    "site",
+                    &p.site,
+                    format!(
+                        "launched {} ({}) for pending work; it joins as {}",
+                        vm.id, vm.instance_type, vm.node
                     ),
-                    Err(e) => {
-                        self.control.event(
-                            "site",
-                            &p.site,
-                            format!("could not launch {}: {e}", p.instance_type),
-                        );
-                        // Never the same failing call again and again: the
-                        // type is set aside and the demand planned elsewhere.
-                        self.control.hold_instance_type(
-                            &p.site,
-                            &p.instance_type,
-                            hold_after(&e),
-                            e.class(),
-                        );
-                        break;
-                    }
-                }
+                );
+                true
+            }
+            Err(e) => {
+                self.control.event(
+                    "site",
+                    &p.site,
+                    format!("could not launch {}: {e}", p.instance_type),
+                );
+                self.control.hold_instance_type(
+                    &p.site,
+                    &p.instance_type,
+                    hold_after(&e),
+                    e.class(),
+                );
+                false
             }
         }
-        self.control.wake();
     }
 
     async fn launch_one(
@@ -650,8 +681,10 @@ mod tests {
     async fn quota_errors_hold_the_type_and_late_vms_are_terminated() {
         let dir = tempfile::tempdir().unwrap();
         let (a, cloud) = setup(dir.path(), "1ms");
-        workload(&a.control, 1);
+        // Five replicas of 1 CPU: three 2-CPU VMs.
+        workload(&a.control, 5);
         a.control.reconcile().unwrap();
+        assert_eq!(a.control.planned_launches()[0].count, 3);
         cloud.fail(
             Op::Launch,
             [skiff_cloud::CloudError::Quota("vCPU limit".into())],
@@ -666,19 +699,23 @@ mod tests {
         );
         assert_eq!(
             cloud.calls().iter().filter(|c| c.0 == Op::Launch).count(),
-            1
+            1,
+            "the first refusal stops the other two"
         );
-        // Without the hold: launched, never joins, terminated (and the
-        // demand planned for again).
+        // Without the hold: all three launched (together), never join,
+        // terminated (and the demand planned for again).
         a.control.release_holds();
         a.control.reconcile().unwrap();
         a.tick().await;
-        assert_eq!(cloud.instances().len(), 1);
+        assert_eq!(cloud.instances().len(), 3);
+        assert_eq!(a.control.read(|s| s.vms.len()), 3);
         tokio::time::sleep(Duration::from_millis(5)).await;
         a.tick().await;
-        assert_eq!(
-            cloud.instances()[0].state,
-            skiff_cloud::InstanceState::Terminated
+        assert!(
+            cloud
+                .instances()
+                .iter()
+                .all(|i| i.state == skiff_cloud::InstanceState::Terminated)
         );
         assert_eq!(a.control.read(|s| s.vms.len()), 0);
     }
