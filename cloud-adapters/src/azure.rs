@@ -64,6 +64,39 @@ pub struct AzureSettings {
     pub identity_client_id: Option<String>,
 }
 
+impl AzureSettings {
+    /// Checks what can be checked before any call: (key, reason).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        image_reference(&self.image).map_err(|e| ("image", e))?;
+        if !self.subnet_id.starts_with("/subscriptions/") || !self.subnet_id.contains("/subnets/") {
+            return Err((
+                "subnet_id",
+                format!("{:?} is not a subnet's resource id", self.subnet_id),
+            ));
+        }
+        if !self.ssh_public_key.starts_with("ssh-") && !self.ssh_public_key.starts_with("ecdsa-") {
+            return Err(("ssh_public_key", "is not an OpenSSH public key".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `publisher:offer:sku:version`, or an image's resource id.
+fn image_reference(image: &str) -> Result<Value, String> {
+    if image.starts_with("/subscriptions/") {
+        return Ok(json!({ "id": image }));
+    }
+    let parts: Vec<&str> = image.split(':').collect();
+    match parts[..] {
+        [publisher, offer, sku, version] if parts.iter().all(|p| !p.is_empty()) => {
+            Ok(json!({ "publisher": publisher, "offer": offer, "sku": sku, "version": version }))
+        }
+        _ => Err(format!(
+            "{image:?}: expected publisher:offer:sku:version or an image's resource id"
+        )),
+    }
+}
+
 fn default_admin() -> String {
     "skiff".into()
 }
@@ -433,17 +466,7 @@ impl AzureCloud {
     }
 
     fn image_reference(&self) -> Result<Value, CloudError> {
-        let image = &self.settings.image;
-        if image.starts_with("/subscriptions/") {
-            return Ok(json!({ "id": image }));
-        }
-        let parts: Vec<&str> = image.split(':').collect();
-        let [publisher, offer, sku, version] = parts[..] else {
-            return Err(CloudError::Invalid(format!(
-                "azure image {image:?}: expected publisher:offer:sku:version or a resource id"
-            )));
-        };
-        Ok(json!({ "publisher": publisher, "offer": offer, "sku": sku, "version": version }))
+        image_reference(&self.settings.image).map_err(CloudError::Invalid)
     }
 
     async fn create_one(

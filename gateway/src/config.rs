@@ -257,6 +257,10 @@ impl GatewayConfig {
                     ));
                 }
             }
+            if let Some(a) = &s.azure {
+                a.check()
+                    .map_err(|(key, why)| bad(&format!("sites[{i}].azure.{key}"), why))?;
+            }
             if let Some(b) = &s.budget_per_hour {
                 parse_price(b).map_err(|e| bad(&format!("sites[{i}].budget_per_hour"), e))?;
             }
@@ -450,6 +454,20 @@ mod tests {
                 "config sites[0].kind: unknown variant `moon`",
             ),
             ("lisen = \"x\"\n", "config lisen: unknown field `lisen`"),
+            (
+                "[[sites]]\nname = \"aws\"\nkind = \"static\"\n[sites.aws]\nregion = \"us-east-1\"\nimage_id = \"ami-1\"\n",
+                "config sites[0].aws: only for kind = \"aws\"",
+            ),
+            (
+                "[[sites]]\nname = \"aws\"\nkind = \"aws\"\n[sites.aws]\nregion = \"us-east-1\"\n",
+                "config sites[0].aws: missing field `image_id`",
+            ),
+            (
+                "[[sites]]\nname = \"az\"\nkind = \"azure\"\n[sites.azure]\nsubscription_id = \"s\"\nresource_group = \"rg\"\nlocation = \"westeurope\"\n\
+                 subnet_id = \"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/n\"\n\
+                 image = \"Canonical:ubuntu\"\nssh_public_key = \"ssh-ed25519 AAAA\"\n",
+                "config sites[0].azure.image: \"Canonical:ubuntu\": expected publisher:offer:sku:version",
+            ),
         ] {
             let e = load(text).unwrap_err();
             assert!(e.starts_with(want), "{text:?}: {e}");

@@ -66,6 +66,12 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
                 skiff_cloud::azure::AzureCloud::new(&site.name, a.clone(), credential, types)
                     .with_context(|| format!("site {}: azure client", site.name))?;
             providers.insert(site.name.clone(), Arc::new(cloud));
+        } else if site.kind.can_launch() && !site.instance_types.is_empty() {
+            tracing::warn!(
+                site = %site.name,
+                kind = ?site.kind,
+                "no provider settings for this cloud site: its launch plan is shown, but no VM is launched"
+            );
         }
     }
     let api_listener = tokio::net::TcpListener::bind(config.listen)
