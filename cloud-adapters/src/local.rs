@@ -76,7 +76,7 @@ fn ip(args: &[&str]) -> Result<(), CloudError> {
 
 /// The files a cloud-config writes (its `write_files`): (path, content,
 /// mode). Paths are absolute and never climb (`..`).
-pub fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError> {
+fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError> {
     #[derive(Deserialize)]
     struct Doc {
         #[serde(default)]
@@ -521,5 +521,15 @@ mod tests {
         );
         let bad = "#cloud-config\nwrite_files:\n  - path: /etc/../../root/x\n    content: x\n";
         assert!(write_files(bad).is_err());
+        // Base64 content (a site's agent config) is decoded.
+        let b64 = "#cloud-config\nwrite_files:\n  - path: /etc/skiff/agent.toml\n    encoding: b64\n    content: \"W3Jlc2VydmVdCg==\"\n";
+        assert_eq!(write_files(b64).unwrap()[0].1, "[reserve]\n");
+        let odd = "#cloud-config\nwrite_files:\n  - path: /x\n    encoding: gzip\n    content: x\n";
+        assert!(
+            write_files(odd)
+                .unwrap_err()
+                .to_string()
+                .contains("encoding \"gzip\"")
+        );
     }
 }

@@ -23,9 +23,9 @@ use skiff_cloud::fake::FakeCloud;
 use skiff_cloud::{CloudError, CloudProvider, Instance, InstanceType, LaunchRequest};
 use skiff_gateway::autoscale::Autoscaler;
 use skiff_gateway::config::{GatewayConfig, Overrides};
-use skiff_gateway::control::{Control, WorkloadRecord};
+use skiff_gateway::control::Control;
 use skiff_gateway::pki::Pki;
-use skiff_gateway::store::{Kind, RedbStore};
+use skiff_gateway::store::RedbStore;
 
 const GI: u64 = 1 << 30;
 const MI: u64 = 1 << 20;
@@ -140,25 +140,12 @@ fn fleet(types: &[(&str, u64, u64, u64)]) -> Fleet {
     }
 }
 
-/// Stores a workload as the API does, and asks for a pass.
+/// Stores a workload as `POST /v1/workloads` does (which asks for a pass).
 fn submit(c: &Control, yaml: &str) {
     let spec = skiff_proto::parse_workloads(yaml, skiff_proto::Format::Yaml)
         .unwrap()
         .remove(0);
-    let name = spec.name.clone();
-    c.write(|s, b| {
-        let w = WorkloadRecord {
-            spec,
-            version: 1,
-            created_ms: 0,
-            updated_ms: 0,
-        };
-        b.put(Kind::Workload, &name, &w);
-        s.workloads.insert(name.clone(), w);
-        Ok(())
-    })
-    .unwrap();
-    c.wake();
+    c.create_workload(spec).unwrap();
 }
 
 fn latency(rt: &tokio::runtime::Runtime) {
@@ -250,11 +237,7 @@ fn burst(rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let wants = common::scenarios();
     let rt = tokio::runtime::Runtime::new().unwrap();
     if wants("latency") {
         latency(&rt);

@@ -339,12 +339,7 @@ fn launch() {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument picks scenarios.
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let wants = common::scenarios();
     let scale: f64 = std::env::var("SKIFF_BENCH_SCALE")
         .ok()
         .and_then(|s| s.parse().ok())

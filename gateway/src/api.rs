@@ -233,27 +233,8 @@ async fn create_workload(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<WorkloadView>)> {
     auth(&s, &h, Role::Operator)?;
-    let spec = spec_body(&body?)?;
-    let name = spec.name.clone();
-    let v = s.control.write(|st, b| {
-        if st.workloads.contains_key(&name) {
-            return Err(ControlError::Conflict(format!(
-                "workload {name} exists (update it with PUT /v1/workloads/{name})"
-            )));
-        }
-        let now = now_ms();
-        let w = WorkloadRecord {
-            spec,
-            version: 1,
-            created_ms: now,
-            updated_ms: now,
-        };
-        b.put(Kind::Workload, &name, &w);
-        st.workloads.insert(name.clone(), w.clone());
-        Ok(view(st, &w, false))
-    })?;
-    s.control.event("workload", &name, "created");
-    s.control.wake();
+    let w = s.control.create_workload(spec_body(&body?)?)?;
+    let v = s.control.read(|st| view(st, &w, false));
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 

@@ -52,11 +52,12 @@ const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// retries [`with_retry`] made): capacity and quota may come back within
 /// minutes; a refused request or credentials need an operator.
 fn hold_after(e: &skiff_cloud::CloudError) -> Duration {
-    use skiff_cloud::CloudError as E;
-    match e {
-        E::Quota(_) | E::Capacity(_) => Duration::from_secs(60),
-        E::Throttled { .. } | E::Other(_) => Duration::from_secs(30),
-        E::Auth(_) | E::Invalid(_) => Duration::from_secs(300),
+    if e.wants_fallback() {
+        Duration::from_secs(60)
+    } else if e.is_retryable() {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(300)
     }
 }
 
@@ -111,8 +112,8 @@ impl Autoscaler {
         self.control.wake();
     }
 
-    async fn launch_planned(&self, provider: Arc<dyn CloudProvider>, p: PlannedLaunch) {
-        let mut vms = p.vms.clone();
+    async fn launch_planned(&self, provider: Arc<dyn CloudProvider>, mut p: PlannedLaunch) {
+        let mut vms = std::mem::take(&mut p.vms);
         vms.resize(p.count as usize, Vec::new());
         let mut vms = vms.into_iter();
         let Some(first) = vms.next() else {

@@ -334,6 +334,32 @@ impl Control {
         self.planned.lock().expect("lock").clone()
     }
 
+    /// Stores a new workload (durably, before returning) and asks for a
+    /// pass; a name in use is a conflict.
+    pub fn create_workload(&self, spec: WorkloadSpec) -> Result<WorkloadRecord, ControlError> {
+        let name = spec.name.clone();
+        let w = self.write(|st, b| {
+            if st.workloads.contains_key(&name) {
+                return Err(ControlError::Conflict(format!(
+                    "workload {name} exists (update it with PUT /v1/workloads/{name})"
+                )));
+            }
+            let now = now_ms();
+            let w = WorkloadRecord {
+                spec,
+                version: 1,
+                created_ms: now,
+                updated_ms: now,
+            };
+            b.put(Kind::Workload, &name, &w);
+            st.workloads.insert(name.clone(), w.clone());
+            Ok(w)
+        })?;
+        self.event("workload", &name, "created");
+        self.wake();
+        Ok(w)
+    }
+
     /// Sets `instance_type` of `site` aside for `hold`: the next plans
     /// launch another type or in another site. Plans again at once.
     pub fn hold_instance_type(&self, site: &str, instance_type: &str, hold: Duration, why: &str) {
@@ -361,8 +387,9 @@ impl Control {
             .is_some_and(|until| *until > Instant::now())
     }
 
-    /// Ends every hold (tests).
-    pub fn release_holds(&self) {
+    /// Ends every hold.
+    #[cfg(test)]
+    pub(crate) fn release_holds(&self) {
         self.held.lock().expect("lock").clear();
     }
 
@@ -928,9 +955,11 @@ impl Control {
                 })
             })
             .collect();
-        // Allocations a launching VM was launched for wait for it.
-        let mut holds: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        let mut held: HashMap<&str, &str> = HashMap::new();
+        // Allocations a launching VM was launched for wait for it: the
+        // VM's room is reserved for them (by group), and they are not
+        // planned again. `reserved`: allocation → VM.
+        let mut reserved_groups: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut reserved: HashMap<String, String> = HashMap::new();
         for v in s.vms.values() {
             for id in &v.allocations {
                 if let Some(a) = s.allocations.get(id)
@@ -938,18 +967,14 @@ impl Control {
                     && a.node.is_none()
                     && let Some(&g) = group_of.get(&a.workload)
                 {
-                    holds.entry(v.id.as_str()).or_default().push(g);
-                    held.insert(id.as_str(), v.id.as_str());
+                    reserved_groups.entry(v.id.as_str()).or_default().push(g);
+                    reserved.insert(id.clone(), v.id.clone());
                 }
             }
         }
-        let held: HashMap<String, String> = held
-            .into_iter()
-            .map(|(a, v)| (a.to_string(), v.to_string()))
-            .collect();
         let requests: Vec<scheduler::Request> = pending
             .iter()
-            .filter(|id| !held.contains_key(id.as_str()))
+            .filter(|id| !reserved.contains_key(id.as_str()))
             .filter_map(|id| {
                 let a = &s.allocations[id];
                 Some(scheduler::Request {
@@ -969,7 +994,7 @@ impl Control {
                     id: v.id.clone(),
                     site: v.site.clone(),
                     instance_type: v.instance_type.clone(),
-                    holds: holds.remove(v.id.as_str()).unwrap_or_default(),
+                    reserved: reserved_groups.remove(v.id.as_str()).unwrap_or_default(),
                 })
                 .collect(),
         };
@@ -1033,10 +1058,10 @@ impl Control {
             };
             Some((requests[p.request].id.clone(), msg))
         });
-        let waiting_held = held
+        let waiting_reserved = reserved
             .iter()
             .map(|(a, vm)| (a.clone(), format!("waiting for VM {vm} to join")));
-        for (id, msg) in waiting.chain(waiting_held).collect::<Vec<_>>() {
+        for (id, msg) in waiting.chain(waiting_reserved).collect::<Vec<_>>() {
             if let Some(a) = s.allocations.get_mut(&id)
                 && a.message != msg
             {
@@ -1229,18 +1254,7 @@ pub(crate) mod testing {
         let spec = skiff_proto::parse_workloads(text, skiff_proto::Format::Yaml)
             .unwrap()
             .remove(0);
-        c.write(|s, b| {
-            let w = WorkloadRecord {
-                spec,
-                version: 1,
-                created_ms: 0,
-                updated_ms: 0,
-            };
-            b.put(Kind::Workload, &w.spec.name, &w);
-            s.workloads.insert(w.spec.name.clone(), w);
-            Ok(())
-        })
-        .unwrap();
+        c.create_workload(spec).unwrap();
     }
 }
 

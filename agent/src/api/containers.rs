@@ -145,11 +145,7 @@ async fn follow(
     let mut reader = BufReader::new(file);
     let _ = reader.rewind();
     let mut inode = reader.get_ref().metadata().map(|m| m.ino()).unwrap_or(0);
-    let mut waiter = exits.map(|rx| {
-        tokio::spawn(
-            async move { Ok::<_, crate::runtime::RuntimeError>(Runtime::exit_of(rx).await) },
-        )
-    });
+    let mut waiter = exits.map(|rx| tokio::spawn(Runtime::exit_of(rx)));
     let mut exit = None;
     let mut buf = String::new();
     loop {
@@ -193,17 +189,8 @@ async fn follow(
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
-    match exit {
-        Some(Ok(Ok(e))) => {
-            let _ = tx.send(OutputLine::Exit { exit: e });
-        }
-        Some(Ok(Err(e))) => {
-            let e = ApiError::from(e);
-            let _ = tx.send(OutputLine::Failed {
-                error: e.body().clone(),
-            });
-        }
-        _ => {}
+    if let Some(Ok(exit)) = exit {
+        let _ = tx.send(OutputLine::Exit { exit });
     }
 }
 

@@ -1,6 +1,16 @@
 //! What the benchmarks share: how a set of launched VMs compares with the
 //! ideal cover of a demand.
 
+/// Whether to run a scenario: all without arguments, else those whose
+/// name contains one (`cargo bench` itself passes `--bench`).
+pub fn scenarios() -> impl Fn(&str) -> bool {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    move |name| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()))
+}
+
 /// `vms=… cost_per_hour=… ideal_lower_bound=… over_ideal_pct=…
 /// cpu_used_pct=… mem_used_pct=…` for `launched` VMs, each
 /// `(millicores, bytes, micro-dollars per hour)`, covering `cpu`

@@ -83,11 +83,11 @@ impl<'a> Scheduler<'a> {
         // Replicas waiting for a launching VM: its room is theirs, and they
         // count for spread.
         for (v, vm) in snap.launching.iter().enumerate() {
-            for &gi in &vm.holds {
+            for &gi in &vm.reserved {
                 let st = gs
                     .get_mut(gi)
                     .ok_or_else(|| format!("launching VM {}: no group {gi}", vm.id))?;
-                let site = cloud.hold(v, gi, &st.demand, &st.ports);
+                let site = cloud.reserve(v, gi, &st.demand, &st.ports);
                 st.site_count[site] += 1;
             }
         }

@@ -112,9 +112,9 @@ impl Cloud {
         })
     }
 
-    /// Gives part of launching VM `v` to one replica of group `gi`
-    /// (waiting for it outside the pass).
-    pub fn hold(&mut self, v: usize, gi: usize, demand: &Res, ports: &[u32]) -> usize {
+    /// Reserves part of launching VM `v` for one replica of group `gi`
+    /// (waiting for it outside the pass); returns the VM's site.
+    pub fn reserve(&mut self, v: usize, gi: usize, demand: &Res, ports: &[u32]) -> usize {
         let vm = &mut self.vms[v];
         vm.free.sub(demand);
         vm.ports.extend_from_slice(ports);

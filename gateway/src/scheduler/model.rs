@@ -64,8 +64,8 @@ pub struct LaunchingVm {
     pub site: String,
     pub instance_type: String,
     /// Groups (an entry per replica) of the requests it was launched for:
-    /// they wait for it, outside the pass, and its room is theirs.
-    pub holds: Vec<usize>,
+    /// they wait for it, outside the pass, and its room is reserved.
+    pub reserved: Vec<usize>,
 }
 
 /// An allocation already running (or assigned) on a node.

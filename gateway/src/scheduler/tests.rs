@@ -414,7 +414,7 @@ fn launching_vms_count_as_capacity() {
         id: "i-123".into(),
         site: "aws".into(),
         instance_type: "large".into(),
-        holds: Vec::new(),
+        reserved: Vec::new(),
     });
     let plan = run(&snap, &[group("web", 1000, 4)], &requests(0, 8));
     assert!(plan.launches.is_empty(), "{:?}", plan.launches);
