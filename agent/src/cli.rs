@@ -143,6 +143,14 @@ pub struct ProcessFlags {
     workdir: Option<String>,
 }
 
+/// `run --pull`, as docker's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PullPolicy {
+    Missing,
+    Always,
+    Never,
+}
+
 /// Flags of `run`, shaped like `docker run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -197,6 +205,11 @@ pub struct RunArgs {
     /// Drop a capability (or ALL).
     #[arg(long)]
     cap_drop: Vec<String>,
+    /// Security options, as docker's: no-new-privileges=false lets set-id
+    /// binaries and file capabilities take effect (Skiff sets
+    /// no_new_privs by default; docker does not).
+    #[arg(long = "security-opt", value_parser = parse_security_opt)]
+    security_opt: Vec<SecurityOpt>,
     /// Run in a user namespace: root in the container is an unprivileged
     /// user on the host (ids 0-65535 map to 100000-165535 unless the
     /// agent's runtime.userns_remap_range says otherwise).
@@ -228,11 +241,38 @@ pub struct RunArgs {
     /// Failures during this time after start do not count [default: 0s].
     #[arg(long)]
     health_start_period: Option<skiff_proto::Duration>,
+    /// When to pull the image: missing (when it is not in the store),
+    /// always (first, even if it is), never (fail if it is missing).
+    #[arg(long, value_enum, default_value_t = PullPolicy::Missing)]
+    pull: PullPolicy,
     /// The image.
     image: String,
     /// Command and arguments (replace the image's CMD).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     cmd: Vec<String>,
+}
+
+/// One `--security-opt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SecurityOpt {
+    NoNewPrivileges(bool),
+}
+
+fn parse_security_opt(s: &str) -> Result<SecurityOpt, String> {
+    let (key, value) = match s.split_once(['=', ':']) {
+        Some((k, v)) => (k, Some(v)),
+        None => (s, None),
+    };
+    match (key, value) {
+        ("no-new-privileges", None | Some("true")) => Ok(SecurityOpt::NoNewPrivileges(true)),
+        ("no-new-privileges", Some("false")) => Ok(SecurityOpt::NoNewPrivileges(false)),
+        ("no-new-privileges", Some(v)) => {
+            Err(format!("no-new-privileges: {v:?} is not true or false"))
+        }
+        _ => Err(format!(
+            "{s:?} is not a supported security option (supported: no-new-privileges[=true|false])"
+        )),
+    }
 }
 
 fn parse_memory(s: &str) -> Result<skiff_proto::ByteSize, String> {
@@ -439,7 +479,7 @@ async fn serve(args: ServeArgs, socket: PathBuf) -> anyhow::Result<ExitCode> {
 async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Serve(_) => unreachable!("handled by main"),
-        Command::Pull { reference } => pull(&client, &reference).await,
+        Command::Pull { reference } => pull(&client, &reference, false).await,
         Command::Import { file, name } => {
             let path = std::path::absolute(&file)?;
             let req = ImportRequest {
@@ -451,6 +491,7 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
                 .await?;
             for i in images {
                 println!("imported {} ({})", i.reference, short(&i.id));
+                print_warnings(&i);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -732,6 +773,30 @@ async fn print_output(mut lines: crate::api::client::Lines) -> anyhow::Result<Ex
 
 async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
     let health = a.health()?;
+    let pull_first = match a.pull {
+        PullPolicy::Always => true,
+        PullPolicy::Never => false,
+        PullPolicy::Missing => {
+            let path = format!("/v1/images/inspect?name={}", query_value(&a.image));
+            match client
+                .call::<ImageRecord>(Method::GET, &path, None::<&()>)
+                .await
+            {
+                Ok(_) => false,
+                Err(crate::api::client::ClientError::Api { status: 404, .. }) => true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if pull_first {
+        if a.pull == PullPolicy::Missing {
+            eprintln!("skiff-agent: image {} is not here, pulling it", a.image);
+        }
+        let code = pull(client, &a.image, true).await?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
     let options = RunOptions {
         image: a.image,
         name: a.name,
@@ -751,6 +816,13 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         privileged: a.privileged,
         cap_add: a.cap_add,
         cap_drop: a.cap_drop,
+        allow_privilege_escalation: a
+            .security_opt
+            .iter()
+            .rev()
+            .map(|SecurityOpt::NoNewPrivileges(on)| !on)
+            .next()
+            .unwrap_or(false),
         labels: Default::default(),
         auto_remove: a.rm,
         log_max_bytes: a.log_max_size.map(|b| b.bytes()),
@@ -772,8 +844,24 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
     print_output(lines).await
 }
 
+/// What unpacking an image left out, one line each on stderr.
+fn print_warnings(image: &ImageSummary) {
+    for w in &image.warnings {
+        eprintln!("skiff-agent: warning: {}: {w}", image.reference);
+    }
+}
+
 /// Pulls with a progress bar per layer on a terminal, plain lines otherwise.
-async fn pull(client: &Client, reference: &str) -> anyhow::Result<ExitCode> {
+/// Progress goes to stderr when `run` pulls, so a container's output stays
+/// alone on stdout.
+async fn pull(client: &Client, reference: &str, for_run: bool) -> anyhow::Result<ExitCode> {
+    let say = |line: String| {
+        if for_run {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let mut lines = client
         .stream(
             "/v1/images/pull",
@@ -782,7 +870,11 @@ async fn pull(client: &Client, reference: &str) -> anyhow::Result<ExitCode> {
             },
         )
         .await?;
-    let tty = std::io::stdout().is_terminal();
+    let tty = if for_run {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
     let bars = indicatif::MultiProgress::new();
     let mut by_layer = std::collections::HashMap::new();
     let style =
@@ -799,7 +891,10 @@ async fn pull(client: &Client, reference: &str) -> anyhow::Result<ExitCode> {
                         by_layer.insert(layer, bar);
                     }
                 } else {
-                    println!("{reference}: resolved {digest}, {} layers", layers.len());
+                    say(format!(
+                        "{reference}: resolved {digest}, {} layers",
+                        layers.len()
+                    ));
                 }
             }
             PullLine::Event(PullEvent::Downloading { layer, current, .. }) => {
@@ -822,12 +917,13 @@ async fn pull(client: &Client, reference: &str) -> anyhow::Result<ExitCode> {
                             b.set_message(what);
                         }
                     }
-                    None if !tty => println!("layer {}: {what}", short(layer)),
+                    None if !tty => say(format!("layer {}: {what}", short(layer))),
                     None => {}
                 }
             }
             PullLine::Done { done } => {
-                println!("pulled {} ({})", done.reference, done.digest);
+                say(format!("pulled {} ({})", done.reference, done.digest));
+                print_warnings(&done);
                 return Ok(ExitCode::SUCCESS);
             }
             PullLine::Failed { error } => {

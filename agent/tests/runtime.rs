@@ -162,7 +162,7 @@ fn bad_input_leaves_no_container_behind() {
     let (_d, agent, img) = setup();
     for (args, want) in [
         (
-            vec!["run", "--rm", "no/such:image", "true"],
+            vec!["run", "--rm", "--pull", "never", "no/such:image", "true"],
             "no such image: no/such:image",
         ),
         (

@@ -533,11 +533,13 @@ fn hostile_layers_are_refused() {
             &[(File, "a/b/../../../escape", "", b"pwned")],
             "a/b/../../../escape",
         ),
-        (&[(File, "@V/abs", "", b"pwned")], "@V/abs"),
+        // An absolute name with `..` in it.
+        (&[(File, "/../escape", "", b"pwned")], "/../escape"),
         (
-            &[(File, "/etc/skiff-unpack-test", "", b"pwned")],
-            "/etc/skiff-unpack-test",
+            &[(File, "/etc/../../escape", "", b"pwned")],
+            "/etc/../../escape",
         ),
+        (&[(Sym, "/a/../../l", "@V", b"")], "/a/../../l"),
         (&[(Dir, "../escape_dir/", "", b"")], "../escape_dir/"),
         (&[(File, "", "", b"")], ""),
         // Through a symlinked parent.
@@ -587,6 +589,7 @@ fn hostile_layers_are_refused() {
         // Hard links out of the layer or through symlinks.
         (&[(Link, "hl", "../victim_file", b"")], "hl"),
         (&[(Link, "hl", "@F", b"")], "hl"),
+        (&[(Link, "hl", "/../victim_file", b"")], "hl"),
         (&[(Link, "hl", "/etc/passwd", b"")], "hl"),
         (
             &[(Sym, "out", "@V", b""), (Link, "hl", "out/inner", b"")],
@@ -606,9 +609,14 @@ fn hostile_layers_are_refused() {
         (&[(Link, "hl", "missing", b"")], "hl"),
         (&[(Dir, "etc/", "", b""), (Link, "hl", "etc", b"")], "hl"),
         (&[(File, "f", "", b""), (Link, "f", "f", b"")], "f"),
-        // Devices (not allowed by default).
-        (&[(Char, "null", "", b"")], "null"),
-        (&[(Block, "sda", "", b"")], "sda"),
+        // Device nodes whose names climb out (even though devices would be
+        // skipped anyway).
+        (&[(Char, "../null", "", b"")], "../null"),
+        (&[(Block, "/dev/../../sda", "", b"")], "/dev/../../sda"),
+        (
+            &[(Sym, "dev", "@V", b""), (Char, "dev/null", "", b"")],
+            "dev/null",
+        ),
         // Malformed whiteouts, the layer root, unknown types.
         (&[(File, ".wh..", "", b"")], ".wh.."),
         (&[(File, "d/.wh...", "", b"")], "d/.wh..."),
@@ -650,6 +658,22 @@ fn pax_and_long_names_are_checked_too() {
     let err = sb.unpack(&l.finish(), &UnpackLimits::default());
     assert!(
         matches!(&err, Err(UnpackError::Refused { entry, .. }) if entry == "hl"),
+        "{err:?}"
+    );
+    // A sparse file's real name (PAX 1.0) is checked like any other.
+    let mut l = Layer::new();
+    l.pax(&[
+        ("GNU.sparse.major", b"1"),
+        ("GNU.sparse.minor", b"0"),
+        ("GNU.sparse.name", b"../sparse-escape"),
+        ("GNU.sparse.realsize", b"10"),
+    ]);
+    let mut map = b"0\n".to_vec();
+    map.resize(512, 0);
+    l.file("GNUSparseFile.0/innocent", &map);
+    let err = sb.unpack(&l.finish(), &UnpackLimits::default());
+    assert!(
+        matches!(&err, Err(UnpackError::Refused { entry, .. }) if entry == "../sparse-escape"),
         "{err:?}"
     );
     // A GNU long name with `..` (the builder refuses to write one).
@@ -782,6 +806,70 @@ fn deep_trees_beyond_the_parent_cache() {
     assert_eq!(fs::read(sb.dest.join("top")).unwrap(), b"b");
 }
 
+/// Names with a leading `/` are relative to the layer root, as containerd
+/// and moby read them: nothing outside `dest` is touched, and the entry
+/// lands inside.
+#[test]
+fn absolute_names_stay_inside_the_layer() {
+    require_root();
+    let sb = assert_contained(&[
+        (Dir, "/", "", b""),
+        (File, "@V/abs", "", b"pwned"),
+        (File, "/etc/skiff-unpack-test", "", b"mine"),
+        (Dir, "/usr/bin/", "", b""),
+        // An absolute symlink target, as /etc/alternatives has: created as
+        // written, never followed here.
+        (Sym, "/usr/bin/awk", "/etc/alternatives/awk", b""),
+        (Sym, "/etc/alternatives/awk", "/usr/bin/mawk", b""),
+        (File, "/usr/bin/mawk", "", b"awk"),
+        (Link, "/usr/bin/hl", "/usr/bin/mawk", b""),
+    ]);
+    let victim = sb.sub("@V/abs");
+    let inside = sb.dest.join(victim.trim_start_matches('/'));
+    assert_eq!(fs::read(inside).unwrap(), b"pwned");
+    assert_eq!(fs::read(sb.top.join("victim_dir/inner")).unwrap(), b"inner");
+    assert_eq!(
+        fs::read(sb.dest.join("etc/skiff-unpack-test")).unwrap(),
+        b"mine"
+    );
+    assert!(!Path::new("/etc/skiff-unpack-test").exists());
+    assert_eq!(
+        fs::read_link(sb.dest.join("usr/bin/awk")).unwrap(),
+        Path::new("/etc/alternatives/awk")
+    );
+    let mawk = fs::metadata(sb.dest.join("usr/bin/mawk")).unwrap();
+    let hl = fs::metadata(sb.dest.join("usr/bin/hl")).unwrap();
+    assert_eq!((mawk.ino(), mawk.nlink()), (hl.ino(), 2));
+    // The root entry does not change the layer root.
+    let root = fs::metadata(&sb.dest).unwrap();
+    assert_eq!(root.mode() & 0o7777, 0o755);
+}
+
+/// Device nodes are skipped and counted unless devices are allowed; the
+/// rest of the layer is unpacked.
+#[test]
+fn devices_are_skipped_by_default() {
+    require_root();
+    let mut l = Layer::new();
+    for (name, major, minor) in [("dev/null", 1, 3), ("dev/sda", 8, 0)] {
+        let kind = if name.ends_with("sda") { Block } else { Char };
+        let mut h = Layer::header(kind, name.as_bytes(), b"", 0o666, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        l.push(h, b"");
+    }
+    l.file("etc/hostname", b"debian");
+    let sb = Sandbox::new();
+    let before = sb.outside();
+    let stats = sb.unpack(&l.finish(), &UnpackLimits::default()).unwrap();
+    assert_eq!(stats.devices_skipped, 2);
+    assert_eq!(stats.devices_skipped_names, vec!["dev/null", "dev/sda"]);
+    assert!(!sb.dest.join("dev/null").exists());
+    assert!(!sb.dest.join("dev/sda").exists());
+    assert_eq!(fs::read(sb.dest.join("etc/hostname")).unwrap(), b"debian");
+    assert_eq!(sb.outside(), before);
+}
+
 #[test]
 fn devices_when_allowed() {
     require_root();
@@ -840,7 +928,8 @@ fn limits_are_enforced() {
         Sandbox::new().unpack(&three(), &limits).unwrap(),
         UnpackStats {
             entries: 3,
-            bytes: 12
+            bytes: 12,
+            ..UnpackStats::default()
         }
     );
 

@@ -52,6 +52,23 @@ impl ImageRef {
     pub fn canonical(&self) -> String {
         self.parsed.whole()
     }
+    /// Whether the reference names no registry (`bb:latest`, `team/tool`),
+    /// so that Docker Hub was filled in.
+    pub fn is_short(&self) -> bool {
+        match self.written.split_once('/') {
+            Some((left, _)) => !is_registry(left),
+            None => true,
+        }
+    }
+    /// For a short name, the same name under `localhost/` (`bb:latest` →
+    /// `localhost/bb:latest`), where podman keeps images that came from no
+    /// registry; `None` for a name with a registry.
+    pub fn on_localhost(&self) -> Option<ImageRef> {
+        if !self.is_short() {
+            return None;
+        }
+        format!("localhost/{}", self.written).parse().ok()
+    }
     /// The reference as written.
     pub fn as_str(&self) -> &str {
         &self.written
@@ -105,7 +122,14 @@ fn is_domain(d: &str) -> bool {
     })
 }
 
-fn is_tag(t: &str) -> bool {
+/// Whether the first component of a name is a registry, by Docker's rule:
+/// it has a `.` or a port, or is `localhost`.
+fn is_registry(first: &str) -> bool {
+    first.contains('.') || first.contains(':') || first == "localhost"
+}
+
+/// Whether `t` is a tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn is_tag(t: &str) -> bool {
     let b = t.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
     !b.is_empty()
@@ -168,9 +192,7 @@ fn parse_reference(s: &str) -> Result<Reference, &'static str> {
     }
     // Which part is the registry: Docker's rule.
     let (mut registry, mut repository) = match name.split_once('/') {
-        Some((left, right)) if left.contains('.') || left.contains(':') || left == "localhost" => {
-            (left.to_string(), right.to_string())
-        }
+        Some((left, right)) if is_registry(left) => (left.to_string(), right.to_string()),
         _ => ("docker.io".to_string(), name.to_string()),
     };
     if registry == "index.docker.io" {
@@ -307,6 +329,26 @@ mod tests {
         assert_eq!(by_digest.repository(), "a/b");
         assert_eq!(by_digest.digest(), Some(DIGEST));
         assert_eq!(by_digest.tag(), None);
+    }
+
+    #[test]
+    fn short_names_and_their_localhost_form() {
+        let local = |s: &str| {
+            s.parse::<ImageRef>()
+                .unwrap()
+                .on_localhost()
+                .map(|r| r.canonical())
+        };
+        assert_eq!(local("bb:latest").as_deref(), Some("localhost/bb:latest"));
+        assert_eq!(local("bb").as_deref(), Some("localhost/bb:latest"));
+        assert_eq!(
+            local("team/tool:1").as_deref(),
+            Some("localhost/team/tool:1")
+        );
+        assert_eq!(local("docker.io/library/bb:latest"), None);
+        assert_eq!(local("localhost/bb:1"), None);
+        assert_eq!(local("127.0.0.1:5000/bb:1"), None);
+        assert!(is_tag("latest") && is_tag("v1.2-rc_1") && !is_tag("bb:latest") && !is_tag(""));
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod workload;
 pub use constraint::{Attribute, Constraint, ConstraintOp};
 pub use duration::Duration;
 pub use error::{FieldError, SpecErrors, error_chain};
-pub use image::ImageRef;
+pub use image::{ImageRef, is_tag};
 pub use parse::{Format, parse_workloads};
 pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{

@@ -19,8 +19,13 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Api(String),
+    /// The agent answered with an error.
+    #[error("{message}")]
+    Api {
+        /// The HTTP status (404 for an unknown image or container).
+        status: u16,
+        message: String,
+    },
     #[error("talking to the agent: {0}")]
     Protocol(String),
 }
@@ -109,10 +114,13 @@ impl Client {
             .await
             .map_err(protocol)?
             .to_bytes();
-        let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|e| e.message)
             .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-        Err(ClientError::Api(msg))
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
     }
 
     /// A call with a JSON answer.

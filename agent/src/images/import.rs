@@ -175,7 +175,34 @@ fn archive_kind(path: &Path) -> Result<Source, ImageError> {
     })
 }
 
-/// A name for an image whose archive gives only a tag, or nothing.
+/// The name of an image in an OCI layout, from its
+/// `org.opencontainers.image.ref.name` annotation, as podman and docker
+/// give it:
+///
+/// * a reference (`bb:latest`, `registry:5000/x:1`, anything with a `:`,
+///   `/` or `@`) names the image by that reference, short names the way
+///   docker completes them (`bb:latest` → `docker.io/library/bb:latest`);
+/// * a bare tag (`latest`, `v1`, what `umoci` and `skopeo oci:DIR:TAG`
+///   write) names it `localhost/<archive stem>:<tag>`;
+/// * no annotation: `localhost/<archive stem>:<first 12 hex digits of the
+///   image id>`.
+fn layout_name(origin: &Path, annotation: Option<&str>, id: &Digest) -> Result<String, ImageError> {
+    match annotation {
+        Some(a) if a.contains([':', '/', '@']) => a
+            .parse::<ImageRef>()
+            .map(|r| r.canonical())
+            .map_err(|e| import_err(origin, format!("annotation {REF_NAME}: {e}"))),
+        Some(tag) if skiff_proto::is_tag(tag) => Ok(fallback_name(origin, tag)),
+        Some(other) => Err(import_err(
+            origin,
+            format!("annotation {REF_NAME} {other:?} is neither an image reference nor a tag"),
+        )),
+        None => Ok(fallback_name(origin, &id.hex()[..12])),
+    }
+}
+
+/// `localhost/<archive stem>:<tag>`: the name of an image whose archive
+/// gives only a tag, or nothing.
 fn fallback_name(path: &Path, tag: &str) -> String {
     let stem: String = path
         .file_name()
@@ -290,17 +317,10 @@ impl ImageStore {
                     .map_err(|e| import_err(origin, e))?;
                 self.content.ingest_file(&blob(&d), &d)?;
             }
-            let reference = match (
-                name,
-                entry.annotations().as_ref().and_then(|a| a.get(REF_NAME)),
-            ) {
-                (Some(n), _) => n.canonical(),
-                (None, Some(ann)) if ann.contains('/') => ann
-                    .parse::<ImageRef>()
-                    .map_err(|e| import_err(origin, e))?
-                    .canonical(),
-                (None, Some(tag)) => fallback_name(origin, tag),
-                (None, None) => fallback_name(origin, &config.hex()[..12]),
+            let annotation = entry.annotations().as_ref().and_then(|a| a.get(REF_NAME));
+            let reference = match name {
+                Some(n) => n.canonical(),
+                None => layout_name(origin, annotation.map(String::as_str), &config)?,
             };
             out.push(self.record_image(
                 reference,
@@ -380,15 +400,28 @@ impl ImageStore {
             self.content.put_blob(&raw, &digest)?;
             let manifest =
                 ImageManifest::from_reader(raw.as_slice()).map_err(|e| import_err(origin, e))?;
-            let reference = match (name, e.repo_tags.as_ref().and_then(|t| t.first())) {
-                (Some(n), _) => n.canonical(),
-                (None, Some(tag)) => tag
-                    .parse::<ImageRef>()
-                    .map_err(|e| import_err(origin, e))?
-                    .canonical(),
-                (None, None) => fallback_name(origin, &config_digest.hex()[..12]),
+            // `docker load`: the image gets every name in RepoTags.
+            let references: Vec<String> = match (name, e.repo_tags.as_deref()) {
+                (Some(n), _) => vec![n.canonical()],
+                (None, Some(tags)) if !tags.is_empty() => tags
+                    .iter()
+                    .map(|t| {
+                        t.parse::<ImageRef>()
+                            .map(|r| r.canonical())
+                            .map_err(|e| import_err(origin, format!("RepoTags: {e}")))
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => vec![fallback_name(origin, &config_digest.hex()[..12])],
             };
-            out.push(self.record_image(reference, digest, None, &manifest, raw.len() as u64)?);
+            for reference in references {
+                out.push(self.record_image(
+                    reference,
+                    digest.clone(),
+                    None,
+                    &manifest,
+                    raw.len() as u64,
+                )?);
+            }
         }
         Ok(out)
     }
@@ -414,6 +447,7 @@ impl ImageStore {
         for layer in &layers {
             self.unpack_layer(layer)?;
         }
+        let warnings = self.layer_warnings(&layers)?;
         let record = ImageRecord {
             reference,
             size: manifest_size + config.len() as u64 + layers.iter().map(|l| l.size).sum::<u64>(),
@@ -424,6 +458,7 @@ impl ImageStore {
             config: image_config,
             platform,
             created: now(),
+            warnings,
         };
         self.meta.put_image(&record)?;
         tracing::info!(image = %record.reference, digest = %record.digest, "imported");
@@ -453,5 +488,36 @@ mod tests {
         let n = fallback_name(Path::new("/tmp/My Image.oci.tar"), "v1");
         assert_eq!(n, "localhost/my-image:v1");
         assert!(n.parse::<ImageRef>().is_ok());
+    }
+
+    #[test]
+    fn layout_names_as_podman_and_docker_give_them() {
+        let id: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let archive = Path::new("/tmp/bb.tar");
+        let name = |a: Option<&str>| layout_name(archive, a, &id);
+        // skopeo copy ... oci-archive:bb.tar:bb:latest
+        assert_eq!(
+            name(Some("bb:latest")).unwrap(),
+            "docker.io/library/bb:latest"
+        );
+        assert_eq!(
+            name(Some("registry:5000/x:1")).unwrap(),
+            "registry:5000/x:1"
+        );
+        assert_eq!(
+            name(Some("team/tool")).unwrap(),
+            "docker.io/team/tool:latest"
+        );
+        // umoci, skopeo oci:DIR:TAG: only a tag.
+        assert_eq!(name(Some("latest")).unwrap(), "localhost/bb:latest");
+        assert_eq!(name(None).unwrap(), "localhost/bb:abababababab");
+        for bad in ["BB:latest", "bb::x", "-x", "a b"] {
+            let e = name(Some(bad)).unwrap_err().to_string();
+            assert!(e.starts_with("/tmp/bb.tar: annotation"), "{bad}: {e}");
+        }
+        // Every name is one `run` accepts.
+        for a in [Some("bb:latest"), Some("latest"), None] {
+            assert!(name(a).unwrap().parse::<ImageRef>().is_ok());
+        }
     }
 }

@@ -65,13 +65,19 @@ pub struct ImageRecord {
     pub size: u64,
     /// When it was stored (seconds since the epoch).
     pub created: i64,
+    /// What its layers' unpacking left out, for the operator
+    /// (`layer sha256:…: 8 device nodes not created (dev/console, …)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
-/// The unpacked size of a layer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The unpacked size of a layer, and what unpacking it left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerUsage {
     pub bytes: u64,
     pub entries: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> ImageError {
@@ -146,6 +152,17 @@ impl Meta {
             .remove(key.as_str())
             .map_err(db_err)?;
         tx.commit().map_err(db_err)
+    }
+
+    /// The usage record of one unpacked layer, if there is one.
+    pub fn layer(&self, diff_id: &Digest) -> Result<Option<LayerUsage>, ImageError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(LAYERS).map_err(db_err)?;
+        let key = diff_id.to_string();
+        match table.get(key.as_str()).map_err(db_err)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(db_err)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn layer_usage(&self) -> Result<BTreeMap<String, LayerUsage>, ImageError> {

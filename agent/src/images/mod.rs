@@ -157,6 +157,9 @@ pub struct ImageSummary {
     pub layers: usize,
     pub size: u64,
     pub created: i64,
+    /// What unpacking left out (see [`ImageRecord::warnings`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl From<&ImageRecord> for ImageSummary {
@@ -169,6 +172,7 @@ impl From<&ImageRecord> for ImageSummary {
             layers: r.layers.len(),
             size: r.size,
             created: r.created,
+            warnings: r.warnings.clone(),
         }
     }
 }
@@ -205,12 +209,19 @@ impl ImageStore {
 
     /// Finds an image by name (`busybox`, `host:5000/a/b:tag`, `…@sha256:…`)
     /// or by id (`sha256:…`, or a unique prefix of 12 or more hex digits).
+    ///
+    /// A short name is docker's first (`bb:latest` is
+    /// `docker.io/library/bb:latest`), then podman's `localhost/bb:latest`,
+    /// where images imported without a registry name are kept.
     pub fn get(&self, name: &str) -> Result<ImageRecord, ImageError> {
         let images = self.meta.images()?;
-        if let Ok(r) = name.parse::<ImageRef>()
-            && let Some(rec) = images.iter().find(|i| i.reference == canonical(&r))
-        {
-            return Ok(rec.clone());
+        if let Ok(r) = name.parse::<ImageRef>() {
+            let candidates = [Some(canonical(&r)), r.on_localhost().map(|l| canonical(&l))];
+            for want in candidates.iter().flatten() {
+                if let Some(rec) = images.iter().find(|i| &i.reference == want) {
+                    return Ok(rec.clone());
+                }
+            }
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
         if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {

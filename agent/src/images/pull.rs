@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::digest::Digest;
 use super::meta::{ImageRecord, LayerRecord, LayerUsage};
+use super::unpack::UnpackStats;
 use super::{ImageError, ImageStore, ImagesConfig, host_platform, now};
 
 const MANIFEST_TYPES: &[&str] = &[
@@ -309,6 +310,7 @@ impl ImageStore {
             .try_collect::<Vec<()>>()
             .await?;
 
+        let warnings = self.layer_warnings(&layers)?;
         let record = ImageRecord {
             reference: reference.canonical(),
             size: raw.len() as u64
@@ -321,6 +323,7 @@ impl ImageStore {
             config: image_config,
             platform,
             created: now(),
+            warnings,
         };
         self.meta.put_image(&record)?;
         tracing::info!(image = %record.reference, digest = %record.digest, "pulled");
@@ -392,11 +395,16 @@ impl ImageStore {
             .unpack(&layer.digest, &layer.media_type, &layer.diff_id, &limits)?
         {
             Some(stats) => {
+                let warning = skipped_devices_warning(&stats);
+                if let Some(w) = &warning {
+                    tracing::warn!(layer = %layer.digest, "{w}");
+                }
                 self.meta.put_layer(
                     &layer.diff_id,
                     LayerUsage {
                         bytes: stats.bytes,
                         entries: stats.entries,
+                        warning,
                     },
                 )?;
                 Ok(true)
@@ -404,6 +412,38 @@ impl ImageStore {
             None => Ok(false),
         }
     }
+
+    /// The warnings an image's layers left when they were unpacked, each
+    /// naming its layer.
+    pub(super) fn layer_warnings(&self, layers: &[LayerRecord]) -> Result<Vec<String>, ImageError> {
+        let mut out = Vec::new();
+        for layer in layers {
+            if let Some(w) = self.meta.layer(&layer.diff_id)?.and_then(|u| u.warning) {
+                out.push(format!("layer {}: {w}", layer.digest));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `8 device nodes not created (dev/console, dev/full, …)`, or nothing.
+fn skipped_devices_warning(stats: &UnpackStats) -> Option<String> {
+    if stats.devices_skipped == 0 {
+        return None;
+    }
+    let mut names = stats.devices_skipped_names.join(", ");
+    if stats.devices_skipped > stats.devices_skipped_names.len() as u64 {
+        names.push_str(", …");
+    }
+    let n = stats.devices_skipped;
+    let nodes = if n == 1 {
+        "device node"
+    } else {
+        "device nodes"
+    };
+    Some(format!(
+        "{n} {nodes} not created ({names}); containers get their own /dev (images.allow_devices creates them)"
+    ))
 }
 
 fn verify_manifest(raw: &[u8], claimed: &str, wanted: Option<&str>) -> Result<Digest, ImageError> {

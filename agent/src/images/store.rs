@@ -13,6 +13,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,10 +57,14 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 impl ContentStore {
     /// Opens (creating) the store at `root` and removes unfinished work.
+    /// `root` is made `0700`: unpacked layers hold whatever the image put in
+    /// them (set-id binaries, device nodes when allowed), which no user of
+    /// the host may reach.
     pub fn open(root: &Path) -> io::Result<Self> {
         for d in ["blobs/sha256", "layers", "tmp"] {
             fs::create_dir_all(root.join(d))?;
         }
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
         let tmp = root.join("tmp");
         for entry in fs::read_dir(&tmp)? {
             let path = entry?.path();

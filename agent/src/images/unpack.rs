@@ -12,10 +12,11 @@
 //! *Nothing outside `dest` is ever created, modified or followed.* This rests
 //! on four rules, each enforced in exactly one place:
 //!
-//! 1. **Names are normalised before use** ([`RelPath::parse`]): a leading
-//!    `./`, `.` and empty components are dropped; absolute paths, `..`
-//!    components, empty names, NUL bytes and paths longer than `PATH_MAX`
-//!    are refused. What remains is a list of plain components.
+//! 1. **Names are normalised before use** ([`RelPath::parse`]): leading `/`,
+//!    `.` and empty components are dropped (so `/etc/passwd`, `./etc/passwd`
+//!    and `etc//passwd` all name `dest/etc/passwd`); `..` components, empty
+//!    names, NUL bytes and paths longer than `PATH_MAX` are refused. What
+//!    remains is a list of plain components.
 //! 2. **Directories are walked one component at a time** ([`Walker`]), from
 //!    an fd of `dest`, with `openat(O_DIRECTORY | O_NOFOLLOW)`. A parent that
 //!    is a symlink (or anything but a directory) ends the entry with
@@ -50,28 +51,49 @@
 //! containerd does, so that a digest-verifying reader underneath sees the
 //! whole blob and the gzip/zstd trailer is checked.
 //!
-//! # Choices
+//! # Skiff next to containerd, rule by rule
 //!
-//! * FIFOs are always allowed (they give no access to anything); character
-//!   and block devices need [`UnpackLimits::allow_devices`].
-//! * `trusted.overlay.*` and `user.overlay.*` xattrs from the image are
-//!   skipped with a warning, never applied (they could forge whiteouts,
-//!   opaque dirs or redirects). Xattrs the filesystem rejects with `ENOTSUP`
-//!   or `EPERM` (e.g. `user.*` on a symlink) are skipped with a warning, as
-//!   Docker does; any other xattr error fails the layer.
+//! containerd's `archive.Apply` (`pkg/archive/tar.go`, the code behind its
+//! overlayfs snapshotter) is the peer: an image it unpacks should unpack
+//! here, unless the difference is a refusal of something dangerous.
+//!
+//! | entry | containerd | Skiff |
+//! |---|---|---|
+//! | `/a/b`, `./a/b`, `a//b` | `filepath.Clean`, joined under the root: `a/b` | the same: `a/b` ([`RelPath::parse`]) |
+//! | `/`, `./`, `.` (a directory) | "resolved to root", skipped | skipped: the layer root keeps `0755 root:root` |
+//! | `/`, `.` as a file, link or device | skipped | refused ("entry names the layer root") |
+//! | `..` anywhere (`../x`, `a/../../x`, `/a/../../x`) | cleaned and clamped at the root (`../x` lands at `x`) | refused: no tool that writes layers from a filesystem writes `..`, and a name that means something else than it says is an attack |
+//! | a parent that is a symlink made earlier in the same layer | followed, scoped to the root (`fs.RootPath`) | refused ([`Walker`]): nothing is ever written through a link |
+//! | symlink with an absolute or climbing target (`/etc/alternatives/x`, `../../x`) | created as written | created as written, never followed here; in the container it resolves inside its root |
+//! | hard link `x` → `/etc/passwd` or `etc/passwd` | target joined under the root | the same (`etc/passwd` in this layer), through [`RelPath::parse`] and a no-follow walk |
+//! | hard link whose target climbs out or crosses a symlink | clamped / followed within the root | refused |
+//! | hard link to a directory or a missing name | `link(2)` fails: error | refused |
+//! | character and block devices | created as root; skipped with a warning in a user namespace | skipped and counted in [`UnpackStats::devices_skipped`] (the image record carries a warning) unless [`UnpackLimits::allow_devices`] (then created, as containerd does as root). Either way the container cannot use them: its `/dev` is its own tmpfs and the device cgroup denies everything else |
+//! | FIFOs | created | created |
+//! | `.wh.NAME`, `.wh..wh..opq` | overlayfs whiteouts (char 0/0, `trusted.overlay.opaque`) | the same |
+//! | `trusted.overlay.*`, `user.overlay.*` xattrs | applied | skipped with a warning: they would forge whiteouts, opaque dirs or redirects |
+//! | other xattrs (`security.capability`, `user.*`) | applied; `ENOTSUP`, and `EPERM` for `user.*` on links, ignored | applied; `ENOTSUP`/`EPERM` ignored with a warning |
+//! | an existing entry of another type | `RemoveAll`, then created | unlinked without following, then created |
+//! | a directory over a directory | merged, metadata from the layer | the same |
+//! | set-id bits, file capabilities | kept (`lchmod` after `lchown`) | kept (chown, then chmod, then xattrs) |
+//! | unknown entry types | error "unhandled tar header type" | refused |
+//! | PAX global headers | ignored | ignored |
+//! | sparse files (GNU `S` entries, PAX 1.0 `GNU.sparse.*`) | read by Go's `archive/tar` | read ([`sparse`]); holes stay holes; PAX 0.x refused |
+//! | sizes, entry counts, metadata | unbounded | bounded by [`UnpackLimits`] and [`MAX_METADATA_BYTES`] |
+//!
+//! # Other choices
+//!
 //! * A whiteout for a name this same layer already created keeps the entry
 //!   (OCI: a whiteout only hides lower layers); a later real entry with that
 //!   name replaces the whiteout.
-//! * Entries naming the layer root itself (`./`) are skipped: `dest` keeps
-//!   the owner and mode its creator gave it, as in Docker.
 //! * Directory modes and mtimes are applied after every entry is written
 //!   (children before parents), so a read-only directory can still be filled
 //!   and writing into a directory does not spoil its mtime.
 //! * Hard links: the link entry's own mode, owner, mtime and xattrs are
 //!   ignored (the inode is shared with the target). A hard link to a
 //!   symlink links the symlink itself (it is not followed).
-//! * Unknown entry types (GNU volume labels, multi-volume parts, ...) are
-//!   refused; PAX global headers are ignored.
+//! * The store that holds the layers is `0700` ([`super::store`]), so no user
+//!   of the host reaches an image's set-id binaries or device nodes.
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
@@ -79,6 +101,8 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+mod sparse;
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -210,7 +234,14 @@ pub struct UnpackStats {
     pub entries: u64,
     /// Total regular-file content written.
     pub bytes: u64,
+    /// Character and block devices not created (devices not allowed).
+    pub devices_skipped: u64,
+    /// The first [`SKIPPED_NAMES_KEPT`] of them, as normalised paths.
+    pub devices_skipped_names: Vec<String>,
 }
+
+/// How many names of skipped device nodes [`UnpackStats`] keeps.
+pub const SKIPPED_NAMES_KEPT: usize = 8;
 
 /// Why a layer could not be unpacked. The caller deletes `dest`.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +303,7 @@ pub fn unpack_layer(
         dest = %dest.display(),
         entries = stats.entries,
         bytes = stats.bytes,
+        devices_skipped = stats.devices_skipped,
         "layer unpacked"
     );
     Ok(stats)
@@ -425,9 +457,6 @@ impl RelPath {
         }
         if raw.contains(&0) {
             return Err(Fail::refused("name contains a NUL byte"));
-        }
-        if raw[0] == b'/' {
-            return Err(Fail::refused("absolute path"));
         }
         for comp in raw.split(|&b| b == b'/') {
             match comp {
@@ -890,6 +919,8 @@ struct Unpacker<'l> {
     target: RelPath,
     xattrs: Xattrs,
     pending: PendingDirs,
+    /// The current entry is a PAX 1.0 sparse file.
+    pax_sparse: Option<sparse::PaxSparse>,
 }
 
 impl<'l> Unpacker<'l> {
@@ -906,6 +937,7 @@ impl<'l> Unpacker<'l> {
             target: RelPath::default(),
             xattrs: Xattrs::default(),
             pending: PendingDirs::default(),
+            pax_sparse: None,
         }
     }
 
@@ -916,8 +948,39 @@ impl<'l> Unpacker<'l> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         self.raw_path.clear();
         self.raw_path.extend_from_slice(&entry.path_bytes());
-        self.entry_inner(entry)
+        self.sparse_records(entry)
+            .and_then(|()| self.entry_inner(entry))
             .map_err(|fail| fail.into_error(&self.raw_path))
+    }
+
+    /// Notes a PAX 1.0 sparse file, whose real name replaces the one in its
+    /// header.
+    fn sparse_records<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), Fail> {
+        self.pax_sparse = None;
+        let Some(mut records) = entry.pax_extensions().map_err(Fail::Read)? else {
+            return Ok(());
+        };
+        let is_sparse = |r: &io::Result<tar::PaxExtension<'_>>| {
+            r.as_ref()
+                .is_ok_and(|r| r.key_bytes().starts_with(b"GNU.sparse."))
+        };
+        if !records.any(|r| is_sparse(&r)) {
+            return Ok(());
+        }
+        // The records are kept in memory: reading them again is cheap.
+        let Some(records) = entry.pax_extensions().map_err(Fail::Read)? else {
+            return Ok(());
+        };
+        let pairs = records
+            .filter_map(Result::ok)
+            .map(|r| (r.key_bytes(), r.value_bytes()));
+        let found = sparse::PaxSparse::from_records(pairs)?;
+        if let Some(name) = found.as_ref().and_then(|s| s.name.as_ref()) {
+            self.raw_path.clear();
+            self.raw_path.extend_from_slice(name);
+        }
+        self.pax_sparse = found;
+        Ok(())
     }
 
     fn entry_inner<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), Fail> {
@@ -925,7 +988,11 @@ impl<'l> Unpacker<'l> {
         if self.stats.entries > self.limits.max_entries {
             return Err(Fail::Limit("entries", self.limits.max_entries));
         }
-        let size = entry.size();
+        // A sparse file takes its real size of the budget.
+        let size = self
+            .pax_sparse
+            .as_ref()
+            .map_or(entry.size(), |s| s.real_size.max(entry.size()));
         if size > self.remaining_budget() {
             return Err(Fail::Limit("bytes", self.limits.max_bytes));
         }
@@ -941,6 +1008,11 @@ impl<'l> Unpacker<'l> {
             return Ok(());
         }
         self.path.parse(&self.raw_path)?;
+        if self.pax_sparse.is_some() && kind != EntryType::Regular {
+            return Err(Fail::refused(
+                "sparse records on an entry that is not a file",
+            ));
+        }
         // Old (v7) archives mark directories with a trailing slash only.
         let is_dir = kind == EntryType::Directory
             || (kind == EntryType::Regular && self.raw_path.ends_with(b"/"));
@@ -1031,7 +1103,20 @@ impl<'l> Unpacker<'l> {
             )
         })?;
         let mut file = File::from(fd);
-        copy_exact(entry, &mut file, size, &mut self.buf)?;
+        let written = match self.pax_sparse.take() {
+            Some(s) => {
+                sparse::copy_pax_1_0(entry, &mut file, size, s.real_size, &mut self.buf)?;
+                s.real_size
+            }
+            None if entry.header().entry_type() == EntryType::GNUSparse => {
+                sparse::copy_skipping_zeros(entry, &mut file, size, &mut self.buf)?;
+                size
+            }
+            None => {
+                copy_exact(entry, &mut file, size, &mut self.buf)?;
+                size
+            }
+        };
         // chown clears set-id bits and capabilities: chown, then chmod, then
         // xattrs; the mtime last.
         fchown(&file, Some(meta.uid), Some(meta.gid))?;
@@ -1039,7 +1124,7 @@ impl<'l> Unpacker<'l> {
         self.xattrs
             .apply(|xattr, value| fset_xattr(file.as_fd(), xattr, value))?;
         futimens(&file, &meta.mtime, &meta.mtime)?;
-        self.stats.bytes += size;
+        self.stats.bytes += written;
         Ok(())
     }
 
@@ -1132,7 +1217,11 @@ impl<'l> Unpacker<'l> {
         let kind = match kind {
             EntryType::Fifo => SFlag::S_IFIFO,
             _ if !self.limits.allow_devices => {
-                return Err(Fail::refused("device nodes are not allowed"));
+                // Its parents are walked (and made) as for any entry, so a
+                // device's name is held to the same rules.
+                self.walker.dir(&self.path, self.path.len() - 1, true)?;
+                self.skip_device();
+                return Ok(());
             }
             EntryType::Block => SFlag::S_IFBLK,
             _ => SFlag::S_IFCHR,
@@ -1157,6 +1246,16 @@ impl<'l> Unpacker<'l> {
         )?;
         fchmodat(parent, name, meta.mode, FchmodatFlags::NoFollowSymlink)?;
         finish_at(parent, name, &meta, &self.xattrs)
+    }
+
+    /// Records a device node that is not created.
+    fn skip_device(&mut self) {
+        self.stats.devices_skipped += 1;
+        if self.stats.devices_skipped_names.len() < SKIPPED_NAMES_KEPT {
+            self.stats
+                .devices_skipped_names
+                .push(String::from_utf8_lossy(self.path.as_bytes()).into_owned());
+        }
     }
 
     /// `.wh.NAME` and `.wh..wh..opq` entries.
@@ -1262,13 +1361,18 @@ mod tests {
         assert_eq!(parsed(".").unwrap(), "");
         assert_eq!(parsed("...").unwrap(), "...");
         assert_eq!(parsed("a/..b").unwrap(), "a/..b");
+        // Absolute names are relative to the layer root, as in containerd.
+        assert_eq!(parsed("/etc/passwd").unwrap(), "etc/passwd");
+        assert_eq!(parsed("//etc/./x/").unwrap(), "etc/x");
+        assert_eq!(parsed("/").unwrap(), "");
     }
 
     #[test]
     fn hostile_paths_are_refused() {
         for raw in [
             "",
-            "/etc/passwd",
+            "/../x",
+            "/etc/../../x",
             "../x",
             "a/../../x",
             "a/..",

@@ -201,6 +201,15 @@ pub fn exec_process(
         )));
     }
     let caps = caps::effective_set(security)?;
+    if security.allow_privilege_escalation {
+        // Without no_new_privs the kernel takes a seccomp filter only from a
+        // process with CAP_SYS_ADMIN, so it goes in now, while the process
+        // still has every capability; what follows (prctl, setgroups,
+        // setres[ug]id, capset, execve) is in the allow-list.
+        for f in filters {
+            step("seccomp", seccompiler::apply_filter(f))?;
+        }
+    }
     caps::drop_bounding(&caps)?;
     let gids: Vec<Gid> = p
         .additional_gids
@@ -226,7 +235,9 @@ pub fn exec_process(
         ),
     )?;
     caps::apply(&caps, p.uid)?;
-    step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+    if !security.allow_privilege_escalation {
+        step("no_new_privs", nix::sys::prctl::set_no_new_privs())?;
+    }
 
     let argv: Vec<CString> = p
         .args
@@ -243,8 +254,10 @@ pub fn exec_process(
     let path = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| InitError("program path contains a NUL byte".into()))?;
     // Last: from here on only the allowed system calls work.
-    for f in filters {
-        step("seccomp", seccompiler::apply_filter(f))?;
+    if !security.allow_privilege_escalation {
+        for f in filters {
+            step("seccomp", seccompiler::apply_filter(f))?;
+        }
     }
     let e = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     Err(InitError(format!("exec {}: {e}", program.display())))

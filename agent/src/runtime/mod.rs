@@ -122,6 +122,9 @@ pub struct RunOptions {
     pub cap_add: Vec<String>,
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// See [`Security::allow_privilege_escalation`].
+    #[serde(default)]
+    pub allow_privilege_escalation: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// Remove the container when it exits.
@@ -399,6 +402,7 @@ impl Runtime {
             privileged: opts.privileged,
             cap_add: opts.cap_add.clone(),
             cap_drop: opts.cap_drop.clone(),
+            allow_privilege_escalation: opts.allow_privilege_escalation,
         };
         caps::effective_set(&security).map_err(|e| RuntimeError::Invalid(e.0))?;
         let network = opts.network.unwrap_or(NetworkMode::Bridge);

@@ -44,6 +44,12 @@ pub struct Security {
     /// Capabilities removed from it (`ALL` removes every one).
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// Leave `no_new_privs` unset, so set-id binaries and file capabilities
+    /// (`ping` with `cap_net_raw`, `su`) take effect, as Docker's default
+    /// and Kubernetes' `allowPrivilegeEscalation: true` do. Off: Skiff sets
+    /// `no_new_privs` for every process.
+    #[serde(default)]
+    pub allow_privilege_escalation: bool,
 }
 
 /// Ids `0..size` in the container are `host_id..host_id+size` on the host.
