@@ -77,6 +77,7 @@
 //! | a directory over a directory | merged, metadata from the layer | the same |
 //! | set-id bits, file capabilities | kept (`lchmod` after `lchown`) | kept (chown, then chmod, then xattrs) |
 //! | unknown entry types | error "unhandled tar header type" | refused |
+//! | a stream that ends right after the last entry's data (no padding, no end blocks: umoci 0.4 `insert`) | the end of the archive | the same; data cut short is an error in both |
 //! | PAX global headers | ignored | ignored |
 //! | sparse files (GNU `S` entries, PAX 1.0 `GNU.sparse.*`) | read by Go's `archive/tar` | read ([`sparse`]); holes stay holes; PAX 0.x refused |
 //! | sizes, entry counts, metadata | unbounded | bounded by [`UnpackLimits`] and [`MAX_METADATA_BYTES`] |
@@ -321,21 +322,35 @@ fn run<R: Read>(
 ) -> Result<UnpackStats, UnpackError> {
     let allowance = Cell::new(MAX_METADATA_BYTES);
     let tripped = Cell::new(false);
+    let position = Cell::new(0);
+    let ended = Cell::new(false);
     let mut archive = tar::Archive::new(Guard {
         inner: decoded,
         allowance: &allowance,
         tripped: &tripped,
+        position: &position,
+        ended: &ended,
     });
     let mut unpacker = Unpacker::new(root, limits);
     {
         let mut entries = archive.entries().map_err(UnpackError::Read)?;
+        // Where the last entry's data ended in the decompressed stream.
+        let mut data_end = None;
         loop {
             allowance.set(MAX_METADATA_BYTES);
             let next = entries.next();
             allowance.set(u64::MAX);
             match next {
                 None => break,
-                Some(Ok(mut entry)) => unpacker.entry(&mut entry)?,
+                Some(Ok(mut entry)) => {
+                    unpacker.entry(&mut entry)?;
+                    data_end = Some(position.get());
+                }
+                // A stream that ends right after an entry's data, without
+                // its padding and the end-of-archive blocks, ends the
+                // archive, as in Go's archive/tar (containerd, docker):
+                // umoci 0.4's `insert` writes such layers.
+                Some(Err(_)) if ended.get() && data_end == Some(position.get()) => break,
                 Some(Err(_)) if tripped.get() => {
                     return Err(UnpackError::Limit {
                         what: "bytes of tar metadata for one entry",
@@ -363,11 +378,14 @@ fn run<R: Read>(
 }
 
 /// Sits between the decompressor and the tar parser and fails reads beyond
-/// `allowance` (which the driver sets per phase).
+/// `allowance` (which the driver sets per phase); counts the bytes it
+/// passes on and notes the end of the stream.
 struct Guard<'a, R> {
     inner: R,
     allowance: &'a Cell<u64>,
     tripped: &'a Cell<bool>,
+    position: &'a Cell<u64>,
+    ended: &'a Cell<bool>,
 }
 
 impl<R: Read> Read for Guard<'_, R> {
@@ -383,6 +401,10 @@ impl<R: Read> Read for Guard<'_, R> {
         let len = usize::try_from(allowance).map_or(buf.len(), |a| a.min(buf.len()));
         let n = self.inner.read(&mut buf[..len])?;
         self.allowance.set(allowance - n as u64);
+        self.position.set(self.position.get() + n as u64);
+        if n == 0 {
+            self.ended.set(true);
+        }
         Ok(n)
     }
 }
@@ -1471,10 +1493,13 @@ mod tests {
     fn guard_limits_reads() {
         let allowance = Cell::new(5);
         let tripped = Cell::new(false);
+        let (position, ended) = (Cell::new(0), Cell::new(false));
         let mut guard = Guard {
             inner: &b"0123456789"[..],
             allowance: &allowance,
             tripped: &tripped,
+            position: &position,
+            ended: &ended,
         };
         let mut buf = [0; 8];
         assert_eq!(guard.read(&mut buf).unwrap(), 5);
@@ -1483,5 +1508,8 @@ mod tests {
         assert!(tripped.get());
         allowance.set(u64::MAX);
         assert_eq!(guard.read(&mut buf).unwrap(), 5);
+        assert_eq!((position.get(), ended.get()), (10, false));
+        assert_eq!(guard.read(&mut buf).unwrap(), 0);
+        assert!(ended.get());
     }
 }

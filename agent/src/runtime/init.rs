@@ -207,7 +207,10 @@ pub fn exec_process(
         // still has every capability; what follows (prctl, setgroups,
         // setres[ug]id, capset, execve) is in the allow-list.
         for f in filters {
-            step("seccomp", seccompiler::apply_filter(f))?;
+            step(
+                "seccomp",
+                crate::runtime::seccomp::load_keeping_privileges(f),
+            )?;
         }
     }
     caps::drop_bounding(&caps)?;

@@ -343,6 +343,34 @@ pub fn install() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Loads one filter on the calling thread without setting `no_new_privs`
+/// (seccompiler's `apply_filter` always sets it): the kernel then wants
+/// CAP_SYS_ADMIN, so this runs while the process still has it. For
+/// containers that allow privilege escalation.
+pub fn load_keeping_privileges(prog: &seccompiler::BpfProgram) -> std::io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?,
+        filter: prog.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+    };
+    // SAFETY: `fprog` points at `prog`'s instructions (seccompiler's
+    // `sock_filter` has libc's layout), alive for the call; the kernel
+    // copies the program and only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

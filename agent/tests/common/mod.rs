@@ -26,11 +26,16 @@ impl Agent {
 
     /// With more keys for the `[network]` section of its config.
     pub fn start_with(dir: &Path, network: &str) -> Self {
+        Self::start_configured(dir, "", network)
+    }
+
+    /// With more keys for the `[images]` and `[network]` sections.
+    pub fn start_configured(dir: &Path, images: &str, network: &str) -> Self {
         let net = NetSlot::take().unwrap();
         std::fs::write(
             dir.join("state.toml"),
             format!(
-                "[images]\nconcurrent_downloads = 2\n{}{network}",
+                "[images]\nconcurrent_downloads = 2\n{images}{}{network}",
                 net.agent_config()
             ),
         )

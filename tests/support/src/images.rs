@@ -15,6 +15,7 @@ pub const APPLETS: &[&str] = &[
     "sh", "true", "false", "echo", "cat", "sleep", "ls", "id", "env", "ps", "kill", "mount",
     "hostname", "httpd", "nc", "wget", "ip", "ping", "dd", "head", "yes", "seq", "grep", "wc",
     "touch", "mkdir", "rm", "date", "uname", "pwd", "stat", "chmod", "printf", "tail", "test",
+    "find", "readlink", "od", "tr", "cut", "uniq",
 ];
 
 /// An OCI image layout directory holding one tagged image.
@@ -91,16 +92,39 @@ fn fixed_times(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Fills `rootfs` with a small busybox system: `/bin/busybox` and its
+/// [`APPLETS`] as symlinks, `/etc/passwd` and `/etc/group` (root, nobody,
+/// app:1000), `/www/index.html`, and the usual empty directories.
+pub fn busybox_rootfs(rootfs: &Path) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    anyhow::ensure!(
+        busybox.is_file(),
+        "/bin/busybox is missing: install busybox-static (scripts/test does)"
+    );
+    for dir in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
+        std::fs::create_dir_all(rootfs.join(dir))?;
+    }
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\napp:x:1000:1000:app:/tmp:/bin/sh\n",
+    )?;
+    std::fs::write(
+        rootfs.join("etc/group"),
+        "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
+    )?;
+    std::fs::write(rootfs.join("www/index.html"), "hello from skiff\n")?;
+    Ok(())
+}
+
 impl OciImage {
     /// A busybox image tagged `tag` in a layout under `work`, with one base
     /// layer (busybox and its applets) and one layer per entry of `extra`.
     pub fn busybox(work: &Path, tag: &str, extra: &[LayerFiles]) -> Result<Self> {
         let umoci = require("umoci")?;
-        let busybox = Path::new("/bin/busybox");
-        anyhow::ensure!(
-            busybox.is_file(),
-            "/bin/busybox is missing: install busybox-static (scripts/test does)"
-        );
         let layout = work.join("layout");
         let image = format!("{}:{tag}", layout.display());
         run(Command::new(&umoci).args(["init", "--layout"]).arg(&layout))?;
@@ -110,22 +134,7 @@ impl OciImage {
             .args(["unpack", "--image", &image])
             .arg(&bundle))?;
         let rootfs = bundle.join("rootfs");
-        for dir in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
-            std::fs::create_dir_all(rootfs.join(dir))?;
-        }
-        std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
-        for applet in APPLETS {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-        }
-        std::fs::write(
-            rootfs.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\napp:x:1000:1000:app:/tmp:/bin/sh\n",
-        )?;
-        std::fs::write(
-            rootfs.join("etc/group"),
-            "root:x:0:\nnogroup:x:65534:\napp:x:1000:\n",
-        )?;
-        std::fs::write(rootfs.join("www/index.html"), "hello from skiff\n")?;
+        busybox_rootfs(&rootfs)?;
         fixed_times(&rootfs)?;
         run(Command::new(&umoci)
             .args(["repack", "--image", &image])

@@ -119,15 +119,28 @@ impl Layout {
     /// Writes an image of the given uncompressed tar layers (stored
     /// gzip-compressed) for `arch`; returns the manifest descriptor.
     pub fn image(&self, layers: &[Vec<u8>], arch: &str) -> Result<Value> {
+        self.image_of(layers, arch, true)
+    }
+
+    /// The same with the layers stored as they are, uncompressed (what
+    /// `docker import` of a tarball and `buildah` write).
+    pub fn image_uncompressed(&self, layers: &[Vec<u8>], arch: &str) -> Result<Value> {
+        self.image_of(layers, arch, false)
+    }
+
+    fn image_of(&self, layers: &[Vec<u8>], arch: &str, compress: bool) -> Result<Value> {
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
         for tar in layers {
             diff_ids.push(digest(tar));
-            let (d, size) = self.blob(&gzip(tar))?;
-            descs.push(json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": d, "size": size,
-            }));
+            let (d, size, media) = if compress {
+                let (d, size) = self.blob(&gzip(tar))?;
+                (d, size, "application/vnd.oci.image.layer.v1.tar+gzip")
+            } else {
+                let (d, size) = self.blob(tar)?;
+                (d, size, "application/vnd.oci.image.layer.v1.tar")
+            };
+            descs.push(json!({ "mediaType": media, "digest": d, "size": size }));
         }
         let config = json!({
             "architecture": arch, "os": "linux",

@@ -22,6 +22,8 @@ pub struct Credentials {
 pub struct Registry {
     addr: SocketAddr,
     credentials: Option<Credentials>,
+    /// The CA that signed its certificate, when it serves HTTPS.
+    ca: Option<std::path::PathBuf>,
     // Dropped first: stop the process before its directory goes.
     process: ChildGuard,
     dir: tempfile::TempDir,
@@ -50,11 +52,46 @@ impl Registry {
         )
     }
 
-    fn start_with(credentials: Option<Credentials>, ip: std::net::Ipv4Addr) -> Result<Self> {
-        let bin = require("docker-registry")?;
+    /// A registry serving HTTPS on `ip` (not loopback: agents reach
+    /// loopback registries over plain HTTP), with a certificate for that
+    /// address from a CA of its own, made with `openssl`; [`Registry::ca`]
+    /// is the CA's PEM file.
+    pub fn start_tls(ip: std::net::Ipv4Addr) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("skiff-registry-")
             .tempdir()?;
+        let tls = make_certificates(dir.path(), ip)?;
+        Self::start_in(dir, None, ip, Some(tls))
+    }
+
+    /// The CA certificate (PEM) of a registry started with
+    /// [`Registry::start_tls`].
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
+    }
+
+    fn start_with(credentials: Option<Credentials>, ip: std::net::Ipv4Addr) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-registry-")
+            .tempdir()?;
+        Self::start_in(dir, credentials, ip, None)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        credentials: Option<Credentials>,
+        ip: std::net::Ipv4Addr,
+        tls: Option<Tls>,
+    ) -> Result<Self> {
+        let bin = require("docker-registry")?;
+        let tls_config = match &tls {
+            Some(t) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                t.cert.display(),
+                t.key.display()
+            ),
+            None => String::new(),
+        };
         let auth = match &credentials {
             Some(c) => {
                 let htpasswd = require("htpasswd")?;
@@ -77,7 +114,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_config}{auth}",
                     dir.path().join("storage").display()
                 ),
             )?;
@@ -96,6 +133,7 @@ impl Registry {
                     return Ok(Self {
                         addr,
                         credentials,
+                        ca: tls.map(|t| t.ca),
                         process,
                         dir,
                     });
@@ -137,4 +175,65 @@ impl Registry {
             None => Vec::new(),
         }
     }
+}
+
+/// A registry's certificate, its key and the CA that signed it.
+#[derive(Debug)]
+struct Tls {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+/// A CA and a server certificate for `ip` under `dir`, with `openssl` (as
+/// an operator would make them).
+fn make_certificates(dir: &std::path::Path, ip: std::net::Ipv4Addr) -> Result<Tls> {
+    let openssl = require("openssl")?;
+    let p = |name: &str| dir.join(name);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(Command::new(&openssl)
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=skiff test registry CA",
+        ])
+        .args(ec)
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem")))?;
+    run(Command::new(&openssl)
+        .args(["req", "-subj", "/CN=skiff test registry"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(p("server.key"))
+        .arg("-out")
+        .arg(p("server.csr")))?;
+    std::fs::write(p("san.ext"), format!("subjectAltName=IP:{ip}\n"))?;
+    run(Command::new(&openssl)
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(p("server.csr"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-extfile")
+        .arg(p("san.ext"))
+        .arg("-out")
+        .arg(p("server.pem")))?;
+    Ok(Tls {
+        ca: p("ca.pem"),
+        cert: p("server.pem"),
+        key: p("server.key"),
+    })
 }
