@@ -80,6 +80,12 @@ enum Command {
         /// Keep following until the container exits.
         #[arg(short, long)]
         follow: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+        /// Only lines since this RFC 3339 UTC time (2026-12-01T10:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Start a stopped container.
     Start { container: String },
@@ -622,11 +628,22 @@ async fn client_command(cmd: Command, client: Client) -> anyhow::Result<ExitCode
             let lines = client.stream(&path, &opts).await?;
             print_output(lines).await
         }
-        Command::Logs { container, follow } => {
-            let path = format!(
+        Command::Logs {
+            container,
+            follow,
+            tail,
+            since,
+        } => {
+            let mut path = format!(
                 "/v1/containers/logs?id={}&follow={follow}",
                 query_value(&container)
             );
+            if let Some(n) = tail {
+                path.push_str(&format!("&tail={n}"));
+            }
+            if let Some(t) = since {
+                path.push_str(&format!("&since={}", query_value(&t)));
+            }
             let lines = client.get_stream(&path).await?;
             print_output(lines).await
         }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod spec;
+use skiff::spec;
 
 /// Operate a Skiff fleet.
 #[derive(Debug, Parser)]

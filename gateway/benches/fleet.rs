@@ -329,7 +329,7 @@ fn main() {
         let t0 = Instant::now();
         let mut tokens = Vec::with_capacity(agents);
         for _ in 0..agents {
-            let v = call(&http, &api, &admin, "POST", "/v1/join-tokens", "{\"site\": \"default\", \"ttl\": \"1h\"}").await;
+            let v = call(&http, &api, &admin, "POST", "/v1/join-tokens", "{\"site\": \"default\", \"ttl_seconds\": 3600}").await;
             tokens.push(v["token"].as_str().unwrap().to_string());
         }
         println!("fleet of {agents} simulated agents (gateway pid {gw_pid}):");

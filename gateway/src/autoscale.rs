@@ -26,8 +26,8 @@ use skiff_cloud::{
     terminate_owned, with_retry,
 };
 
-use crate::control::{Control, JoinTokenRecord, PlannedLaunch, VmRecord, now_ms};
-use crate::pki::{Pki, random_hex, sha256_hex};
+use crate::control::{Control, PlannedLaunch, VmRecord, now_ms};
+use crate::pki::{Pki, random_hex};
 use crate::store::Kind;
 use futures::StreamExt;
 
@@ -188,26 +188,14 @@ impl Autoscaler {
             .ok_or_else(|| invalid(format!("site {site}: gateway_url is not set")))?;
         let node = format!("{site}-{}", random_hex(3));
         // A token for this VM alone, valid as long as it may take to join.
-        let token = format!("{}{}", crate::grpc::JOIN_TOKEN_PREFIX, random_hex(24));
-        let timeout = join_timeout(cfg);
-        let hash = sha256_hex(token.as_bytes());
-        self.control
-            .write(|s, b| {
-                let t = JoinTokenRecord {
-                    site: site.to_string(),
-                    expires_ms: now_ms() + timeout.as_millis() as i64,
-                    used: false,
-                    created_ms: now_ms(),
-                };
-                b.put(Kind::JoinToken, &hash, &t);
-                s.join_tokens.insert(hash.clone(), t);
-                Ok(())
-            })
+        let token = self
+            .control
+            .issue_join_token(site, join_timeout(cfg))
             .map_err(|e| skiff_cloud::CloudError::Other(e.to_string()))?;
         let user_data = Bootstrap {
             gateway_url,
             ca_hash: self.pki.ca_hash(),
-            join_token: Secret(token),
+            join_token: Secret(token.secret),
             node_name: node.clone(),
             labels: BTreeMap::from([("skiff/site".to_string(), site.to_string())]),
             agent_url: None,
@@ -411,21 +399,12 @@ impl Autoscaler {
                     .await
                     {
                         Ok(_) => {
-                            let removed = self.control.write(|s, b| {
-                                s.nodes.remove(&st.node);
-                                b.delete(Kind::Node, &st.node);
-                                Ok(())
-                            });
-                            if removed.is_ok() {
-                                self.control.end_session(&st.node);
-                                self.control.event(
-                                    "node",
-                                    &st.node,
-                                    format!(
-                                        "scale-in: terminated {} and removed the node",
-                                        st.instance
-                                    ),
-                                );
+                            let why = format!(
+                                "scale-in: terminated {} and removed the node",
+                                st.instance
+                            );
+                            if let Err(e) = self.control.remove_node(&st.node, &why) {
+                                tracing::warn!(node = %st.node, error = %e, "scale-in: remove the node");
                             }
                         }
                         Err(e) => self.control.event(

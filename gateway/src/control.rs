@@ -19,6 +19,8 @@ use skiff_proto::WorkloadSpec;
 use skiff_proto::cluster::{AllocationState, Capacity, NodeStatus};
 use tokio::sync::{Notify, broadcast, mpsc};
 
+pub mod changes;
+
 use crate::config::GatewayConfig;
 use crate::scheduler;
 use crate::store::{Batch, Kind, Store, StoreError};
@@ -63,6 +65,47 @@ pub struct AllocationRecord {
     pub restarts: u32,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Why a pending allocation waits, in parts (`skiff explain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
+}
+
+/// Why a pending allocation is not running yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Explanation {
+    /// The VM it waits for: `a new m.large in aws-us-east-1`, `VM i-0ab… to
+    /// join`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// Joined nodes the placement engine looked at.
+    #[serde(default)]
+    pub nodes: usize,
+    /// How many nodes each filter excluded (`insufficient memory`,
+    /// `fails node.labels.disk == ssd`, `node down`, …).
+    #[serde(default)]
+    pub excluded: BTreeMap<String, usize>,
+    /// For each allowed site, why no VM is launched there.
+    #[serde(default)]
+    pub sites: BTreeMap<String, String>,
+    /// Why preemption did not help, when it was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemption: Option<String>,
+}
+
+impl From<&scheduler::Explanation> for Explanation {
+    fn from(e: &scheduler::Explanation) -> Self {
+        Self {
+            waiting_for: None,
+            nodes: e.nodes,
+            excluded: e
+                .excluded
+                .iter()
+                .map(|(f, n)| (f.to_string(), *n))
+                .collect(),
+            sites: e.sites.clone(),
+            preemption: e.preemption.clone(),
+        }
+    }
 }
 
 impl AllocationRecord {
@@ -165,6 +208,16 @@ pub enum Role {
     Admin,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::ReadOnly => "read-only",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        })
+    }
+}
+
 /// Everything the gateway knows.
 #[derive(Debug, Default)]
 pub struct State {
@@ -178,6 +231,9 @@ pub struct State {
     /// Allocation ids in each node's desired state.
     desired: HashMap<String, BTreeSet<String>>,
 }
+
+/// How many events `GET /v1/events` can show from before it was called.
+pub const RECENT_EVENTS: usize = 1000;
 
 /// Something that happened, for `/v1/events`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -232,11 +288,15 @@ pub struct Control {
     store: Arc<dyn Store>,
     state: Mutex<State>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Operator requests waiting for a node's `Stream` call (logs, exec).
+    pub streams: crate::streams::Streams,
     /// Last time each node was heard from (memory only).
     last_seen: Mutex<HashMap<String, Instant>>,
     next_serial: std::sync::atomic::AtomicU64,
     wake: Notify,
     pub events: broadcast::Sender<Event>,
+    /// The last events, for `GET /v1/events` (memory only).
+    recent_events: Mutex<std::collections::VecDeque<Event>>,
     pub metrics: crate::metrics::Metrics,
     /// The last launch plan (the autoscaler acts on it).
     planned: Mutex<Vec<PlannedLaunch>>,
@@ -268,10 +328,12 @@ impl Control {
             store,
             state: Mutex::new(state),
             sessions: Mutex::new(HashMap::new()),
+            streams: crate::streams::Streams::default(),
             last_seen: Mutex::new(last_seen),
             next_serial: std::sync::atomic::AtomicU64::new(1),
             wake: Notify::new(),
             events,
+            recent_events: Mutex::new(std::collections::VecDeque::new()),
             metrics: crate::metrics::Metrics::new(),
             planned: Mutex::new(Vec::new()),
             plan_fresh: std::sync::atomic::AtomicBool::new(false),
@@ -456,12 +518,27 @@ impl Control {
     pub fn event(&self, kind: &str, id: &str, message: impl Into<String>) {
         let message = message.into();
         tracing::info!(kind, id, %message, "event");
-        let _ = self.events.send(Event {
+        let event = Event {
             time_ms: now_ms(),
             kind: kind.into(),
             id: id.into(),
             message,
-        });
+        };
+        // Kept and sent under one lock: a subscriber that read the recent
+        // ones under it misses nothing and sees nothing twice.
+        let mut recent = self.recent_events.lock().expect("lock");
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(event.clone());
+        let _ = self.events.send(event);
+    }
+
+    /// The last [`RECENT_EVENTS`] events, oldest first, and a subscription
+    /// to the ones after them.
+    pub fn subscribe_events(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let recent = self.recent_events.lock().expect("lock");
+        (recent.iter().cloned().collect(), self.events.subscribe())
     }
 
     /// Asks the reconciler for a pass.
@@ -608,6 +685,15 @@ impl Control {
 
     pub fn sessions(&self) -> usize {
         self.sessions.lock().expect("lock").len()
+    }
+
+    /// Sends `msg` on `node`'s session, if it has one with room for it.
+    pub fn send_to(&self, node: &str, msg: skiff_proto::wire::v1::GatewayMessage) -> bool {
+        self.sessions
+            .lock()
+            .expect("lock")
+            .get(node)
+            .is_some_and(|s| s.tx.try_send(msg).is_ok())
     }
 
     /// The desired state of `node` as a wire message.
@@ -803,6 +889,7 @@ impl Control {
                             restarts: 0,
                             created_ms: now,
                             updated_ms: now,
+                            explanation: None,
                         },
                     );
                 }
@@ -1027,6 +1114,7 @@ impl Control {
                 a.site = site;
                 a.state = AllocationState::Starting;
                 a.message = String::new();
+                a.explanation = None;
                 a.updated_ms = now;
                 touched.insert(node.clone());
                 events.push(("allocation", id.clone(), format!("placed on {node}")));
@@ -1065,6 +1153,10 @@ impl Control {
             if let Some(a) = s.allocations.get_mut(&id)
                 && a.message != msg
             {
+                a.explanation = Some(Explanation {
+                    waiting_for: msg.strip_prefix("waiting for ").map(str::to_string),
+                    ..Explanation::default()
+                });
                 a.message = msg;
                 a.updated_ms = now;
             }
@@ -1107,6 +1199,7 @@ impl Control {
             let id = &requests[u.request].id;
             if let Some(a) = s.allocations.get_mut(id) {
                 let msg = u.explanation.to_string();
+                a.explanation = Some(Explanation::from(&u.explanation));
                 if a.message != msg {
                     *unplaced
                         .entry((a.workload.clone(), msg.clone()))

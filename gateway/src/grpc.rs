@@ -18,8 +18,7 @@ use crate::control::{Control, ControlError, NodeRecord, now_ms};
 use crate::pki::{Pki, sha256_hex};
 use crate::store::Kind;
 
-/// Prefix of join tokens (so they are recognizable in a leak scan).
-pub const JOIN_TOKEN_PREFIX: &str = "skiff-join-";
+pub use crate::control::changes::JOIN_TOKEN_PREFIX;
 
 /// Both services.
 #[derive(Debug, Clone)]
@@ -147,10 +146,60 @@ impl v1::join_server::Join for AgentPort {
 }
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Send>>;
+type DownStream = Pin<Box<dyn Stream<Item = Result<v1::StreamDown, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl v1::session_server::Session for AgentPort {
     type AttachStream = OutStream;
+    type StreamStream = DownStream;
+
+    /// A node answering a `StreamRequest`: its messages go to the REST
+    /// handler waiting for them; when that one is done (the operator went
+    /// away), this call's answer ends, which stops the agent's work.
+    async fn stream(
+        &self,
+        req: Request<Streaming<v1::StreamUp>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let node = self.node_of(&req)?;
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("the stream ended before open"))??;
+        let Some(v1::stream_up::Kind::Open(open)) = first.kind else {
+            return Err(Status::invalid_argument("the first message must be open"));
+        };
+        let tx = self
+            .control
+            .streams
+            .accept(&node, &open.request_id)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no request {} for node {node} (it timed out or was cancelled)",
+                    open.request_id
+                ))
+            })?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = inbound.next() => match m {
+                        Some(Ok(m)) => if tx.send(m).await.is_err() { break },
+                        _ => break,
+                    },
+                    () = tx.closed() => break,
+                }
+            }
+            drop(done_tx);
+        });
+        // Nothing goes down yet; the answer ends when the relay does.
+        let down = futures::stream::once(async move {
+            let _ = done_rx.await;
+            None
+        })
+        .filter_map(|x: Option<Result<v1::StreamDown, Status>>| x);
+        Ok(Response::new(Box::pin(down)))
+    }
 
     async fn attach(
         &self,

@@ -6,6 +6,8 @@
 //! * [`pki`]: the CA, node certificates, API and join token secrets.
 //! * [`control`]: the in-memory state, liveness and the reconciler.
 //! * [`grpc`]: the agent port (`Join`, `Session`).
+//! * [`streams`]: operator requests for an agent's data (logs, exec),
+//!   brokered between the REST API and the node's `Stream` call.
 //! * [`api`]: the REST API and its OpenAPI document.
 //! * [`autoscale`]: launching VMs for the placement engine's launch plan.
 //! * [`metrics`]: Prometheus metrics.
@@ -21,6 +23,7 @@ pub mod metrics;
 pub mod pki;
 pub mod scheduler;
 pub mod store;
+pub mod streams;
 
 /// Version reported in the API.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

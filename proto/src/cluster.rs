@@ -23,6 +23,17 @@ pub enum SiteKind {
     Local,
 }
 
+impl std::fmt::Display for SiteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SiteKind::Static => "static",
+            SiteKind::Aws => "aws",
+            SiteKind::Azure => "azure",
+            SiteKind::Local => "local",
+        })
+    }
+}
+
 impl SiteKind {
     /// Whether the gateway can launch nodes here.
     pub fn can_launch(self) -> bool {

@@ -32,6 +32,6 @@ pub use image::{ImageRef, is_tag};
 pub use parse::{Format, parse_workloads};
 pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{
-    ContainerSpec, ExecProbe, HealthSpec, HttpProbe, NetworkMode, Placement, PortSpec, Protocol,
-    Resources, RestartPolicy, Spread, TcpProbe, WorkloadSpec, is_valid_name,
+    ContainerSpec, ExecProbe, HealthSpec, HttpProbe, MAX_REPLICAS, NetworkMode, Placement,
+    PortSpec, Protocol, Resources, RestartPolicy, Spread, TcpProbe, WorkloadSpec, is_valid_name,
 };

@@ -206,7 +206,13 @@ impl Gateway {
         let (code, v) = self.call(
             "POST",
             "/v1/join-tokens",
-            Some(&format!("{{\"site\": \"{site}\", \"ttl\": \"{ttl}\"}}")),
+            Some(&format!(
+                "{{\"site\": \"{site}\", \"ttl_seconds\": {}}}",
+                ttl.parse::<skiff_proto::Duration>()
+                    .unwrap()
+                    .std()
+                    .as_secs()
+            )),
         );
         assert_eq!(code, 201, "{v}");
         (

@@ -1,9 +1,6 @@
 //! Container endpoints of the local API.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Seek};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +16,7 @@ use tokio::sync::mpsc;
 use super::server::{ApiError, AppState};
 use crate::net::NetError;
 use crate::runtime::logfile::LogLine;
+use crate::runtime::logs::{self, Follow, LogEvent, LogQuery};
 use crate::runtime::records::ContainerRecord;
 use crate::runtime::{ContainerInfo, ExecOptions, ExitInfo, RunOptions, Runtime, RuntimeError};
 
@@ -76,6 +74,12 @@ pub struct IdQuery {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub signal: Option<String>,
+    /// `logs`: only the last N lines.
+    #[serde(default)]
+    pub tail: Option<usize>,
+    /// `logs`: only lines since this RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,70 +132,30 @@ pub async fn run(
             .body(Body::from(body))
             .unwrap_or_default());
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(follow(log, file, tx, Some(exits)));
-    Ok(ndjson(rx))
+    let events = logs::read(
+        log,
+        Some(file),
+        LogQuery::default(),
+        Follow::UntilExit(exits),
+    );
+    Ok(ndjson(log_lines(events)))
 }
 
-/// Streams a container's log; with `follow`, until it has exited, then
-/// its exit.
-async fn follow(
-    path: PathBuf,
-    file: std::fs::File,
-    tx: mpsc::UnboundedSender<OutputLine>,
-    exits: Option<tokio::sync::watch::Receiver<crate::runtime::records::ContainerRecord>>,
-) {
-    let follow = exits.is_some();
-    let mut reader = BufReader::new(file);
-    let _ = reader.rewind();
-    let mut inode = reader.get_ref().metadata().map(|m| m.ino()).unwrap_or(0);
-    let mut waiter = exits.map(|rx| tokio::spawn(Runtime::exit_of(rx)));
-    let mut exit = None;
-    let mut buf = String::new();
-    loop {
-        // Everything written so far.
-        loop {
-            buf.clear();
-            match reader.read_line(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if !buf.ends_with('\n') => {
-                    // A line still being written: read it again later.
-                    let _ = reader.seek_relative(-(buf.len() as i64));
-                    break;
-                }
-                Ok(_) => {
-                    if let Ok(log) = serde_json::from_str::<LogLine>(&buf)
-                        && tx.send(OutputLine::Log { log }).is_err()
-                    {
-                        return;
-                    }
-                }
+/// The output lines of a log reader.
+fn log_lines(mut events: mpsc::UnboundedReceiver<LogEvent>) -> mpsc::UnboundedReceiver<OutputLine> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            let line = match e {
+                LogEvent::Line(log) => OutputLine::Log { log },
+                LogEvent::Exit(exit) => OutputLine::Exit { exit },
+            };
+            if tx.send(line).is_err() {
+                return;
             }
         }
-        // The file was rotated: continue with the new one.
-        if let Ok(m) = std::fs::metadata(&path)
-            && m.ino() != inode
-            && let Ok(f) = std::fs::File::open(&path)
-        {
-            inode = m.ino();
-            reader = BufReader::new(f);
-            continue;
-        }
-        if !follow || exit.is_some() {
-            break;
-        }
-        let w = waiter.as_mut().expect("waiter present until exit");
-        tokio::select! {
-            r = w => {
-                waiter = None;
-                exit = Some(r);
-            }
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
-    if let Some(Ok(exit)) = exit {
-        let _ = tx.send(OutputLine::Exit { exit });
-    }
+    });
+    rx
 }
 
 pub async fn logs(
@@ -199,22 +163,23 @@ pub async fn logs(
     Query(q): Query<IdQuery>,
 ) -> Result<Response, ApiError> {
     let (record, path) = s.runtime.log_path(&q.id)?;
-    let file = std::fs::File::open(&path)
-        .map_err(|e| ApiError::from(RuntimeError::Internal(format!("{}: {e}", path.display()))))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    // What rotation kept comes first, as `docker logs` shows it.
-    if let Ok(old) = std::fs::read_to_string(crate::runtime::logfile::rotated(&path)) {
-        for log in old.lines().filter_map(|l| serde_json::from_str(l).ok()) {
-            let _ = tx.send(OutputLine::Log { log });
-        }
+    if !path.exists() {
+        return Err(RuntimeError::Internal(format!("{}: no log file", path.display())).into());
     }
     // A container the runtime no longer tracks has nothing more to say.
-    let exits = q
+    let follow = match q
         .follow
         .then(|| s.runtime.subscribe(&record.id).ok())
-        .flatten();
-    tokio::spawn(follow(path, file, tx, exits));
-    Ok(ndjson(rx))
+        .flatten()
+    {
+        Some(rx) => Follow::UntilExit(rx),
+        None => Follow::No,
+    };
+    let query = LogQuery {
+        tail: q.tail,
+        since: q.since.clone(),
+    };
+    Ok(ndjson(log_lines(logs::read(path, None, query, follow))))
 }
 
 /// Sends what `pipe` gives as output lines of `stream`.

@@ -76,11 +76,23 @@ pub fn load(state_dir: &Path) -> Option<Identity> {
 
 /// Accepts the server only if its chain holds the CA with the pinned hash
 /// and the server certificate verifies against that CA; keeps the CA.
+/// Shared with the `skiff` CLI, which pins the gateway's CA the same way.
 #[derive(Debug)]
-struct PinnedCa {
+pub struct PinnedCa {
     pin: String,
     found: Mutex<Option<Vec<u8>>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PinnedCa {
+    /// A verifier for the CA whose SHA-256 is `pin` (`sha256:HEX`).
+    pub fn new(pin: &str, provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        Self {
+            pin: pin.to_string(),
+            found: Mutex::new(None),
+            provider,
+        }
+    }
 }
 
 impl ServerCertVerifier for PinnedCa {
@@ -173,11 +185,7 @@ pub fn host_port(url: &str) -> Result<(String, u16), String> {
 async fn fetch_ca(url: &str, pin: &str) -> Result<Vec<u8>, String> {
     let (host, port) = host_port(url)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinnedCa {
-        pin: pin.to_string(),
-        found: Mutex::new(None),
-        provider: Arc::clone(&provider),
-    });
+    let verifier = Arc::new(PinnedCa::new(pin, Arc::clone(&provider)));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

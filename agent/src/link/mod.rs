@@ -12,6 +12,7 @@
 
 pub mod join;
 pub mod reconcile;
+pub mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,7 +85,12 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
     let (desired_tx, desired_rx) = watch::channel::<Option<v1::DesiredState>>(None);
     let (report_tx, mut report_rx) = mpsc::channel::<v1::AllocationStatusReport>(4);
     // One reconciler, fed the latest desired state; it reports what runs.
-    let rec = reconcile::Reconciler::new(Arc::clone(&link.runtime), Arc::clone(&link.images));
+    let rec = reconcile::Reconciler::new(
+        Arc::clone(&link.runtime),
+        Arc::clone(&link.images),
+        &link.identity.node_id,
+        &link.identity.site,
+    );
     tokio::spawn(rec.run(desired_rx, report_tx));
     let mut attempt: u32 = 0;
     loop {
@@ -243,9 +249,17 @@ async fn session(
             msg = inbound.message() => {
                 let msg = msg.map_err(|s| format!("session: {}", s.message()))?
                     .ok_or("the gateway closed the session")?;
-                if let Some(gateway_message::Kind::DesiredState(d)) = msg.kind {
-                    tracing::info!(generation = d.generation, allocations = d.allocations.len(), "desired state");
-                    desired.send_replace(Some(d));
+                match msg.kind {
+                    Some(gateway_message::Kind::DesiredState(d)) => {
+                        tracing::info!(generation = d.generation, allocations = d.allocations.len(), "desired state");
+                        desired.send_replace(Some(d));
+                    }
+                    Some(gateway_message::Kind::StreamRequest(r)) => {
+                        tracing::debug!(request = %r.request_id, allocation = %r.allocation_id, "stream request");
+                        tokio::spawn(streams::serve(channel.clone(), Arc::clone(&link.runtime), r));
+                    }
+                    // Registered again, or a kind this agent does not know.
+                    _ => {}
                 }
             }
         }

@@ -24,6 +24,10 @@ const WORKLOAD_LABEL: &str = "skiff.workload";
 pub struct Reconciler {
     runtime: Arc<Runtime>,
     images: Arc<ImageStore>,
+    /// This node's id and site, given to every container as `SKIFF_NODE`
+    /// and `SKIFF_SITE` (with `SKIFF_ALLOCATION` and `SKIFF_WORKLOAD`).
+    node: String,
+    site: String,
     /// Why an allocation could not start (pull or create failed), and
     /// when it is tried again.
     failures: BTreeMap<String, (String, std::time::Instant)>,
@@ -78,10 +82,12 @@ pub fn statuses(runtime: &Runtime) -> Vec<v1::AllocationStatus> {
 }
 
 impl Reconciler {
-    pub fn new(runtime: Arc<Runtime>, images: Arc<ImageStore>) -> Self {
+    pub fn new(runtime: Arc<Runtime>, images: Arc<ImageStore>, node: &str, site: &str) -> Self {
         Self {
             runtime,
             images,
+            node: node.to_string(),
+            site: site.to_string(),
             failures: BTreeMap::new(),
         }
     }
@@ -187,7 +193,17 @@ impl Reconciler {
             name: Some(a.id.clone()),
             cmd: spec.args.clone(),
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain([
+                    format!("SKIFF_NODE={}", self.node),
+                    format!("SKIFF_SITE={}", self.site),
+                    format!("SKIFF_ALLOCATION={}", a.id),
+                    format!("SKIFF_WORKLOAD={}", a.workload),
+                ])
+                .collect(),
             memory: Some(spec.resources.memory),
             cpus: Some(spec.resources.cpu),
             restart: Some(spec.restart),

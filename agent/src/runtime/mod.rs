@@ -28,6 +28,7 @@ pub mod exec;
 pub mod health;
 pub mod init;
 pub mod logfile;
+pub mod logs;
 pub mod records;
 pub mod seccomp;
 pub mod shim;

@@ -1,0 +1,64 @@
+//! Who is calling: the bearer token checked against the admin token and
+//! the stored API tokens, and the caller's role against the route's. The
+//! route table in `api/mod.rs` gives every route its role; this layer is
+//! the only place that checks it.
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::control::Role;
+use crate::pki::sha256_hex;
+
+/// The authenticated caller, for handlers that want it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+}
+
+/// The role of the bearer token in `headers`.
+pub(super) fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Role, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthenticated("an Authorization: Bearer token is required"))?;
+    if constant_time_eq(token.as_bytes(), s.pki.admin_token.as_bytes()) {
+        return Ok(Role::Admin);
+    }
+    let hash = sha256_hex(token.as_bytes());
+    s.control
+        .read(|st| st.api_tokens.get(&hash).map(|t| t.role))
+        .ok_or_else(|| ApiError::unauthenticated("unknown token"))
+}
+
+/// The layer of every route that needs a role: 401 without a known token,
+/// 403 with one whose role is below `min`.
+pub(super) async fn require(
+    State((s, min)): State<(AppState, Role)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let role = match authenticate(&s, req.headers()) {
+        Ok(role) => role,
+        Err(e) => return e.into_response(),
+    };
+    if role < min {
+        return ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs the {min} role"),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(Caller { role });
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

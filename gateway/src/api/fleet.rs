@@ -1,0 +1,154 @@
+//! `/v1/sites`, `/v1/events` and `/v1/version`: the fleet as a whole.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::IntoResponse;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use serde::{Deserialize, Serialize};
+use skiff_proto::WorkloadSpec;
+use skiff_proto::cluster::NodeStatus;
+use utoipa::ToSchema;
+
+use super::AppState;
+use crate::control::{AllocationRecord, Event, NodeRecord, PlannedLaunch};
+
+/// Capacity and use of one site.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SiteView {
+    pub name: String,
+    /// `static`, `aws`, `azure` or `local`.
+    pub kind: String,
+    pub nodes: usize,
+    pub nodes_ready: usize,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub cpu_millis_used: u64,
+    pub memory_bytes_used: u64,
+    pub allocations: usize,
+    /// VMs the placement engine asks this site for (launched by the
+    /// autoscaler).
+    pub planned_launches: Vec<PlannedLaunch>,
+}
+
+/// Every configured site: its nodes' capacity, what runs there, and the
+/// VMs planned for it.
+#[utoipa::path(get, path = "/v1/sites", tag = "fleet",
+    responses((status = 200, body = [SiteView])))]
+pub(super) async fn sites(State(s): State<AppState>) -> Json<Vec<SiteView>> {
+    let cfg = &s.control.config;
+    let planned = s.control.planned_launches();
+    Json(s.control.read(|st| {
+        cfg.sites
+            .iter()
+            .map(|site| {
+                let nodes: Vec<&NodeRecord> =
+                    st.nodes.values().filter(|n| n.site == site.name).collect();
+                let live: Vec<&AllocationRecord> = st
+                    .allocations
+                    .values()
+                    .filter(|a| a.site.as_deref() == Some(site.name.as_str()))
+                    .filter(|a| !a.state.is_terminal())
+                    .collect();
+                let demand = |f: &dyn Fn(&WorkloadSpec) -> u64| -> u64 {
+                    live.iter()
+                        .filter_map(|a| st.workloads.get(&a.workload))
+                        .map(|w| f(&w.spec))
+                        .sum()
+                };
+                SiteView {
+                    name: site.name.clone(),
+                    kind: site.kind.to_string(),
+                    nodes: nodes.len(),
+                    nodes_ready: nodes
+                        .iter()
+                        .filter(|n| n.status == NodeStatus::Ready)
+                        .count(),
+                    cpu_millis: nodes.iter().map(|n| n.allocatable.cpu.millis()).sum(),
+                    memory_bytes: nodes.iter().map(|n| n.allocatable.memory.bytes()).sum(),
+                    cpu_millis_used: demand(&|w| w.resources.cpu.millis()),
+                    memory_bytes_used: demand(&|w| w.resources.memory.bytes()),
+                    allocations: live.len(),
+                    planned_launches: planned
+                        .iter()
+                        .filter(|p| p.site == site.name)
+                        .cloned()
+                        .collect(),
+                }
+            })
+            .collect()
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsQuery {
+    /// Keep the stream open for new events (default). With `false`, the
+    /// stream ends after the recent events.
+    pub follow: Option<bool>,
+}
+
+/// Server-sent events, one JSON `Event` in each `data:` (the SSE event
+/// name is its kind): first the last 1,000 events the gateway kept, then,
+/// unless `follow=false`, every new one as it happens.
+#[utoipa::path(get, path = "/v1/events", tag = "fleet", params(EventsQuery),
+    responses((status = 200, description = "A text/event-stream of events",
+        content_type = "text/event-stream", body = String)))]
+pub(super) async fn events(
+    State(s): State<AppState>,
+    Query(q): Query<EventsQuery>,
+) -> impl IntoResponse {
+    use tokio_stream::StreamExt;
+    let (recent, rx) = s.control.subscribe_events();
+    let sse = |e: Event| {
+        Ok::<_, std::convert::Infallible>(
+            SseEvent::default()
+                .event(e.kind.clone())
+                .data(serde_json::to_string(&e).unwrap_or_default()),
+        )
+    };
+    let history = tokio_stream::iter(recent).map(sse);
+    let stream: std::pin::Pin<Box<dyn futures::Stream<Item = _> + Send>> =
+        if q.follow.unwrap_or(true) {
+            let live = tokio_stream::wrappers::BroadcastStream::new(rx)
+                .filter_map(|e| e.ok())
+                .map(sse);
+            Box::pin(history.chain(live))
+        } else {
+            Box::pin(history)
+        };
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The gateway's version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VersionView {
+    pub version: String,
+    /// What agents pin to join (`--ca-hash`).
+    pub ca_hash: String,
+}
+
+#[utoipa::path(get, path = "/v1/version", tag = "fleet",
+    responses((status = 200, body = VersionView)))]
+pub(super) async fn version(State(s): State<AppState>) -> Json<VersionView> {
+    Json(VersionView {
+        version: crate::VERSION.to_string(),
+        ca_hash: s.pki.ca_hash(),
+    })
+}
+
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "fleet",
+    responses((status = 200, description = "Prometheus metrics",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
+pub(super) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    s.control.update_gauges();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.control.metrics.encode(),
+    )
+}

@@ -1,0 +1,451 @@
+//! The REST API (axum), on `listen` (`127.0.0.1:7070` by default).
+//!
+//! Every route is in one table, [`routes`], with who may call it: the
+//! router is built from that table alone (a route cannot exist without its
+//! rule), the one authorization layer ([`auth::require`]) checks the rule,
+//! and the OpenAPI document's security and 401/403 responses are derived
+//! from it. Tokens: the admin token (`STATE/admin.token`) or one made with
+//! `POST /v1/api-tokens`, each with a role (`read-only` < `operator` <
+//! `admin`). Errors are `{"code": …, "message": …}` ([`ApiError`]), the
+//! message naming the field for bad input. Spec bodies are YAML or JSON,
+//! checked by the same code as `skiff validate`.
+
+mod auth;
+mod body;
+mod error;
+mod fleet;
+mod nodes;
+mod streams;
+mod tokens;
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::Method;
+use axum::response::Response;
+use axum::routing::{MethodRouter, delete, get, post, put};
+use utoipa::OpenApi;
+
+pub use auth::Caller;
+pub use error::ApiError;
+pub use fleet::{SiteView, VersionView};
+pub use streams::{ExecEntry, ExecRequest, LogEntry};
+pub use tokens::{
+    ApiTokenRequest, ApiTokenResponse, ApiTokenView, JoinTokenRequest, JoinTokenResponse,
+    JoinTokenView,
+};
+pub use workloads::{ScaleRequest, WorkloadView};
+
+use crate::control::{Control, Role};
+use crate::pki::Pki;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub control: Arc<Control>,
+    pub pki: Arc<Pki>,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone who reaches the port.
+    Public,
+    /// A token whose role is at least this one.
+    At(Role),
+}
+
+/// One route of the API.
+#[derive(Debug)]
+pub struct Route {
+    pub method: Method,
+    /// As axum writes it (`/v1/workloads/{name}`), also the OpenAPI path.
+    pub path: &'static str,
+    pub access: Access,
+    handler: MethodRouter<AppState>,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        handler,
+    }
+}
+
+/// Every route, with who may call it.
+pub fn routes() -> Vec<Route> {
+    use Access::{At, Public};
+    use Method as M;
+    use Role::{Admin, Operator, ReadOnly};
+    vec![
+        route(M::GET, "/v1/openapi.json", Public, get(openapi_json)),
+        route(M::GET, "/metrics", Public, get(fleet::metrics)),
+        route(M::GET, "/v1/version", At(ReadOnly), get(fleet::version)),
+        route(M::GET, "/v1/workloads", At(ReadOnly), get(workloads::list)),
+        route(
+            M::POST,
+            "/v1/workloads",
+            At(Operator),
+            post(workloads::create),
+        ),
+        route(
+            M::GET,
+            "/v1/workloads/{name}",
+            At(ReadOnly),
+            get(workloads::get),
+        ),
+        route(
+            M::PUT,
+            "/v1/workloads/{name}",
+            At(Operator),
+            put(workloads::update),
+        ),
+        route(
+            M::DELETE,
+            "/v1/workloads/{name}",
+            At(Operator),
+            delete(workloads::delete),
+        ),
+        route(
+            M::POST,
+            "/v1/workloads/{name}/scale",
+            At(Operator),
+            post(workloads::scale),
+        ),
+        route(
+            M::POST,
+            "/v1/workloads/{name}/restart",
+            At(Operator),
+            post(workloads::restart),
+        ),
+        route(
+            M::GET,
+            "/v1/workloads/{name}/logs",
+            At(ReadOnly),
+            get(streams::logs),
+        ),
+        route(
+            M::POST,
+            "/v1/workloads/{name}/exec",
+            At(Operator),
+            post(streams::exec),
+        ),
+        route(
+            M::GET,
+            "/v1/allocations",
+            At(ReadOnly),
+            get(workloads::allocations),
+        ),
+        route(M::GET, "/v1/nodes", At(ReadOnly), get(nodes::list)),
+        route(M::GET, "/v1/nodes/{id}", At(ReadOnly), get(nodes::get)),
+        route(
+            M::DELETE,
+            "/v1/nodes/{id}",
+            At(Admin),
+            delete(nodes::remove),
+        ),
+        route(
+            M::POST,
+            "/v1/nodes/{id}/cordon",
+            At(Operator),
+            post(nodes::cordon),
+        ),
+        route(
+            M::POST,
+            "/v1/nodes/{id}/uncordon",
+            At(Operator),
+            post(nodes::uncordon),
+        ),
+        route(
+            M::POST,
+            "/v1/nodes/{id}/drain",
+            At(Operator),
+            post(nodes::drain),
+        ),
+        route(M::GET, "/v1/sites", At(ReadOnly), get(fleet::sites)),
+        route(M::GET, "/v1/events", At(ReadOnly), get(fleet::events)),
+        route(
+            M::POST,
+            "/v1/join-tokens",
+            At(Admin),
+            post(tokens::create_join_token),
+        ),
+        route(
+            M::GET,
+            "/v1/join-tokens",
+            At(Admin),
+            get(tokens::list_join_tokens),
+        ),
+        route(
+            M::DELETE,
+            "/v1/join-tokens/{id}",
+            At(Admin),
+            delete(tokens::revoke_join_token),
+        ),
+        route(
+            M::POST,
+            "/v1/api-tokens",
+            At(Admin),
+            post(tokens::create_api_token),
+        ),
+        route(
+            M::GET,
+            "/v1/api-tokens",
+            At(Admin),
+            get(tokens::list_api_tokens),
+        ),
+        route(
+            M::DELETE,
+            "/v1/api-tokens/{id}",
+            At(Admin),
+            delete(tokens::revoke_api_token),
+        ),
+    ]
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Skiff gateway", description = "Workloads, nodes, sites and allocations of a Skiff fleet."),
+    paths(
+        openapi_json, fleet::metrics, fleet::version,
+        workloads::list, workloads::create, workloads::get, workloads::update, workloads::delete,
+        workloads::scale, workloads::restart, streams::logs, streams::exec, workloads::allocations,
+        nodes::list, nodes::get, nodes::remove, nodes::cordon, nodes::uncordon, nodes::drain,
+        fleet::sites, fleet::events,
+        tokens::create_join_token, tokens::list_join_tokens, tokens::revoke_join_token,
+        tokens::create_api_token, tokens::list_api_tokens, tokens::revoke_api_token,
+    ),
+    components(schemas(ApiError, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord,
+        crate::control::Explanation, SiteView, crate::control::Event, crate::control::PlannedLaunch,
+        VersionView, LogEntry, ExecEntry, ExecRequest,
+        JoinTokenRequest, JoinTokenResponse, JoinTokenView, ApiTokenRequest, ApiTokenResponse,
+        ApiTokenView, ScaleRequest, Role)),
+    modifiers(&Contract)
+)]
+struct ApiDoc;
+
+/// Makes the document say what the route table and the server do: the
+/// bearer scheme and each route's security, the 401/403/413 answers the
+/// layers give, and the workload spec's own schema for spec bodies.
+struct Contract;
+
+impl utoipa::Modify for Contract {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let (spec, defs) = skiff_proto::schema::workload_schema_components();
+        for (name, def) in defs {
+            if let Ok(schema) = serde_json::from_value(def) {
+                components.schemas.insert(name, schema);
+            }
+        }
+        if let Ok(schema) = serde_json::from_value(spec) {
+            components.schemas.insert("WorkloadSpec".into(), schema);
+        }
+    }
+}
+
+/// Fills in what `utoipa` cannot know from the handlers alone (see
+/// [`Contract`]); works on JSON so it can set what utoipa's types do not
+/// model (several content types of one body).
+fn finish(mut doc: serde_json::Value) -> serde_json::Value {
+    let error = serde_json::json!({
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiError"}}}
+    });
+    let described = |what: &str| {
+        let mut e = error.clone();
+        e["description"] = what.into();
+        e
+    };
+    let spec_body = serde_json::json!({
+        "description": "A workload spec, JSON or YAML (see the spec reference)",
+        "required": true,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/WorkloadSpec"}},
+            "application/yaml": {"schema": {"type": "string"}}
+        }
+    });
+    for r in routes() {
+        let method = r.method.as_str().to_ascii_lowercase();
+        let Some(op) = doc["paths"][r.path][&method].as_object_mut() else {
+            continue;
+        };
+        let mut add = serde_json::Map::new();
+        let security = match r.access {
+            Access::Public => serde_json::json!([]),
+            Access::At(role) => {
+                add.insert(
+                    "401".into(),
+                    described("No token, or one the gateway does not know"),
+                );
+                if role > Role::ReadOnly {
+                    add.insert(
+                        "403".into(),
+                        described(&format!("The token's role is below {role}")),
+                    );
+                }
+                serde_json::json!([{"bearer": []}])
+            }
+        };
+        op.insert("security".into(), security);
+        if op.contains_key("requestBody") {
+            add.insert("413".into(), described("The body is larger than max_body"));
+            add.insert(
+                "400".into(),
+                described("The body is not what the schema says"),
+            );
+        }
+        let responses = op
+            .entry("responses")
+            .or_insert_with(|| serde_json::json!({}));
+        if let Some(responses) = responses.as_object_mut() {
+            for (status, answer) in add {
+                // A handler's own description of a status stays.
+                responses.entry(status).or_insert(answer);
+            }
+        }
+        let is_spec = matches!(
+            (r.method.clone(), r.path),
+            (Method::POST, "/v1/workloads") | (Method::PUT, "/v1/workloads/{name}")
+        );
+        if is_spec {
+            op.insert("requestBody".into(), spec_body.clone());
+        }
+    }
+    doc
+}
+
+/// The OpenAPI document, as served.
+pub fn openapi() -> serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| finish(serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()))
+        .clone()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "fleet",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi())
+}
+
+/// The router: every route of [`routes`] with its access rule.
+pub fn router(state: AppState) -> axum::Router {
+    let max_body = state.control.config.max_body;
+    let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
+    for r in routes() {
+        let handler = match r.access {
+            Access::Public => r.handler,
+            Access::At(role) => r.handler.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), role),
+                auth::require,
+            )),
+        };
+        let merged = match by_path.remove(r.path) {
+            Some(existing) => existing.merge(handler),
+            None => handler,
+        };
+        by_path.insert(r.path, merged);
+    }
+    let mut router = axum::Router::new();
+    for (path, handler) in by_path {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// API latency by method and status.
+async fn observe(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().to_string();
+    let t = std::time::Instant::now();
+    let res = next.run(req).await;
+    s.control
+        .metrics
+        .api_seconds
+        .get_or_create(&crate::metrics::RouteLabel {
+            method,
+            status: res.status().as_u16().to_string(),
+        })
+        .observe(t.elapsed().as_secs_f64());
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document and the table agree: every route is documented with
+    /// its security, and nothing is documented that is not served.
+    #[test]
+    fn the_document_is_the_route_table() {
+        let doc = openapi();
+        let mut documented = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                documented.push((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = routes()
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+        for r in routes() {
+            let op = &doc["paths"][r.path][r.method.as_str().to_ascii_lowercase()];
+            match r.access {
+                Access::Public => assert_eq!(op["security"], serde_json::json!([]), "{}", r.path),
+                Access::At(role) => {
+                    assert_eq!(
+                        op["security"][0]["bearer"],
+                        serde_json::json!([]),
+                        "{}",
+                        r.path
+                    );
+                    assert!(
+                        op["responses"]["401"].is_object(),
+                        "{} {}",
+                        r.method,
+                        r.path
+                    );
+                    assert_eq!(
+                        op["responses"]["403"].is_object(),
+                        role > Role::ReadOnly,
+                        "{} {}",
+                        r.method,
+                        r.path
+                    );
+                }
+            }
+        }
+        // Spec bodies point at the spec's schema, which resolves.
+        let body = &doc["paths"]["/v1/workloads"]["post"]["requestBody"]["content"];
+        assert_eq!(
+            body["application/json"]["schema"]["$ref"],
+            "#/components/schemas/WorkloadSpec"
+        );
+        assert!(doc["components"]["schemas"]["WorkloadSpec"].is_object());
+        assert!(doc["components"]["schemas"]["Resources"].is_object());
+    }
+}

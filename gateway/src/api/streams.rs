@@ -1,0 +1,292 @@
+//! `GET /v1/workloads/{name}/logs` and `POST /v1/workloads/{name}/exec`:
+//! data from the agents that run a workload's allocations, brokered
+//! through their sessions ([`crate::streams`]), streamed to the caller as
+//! newline-delimited JSON while it comes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use skiff_proto::cluster::AllocationState;
+use skiff_proto::wire::v1::{self, stream_up};
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::body::json_body;
+use super::error::{ApiError, ApiResult};
+use crate::control::{AllocationRecord, Control};
+
+/// One line of `GET /v1/workloads/{name}/logs`: a log line of one
+/// allocation, or why its log could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogEntry {
+    pub allocation: String,
+    pub node: String,
+    /// RFC 3339 UTC, nanoseconds.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub time: String,
+    /// `stdout` or `stderr`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stream: String,
+    /// The line, with its newline.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub line: String,
+    /// Set (and nothing else) when this allocation's log could not be
+    /// read: the node is gone, the allocation has no container yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct LogsQuery {
+    /// Keep streaming new lines while the allocations exist (their
+    /// containers' restarts included).
+    pub follow: Option<bool>,
+    /// Only the last N lines of each allocation.
+    #[param(minimum = 0, maximum = 1_000_000)]
+    pub tail: Option<u32>,
+    /// Only lines written at or after this time (unix milliseconds).
+    #[param(minimum = 0)]
+    pub since_ms: Option<i64>,
+    /// Only this allocation's.
+    pub allocation: Option<String>,
+}
+
+/// The allocations of `workload` that have a node (and are not over),
+/// or only `only` of them.
+fn placed(
+    control: &Control,
+    workload: &str,
+    only: Option<&str>,
+) -> ApiResult<Vec<AllocationRecord>> {
+    control.read(|st| {
+        if !st.workloads.contains_key(workload) {
+            return Err(ApiError::not_found(format!("no workload {workload}")));
+        }
+        let allocs: Vec<AllocationRecord> = st
+            .allocations
+            .values()
+            .filter(|a| a.workload == workload && a.node.is_some() && a.is_live())
+            .filter(|a| only.is_none_or(|id| a.id == id))
+            .cloned()
+            .collect();
+        if let Some(id) = only
+            && allocs.is_empty()
+        {
+            return Err(ApiError::not_found(format!(
+                "workload {workload} has no placed allocation {id}"
+            )));
+        }
+        Ok(allocs)
+    })
+}
+
+fn ndjson<T: Serialize + Send + 'static>(rx: mpsc::Receiver<T>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        let mut v = serde_json::to_vec(&item).unwrap_or_default();
+        v.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(v)), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_default()
+}
+
+/// The logs of a workload's allocations, interleaved as they come, one
+/// JSON `LogEntry` per line.
+#[utoipa::path(get, path = "/v1/workloads/{name}/logs", tag = "workloads",
+    params(("name" = String, Path), LogsQuery),
+    responses(
+        (status = 200, description = "Newline-delimited JSON, one LogEntry per line",
+            content_type = "application/x-ndjson", body = LogEntry),
+        (status = 404, description = "No such workload, or no such allocation of it", body = ApiError)))]
+pub(super) async fn logs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let allocs = placed(&s.control, &name, q.allocation.as_deref())?;
+    let req = v1::LogsRequest {
+        follow: q.follow.unwrap_or(false),
+        tail: q.tail.unwrap_or(0),
+        since_unix_ms: q.since_ms.unwrap_or(0),
+    };
+    let (tx, rx) = mpsc::channel::<LogEntry>(256);
+    for a in allocs {
+        let (control, tx, req) = (Arc::clone(&s.control), tx.clone(), req);
+        tokio::spawn(async move {
+            let node = a.node.clone().unwrap_or_default();
+            let entry =
+                |time: String, stream: String, line: String, error: Option<String>| LogEntry {
+                    allocation: a.id.clone(),
+                    node: node.clone(),
+                    time,
+                    stream,
+                    line,
+                    error,
+                };
+            let opened = control
+                .streams
+                .open(&node, &a.id, v1::stream_request::Kind::Logs(req), |m| {
+                    control.send_to(&node, m)
+                })
+                .await;
+            let mut up = match opened {
+                Ok(up) => up,
+                Err(e) => {
+                    let _ = tx
+                        .send(entry(
+                            String::new(),
+                            String::new(),
+                            String::new(),
+                            Some(e.to_string()),
+                        ))
+                        .await;
+                    return;
+                }
+            };
+            while let Some(m) = up.recv().await {
+                let e = match m.kind {
+                    Some(stream_up::Kind::Log(l)) => entry(l.time, l.stream, l.line, None),
+                    Some(stream_up::Kind::End(end)) if !end.error.is_empty() => {
+                        entry(String::new(), String::new(), String::new(), Some(end.error))
+                    }
+                    Some(stream_up::Kind::End(_)) => break,
+                    _ => continue,
+                };
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(ndjson(rx))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The command and its arguments.
+    #[schema(min_items = 1)]
+    pub command: Vec<String>,
+    /// Which allocation [default: the first running one].
+    #[serde(default)]
+    pub allocation: Option<String>,
+    /// More environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// User (name or uid[:gid]) [default: the container's].
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Absolute working directory [default: the container's].
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
+/// One line of `POST /v1/workloads/{name}/exec`: output, then the exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExecEntry {
+    /// `stdout` or `stderr`, with `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The output bytes, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// The last line: the command's exit code (126: it could not be
+    /// run, 127: not found)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// ...or why it could not be run at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The allocation it runs in (on the first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<String>,
+}
+
+/// Runs a command in one of a workload's running containers (not
+/// interactive), streaming its output and then its exit code.
+#[utoipa::path(post, path = "/v1/workloads/{name}/exec", tag = "workloads",
+    params(("name" = String, Path)), request_body = ExecRequest,
+    responses(
+        (status = 200, description = "Newline-delimited JSON, one ExecEntry per line",
+            content_type = "application/x-ndjson", body = ExecEntry),
+        (status = 400, body = ApiError),
+        (status = 404, description = "No such workload, or nothing of it running", body = ApiError),
+        (status = 503, description = "The node does not answer", body = ApiError)))]
+pub(super) async fn exec(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let req: ExecRequest = json_body(&body?)?;
+    if req.command.is_empty() {
+        return Err(ApiError::bad("command: at least one element"));
+    }
+    let running: Vec<AllocationRecord> = placed(&s.control, &name, req.allocation.as_deref())?
+        .into_iter()
+        .filter(|a| a.state == AllocationState::Running)
+        .collect();
+    let a = running
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("workload {name} has no running allocation")))?;
+    let node = a.node.clone().unwrap_or_default();
+    let kind = v1::stream_request::Kind::Exec(v1::ExecRequest {
+        command: req.command,
+        env: req.env.into_iter().collect(),
+        user: req.user.unwrap_or_default(),
+        workdir: req.workdir.unwrap_or_default(),
+    });
+    let control = Arc::clone(&s.control);
+    let mut up = control
+        .streams
+        .open(&node, &a.id, kind, |m| control.send_to(&node, m))
+        .await?;
+    let (tx, rx) = mpsc::channel::<ExecEntry>(64);
+    let first = ExecEntry {
+        stream: None,
+        data: None,
+        exit_code: None,
+        error: None,
+        allocation: Some(a.id.clone()),
+    };
+    tokio::spawn(async move {
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        while let Some(m) = up.recv().await {
+            let e = match m.kind {
+                Some(stream_up::Kind::Output(o)) => ExecEntry {
+                    stream: Some(o.stream),
+                    data: Some(base64::engine::general_purpose::STANDARD.encode(&o.data)),
+                    exit_code: None,
+                    error: None,
+                    allocation: None,
+                },
+                Some(stream_up::Kind::End(end)) => ExecEntry {
+                    stream: None,
+                    data: None,
+                    exit_code: end.exit_code,
+                    error: (!end.error.is_empty()).then_some(end.error),
+                    allocation: None,
+                },
+                _ => continue,
+            };
+            let last = e.exit_code.is_some() || e.error.is_some();
+            if tx.send(e).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    Ok(ndjson(rx))
+}

@@ -1,0 +1,206 @@
+//! `/v1/workloads`: create, read, update, scale, restart, delete.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use skiff_proto::WorkloadSpec;
+use skiff_proto::cluster::AllocationState;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::body::{json_body, spec_body};
+use super::error::{ApiError, ApiResult};
+use crate::control::{AllocationRecord, WorkloadRecord};
+
+/// A workload with its allocations.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkloadView {
+    #[schema(value_type = Object)]
+    pub spec: WorkloadSpec,
+    /// Bumped by every change of what runs (and by a restart).
+    pub version: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// Replicas running now.
+    pub running: usize,
+    /// Replicas not placed yet, or waiting for a VM.
+    pub pending: usize,
+    /// The sites its live allocations are in.
+    pub sites: Vec<String>,
+    /// Live allocations (every one kept, stopped and lost too, for a
+    /// single workload).
+    pub allocations: Vec<AllocationRecord>,
+}
+
+pub(super) fn view(s: &crate::control::State, w: &WorkloadRecord, all: bool) -> WorkloadView {
+    let allocations: Vec<AllocationRecord> = s
+        .allocations
+        .values()
+        .filter(|a| a.workload == w.spec.name)
+        .filter(|a| all || a.is_live())
+        .cloned()
+        .collect();
+    let live = || allocations.iter().filter(|a| a.is_live());
+    let mut sites: Vec<String> = live().filter_map(|a| a.site.clone()).collect();
+    sites.sort();
+    sites.dedup();
+    WorkloadView {
+        spec: w.spec.clone(),
+        version: w.version,
+        created_ms: w.created_ms,
+        updated_ms: w.updated_ms,
+        running: live()
+            .filter(|a| a.state == AllocationState::Running)
+            .count(),
+        pending: live()
+            .filter(|a| a.state == AllocationState::Pending)
+            .count(),
+        sites,
+        allocations,
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("no workload {name}"))
+}
+
+/// Every workload, with its live allocations.
+#[utoipa::path(get, path = "/v1/workloads", tag = "workloads",
+    responses((status = 200, body = [WorkloadView])))]
+pub(super) async fn list(State(s): State<AppState>) -> Json<Vec<WorkloadView>> {
+    Json(
+        s.control
+            .read(|st| st.workloads.values().map(|w| view(st, w, false)).collect()),
+    )
+}
+
+/// Creates a workload from a spec (YAML or JSON).
+#[utoipa::path(post, path = "/v1/workloads", tag = "workloads",
+    request_body(content = Object, description = "A workload spec (see the spec reference)"),
+    responses(
+        (status = 202, description = "Stored; its replicas are being placed", body = WorkloadView),
+        (status = 400, description = "The spec is invalid (the field named)", body = ApiError),
+        (status = 409, description = "A workload of that name exists", body = ApiError)))]
+pub(super) async fn create(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<WorkloadView>)> {
+    let w = s.control.create_workload(spec_body(&body?)?)?;
+    let v = s.control.read(|st| view(st, &w, false));
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+/// One workload, with every allocation it has (stopped and lost included).
+#[utoipa::path(get, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path)),
+    responses((status = 200, body = WorkloadView), (status = 404, body = ApiError)))]
+pub(super) async fn get(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<WorkloadView>> {
+    s.control
+        .read(|st| st.workloads.get(&name).map(|w| view(st, w, true)))
+        .map(Json)
+        .ok_or_else(|| not_found(&name))
+}
+
+/// Replaces a workload's spec; a change of anything but `replicas` rolls
+/// the replicas, one at a time.
+#[utoipa::path(put, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path)),
+    request_body(content = Object, description = "The new spec; its name must be the path's"),
+    responses(
+        (status = 202, body = WorkloadView),
+        (status = 400, description = "The spec is invalid, or names another workload", body = ApiError),
+        (status = 404, body = ApiError)))]
+pub(super) async fn update(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<WorkloadView>)> {
+    let spec = spec_body(&body?)?;
+    if spec.name != name {
+        return Err(ApiError::bad(format!(
+            "name: {:?} does not match the path ({name:?})",
+            spec.name
+        )));
+    }
+    let w = s.control.update_workload(spec)?;
+    let v = s.control.read(|st| view(st, &w, false));
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    #[schema(maximum = 100_000)]
+    pub replicas: u32,
+}
+
+/// Sets the number of replicas.
+#[utoipa::path(post, path = "/v1/workloads/{name}/scale", tag = "workloads", params(("name" = String, Path)),
+    request_body = ScaleRequest,
+    responses(
+        (status = 202, body = WorkloadView),
+        (status = 400, body = ApiError),
+        (status = 404, body = ApiError)))]
+pub(super) async fn scale(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<WorkloadView>)> {
+    let req: ScaleRequest = json_body(&body?)?;
+    let w = s.control.scale_workload(&name, req.replicas)?;
+    let v = s.control.read(|st| view(st, &w, false));
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+/// Replaces every replica, one at a time (a new version, same spec).
+#[utoipa::path(post, path = "/v1/workloads/{name}/restart", tag = "workloads", params(("name" = String, Path)),
+    responses((status = 202, body = WorkloadView), (status = 404, body = ApiError)))]
+pub(super) async fn restart(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<WorkloadView>)> {
+    let w = s.control.restart_workload(&name)?;
+    let v = s.control.read(|st| view(st, &w, false));
+    Ok((StatusCode::ACCEPTED, Json(v)))
+}
+
+/// Deletes a workload; its replicas are stopped.
+#[utoipa::path(delete, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path)),
+    responses((status = 202, description = "Deleted; its replicas are being stopped"), (status = 404, body = ApiError)))]
+pub(super) async fn delete(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.control.delete_workload(&name)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AllocationQuery {
+    /// Only this workload's.
+    pub workload: Option<String>,
+    /// Only those on this node.
+    pub node: Option<String>,
+}
+
+/// Allocations (every one kept), by workload and node.
+#[utoipa::path(get, path = "/v1/allocations", tag = "fleet", params(AllocationQuery),
+    responses((status = 200, body = [AllocationRecord])))]
+pub(super) async fn allocations(
+    State(s): State<AppState>,
+    Query(q): Query<AllocationQuery>,
+) -> Json<Vec<AllocationRecord>> {
+    Json(s.control.read(|st| {
+        st.allocations
+            .values()
+            .filter(|a| q.workload.as_ref().is_none_or(|w| &a.workload == w))
+            .filter(|a| q.node.as_ref().is_none_or(|n| a.node.as_ref() == Some(n)))
+            .cloned()
+            .collect()
+    }))
+}

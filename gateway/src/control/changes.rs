@@ -1,0 +1,352 @@
+//! The named state changes operators make (through the REST API) and the
+//! autoscaler shares with them: each one function that writes its records
+//! in one commit, emits its event and wakes the reconciler, so that no two
+//! callers do "the same" change differently.
+
+use std::time::Duration;
+
+use skiff_proto::WorkloadSpec;
+
+use super::{
+    ApiTokenRecord, Control, ControlError, JoinTokenRecord, NodeRecord, Role, WorkloadRecord,
+    now_ms,
+};
+use crate::pki::{random_hex, sha256_hex};
+use crate::store::Kind;
+
+/// Prefix of join tokens (so they are recognizable in a leak scan).
+pub const JOIN_TOKEN_PREFIX: &str = "skiff-join-";
+/// Prefix of API tokens.
+pub const API_TOKEN_PREFIX: &str = "skiff-api-";
+/// How many hex digits of a token's hash are its id.
+const TOKEN_ID_LEN: usize = 12;
+
+/// A token's id: the first hex digits of the SHA-256 of its secret (the
+/// key it is stored under), safe to show and to revoke by.
+pub fn token_id(hash: &str) -> &str {
+    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
+    &hex[..TOKEN_ID_LEN.min(hex.len())]
+}
+
+/// What `cordon`, `uncordon` and `drain` do to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Takes no new work.
+    Cordon,
+    /// Takes work again (and stops draining).
+    Uncordon,
+    /// Takes no new work and its allocations are replaced elsewhere.
+    Drain,
+}
+
+impl NodeAction {
+    fn done(self) -> &'static str {
+        match self {
+            NodeAction::Cordon => "cordoned",
+            NodeAction::Uncordon => "uncordoned",
+            NodeAction::Drain => "drained",
+        }
+    }
+}
+
+/// A secret made once and shown once: the gateway keeps only its hash.
+#[derive(Debug, Clone)]
+pub struct Issued<T> {
+    pub secret: String,
+    pub id: String,
+    pub record: T,
+}
+
+fn no_workload(name: &str) -> ControlError {
+    ControlError::NotFound(format!("no workload {name}"))
+}
+
+impl Control {
+    /// Replaces a workload's spec; a change of what runs (anything but the
+    /// replica count) makes a new version, which rolls the replicas.
+    pub fn update_workload(&self, spec: WorkloadSpec) -> Result<WorkloadRecord, ControlError> {
+        let name = spec.name.clone();
+        let w = self.write(|st, b| {
+            let w = st
+                .workloads
+                .get_mut(&name)
+                .ok_or_else(|| no_workload(&name))?;
+            let mut rolled = spec.clone();
+            rolled.replicas = w.spec.replicas;
+            if rolled != w.spec {
+                w.version += 1;
+            }
+            w.spec = spec;
+            w.updated_ms = now_ms();
+            b.put(Kind::Workload, &name, w);
+            Ok(w.clone())
+        })?;
+        self.event(
+            "workload",
+            &name,
+            format!("updated to version {}", w.version),
+        );
+        self.wake();
+        Ok(w)
+    }
+
+    /// Sets the replica count.
+    pub fn scale_workload(
+        &self,
+        name: &str,
+        replicas: u32,
+    ) -> Result<WorkloadRecord, ControlError> {
+        if replicas > skiff_proto::MAX_REPLICAS {
+            return Err(ControlError::Invalid(format!(
+                "replicas: at most {}",
+                skiff_proto::MAX_REPLICAS
+            )));
+        }
+        let w = self.write(|st, b| {
+            let w = st
+                .workloads
+                .get_mut(name)
+                .ok_or_else(|| no_workload(name))?;
+            w.spec.replicas = replicas;
+            w.updated_ms = now_ms();
+            b.put(Kind::Workload, name, w);
+            Ok(w.clone())
+        })?;
+        self.event("workload", name, format!("scaled to {replicas}"));
+        self.wake();
+        Ok(w)
+    }
+
+    /// Replaces every replica, one at a time as an update does, with the
+    /// spec unchanged (a new version).
+    pub fn restart_workload(&self, name: &str) -> Result<WorkloadRecord, ControlError> {
+        let w = self.write(|st, b| {
+            let w = st
+                .workloads
+                .get_mut(name)
+                .ok_or_else(|| no_workload(name))?;
+            w.version += 1;
+            w.updated_ms = now_ms();
+            b.put(Kind::Workload, name, w);
+            Ok(w.clone())
+        })?;
+        self.event(
+            "workload",
+            name,
+            format!("restart: rolling to version {}", w.version),
+        );
+        self.wake();
+        Ok(w)
+    }
+
+    /// Forgets a workload; its allocations are stopped.
+    pub fn delete_workload(&self, name: &str) -> Result<(), ControlError> {
+        self.write(|st, b| {
+            st.workloads.remove(name).ok_or_else(|| no_workload(name))?;
+            b.delete(Kind::Workload, name);
+            Ok(())
+        })?;
+        self.event("workload", name, "deleted");
+        self.wake();
+        Ok(())
+    }
+
+    /// Cordons, uncordons or drains a node.
+    pub fn set_node(&self, id: &str, action: NodeAction) -> Result<NodeRecord, ControlError> {
+        let n = self.write(|st, b| {
+            let n = st
+                .nodes
+                .get_mut(id)
+                .ok_or_else(|| ControlError::NotFound(format!("no node {id}")))?;
+            match action {
+                NodeAction::Cordon => n.unschedulable = true,
+                NodeAction::Uncordon => {
+                    n.unschedulable = false;
+                    n.draining = false;
+                }
+                NodeAction::Drain => {
+                    n.unschedulable = true;
+                    n.draining = true;
+                }
+            }
+            b.put(Kind::Node, id, n);
+            Ok(n.clone())
+        })?;
+        self.event("node", id, action.done());
+        self.wake();
+        Ok(n)
+    }
+
+    /// Removes a node: its session ends and its certificate opens no new
+    /// one. `why` goes into the event.
+    pub fn remove_node(&self, id: &str, why: &str) -> Result<(), ControlError> {
+        self.write(|st, b| {
+            st.nodes
+                .remove(id)
+                .ok_or_else(|| ControlError::NotFound(format!("no node {id}")))?;
+            b.delete(Kind::Node, id);
+            Ok(())
+        })?;
+        self.end_session(id);
+        self.event("node", id, why);
+        self.wake();
+        Ok(())
+    }
+
+    /// A single-use join token for `site`, valid for `ttl`.
+    pub fn issue_join_token(
+        &self,
+        site: &str,
+        ttl: Duration,
+    ) -> Result<Issued<JoinTokenRecord>, ControlError> {
+        if self.config.site(site).is_none() {
+            return Err(ControlError::Invalid(format!(
+                "site: {site:?} is not a configured site"
+            )));
+        }
+        let secret = format!("{JOIN_TOKEN_PREFIX}{}", random_hex(24));
+        let hash = sha256_hex(secret.as_bytes());
+        let now = now_ms();
+        let record = JoinTokenRecord {
+            site: site.to_string(),
+            expires_ms: now + ttl.as_millis() as i64,
+            used: false,
+            created_ms: now,
+        };
+        self.write(|st, b| {
+            b.put(Kind::JoinToken, &hash, &record);
+            st.join_tokens.insert(hash.clone(), record.clone());
+            Ok(())
+        })?;
+        let id = token_id(&hash).to_string();
+        self.event("join-token", &id, format!("created for site {site}"));
+        Ok(Issued { secret, id, record })
+    }
+
+    /// Revokes the join token whose id is `id` (or starts with it).
+    pub fn revoke_join_token(&self, id: &str) -> Result<(), ControlError> {
+        let hash = self.write(|st, b| {
+            let hash = unique(st.join_tokens.keys(), id, "join token")?;
+            st.join_tokens.remove(&hash);
+            b.delete(Kind::JoinToken, &hash);
+            Ok(hash)
+        })?;
+        self.event("join-token", token_id(&hash), "revoked");
+        Ok(())
+    }
+
+    /// An API token named `name` with `role`.
+    pub fn issue_api_token(
+        &self,
+        name: &str,
+        role: Role,
+    ) -> Result<Issued<ApiTokenRecord>, ControlError> {
+        if !skiff_proto::is_valid_name(name) {
+            return Err(ControlError::Invalid(format!(
+                "name: {name:?} is not a valid name"
+            )));
+        }
+        let secret = format!("{API_TOKEN_PREFIX}{}", random_hex(24));
+        let hash = sha256_hex(secret.as_bytes());
+        let record = ApiTokenRecord {
+            name: name.to_string(),
+            role,
+            created_ms: now_ms(),
+        };
+        self.write(|st, b| {
+            b.put(Kind::ApiToken, &hash, &record);
+            st.api_tokens.insert(hash.clone(), record.clone());
+            Ok(())
+        })?;
+        let id = token_id(&hash).to_string();
+        self.event("api-token", &id, format!("created: {name} ({role})"));
+        Ok(Issued { secret, id, record })
+    }
+
+    /// Revokes the API token whose id is `id` (or starts with it): it
+    /// authenticates nothing from now on.
+    pub fn revoke_api_token(&self, id: &str) -> Result<(), ControlError> {
+        let hash = self.write(|st, b| {
+            let hash = unique(st.api_tokens.keys(), id, "API token")?;
+            st.api_tokens.remove(&hash);
+            b.delete(Kind::ApiToken, &hash);
+            Ok(hash)
+        })?;
+        self.event("api-token", token_id(&hash), "revoked");
+        Ok(())
+    }
+}
+
+/// The one hash among `hashes` whose id starts with `id`.
+fn unique<'a>(
+    hashes: impl Iterator<Item = &'a String>,
+    id: &str,
+    what: &str,
+) -> Result<String, ControlError> {
+    let valid = id.len() >= 4 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid {
+        return Err(ControlError::NotFound(format!("no {what} {id}")));
+    }
+    let hits: Vec<&String> = hashes.filter(|h| token_id(h).starts_with(id)).collect();
+    match hits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(ControlError::NotFound(format!("no {what} {id}"))),
+        _ => Err(ControlError::Conflict(format!(
+            "{id} names {} {what}s: give more of it",
+            hits.len()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{control, site};
+    use skiff_proto::cluster::SiteKind;
+
+    #[test]
+    fn tokens_are_issued_listed_by_id_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path(), vec![site("dc1", SiteKind::Static)]);
+        let t = c.issue_join_token("dc1", Duration::from_secs(60)).unwrap();
+        assert!(t.secret.starts_with(JOIN_TOKEN_PREFIX));
+        assert_eq!(t.id.len(), TOKEN_ID_LEN);
+        let e = c
+            .issue_join_token("nowhere", Duration::from_secs(60))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "site: \"nowhere\" is not a configured site");
+        // By a prefix of its id.
+        c.revoke_join_token(&t.id[..6]).unwrap();
+        assert!(c.read(|s| s.join_tokens.is_empty()));
+        let e = c.revoke_join_token(&t.id).unwrap_err();
+        assert_eq!(e.to_string(), format!("no join token {}", t.id));
+
+        let a = c.issue_api_token("ci", Role::ReadOnly).unwrap();
+        assert!(a.secret.starts_with(API_TOKEN_PREFIX));
+        assert!(matches!(
+            c.revoke_api_token("zz"),
+            Err(ControlError::NotFound(_))
+        ));
+        c.revoke_api_token(&a.id).unwrap();
+        assert!(c.read(|s| s.api_tokens.is_empty()));
+    }
+
+    #[test]
+    fn scaling_past_the_limit_and_unknown_workloads_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path(), vec![site("dc1", SiteKind::Static)]);
+        let e = c.scale_workload("web", 3).unwrap_err();
+        assert_eq!(e.to_string(), "no workload web");
+        let e = c
+            .scale_workload("web", skiff_proto::MAX_REPLICAS + 1)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("replicas: at most {}", skiff_proto::MAX_REPLICAS)
+        );
+        assert!(matches!(
+            c.restart_workload("web"),
+            Err(ControlError::NotFound(_))
+        ));
+    }
+}
