@@ -198,6 +198,23 @@ impl AgentConfig {
         if let Err(e) = runtime.userns_range() {
             return Err(bad("runtime.userns_remap_range", e));
         }
+        let parent_ok = !runtime.cgroup_parent.is_empty()
+            && runtime.cgroup_parent.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            });
+        if !parent_ok {
+            return Err(bad(
+                "runtime.cgroup_parent",
+                format!(
+                    "{:?}: names of letters, digits, '-', '_', '.', joined by '/'",
+                    runtime.cgroup_parent
+                ),
+            ));
+        }
         if runtime.warm_shims > 64 {
             return Err(bad("runtime.warm_shims", "must be at most 64"));
         }

@@ -14,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod entry;
 pub mod images;
 pub mod link;
 pub mod metrics;

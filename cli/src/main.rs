@@ -1,40 +1,42 @@
 //! `skiff`: the operator CLI.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-use skiff::spec;
-
-/// Operate a Skiff fleet.
-#[derive(Debug, Parser)]
-#[command(name = "skiff", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Check workload spec files offline, without a gateway.
-    ///
-    /// Exits 0 when every file is valid. Otherwise prints one line per
-    /// problem, `FILE: PATH: REASON` (e.g. `web.yaml: spec.ports[1].container:
-    /// 70000 is not a port`), and exits 1. Use `-` to read standard input.
-    Validate {
-        /// Spec files (YAML or JSON).
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-    },
-    /// Print the JSON Schema of a workload spec (for editors and CI checks).
-    Schema,
-}
+use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Validate { files } => spec::validate(&files),
-        Command::Schema => spec::schema(),
+    // One binary for the whole dev fleet: its agents run it as
+    // `skiff-agent` (a link to it), their containers' setup as `__shim`.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = skiff_agent::entry::internal(&args) {
+        return code;
+    }
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("skiff");
+    if called == "skiff-agent" {
+        return skiff_agent::entry::main();
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = skiff::args::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skiff: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(skiff::commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("skiff: {}", e.line());
+            e.exit_code()
+        }
     }
 }

@@ -65,9 +65,16 @@ pub async fn serve(channel: Channel, runtime: Arc<Runtime>, req: v1::StreamReque
             }
         }
     };
+    tokio::pin!(work, watched);
     tokio::select! {
-        () = work => {}
-        () = watched => {}
+        // Done: the request stream ends with the work (its sender is
+        // dropped), and the gateway then ends the call; waiting for that
+        // makes sure every message, the end included, went out.
+        () = &mut work => {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), watched).await;
+        }
+        // The gateway ended the call (the operator went away): stop.
+        () = &mut watched => {}
     }
 }
 

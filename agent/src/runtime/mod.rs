@@ -170,7 +170,6 @@ pub struct ContainerInfo {
 }
 
 const DEFAULT_LOG_MAX: u64 = 10 << 20;
-const CGROUP_PARENT: &str = "skiff";
 
 struct Live {
     /// Latest record, shared with waiters.
@@ -191,6 +190,7 @@ pub struct Runtime {
     warm: Arc<warm::WarmPool>,
     userns_range: spec::IdRange,
     net: NodeNet,
+    cgroup_parent: String,
 }
 
 /// The `[runtime]` section of the agent's configuration.
@@ -202,6 +202,9 @@ pub struct RuntimeConfig {
     pub warm_shims: usize,
     /// Host ids for `--userns-remap` containers: `FIRST:COUNT`.
     pub userns_remap_range: String,
+    /// The cgroup (in every hierarchy) under which containers get theirs
+    /// (`PARENT/<id>`), warm shims included.
+    pub cgroup_parent: String,
 }
 
 impl Default for RuntimeConfig {
@@ -209,6 +212,7 @@ impl Default for RuntimeConfig {
         Self {
             warm_shims: 4,
             userns_remap_range: "100000:65536".into(),
+            cgroup_parent: "skiff".into(),
         }
     }
 }
@@ -288,10 +292,11 @@ impl Runtime {
             supervisor,
             userns_range,
             net,
+            cgroup_parent: config.cgroup_parent.clone(),
         });
         rt.adopt().await?;
-        warm::WarmPool::remove_stale(CGROUP_PARENT);
-        rt.warm.refill(CGROUP_PARENT);
+        warm::WarmPool::remove_stale(&rt.cgroup_parent);
+        rt.warm.refill(&rt.cgroup_parent);
         Ok(rt)
     }
 
@@ -500,7 +505,7 @@ impl Runtime {
             restart: opts.restart.unwrap_or(RestartPolicy::Never),
             stop_timeout_ms: opts.stop_timeout_ms.unwrap_or(10_000),
             log_max_bytes: opts.log_max_bytes.unwrap_or(DEFAULT_LOG_MAX),
-            cgroup: format!("{CGROUP_PARENT}/{id}"),
+            cgroup: format!("{}/{id}", self.cgroup_parent),
             labels: opts.labels.clone(),
             health: opts.health.clone(),
             userns: opts.userns_remap.then_some(self.userns_range),
@@ -681,7 +686,7 @@ impl Runtime {
                 return Err(e);
             }
         };
-        self.warm.refill_soon(CGROUP_PARENT);
+        self.warm.refill_soon(&self.cgroup_parent);
         match report {
             StartReport::Started { pid, shim_pid } => {
                 let m = crate::metrics::get();

@@ -43,6 +43,9 @@ pub struct JoinTokenResponse {
     pub ca_hash: String,
     pub site: String,
     pub expires_ms: i64,
+    /// Where agents reach this gateway (`--gateway`): its agent port at
+    /// each advertised name.
+    pub gateway_urls: Vec<String>,
 }
 
 /// A join token as listed (no secret).
@@ -82,8 +85,36 @@ pub(super) async fn create_join_token(
             ca_hash: s.pki.ca_hash(),
             site: t.record.site,
             expires_ms: t.record.expires_ms,
+            gateway_urls: gateway_urls(&s),
         }),
     ))
+}
+
+/// `https://NAME:PORT` of the agent port for every advertised name (the
+/// listen address itself when it is not a wildcard, else the host name).
+fn gateway_urls(s: &AppState) -> Vec<String> {
+    let cfg = &s.control.config;
+    let port = cfg.agent_listen.port();
+    let mut names: Vec<String> = cfg.advertise.clone();
+    if names.is_empty() {
+        names.push(if cfg.agent_listen.ip().is_unspecified() {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into())
+        } else {
+            cfg.agent_listen.ip().to_string()
+        });
+    }
+    names
+        .iter()
+        .map(|n| {
+            if n.contains(':') && !n.starts_with('[') {
+                format!("https://[{n}]:{port}")
+            } else {
+                format!("https://{n}:{port}")
+            }
+        })
+        .collect()
 }
 
 /// Join tokens that are still valid or were used, newest first.
