@@ -1,8 +1,10 @@
 //! The demo image's one program (`skiff dev --demo`): a small static web
 //! server on port 8080 that answers with the node, site and allocation it
 //! runs on (the `SKIFF_*` variables every agent gives its containers) and
-//! logs each request. `web --whoami` prints the same line and exits (for
-//! `skiff exec`). Built by `cli/build.rs` with std only, linked statically.
+//! logs each request; `GET /exit` makes it answer and exit (status 1), to
+//! show a restart. `web --whoami` prints the same line and exits, `web
+//! --exit N` exits with N (for `skiff exec`). Built by `cli/build.rs` with
+//! std only, linked statically.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -18,9 +20,17 @@ fn whoami() -> String {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--whoami") {
-        print!("{}", whoami());
-        return;
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--whoami") => {
+            print!("{}", whoami());
+            return;
+        }
+        Some("--exit") => {
+            let code = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(0);
+            std::process::exit(code);
+        }
+        _ => {}
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
@@ -42,5 +52,9 @@ fn main() {
             body.len()
         );
         println!("web: {}", request.trim_end());
+        if request.starts_with("GET /exit ") {
+            println!("web: exiting, as asked");
+            std::process::exit(1);
+        }
     }
 }

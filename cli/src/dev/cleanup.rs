@@ -27,6 +27,9 @@ pub struct Names {
     pub nft_table: &'static str,
     /// The cgroup every dev agent puts its containers under.
     pub cgroup: &'static str,
+    /// The pool of the nodes' container subnets (the local agent's bridge
+    /// is on the host, so it must not be another agent's).
+    pub node_subnets: &'static str,
 }
 
 pub const NAMES: Names = Names {
@@ -35,6 +38,7 @@ pub const NAMES: Names = Names {
     vm_subnet: "10.249.0.0/24",
     nft_table: "skiff_dev",
     cgroup: "skiff-dev",
+    node_subnets: "10.248.0.0/16",
 };
 
 /// What a running dev fleet writes about itself (`STATE/dev.json`).

@@ -265,6 +265,7 @@ async fn start(args: &DevArgs, state: &Path, started: Instant) -> Result<Fleet, 
     );
     let gateway_toml = format!(
         "advertise = [\"{host}\"]\n\
+         node_subnets = \"{pool}\"\n\
          heartbeat_interval = \"1s\"\n\
          down_after = \"5s\"\n\
          [[sites]]\nname = \"local\"\nkind = \"static\"\ncost_rank = 0\n\
@@ -274,6 +275,7 @@ async fn start(args: &DevArgs, state: &Path, started: Instant) -> Result<Fleet, 
          [[sites.instance_types]]\nname = \"local.small\"\ncpu = \"1\"\nmemory = \"1Gi\"\nprice_per_hour = \"0.01\"\n\
          [sites.local]\nroot = \"{vms}\"\nagent_bin = \"{agent_bin}\"\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\n",
         max = args.max_vms,
+        pool = NAMES.node_subnets,
         agent_config = toml::Value::String(agent_common.clone()),
         vms = state.join("vms").display(),
         agent_bin = agent_bin.display(),

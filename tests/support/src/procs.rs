@@ -43,6 +43,14 @@ impl ChildGuard {
         }
     }
 
+    /// Its exit status, if it has exited (reaped then).
+    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
+    }
+
     /// Stops it now: SIGTERM to its group, then SIGKILL after `grace`.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
