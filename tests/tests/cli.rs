@@ -318,7 +318,7 @@ fn skiff_dev_demo_bursts_every_command_shows_it_and_ctrl_c_leaves_nothing() {
     )
     .unwrap();
     let followed = || std::fs::read_to_string(&follow_out).unwrap_or_default();
-    eventually(30, || followed().contains("web: listening"), &followed);
+    eventually(30, || followed().contains("web: listening"), followed);
     http_get(&local_addr, "/exit");
     eventually(
         60,
