@@ -16,6 +16,7 @@
 //! as simply. Tokens are cached until five minutes before they expire and
 //! never logged.
 
+use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -513,7 +514,7 @@ impl AzureCloud {
             "osProfile": {
                 "computerName": name,
                 "adminUsername": admin,
-                "customData": aws_smithy_types::base64::encode(&req.user_data.0),
+                "customData": base64::engine::general_purpose::STANDARD.encode(&req.user_data.0),
                 "linuxConfiguration": {
                     "disablePasswordAuthentication": true,
                     "ssh": { "publicKeys": [{

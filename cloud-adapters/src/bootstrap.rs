@@ -5,6 +5,7 @@
 //! goes into YAML and shell, so no value can change the document's shape;
 //! the result holds a join token and is a [`Secret`].
 
+use base64::Engine as _;
 use std::collections::BTreeMap;
 
 use crate::Secret;
@@ -138,7 +139,7 @@ impl Bootstrap {
             ("labels", labels.join(",")),
             (
                 "agent_config_b64",
-                aws_smithy_types::base64::encode(&self.agent_config),
+                base64::engine::general_purpose::STANDARD.encode(&self.agent_config),
             ),
             ("agent_url", self.agent_url.clone().unwrap_or_default()),
             (

@@ -10,6 +10,7 @@
 //!
 //! Needs root and `ip` (iproute2).
 
+use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -108,8 +109,9 @@ fn write_files(user_data: &str) -> Result<Vec<(String, String, u32)>, CloudError
             let content = match f.encoding.as_deref() {
                 None | Some("text/plain") => f.content,
                 Some("b64") | Some("base64") => {
-                    let bytes =
-                        aws_smithy_types::base64::decode(f.content.trim()).map_err(|e| {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(f.content.trim())
+                        .map_err(|e| {
                             CloudError::Invalid(format!("user data: {}: base64: {e}", f.path))
                         })?;
                     String::from_utf8(bytes).map_err(|_| {

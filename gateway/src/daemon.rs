@@ -57,8 +57,19 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("site {}: local bridge {}", site.name, l.bridge))?;
             providers.insert(site.name.clone(), Arc::new(cloud));
         } else if let Some(a) = &site.aws {
-            let cloud = skiff_cloud::aws::AwsCloud::new(&site.name, a.clone(), types).await;
-            providers.insert(site.name.clone(), Arc::new(cloud));
+            #[cfg(feature = "aws")]
+            {
+                let cloud = skiff_cloud::aws::AwsCloud::new(&site.name, a.clone(), types).await;
+                providers.insert(site.name.clone(), Arc::new(cloud));
+            }
+            #[cfg(not(feature = "aws"))]
+            {
+                let _ = (a, types);
+                anyhow::bail!(
+                    "site {}: this build has no AWS provider (it was built without the `aws` feature)",
+                    site.name
+                );
+            }
         } else if let Some(a) = &site.azure {
             let credential = skiff_cloud::azure::Credential::from_env(a);
             tracing::info!(site = %site.name, ?credential, "azure credentials");
