@@ -137,6 +137,12 @@ pub struct FileConfig {
     pub max_body: skiff_proto::ByteSize,
     /// Node certificates are valid this long (renewed at two thirds).
     pub cert_lifetime: skiff_proto::Duration,
+    /// The REST API's certificate chain (PEM), when it listens beyond
+    /// loopback with a certificate the operator gives; without it the
+    /// gateway's own CA makes one for the advertised names.
+    pub api_cert_file: Option<PathBuf>,
+    /// Its private key (PEM), with `api_cert_file`.
+    pub api_key_file: Option<PathBuf>,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -152,6 +158,8 @@ impl Default for FileConfig {
             node_subnets: Ipv4Net::new(std::net::Ipv4Addr::new(10, 128, 0, 0), 10).expect("valid"),
             max_body: skiff_proto::ByteSize::from_bytes(1 << 20),
             cert_lifetime: skiff_proto::Duration::from_secs(30 * 24 * 3600),
+            api_cert_file: None,
+            api_key_file: None,
             sites: vec![SiteConfig {
                 name: "default".into(),
                 kind: SiteKind::Static,
@@ -192,7 +200,21 @@ pub struct GatewayConfig {
     pub node_subnets: Ipv4Net,
     pub max_body: usize,
     pub cert_lifetime: Duration,
+    /// How the REST API is served (see [`ApiTls`]).
+    pub api_tls: ApiTls,
     pub sites: Vec<SiteConfig>,
+}
+
+/// How the REST API is served: plain HTTP on loopback only; beyond it over
+/// TLS, with the operator's certificate or one from the gateway's CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiTls {
+    /// `listen` is a loopback address.
+    Plain,
+    /// A certificate of the gateway's own CA (clients pin its hash).
+    OwnCa,
+    /// The operator's certificate chain and key.
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 impl GatewayConfig {
@@ -275,16 +297,25 @@ impl GatewayConfig {
         if max_body < 1024 {
             return Err(bad("max_body", "must be at least 1Ki"));
         }
+        let listen = o
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7070".parse().expect("valid"));
+        let api_tls = match (file.api_cert_file, file.api_key_file) {
+            (Some(cert), Some(key)) => ApiTls::Files { cert, key },
+            (Some(_), None) => return Err(bad("api_key_file", "is needed with api_cert_file")),
+            (None, Some(_)) => return Err(bad("api_cert_file", "is needed with api_key_file")),
+            (None, None) if listen.ip().is_loopback() => ApiTls::Plain,
+            (None, None) => ApiTls::OwnCa,
+        };
         Ok(Self {
+            api_tls,
             state_dir: o
                 .state_dir
                 .clone()
                 .or(file.state_dir)
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
-            listen: o
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| "127.0.0.1:7070".parse().expect("valid")),
+            listen,
             agent_listen: o
                 .agent_listen
                 .or(file.agent_listen)
@@ -308,7 +339,7 @@ impl GatewayConfig {
 /// `SKIFF_GATEWAY_DOWN_AFTER=3s` sets `down_after`; `ADVERTISE` is a
 /// comma-separated list. (Sites are declared in the file only.)
 const ENV_PREFIX: &str = "SKIFF_GATEWAY_";
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 11] = [
     "state_dir",
     "listen",
     "agent_listen",
@@ -318,6 +349,8 @@ const ENV_KEYS: [&str; 9] = [
     "node_subnets",
     "max_body",
     "cert_lifetime",
+    "api_cert_file",
+    "api_key_file",
 ];
 
 /// The file (if any) with the environment's values on top, checked.

@@ -13,7 +13,7 @@ use skiff_cloud::local::{LocalCloud, LocalConfig};
 
 use crate::api::{self, AppState};
 use crate::autoscale::Autoscaler;
-use crate::config::GatewayConfig;
+use crate::config::{ApiTls, GatewayConfig};
 use crate::control::Control;
 use crate::grpc::AgentPort;
 use crate::pki::Pki;
@@ -116,7 +116,23 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         control: Arc::clone(&control),
         pki: Arc::clone(&pki),
     });
-    let api = tokio::spawn(async move { axum::serve(api_listener, app).await });
+    let api = match &config.api_tls {
+        ApiTls::Plain => tokio::spawn(async move { axum::serve(api_listener, app).await }),
+        tls => {
+            let (cert, key) = match tls {
+                ApiTls::Files { cert, key } => (
+                    std::fs::read_to_string(cert)
+                        .with_context(|| format!("api_cert_file {}", cert.display()))?,
+                    std::fs::read_to_string(key)
+                        .with_context(|| format!("api_key_file {}", key.display()))?,
+                ),
+                _ => (pki.server_cert_pem.clone(), pki.server_key_pem.clone()),
+            };
+            let listener =
+                api::tls::TlsListener::new(api_listener, api::tls::server_config(&cert, &key)?)?;
+            tokio::spawn(async move { axum::serve(listener, app).await })
+        }
+    };
 
     let port = AgentPort {
         control: Arc::clone(&control),

@@ -639,3 +639,101 @@ fn without_a_gateway_commands_fail_in_one_line() {
         assert!(ctx(&["completion", shell]).contains("skiff"), "{shell}");
     }
 }
+
+/// SHA-256 (`sha256:HEX`) of the DER of the first certificate in `pem`.
+fn ca_hash(pem: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(der)))
+}
+
+#[test]
+fn the_api_beyond_loopback_is_tls_and_the_cli_pins_the_gateways_ca() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let slot = skiff_test_support::net::NetSlot::take().unwrap();
+    let prefix = slot.outside_prefix();
+    let (_ns, _link) = skiff_test_support::netns::outside_host(
+        &format!("skto{}", slot.n),
+        &format!("sko{}", slot.n),
+        &prefix,
+    )
+    .unwrap();
+    let ip = format!("{prefix}.1");
+    let listen = format!("{ip}:{}", free_port().unwrap());
+    let state = dir.path().join("state");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, format!("advertise = [\"{ip}\"]\n")).unwrap();
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let _gateway = ChildGuard::spawn(
+        "skiff-gateway",
+        Command::new(bin("skiff-gateway"))
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--listen",
+                &listen,
+                "--agent-listen",
+                &format!("127.0.0.1:{}", free_port().unwrap()),
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    )
+    .unwrap();
+    skiff_test_support::net::wait_for_listener(listen.parse().unwrap(), Duration::from_secs(20))
+        .unwrap();
+    let ca_file = state.join("pki/ca.crt");
+    let hash = ca_hash(&std::fs::read_to_string(&ca_file).unwrap());
+    let cli_config = dir.path().join("skiff.toml");
+    let skiff = |args: &[&str]| {
+        Command::new(bin("skiff"))
+            .args(args)
+            .env("SKIFF_CONFIG", &cli_config)
+            .env_remove("SKIFF_ADDR")
+            .env_remove("SKIFF_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let token = state.join("admin.token");
+    let set = |extra: &[&str]| {
+        let mut a = vec!["context", "set", "gw", "--address"];
+        let addr = format!("https://{listen}");
+        a.push(&addr);
+        a.extend(["--token-file", token.to_str().unwrap()]);
+        a.extend(extra);
+        let out = skiff(&a);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    // Pinned by file and by hash: the same gateway.
+    set(&["--ca-file", ca_file.to_str().unwrap()]);
+    let v: Value = serde_json::from_slice(&skiff(&["version", "-o", "json"]).stdout).unwrap();
+    assert_eq!(v["gateway"]["ca_hash"], hash.as_str());
+    set(&["--ca-hash", &hash]);
+    let out = skiff(&["ps"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Another CA's hash: refused, saying why.
+    set(&["--ca-hash", &format!("sha256:{}", "0".repeat(64))]);
+    let out = skiff(&["ps"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("does not match the pinned sha256:0000"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Plain HTTP to it gets nothing.
+    let out = skiff(&["--addr", &format!("http://{listen}"), "ps"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+}

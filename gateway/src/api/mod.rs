@@ -16,6 +16,7 @@ mod error;
 mod fleet;
 mod nodes;
 mod streams;
+pub mod tls;
 mod tokens;
 mod workloads;
 
