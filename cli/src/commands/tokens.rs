@@ -28,9 +28,9 @@ pub async fn run(client: &Client, cmd: &TokenCommand) -> Result<ExitCode, CliErr
                     "join token {} for site {site} (single use, valid {})",
                     t.id, a.ttl
                 );
-                println!("on the node, as root:");
+                println!("on the node, as root (the token in the environment stays out of ps):");
                 println!(
-                    "  skiff-agent serve --gateway {url} --join-token {} --ca-hash {} --name NODE",
+                    "  SKIFF_AGENT_JOIN_TOKEN={} skiff-agent serve --gateway {url} --ca-hash {} --name NODE",
                     t.token, t.ca_hash
                 );
                 if t.gateway_urls.len() > 1 {
