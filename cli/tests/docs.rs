@@ -9,8 +9,12 @@ const END: &str = "<!-- end of the generated reference -->";
 fn the_cli_reference_is_what_the_cli_says() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/cli.md");
     let doc = std::fs::read_to_string(path).unwrap();
-    let (head, rest) = doc.split_once(START).expect("docs/cli.md has the start marker");
-    let (_, tail) = rest.split_once(END).expect("docs/cli.md has the end marker");
+    let (head, rest) = doc
+        .split_once(START)
+        .expect("docs/cli.md has the start marker");
+    let (_, tail) = rest
+        .split_once(END)
+        .expect("docs/cli.md has the end marker");
     let options = clap_markdown::MarkdownOptions::new()
         .show_footer(false)
         .show_table_of_contents(true)

@@ -135,6 +135,10 @@ pub struct FileConfig {
     pub node_subnets: Ipv4Net,
     /// Largest request body the REST API takes.
     pub max_body: skiff_proto::ByteSize,
+    /// Most replicas of all workloads together: a create, update or scale
+    /// beyond it is refused (409), so a mistake cannot make the gateway
+    /// hold more allocations than its memory does.
+    pub max_fleet_replicas: u32,
     /// Node certificates are valid this long (renewed at two thirds).
     pub cert_lifetime: skiff_proto::Duration,
     /// The REST API's certificate chain (PEM), when it listens beyond
@@ -157,6 +161,7 @@ impl Default for FileConfig {
             down_after: skiff_proto::Duration::from_secs(5),
             node_subnets: Ipv4Net::new(std::net::Ipv4Addr::new(10, 128, 0, 0), 10).expect("valid"),
             max_body: skiff_proto::ByteSize::from_bytes(1 << 20),
+            max_fleet_replicas: 200_000,
             cert_lifetime: skiff_proto::Duration::from_secs(30 * 24 * 3600),
             api_cert_file: None,
             api_key_file: None,
@@ -199,6 +204,7 @@ pub struct GatewayConfig {
     pub down_after: Duration,
     pub node_subnets: Ipv4Net,
     pub max_body: usize,
+    pub max_fleet_replicas: u32,
     pub cert_lifetime: Duration,
     /// How the REST API is served (see [`ApiTls`]).
     pub api_tls: ApiTls,
@@ -325,6 +331,7 @@ impl GatewayConfig {
             down_after,
             node_subnets: file.node_subnets.trunc(),
             max_body,
+            max_fleet_replicas: file.max_fleet_replicas,
             cert_lifetime: file.cert_lifetime.std(),
             sites: file.sites,
         })
@@ -339,7 +346,7 @@ impl GatewayConfig {
 /// `SKIFF_GATEWAY_DOWN_AFTER=3s` sets `down_after`; `ADVERTISE` is a
 /// comma-separated list. (Sites are declared in the file only.)
 const ENV_PREFIX: &str = "SKIFF_GATEWAY_";
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "state_dir",
     "listen",
     "agent_listen",
@@ -348,6 +355,7 @@ const ENV_KEYS: [&str; 11] = [
     "down_after",
     "node_subnets",
     "max_body",
+    "max_fleet_replicas",
     "cert_lifetime",
     "api_cert_file",
     "api_key_file",

@@ -406,6 +406,7 @@ impl Control {
                     "workload {name} exists (update it with PUT /v1/workloads/{name})"
                 )));
             }
+            self.check_fleet_replicas(st, &name, spec.replicas)?;
             let now = now_ms();
             let w = WorkloadRecord {
                 spec,
@@ -420,6 +421,30 @@ impl Control {
         self.event("workload", &name, "created");
         self.wake();
         Ok(w)
+    }
+
+    /// Refuses a change that would make the fleet's replicas (with
+    /// `workload` at `replicas`) more than `max_fleet_replicas`.
+    pub(crate) fn check_fleet_replicas(
+        &self,
+        st: &State,
+        workload: &str,
+        replicas: u32,
+    ) -> Result<(), ControlError> {
+        let others: u64 = st
+            .workloads
+            .values()
+            .filter(|w| w.spec.name != workload)
+            .map(|w| u64::from(w.spec.replicas))
+            .sum();
+        let total = others + u64::from(replicas);
+        let limit = u64::from(self.config.max_fleet_replicas);
+        if total > limit {
+            return Err(ControlError::Conflict(format!(
+                "the fleet would have {total} replicas, over max_fleet_replicas ({limit})"
+            )));
+        }
+        Ok(())
     }
 
     /// Sets `instance_type` of `site` aside for `hold`: the next plans

@@ -59,8 +59,25 @@ where
     })
 }
 
+/// Most workloads one file may hold.
+pub const MAX_DOCUMENTS: usize = 1000;
+
 /// Parses and validates every workload in `text`.
 pub fn parse_workloads(text: &str, format: Format) -> Result<Vec<WorkloadSpec>, SpecErrors> {
+    // YAML and JSON allow no control characters but tab, LF and CR (and
+    // the YAML parser loops forever on a NUL): refuse them up front.
+    if let Some((at, c)) = text
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(SpecErrors::single(
+            "spec",
+            format!(
+                "the file holds a control character (U+{:04X}) at byte {at}",
+                c as u32
+            ),
+        ));
+    }
     let trimmed = text.trim_start();
     let blank = text
         .lines()
@@ -85,7 +102,15 @@ pub fn parse_workloads(text: &str, format: Format) -> Result<Vec<WorkloadSpec>, 
             }
         }
         _ => {
-            let docs: Vec<_> = serde_yaml_ng::Deserializer::from_str(text).collect();
+            let docs: Vec<_> = serde_yaml_ng::Deserializer::from_str(text)
+                .take(MAX_DOCUMENTS + 1)
+                .collect();
+            if docs.len() > MAX_DOCUMENTS {
+                return Err(SpecErrors::single(
+                    "spec",
+                    format!("the file holds more than {MAX_DOCUMENTS} workloads"),
+                ));
+            }
             let many = docs.len() > 1;
             let mut out = Vec::with_capacity(docs.len());
             let mut errors = Vec::new();
@@ -164,6 +189,25 @@ priority: 50
             .iter()
             .map(ToString::to_string)
             .collect()
+    }
+
+    #[test]
+    fn control_characters_and_endless_streams_are_refused_quickly() {
+        for text in ["\0", "name: a\nimage: b\u{1}\n", "{\"name\": \"a\u{7f}\"}"] {
+            let e = parse_workloads(text, Format::Detect).unwrap_err();
+            assert!(
+                e.0[0]
+                    .to_string()
+                    .starts_with("spec: the file holds a control character"),
+                "{text:?}: {e:?}"
+            );
+        }
+        let many = "name: a\nimage: b\n---\n".repeat(MAX_DOCUMENTS + 1);
+        let e = parse_workloads(&many, Format::Yaml).unwrap_err();
+        assert_eq!(
+            e.0[0].to_string(),
+            format!("spec: the file holds more than {MAX_DOCUMENTS} workloads")
+        );
     }
 
     #[test]

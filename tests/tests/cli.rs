@@ -456,9 +456,19 @@ fn skiff_dev_demo_bursts_every_command_shows_it_and_ctrl_c_leaves_nothing() {
     // Tokens: a join token prints the command that joins a node; an API
     // token's role holds; both are revoked.
     let t = dev.ok(&["token", "create", "--site", "local", "--ttl", "10m"]);
-    let command = t.lines().find(|l| l.contains("skiff-agent serve")).unwrap().trim();
-    assert!(command.starts_with("SKIFF_AGENT_JOIN_TOKEN=skiff-join-"), "{t}");
-    assert!(command.contains(" skiff-agent serve --gateway https://10.249.0.1:"), "{t}");
+    let command = t
+        .lines()
+        .find(|l| l.contains("skiff-agent serve"))
+        .unwrap()
+        .trim();
+    assert!(
+        command.starts_with("SKIFF_AGENT_JOIN_TOKEN=skiff-join-"),
+        "{t}"
+    );
+    assert!(
+        command.contains(" skiff-agent serve --gateway https://10.249.0.1:"),
+        "{t}"
+    );
     assert!(command.contains(" --ca-hash sha256:"), "{t}");
     let ro = dev.json(&["token", "create", "--role", "read-only", "--name", "viewer"]);
     let ro_token = ro["token"].as_str().unwrap().to_string();

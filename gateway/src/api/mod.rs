@@ -275,7 +275,7 @@ fn finish(mut doc: serde_json::Value) -> serde_json::Value {
         "required": true,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/WorkloadSpec"}},
-            "application/yaml": {"schema": {"type": "string"}}
+            "application/yaml": {"schema": {"$ref": "#/components/schemas/WorkloadSpec"}}
         }
     });
     for r in routes() {

@@ -67,6 +67,10 @@ impl Control {
     pub fn update_workload(&self, spec: WorkloadSpec) -> Result<WorkloadRecord, ControlError> {
         let name = spec.name.clone();
         let w = self.write(|st, b| {
+            if !st.workloads.contains_key(&name) {
+                return Err(no_workload(&name));
+            }
+            self.check_fleet_replicas(st, &name, spec.replicas)?;
             let w = st
                 .workloads
                 .get_mut(&name)
@@ -103,6 +107,10 @@ impl Control {
             )));
         }
         let w = self.write(|st, b| {
+            if !st.workloads.contains_key(name) {
+                return Err(no_workload(name));
+            }
+            self.check_fleet_replicas(st, name, replicas)?;
             let w = st
                 .workloads
                 .get_mut(name)
@@ -348,5 +356,40 @@ mod tests {
             c.restart_workload("web"),
             Err(ControlError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn the_fleet_holds_at_most_max_fleet_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path(), vec![site("default", SiteKind::Static)]);
+        let limit = c.config.max_fleet_replicas;
+        let spec = |name: &str, n: u32| {
+            skiff_proto::parse_workloads(
+                &format!("name: {name}\nimage: x\nreplicas: {n}\n"),
+                skiff_proto::Format::Yaml,
+            )
+            .unwrap()
+            .remove(0)
+        };
+        assert_eq!(limit, 200_000);
+        c.create_workload(spec("a", 100_000)).unwrap();
+        c.create_workload(spec("a2", 99_990)).unwrap();
+        let e = c.create_workload(spec("b", 11)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the fleet would have {} replicas, over max_fleet_replicas ({limit})",
+                limit + 1
+            )
+        );
+        assert!(c.read(|s| !s.workloads.contains_key("b")));
+        c.create_workload(spec("b", 10)).unwrap();
+        assert!(matches!(
+            c.scale_workload("b", 11),
+            Err(ControlError::Conflict(_))
+        ));
+        // Scaling one down always works; its own count is not counted twice.
+        c.scale_workload("a", 99_990).unwrap();
+        c.scale_workload("b", 20).unwrap();
     }
 }
