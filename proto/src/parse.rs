@@ -59,17 +59,42 @@ where
     })
 }
 
+/// JSON Schema counts `3.0` as an integer, so the parser does too: every
+/// number with no fraction becomes an integer before the types see it.
+fn integral_json(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && !n.is_i64()
+                && !n.is_u64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(integral_json),
+        serde_json::Value::Object(o) => o.values_mut().for_each(integral_json),
+        _ => {}
+    }
+}
+
 /// Most workloads one file may hold.
 pub const MAX_DOCUMENTS: usize = 1000;
 
 /// Parses and validates every workload in `text`.
 pub fn parse_workloads(text: &str, format: Format) -> Result<Vec<WorkloadSpec>, SpecErrors> {
-    // YAML and JSON allow no control characters but tab, LF and CR (and
-    // the YAML parser loops forever on a NUL): refuse them up front.
-    if let Some((at, c)) = text
-        .char_indices()
-        .find(|&(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-    {
+    // YAML allows no control characters but tab, LF, CR and NEL (and its
+    // parser loops forever on a NUL): refuse them up front. (JSON's own
+    // parser refuses raw control characters where JSON does.)
+    let json = match format {
+        Format::Json => true,
+        Format::Detect => text.trim_start().starts_with(['{', '[']),
+        _ => false,
+    };
+    if let Some((at, c)) = text.char_indices().find(|&(_, c)| {
+        (c == '\0' || !json) && c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}')
+    }) {
         return Err(SpecErrors::single(
             "spec",
             format!(
@@ -93,12 +118,15 @@ pub fn parse_workloads(text: &str, format: Format) -> Result<Vec<WorkloadSpec>, 
     };
     let specs: Vec<WorkloadSpec> = match format {
         Format::Json => {
-            if trimmed.starts_with('[') {
+            let mut value: serde_json::Value = {
                 let mut de = serde_json::Deserializer::from_str(text);
                 one("spec", &mut de).map_err(|e| SpecErrors(vec![e]))?
+            };
+            integral_json(&mut value);
+            if value.is_array() {
+                one("spec", value).map_err(|e| SpecErrors(vec![e]))?
             } else {
-                let mut de = serde_json::Deserializer::from_str(text);
-                vec![one("spec", &mut de).map_err(|e| SpecErrors(vec![e]))?]
+                vec![one("spec", value).map_err(|e| SpecErrors(vec![e]))?]
             }
         }
         _ => {
@@ -193,7 +221,7 @@ priority: 50
 
     #[test]
     fn control_characters_and_endless_streams_are_refused_quickly() {
-        for text in ["\0", "name: a\nimage: b\u{1}\n", "{\"name\": \"a\u{7f}\"}"] {
+        for text in ["\0", "name: a\nimage: b\u{1}\n", "{\"name\": \"a\u{0}\"}"] {
             let e = parse_workloads(text, Format::Detect).unwrap_err();
             assert!(
                 e.0[0]
@@ -202,6 +230,13 @@ priority: 50
                 "{text:?}: {e:?}"
             );
         }
+        // JSON Schema's integers include 3.0; so do JSON bodies.
+        let specs = parse_workloads(
+            "{\"name\": \"a\", \"image\": \"b\", \"replicas\": 3.0}",
+            Format::Detect,
+        )
+        .unwrap();
+        assert_eq!(specs[0].replicas, 3);
         let many = "name: a\nimage: b\n---\n".repeat(MAX_DOCUMENTS + 1);
         let e = parse_workloads(&many, Format::Yaml).unwrap_err();
         assert_eq!(

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -12,6 +13,8 @@ use skiff_proto::cluster::NodeStatus;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::body::query;
+use super::error::ApiError;
 use crate::control::{AllocationRecord, Event, NodeRecord, PlannedLaunch};
 
 /// Capacity and use of one site.
@@ -94,12 +97,14 @@ pub(super) struct EventsQuery {
 /// unless `follow=false`, every new one as it happens.
 #[utoipa::path(get, path = "/v1/events", tag = "fleet", params(EventsQuery),
     responses((status = 200, description = "A text/event-stream of events",
-        content_type = "text/event-stream", body = String)))]
+        content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad query string", body = ApiError)))]
 pub(super) async fn events(
     State(s): State<AppState>,
-    Query(q): Query<EventsQuery>,
-) -> impl IntoResponse {
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     use tokio_stream::StreamExt;
+    let q = query(q)?;
     let (recent, rx) = s.control.subscribe_events();
     let sse = |e: Event| {
         Ok::<_, std::convert::Infallible>(
@@ -118,7 +123,7 @@ pub(super) async fn events(
         } else {
             Box::pin(history)
         };
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// The gateway's version.

@@ -328,18 +328,32 @@ fn finish(mut doc: serde_json::Value) -> serde_json::Value {
     doc
 }
 
-/// The OpenAPI document, as served.
+/// The OpenAPI document of a gateway with these sites (join tokens name
+/// one of them).
+pub fn openapi_for(sites: &[String]) -> serde_json::Value {
+    let mut doc = finish(serde_json::to_value(ApiDoc::openapi()).unwrap_or_default());
+    doc["components"]["schemas"]["JoinTokenRequest"]["properties"]["site"]["enum"] =
+        serde_json::json!(sites);
+    doc
+}
+
+/// The OpenAPI document of a gateway with the default config.
 pub fn openapi() -> serde_json::Value {
-    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| finish(serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()))
-        .clone()
+    openapi_for(&["default".to_string()])
 }
 
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "fleet",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
-async fn openapi_json() -> axum::Json<serde_json::Value> {
-    axum::Json(openapi())
+async fn openapi_json(State(s): State<AppState>) -> axum::Json<serde_json::Value> {
+    let sites: Vec<String> = s
+        .control
+        .config
+        .sites
+        .iter()
+        .map(|x| x.name.clone())
+        .collect();
+    axum::Json(openapi_for(&sites))
 }
 
 /// The router: every route of [`routes`] with its access rule.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use base64::Engine as _;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::body::json_body;
+use super::body::{json_body, query};
 use super::error::{ApiError, ApiResult};
 use crate::control::{AllocationRecord, Control};
 
@@ -108,12 +108,14 @@ fn ndjson<T: Serialize + Send + 'static>(rx: mpsc::Receiver<T>) -> Response {
     responses(
         (status = 200, description = "Newline-delimited JSON, one LogEntry per line",
             content_type = "application/x-ndjson", body = LogEntry),
+        (status = 400, description = "A bad query string", body = ApiError),
         (status = 404, description = "No such workload, or no such allocation of it", body = ApiError)))]
 pub(super) async fn logs(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let q = query(q)?;
     let allocs = placed(&s.control, &name, q.allocation.as_deref())?;
     let req = v1::LogsRequest {
         follow: q.follow.unwrap_or(false),

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -11,7 +11,7 @@ use skiff_proto::cluster::AllocationState;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::body::{json_body, spec_body};
+use super::body::{json_body, query, spec_body};
 use super::error::{ApiError, ApiResult};
 use crate::control::{AllocationRecord, WorkloadRecord};
 
@@ -192,17 +192,19 @@ pub(super) struct AllocationQuery {
 
 /// Allocations (every one kept), by workload and node.
 #[utoipa::path(get, path = "/v1/allocations", tag = "fleet", params(AllocationQuery),
-    responses((status = 200, body = [AllocationRecord])))]
+    responses((status = 200, body = [AllocationRecord]),
+        (status = 400, description = "A bad query string", body = ApiError)))]
 pub(super) async fn allocations(
     State(s): State<AppState>,
-    Query(q): Query<AllocationQuery>,
-) -> Json<Vec<AllocationRecord>> {
-    Json(s.control.read(|st| {
+    q: Result<Query<AllocationQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<AllocationRecord>>> {
+    let q = query(q)?;
+    Ok(Json(s.control.read(|st| {
         st.allocations
             .values()
             .filter(|a| q.workload.as_ref().is_none_or(|w| &a.workload == w))
             .filter(|a| q.node.as_ref().is_none_or(|n| a.node.as_ref() == Some(n)))
             .cloned()
             .collect()
-    }))
+    })))
 }
