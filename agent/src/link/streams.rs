@@ -94,7 +94,7 @@ async fn send_logs(
         None => Follow::No,
     };
     let query = LogQuery {
-        tail: (req.tail > 0).then_some(req.tail as usize),
+        tail: req.tail.map(|n| n as usize),
         since: (req.since_unix_ms > 0).then(|| {
             let t =
                 std::time::UNIX_EPOCH + std::time::Duration::from_millis(req.since_unix_ms as u64);

@@ -22,6 +22,9 @@ use super::body::{json_body, query};
 use super::error::{ApiError, ApiResult};
 use crate::control::{AllocationRecord, Control};
 
+/// Most lines `tail` asks for.
+const MAX_TAIL: u32 = 1_000_000;
+
 /// One line of `GET /v1/workloads/{name}/logs`: a log line of one
 /// allocation, or why its log could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -116,10 +119,16 @@ pub(super) async fn logs(
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let q = query(q)?;
+    if q.tail.is_some_and(|t| t > MAX_TAIL) {
+        return Err(ApiError::bad(format!("tail: at most {MAX_TAIL}")));
+    }
+    if q.since_ms.is_some_and(|t| t < 0) {
+        return Err(ApiError::bad("since_ms: must not be negative"));
+    }
     let allocs = placed(&s.control, &name, q.allocation.as_deref())?;
     let req = v1::LogsRequest {
         follow: q.follow.unwrap_or(false),
-        tail: q.tail.unwrap_or(0),
+        tail: q.tail,
         since_unix_ms: q.since_ms.unwrap_or(0),
     };
     let (tx, rx) = mpsc::channel::<LogEntry>(256);

@@ -1,0 +1,89 @@
+//! The REST API against its own OpenAPI document: schemathesis (from
+//! PyPI, installed by `scripts/install-test-deps`) generates requests from
+//! the document a live gateway serves, valid and invalid, and checks every
+//! answer: no 5xx, no status or content type the document does not list,
+//! answers that match their schemas, invalid requests refused and valid
+//! ones accepted.
+//!
+//! Left out, and why: `GET /v1/events` (a stream that never ends while it
+//! follows; its `follow=false` form is covered by the CLI tests), and the
+//! "valid data accepted" check on the two spec bodies (`POST /v1/workloads`,
+//! `PUT /v1/workloads/{name}`): the spec's cross-field rules (a preferred
+//! site among the allowed ones, host ports published once, a memory of at
+//! least 4Mi in any unit) are not all in its JSON Schema yet.
+
+use std::process::Command;
+
+use skiff_e2e::Gateway;
+
+fn schemathesis() -> std::path::PathBuf {
+    let venv = std::env::var_os("SKIFF_SCHEMATHESIS_VENV")
+        .unwrap_or_else(|| "/var/tmp/skiff-schemathesis-venv".into());
+    let bin = std::path::Path::new(&venv).join("bin/schemathesis");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/install-test-deps",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn the_api_does_what_its_openapi_document_says() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small fleet limit keeps generated scales from loading a debug build.
+    let g = Gateway::start(&dir.path().join("gw"), "max_fleet_replicas = 2000\n");
+    // Something for the `{name}` routes to find.
+    let (code, v) = g.call("POST", "/v1/workloads", Some("name: fuzzed\nimage: x\n"));
+    assert_eq!(code, 202, "{v}");
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[operations]]
+include-path-regex = "^/v1/workloads/\\{name\\}"
+parameters = { "path.name" = "fuzzed" }
+
+[[operations]]
+include-method = "POST"
+include-path = "/v1/workloads"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-method = "PUT"
+include-path = "/v1/workloads/{name}"
+checks.positive_data_acceptance.enabled = false
+"#,
+    )
+    .unwrap();
+    let out = Command::new(schemathesis())
+        .arg("--config-file")
+        .arg(&config)
+        .arg("run")
+        .arg(format!("{}/v1/openapi.json", g.api))
+        .args(["--url", &g.api])
+        .args(["-H", &format!("Authorization: Bearer {}", g.admin_token())])
+        .args([
+            "--max-examples",
+            "30",
+            "--no-color",
+            "--exclude-path",
+            "/v1/events",
+        ])
+        .args(["--seed", "1"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let summary: Vec<&str> = report
+        .lines()
+        .skip_while(|l| !l.contains("SUMMARY"))
+        .collect();
+    println!("{}", summary.join("\n"));
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        g.log()
+    );
+}
