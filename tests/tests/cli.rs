@@ -158,8 +158,9 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Whatever a dev fleet could have left on the host, listed.
-fn leftovers(state: &Path) -> Vec<String> {
+/// Whatever a dev fleet could have left on the host, listed; `vms` are
+/// the instance ids of its VMs (other tests run local VMs of their own).
+fn leftovers(state: &Path, vms: &[String]) -> Vec<String> {
     let mut left = Vec::new();
     let run = |args: &[&str]| {
         text(
@@ -170,14 +171,18 @@ fn leftovers(state: &Path) -> Vec<String> {
                 .stdout,
         )
     };
+    let tails: Vec<&str> = vms
+        .iter()
+        .map(|id| &id[id.len().saturating_sub(8)..])
+        .collect();
     for ns in run(&["ip", "netns", "list"]).lines() {
-        if ns.starts_with("skvm-") {
+        if tails.iter().any(|t| ns.starts_with(&format!("skvm-{t}"))) {
             left.push(format!("netns {ns}"));
         }
     }
     for link in run(&["ip", "-o", "link"]).lines() {
         let name = link.split(": ").nth(1).unwrap_or_default();
-        if name.starts_with("skdev") || name.starts_with("skv") {
+        if name.starts_with("skdev") || tails.iter().any(|t| name.starts_with(&format!("skv{t}"))) {
             left.push(format!("link {name}"));
         }
     }
@@ -452,6 +457,33 @@ fn skiff_dev_demo_bursts_every_command_shows_it_and_ctrl_c_leaves_nothing() {
             .any(|l| l.starts_with(&node) && l.contains("cordoned"))
     );
     assert_eq!(dev.ok(&["uncordon", &node]), format!("{node}: ready\n"));
+    // Drain: no work, and what it ran goes elsewhere.
+    assert_eq!(dev.ok(&["drain", &node]), format!("{node}: draining\n"));
+    let drained = dev.json(&["nodes"]);
+    let n = drained
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == node.as_str())
+        .unwrap();
+    assert_eq!(
+        (n["draining"].as_bool(), n["unschedulable"].as_bool()),
+        (Some(true), Some(true))
+    );
+    eventually(
+        60,
+        || {
+            let st = dev.json(&["status", "demo"]);
+            st["allocations"].as_array().unwrap().iter().all(|a| {
+                a["node"] != node.as_str()
+                    || !matches!(
+                        a["state"].as_str(),
+                        Some("running" | "starting" | "pulling")
+                    )
+            })
+        },
+        || dev.ok(&["status", "demo"]),
+    );
 
     // Tokens: a join token prints the command that joins a node; an API
     // token's role holds; both are revoked.
@@ -517,7 +549,15 @@ fn skiff_dev_demo_bursts_every_command_shows_it_and_ctrl_c_leaves_nothing() {
         "skiff: cannot reach the gateway at http://127.0.0.1:1: Connection refused (os error 111)\n"
     );
 
-    // Ctrl-C: everything goes.
+    // Ctrl-C: everything goes, the VMs it launched included.
+    let vms: Vec<String> = dev
+        .json(&["nodes"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["instance_id"].as_str().map(str::to_string))
+        .collect();
+    assert!(vms.len() >= 2, "{vms:?}");
     let status = dev.interrupt();
     assert!(status.success(), "{}", dev.output());
     assert!(
@@ -525,7 +565,7 @@ fn skiff_dev_demo_bursts_every_command_shows_it_and_ctrl_c_leaves_nothing() {
         "{}",
         dev.output()
     );
-    let left = leftovers(&dev.state);
+    let left = leftovers(&dev.state, &vms);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
@@ -547,7 +587,7 @@ fn a_second_skiff_dev_after_kill_9_cleans_up_and_starts() {
     first.ok(&["run", "-f", spec.to_str().unwrap()]);
     first.kill_9();
     assert!(
-        !leftovers(&first.state).is_empty(),
+        !leftovers(&first.state, &[]).is_empty(),
         "a killed dev fleet leaves its agent and container"
     );
 
@@ -563,7 +603,7 @@ fn a_second_skiff_dev_after_kill_9_cleans_up_and_starts() {
     let ps = second.json(&["ps"]);
     assert_eq!(ps, serde_json::json!([]), "a fresh fleet");
     assert!(second.interrupt().success());
-    let left = leftovers(&second.state);
+    let left = leftovers(&second.state, &[]);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
 
