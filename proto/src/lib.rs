@@ -29,7 +29,7 @@ pub use constraint::{Attribute, Constraint, ConstraintOp};
 pub use duration::Duration;
 pub use error::{FieldError, SpecErrors, error_chain};
 pub use image::{ImageRef, is_tag};
-pub use parse::{Format, parse_workloads};
+pub use parse::{Format, integral_json, parse_workloads};
 pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{
     ContainerSpec, ExecProbe, HealthSpec, HttpProbe, MAX_REPLICAS, NetworkMode, Placement,

@@ -61,7 +61,8 @@ where
 
 /// JSON Schema counts `3.0` as an integer, so the parser does too: every
 /// number with no fraction becomes an integer before the types see it.
-fn integral_json(v: &mut serde_json::Value) {
+/// (The gateway's JSON bodies go through it as well.)
+pub fn integral_json(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Number(n) => {
             if let Some(f) = n.as_f64()

@@ -122,7 +122,7 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
 }
 
 /// Host CPU (millicores) and memory (bytes).
-fn host_capacity() -> v1::Resources {
+pub fn host_capacity() -> v1::Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()

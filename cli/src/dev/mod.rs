@@ -53,24 +53,10 @@ fn need(tool: &str, package: &str) -> Result<(), CliError> {
     }
 }
 
-/// This host's CPU (millicores) and memory (bytes).
-fn host_size() -> (u64, u64) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
-    (cpus * 1000, mem)
-}
-
 /// The `[reserve]` that leaves an agent on this host 1 CPU and 1 GiB.
 fn reserve() -> String {
-    let (cpu, mem) = host_size();
+    let host = skiff_agent::link::host_capacity();
+    let (cpu, mem) = (host.cpu_millis, host.memory_bytes);
     format!(
         "[reserve]\ncpu = \"{}m\"\nmemory = \"{}\"\n",
         cpu.saturating_sub(1000),

@@ -13,7 +13,7 @@ pub(super) fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad(e.to_string()))?;
     // JSON Schema counts `3.0` as an integer; so does the API.
-    integral(&mut value);
+    skiff_proto::integral_json(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -47,22 +47,4 @@ pub(super) fn spec_body(body: &[u8]) -> ApiResult<WorkloadSpec> {
 pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     q.map(|Query(t)| t)
         .map_err(|e| ApiError::bad(e.body_text()))
-}
-
-fn integral(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Number(n) => {
-            if let Some(f) = n.as_f64()
-                && !n.is_i64()
-                && !n.is_u64()
-                && f.fract() == 0.0
-                && f.abs() < 9.0e15
-            {
-                *n = serde_json::Number::from(f as i64);
-            }
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(integral),
-        serde_json::Value::Object(o) => o.values_mut().for_each(integral),
-        _ => {}
-    }
 }
