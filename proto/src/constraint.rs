@@ -53,6 +53,9 @@ pub struct ConstraintError {
     reason: &'static str,
 }
 
+/// The blanks a constraint may have around its parts: space and tab.
+const BLANK: [char; 2] = [' ', '\t'];
+
 fn is_value_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
 }
@@ -86,9 +89,9 @@ impl FromStr for Constraint {
             input: s.to_string(),
             reason,
         };
-        let s_trim = s.trim();
+        let s_trim = s.trim_matches(BLANK);
         let key_end = s_trim
-            .find(|c: char| c.is_whitespace() || c == '=' || c == '!')
+            .find(|c: char| BLANK.contains(&c) || c == '=' || c == '!')
             .unwrap_or(s_trim.len());
         let (key, rest) = s_trim.split_at(key_end);
         let attribute = match key {
@@ -106,9 +109,9 @@ impl FromStr for Constraint {
                 }
             },
         };
-        let rest = rest.trim();
+        let rest = rest.trim_matches(BLANK);
         let single = |v: &str| -> Result<String, ConstraintError> {
-            let v = v.trim();
+            let v = v.trim_matches(BLANK);
             if valid_value(v) {
                 Ok(v.to_string())
             } else {
@@ -117,7 +120,7 @@ impl FromStr for Constraint {
         };
         let set = |v: &str| -> Result<Vec<String>, ConstraintError> {
             let inner = v
-                .trim()
+                .trim_matches(BLANK)
                 .strip_prefix('(')
                 .and_then(|v| v.strip_suffix(')'))
                 .ok_or(err("a set is written (a, b)"))?;
@@ -196,6 +199,15 @@ impl<'de> Deserialize<'de> for Constraint {
     }
 }
 
+/// The constraint grammar as a regular expression, exactly what
+/// `from_str` accepts.
+pub(crate) const PATTERN: &str = concat!(
+    r"^[ \t]*node\.(?:labels\.[A-Za-z0-9._/-]{1,253}|name|site|arch|os)",
+    r"(?:[ \t]*(?:==|!=)[ \t]*[A-Za-z0-9._/-]{1,253}",
+    r"|[ \t]+(?:not in|in)[ \t]*\([ \t]*[A-Za-z0-9._/-]{1,253}[ \t]*(?:,[ \t]*[A-Za-z0-9._/-]{1,253}[ \t]*)*\)",
+    r"|[ \t]+(?:exists|not exists))[ \t]*$",
+);
+
 impl JsonSchema for Constraint {
     fn schema_name() -> Cow<'static, str> {
         "Constraint".into()
@@ -204,7 +216,7 @@ impl JsonSchema for Constraint {
         json_schema!({
             "description": "ATTRIBUTE OP [VALUE]: node.labels.KEY|node.name|node.site|node.arch|node.os with ==, !=, in (a, b), not in (a, b), exists, not exists",
             "type": "string",
-            "pattern": "^\\s*node\\.(labels\\.[A-Za-z0-9_./-]+|name|site|arch|os)\\s*(==|!=|in\\s*\\(|not in\\s*\\(|exists|not exists)"
+            "pattern": PATTERN
         })
     }
 }

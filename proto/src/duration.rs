@@ -41,11 +41,19 @@ impl From<Duration> for std::time::Duration {
 
 /// Why a duration did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a duration (e.g. 500ms, 5s, 1m30s, 2h)")]
+#[error(
+    "{0:?} is not a duration (e.g. 500ms, 5s, 1m30s, 2h: units h, m, s, ms, largest first, at most 12 digits each)"
+)]
 pub struct DurationError(String);
+
+/// Most digits one component may have: `999999999999h` and the smaller
+/// units after it still fit in a u64 of milliseconds.
+const MAX_DIGITS: usize = 12;
 
 impl FromStr for Duration {
     type Err = DurationError;
+    /// Each unit at most once, largest first (`1h30m`, not `30m1h`), as
+    /// Duration's Display writes them.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || DurationError(s.to_string());
         if s.is_empty() {
@@ -56,9 +64,10 @@ impl FromStr for Duration {
         }
         let mut rest = s;
         let mut total: u64 = 0;
+        let mut next_unit = 0;
         while !rest.is_empty() {
             let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-            if digits == 0 || digits > 18 {
+            if digits == 0 || digits > MAX_DIGITS {
                 return Err(err());
             }
             let n: u64 = rest[..digits].parse().map_err(|_| err())?;
@@ -67,9 +76,14 @@ impl FromStr for Duration {
                 .find(|c: char| c.is_ascii_digit())
                 .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
-            let (_, ms) = UNITS.iter().find(|(u, _)| *u == unit).ok_or_else(err)?;
+            let i = UNITS[next_unit..]
+                .iter()
+                .position(|(u, _)| *u == unit)
+                .ok_or_else(err)?
+                + next_unit;
+            next_unit = i + 1;
             total = n
-                .checked_mul(*ms)
+                .checked_mul(UNITS[i].1)
                 .and_then(|v| total.checked_add(v))
                 .ok_or_else(err)?;
             rest = &rest[unit_len..];
@@ -116,15 +130,24 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// The grammar `from_str` accepts, as a regular expression.
+pub(crate) const PATTERN: &str = concat!(
+    "^(?:0",
+    "|[0-9]{1,12}h(?:[0-9]{1,12}m)?(?:[0-9]{1,12}s)?(?:[0-9]{1,12}ms)?",
+    "|[0-9]{1,12}m(?:[0-9]{1,12}s)?(?:[0-9]{1,12}ms)?",
+    "|[0-9]{1,12}s(?:[0-9]{1,12}ms)?",
+    "|[0-9]{1,12}ms)$"
+);
+
 impl JsonSchema for Duration {
     fn schema_name() -> Cow<'static, str> {
         "Duration".into()
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "A duration: digits followed by a unit (h, m, s, ms), e.g. 500ms, 5s, 1m30s",
+            "description": "A duration: digits followed by a unit (h, m, s, ms), each unit once and largest first, at most 12 digits each, e.g. 500ms, 5s, 1m30s",
             "type": "string",
-            "pattern": "^(0|([0-9]+(h|m|s|ms))+)$"
+            "pattern": PATTERN
         })
     }
 }
@@ -144,10 +167,28 @@ mod tests {
             ("0", 0),
             ("0s", 0),
             ("1h1ms", 3_600_001),
+            (
+                "999999999999h999999999999m999999999999s999999999999ms",
+                3_661_000_999_996_338_999,
+            ),
         ] {
             assert_eq!(s.parse::<Duration>().unwrap().as_millis(), ms, "{s}");
         }
-        for bad in ["", "5", "s", "5 s", "-5s", "1.5s", "5d", "5sec", "1m30"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5 s",
+            "-5s",
+            "1.5s",
+            "5d",
+            "5sec",
+            "1m30",
+            "30s1m",
+            "1s1s",
+            "1ms1s",
+            "1234567890123s",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} parsed");
         }
     }

@@ -180,6 +180,10 @@ fn parse_reference(s: &str) -> Result<Reference, &'static str> {
     if tag.is_some_and(|t| !is_tag(t)) {
         return Err("invalid reference format");
     }
+    // Docker's limit, on the name as written (registry included).
+    if name.len() > 255 {
+        return Err("repository name must not be more than 255 characters");
+    }
     let parts: Vec<&str> = name.split('/').collect();
     let all_paths = parts.iter().all(|c| is_path_component(c));
     let domain_then_paths =
@@ -200,9 +204,6 @@ fn parse_reference(s: &str) -> Result<Reference, &'static str> {
     }
     if registry == "docker.io" && !repository.contains('/') {
         repository = format!("library/{repository}");
-    }
-    if repository.len() > 255 {
-        return Err("repository name must not be more than 255 characters");
     }
     Ok(match (tag, digest) {
         (Some(t), Some(d)) => {
@@ -263,15 +264,31 @@ impl<'de> Deserialize<'de> for ImageRef {
     }
 }
 
+/// The reference grammar as a regular expression: exactly what `from_str`
+/// accepts. The lookahead holds the name to 255 characters: it reaches the
+/// end or `@` only through a name of that length and a tag (a `:` that a
+/// `/` follows is a port, which a tag cannot hold).
+pub(crate) const PATTERN: &str = concat!(
+    r"^(?=[A-Za-z0-9._/:-]{1,255}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@|$))",
+    // A name of lowercase path components, or a registry (a host with a
+    // dot or a port) and at least one component.
+    r"(?:[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*",
+    r"|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+(?::[0-9]+)?|:[0-9]+)",
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+)",
+    // An optional tag, then an optional digest.
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?",
+    r"(?:@(?:sha256:[0-9A-Fa-f]{64}|sha384:[0-9A-Fa-f]{96}|sha512:[0-9A-Fa-f]{128}))?$",
+);
+
 impl JsonSchema for ImageRef {
     fn schema_name() -> Cow<'static, str> {
         "ImageRef".into()
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
-            "description": "An OCI image reference: [registry[:port]/]repository[:tag][@digest]",
+            "description": "An OCI image reference: [registry[:port]/]repository[:tag][@digest], the name before the tag at most 255 characters",
             "type": "string",
-            "minLength": 1
+            "pattern": PATTERN
         })
     }
 }

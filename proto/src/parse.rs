@@ -38,6 +38,25 @@ fn join(root: &str, path: &serde_path_to_error::Path) -> String {
     }
 }
 
+/// One YAML document as the JSON it stands for: YAML's scalars resolved
+/// by its core schema (`0` is a number, `"0"` and `web` are strings), so a
+/// spec means the same in YAML as in JSON and the one JSON Schema is the
+/// truth for both. (Read straight into the types, serde_yaml_ng would take
+/// `stop_timeout: 0` as the string "0".) Keys that are numbers become
+/// strings, as JSON has no others.
+fn yaml_to_json(
+    root: &str,
+    doc: serde_yaml_ng::Deserializer<'_>,
+) -> Result<serde_json::Value, FieldError> {
+    use serde::Deserialize as _;
+    let yaml = serde_yaml_ng::Value::deserialize(doc)
+        .map_err(|e| FieldError::new(root.to_string(), e.to_string()))?;
+    let mut json = serde_json::to_value(&yaml)
+        .map_err(|e| FieldError::new(root.to_string(), e.to_string()))?;
+    integral_json(&mut json);
+    Ok(json)
+}
+
 fn one<'de, D, T>(root: &str, de: D) -> Result<T, FieldError>
 where
     D: serde::Deserializer<'de>,
@@ -149,7 +168,7 @@ pub fn parse_workloads(text: &str, format: Format) -> Result<Vec<WorkloadSpec>, 
                 } else {
                     "spec".to_string()
                 };
-                match one(&root, doc) {
+                match yaml_to_json(&root, doc).and_then(|v| one(&root, v)) {
                     Ok(spec) => out.push(spec),
                     Err(e) => errors.push(e),
                 }
@@ -328,7 +347,7 @@ priority: 50
             ),
             (
                 "name: web\nimage: busybox\nhealth: {tcp: {port: 80}, interval: 5}",
-                "spec.health.interval: \"5\" is not a duration",
+                "spec.health.interval: invalid type: integer `5`, expected a duration",
             ),
             (
                 "name: web\nimage: busybox\npriority: 0",

@@ -1,10 +1,12 @@
 //! Exact resource quantities: CPU in millicores and sizes in bytes.
 //!
 //! Both parse decimal text without floating point, so `1.5Gi` is exactly
-//! 1,610,612,736 bytes and `0.1` CPU is exactly 100 millicores. A value that
-//! cannot be represented exactly (`0.0001` CPU, `1.1` bytes) is refused, not
-//! rounded. Display gives the canonical form, and parsing it gives the same
-//! value back.
+//! 1,610,612,736 bytes and `0.1` CPU is exactly 100 millicores. A value
+//! finer than the unit (`0.0001` CPU, `1.1` bytes, `0.3Ki`) is rounded up
+//! to the next millicore or byte, as Kubernetes' quantities are. (Refusing
+//! it instead would make the rule one no JSON Schema can state: which
+//! fractions of a `Ki` are whole bytes is not a regular language.) Display
+//! gives the canonical form, and parsing it gives the same value back.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -76,23 +78,25 @@ fn split_decimal(s: &str) -> Option<(&str, &str, &str)> {
     Some((int, frac, suffix))
 }
 
-/// `int.frac * scale`, exactly, or None when it is not a whole number or overflows.
-fn scale_exact(int: &str, frac: &str, scale: u128) -> Option<u64> {
-    let frac = frac.trim_end_matches('0');
-    if int.len() > 30 || frac.len() > 30 {
+/// `int.frac * scale` rounded up to a whole number, or None when it does
+/// not fit in a u64. Exact for any length of fraction: the fraction is
+/// multiplied digit by digit from the right, keeping only the carry.
+fn scale_up(int: &str, frac: &str, scale: u128) -> Option<u64> {
+    let int = int.trim_start_matches('0');
+    if int.len() > 20 {
         return None;
     }
     let int_v: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut total = int_v.checked_mul(scale)?;
-    if !frac.is_empty() {
-        let frac_v: u128 = frac.parse().ok()?;
-        let denom = 10u128.checked_pow(frac.len() as u32)?;
-        let num = frac_v.checked_mul(scale)?;
-        if !num.is_multiple_of(denom) {
-            return None;
-        }
-        total = total.checked_add(num / denom)?;
+    let (mut carry, mut exact) = (0u128, true);
+    for d in frac.bytes().rev() {
+        let t = u128::from(d - b'0') * scale + carry;
+        exact &= t.is_multiple_of(10);
+        carry = t / 10;
     }
+    let total = int_v
+        .checked_mul(scale)?
+        .checked_add(carry)?
+        .checked_add(u128::from(!exact))?;
     u64::try_from(total).ok()
 }
 
@@ -104,15 +108,15 @@ impl FromStr for Cpu {
             what: "a CPU quantity",
             hint,
         };
-        let (int, frac, suffix) = split_decimal(s.trim()).ok_or(err(" (e.g. 500m, 0.5, 2)"))?;
+        let (int, frac, suffix) = split_decimal(s).ok_or(err(" (e.g. 500m, 0.5, 2)"))?;
         let scale = match suffix {
             "" => 1000,
             "m" => 1,
             _ => return Err(err(" (e.g. 500m, 0.5, 2)")),
         };
-        scale_exact(int, frac, scale)
+        scale_up(int, frac, scale)
             .map(Cpu)
-            .ok_or(err(" (the smallest unit is 1m, a thousandth of a core)"))
+            .ok_or(err(" (too large)"))
     }
 }
 
@@ -133,6 +137,17 @@ const DECIMAL: [(&str, u32); 6] = [
     ("k", 3),
 ];
 
+/// The units a CPU quantity is written in, with their size in millicores.
+pub(crate) const CPU_UNITS: [(&str, u128); 2] = [("", 1000), ("m", 1)];
+
+/// The units a size is written in, with their size in bytes.
+pub(crate) fn byte_units() -> Vec<(&'static str, u128)> {
+    let mut units = vec![("", 1)];
+    units.extend(BINARY.iter().map(|(n, shift)| (*n, 1u128 << shift)));
+    units.extend(DECIMAL.iter().map(|(n, exp)| (*n, 10u128.pow(*exp))));
+    units
+}
+
 impl FromStr for ByteSize {
     type Err = QuantityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -141,8 +156,7 @@ impl FromStr for ByteSize {
             what: "a size in bytes",
             hint,
         };
-        let (int, frac, suffix) =
-            split_decimal(s.trim()).ok_or(err(" (e.g. 256Mi, 2Gi, 1G, 1048576)"))?;
+        let (int, frac, suffix) = split_decimal(s).ok_or(err(" (e.g. 256Mi, 2Gi, 1G, 1048576)"))?;
         let scale: u128 = if suffix.is_empty() {
             1
         } else if let Some((_, shift)) = BINARY.iter().find(|(n, _)| *n == suffix) {
@@ -154,9 +168,9 @@ impl FromStr for ByteSize {
         } else {
             return Err(err(" (e.g. 256Mi, 2Gi, 1G, 1048576)"));
         };
-        scale_exact(int, frac, scale)
+        scale_up(int, frac, scale)
             .map(ByteSize)
-            .ok_or(err(" (not a whole number of bytes, or too large)"))
+            .ok_or(err(" (too large)"))
     }
 }
 
@@ -280,11 +294,27 @@ mod tests {
             ("0.001", 1),
             ("1.000", 1000),
             ("0m", 0),
+            // Finer than a millicore: rounded up, as Kubernetes does.
+            ("0.0001", 1),
+            ("1.5m", 2),
+            ("0.0010000000000000000000000000000000000001", 2),
+            ("000000000000000000000000000000000002", 2000),
         ] {
             assert_eq!(input.parse::<Cpu>().unwrap().millis(), millis, "{input}");
         }
         for bad in [
-            "", "m", "1.", "-1", "0.0001", "1.5m", "1e3", "2cores", "1..2", " ",
+            "",
+            "m",
+            "1.",
+            "-1",
+            "1e3",
+            "2cores",
+            "1..2",
+            " ",
+            " 1",
+            "1 ",
+            ".",
+            "18446744073709552",
         ] {
             assert!(bad.parse::<Cpu>().is_err(), "{bad:?} parsed");
         }
@@ -301,11 +331,25 @@ mod tests {
             ("1048576", 1_048_576),
             ("0.5Ki", 512),
             ("15Ei", 15 << 60),
+            // Not a whole number of bytes: rounded up.
+            ("1.1", 2),
+            ("0.3Ki", 308),
+            ("0.0000001Ki", 1),
+            ("18446744073709551615", u64::MAX),
         ] {
             assert_eq!(input.parse::<ByteSize>().unwrap().bytes(), bytes, "{input}");
         }
         for bad in [
-            "", "12Zb", "256m", "1.1", "0.3Ki", "16Ei", "-5", "1e9", "Gi",
+            "",
+            "12Zb",
+            "256m",
+            "16Ei",
+            "-5",
+            "1e9",
+            "Gi",
+            "18446744073709551616",
+            "18446744073709551615.5",
+            " 1",
         ] {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} parsed");
         }
@@ -360,6 +404,15 @@ mod tests {
             let (name, shift) = BINARY[2 + suffix];
             let parsed: ByteSize = format!("{n}{name}").parse().unwrap();
             prop_assert_eq!(parsed.bytes(), n << shift);
+        }
+
+        #[test]
+        fn fractions_round_up(n in 0u64..1 << 40, frac in 1u64..1000) {
+            // n + frac/1000 bytes is exact to the next byte, never below.
+            let parsed: ByteSize = format!("{n}.{frac:03}").parse().unwrap();
+            prop_assert_eq!(parsed.bytes(), n + 1);
+            let parsed: Cpu = format!("{n}.{frac:03}1").parse().unwrap();
+            prop_assert_eq!(parsed.millis(), n * 1000 + frac + 1);
         }
 
         #[test]

@@ -18,32 +18,45 @@ use crate::{ByteSize, Constraint, Cpu, Duration, ImageRef};
 pub const MAX_REPLICAS: u32 = 100_000;
 /// Smallest memory limit a container can start with.
 pub const MIN_MEMORY: ByteSize = ByteSize::mib(4);
+/// Most CPU one replica may ask for: more than any machine has.
+pub const MAX_CPU: Cpu = Cpu::from_cores(10_000);
+/// Most memory one replica may ask for: more than any machine has.
+pub const MAX_MEMORY: ByteSize = ByteSize::from_bytes(1 << 50);
+/// Most scratch disk one replica may ask for.
+pub const MAX_DISK: ByteSize = ByteSize::from_bytes(1 << 60);
 
 /// A workload: `replicas` copies of one container, placed by the gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::spec::workload_rules)]
 pub struct WorkloadSpec {
     /// Unique name: lowercase letters, digits and '-', at most 63 characters.
+    #[schemars(schema_with = "crate::schema::spec::name")]
     pub name: String,
     /// How many copies to run.
     #[serde(default = "one")]
+    #[schemars(range(max = 100_000))]
     pub replicas: u32,
     /// The image to run.
     pub image: ImageRef,
     /// Replaces the image's ENTRYPOINT (as in Kubernetes); the image CMD is
     /// dropped unless `args` is given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::spec::command")]
     pub command: Vec<String>,
     /// Replaces the image's CMD.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::spec::args")]
     pub args: Vec<String>,
     /// Environment variables, added to the image's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::spec::env")]
     pub env: BTreeMap<String, String>,
     /// What one replica reserves, and its limits.
     #[serde(default)]
     pub resources: Resources,
-    /// Container ports, optionally published on the node.
+    /// Container ports, optionally published on the node. A container
+    /// port, and a host port, appear once per protocol.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
     /// When the agent restarts the container after it exits.
@@ -57,6 +70,7 @@ pub struct WorkloadSpec {
     pub placement: Placement,
     /// 1 (lowest) to 100; higher may preempt lower when the fleet is full.
     #[serde(default = "default_priority")]
+    #[schemars(range(min = 1, max = 100))]
     pub priority: u32,
     /// Network mode of each replica.
     #[serde(default)]
@@ -80,14 +94,19 @@ fn default_stop_timeout() -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
-    /// Reserved for placement and enforced as a CPU quota. Default 100m.
+    /// Reserved for placement and enforced as a CPU quota: more than 0, at
+    /// most 10000 cores. Default 100m.
     #[serde(default = "default_cpu")]
+    #[schemars(schema_with = "crate::schema::spec::cpu")]
     pub cpu: Cpu,
-    /// Reserved for placement and enforced as a hard limit. Default 128Mi.
+    /// Reserved for placement and enforced as a hard limit: at least 4Mi,
+    /// at most 1Pi. Default 128Mi.
     #[serde(default = "default_memory")]
+    #[schemars(schema_with = "crate::schema::spec::memory")]
     pub memory: ByteSize,
-    /// Scratch disk reserved for placement. Default 0.
+    /// Scratch disk reserved for placement, at most 1Ei. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::spec::disk")]
     pub disk: Option<ByteSize>,
 }
 
@@ -111,6 +130,7 @@ impl Default for Resources {
 /// A container port, published on the node when `host` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::spec::port_rules)]
 pub struct PortSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub container: u32,
@@ -121,6 +141,7 @@ pub struct PortSpec {
     pub protocol: Protocol,
     /// Node address to publish on; all addresses when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::spec::host_ip")]
     pub host_ip: Option<IpAddr>,
 }
 
@@ -207,6 +228,7 @@ pub enum NetworkMode {
 /// Exactly one of `http`, `tcp` or `exec`, with timing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::spec::one_probe)]
 pub struct HealthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpProbe>,
@@ -215,11 +237,14 @@ pub struct HealthSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecProbe>,
     #[serde(default = "default_interval")]
+    #[schemars(schema_with = "crate::schema::spec::nonzero_duration")]
     pub interval: Duration,
     #[serde(default = "default_timeout")]
+    #[schemars(schema_with = "crate::schema::spec::nonzero_duration")]
     pub timeout: Duration,
     /// Consecutive failures before the replica is unhealthy.
     #[serde(default = "default_retries")]
+    #[schemars(range(min = 1, max = 4_294_967_295_u32))]
     pub retries: u32,
     /// Failures during this time after start do not count.
     #[serde(default)]
@@ -239,6 +264,7 @@ fn default_retries() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProbe {
+    #[schemars(regex(pattern = "^/"))]
     pub path: String,
     #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
@@ -254,18 +280,23 @@ pub struct TcpProbe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecProbe {
+    #[schemars(schema_with = "crate::schema::spec::probe_command")]
     pub command: Vec<String>,
 }
 
 /// Where replicas may run and where they should go first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::spec::skew_needs_spread)]
 pub struct Placement {
     /// Sites allowed; empty allows every site.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::spec::sites")]
     pub sites: Vec<String>,
-    /// Sites to fill first, in order (e.g. the cheapest).
+    /// Sites to fill first, in order (e.g. the cheapest); each must be
+    /// one of `sites` when `sites` is given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::spec::sites")]
     pub prefer: Vec<String>,
     /// Spread replicas evenly over sites or nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +304,7 @@ pub struct Placement {
     /// With `spread`: the largest allowed difference in replica count
     /// between any two sites (or nodes). Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4_294_967_295_u32))]
     pub max_skew: Option<u32>,
     /// Every constraint must hold on the node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -369,6 +401,29 @@ impl WorkloadSpec {
         }
         if self.resources.cpu.millis() == 0 {
             errs.push(p("resources.cpu"), "must be more than 0");
+        } else if self.resources.cpu > MAX_CPU {
+            errs.push(
+                p("resources.cpu"),
+                format!(
+                    "{} is more than the maximum of {MAX_CPU}",
+                    self.resources.cpu
+                ),
+            );
+        }
+        if self.resources.memory > MAX_MEMORY {
+            errs.push(
+                p("resources.memory"),
+                format!(
+                    "{} is more than the maximum of {MAX_MEMORY}",
+                    self.resources.memory
+                ),
+            );
+        }
+        if let Some(disk) = self.resources.disk.filter(|d| *d > MAX_DISK) {
+            errs.push(
+                p("resources.disk"),
+                format!("{disk} is more than the maximum of {MAX_DISK}"),
+            );
         }
         if self.resources.memory < MIN_MEMORY {
             errs.push(

@@ -5,12 +5,14 @@
 //! answers that match their schemas, invalid requests refused and valid
 //! ones accepted.
 //!
-//! Left out, and why: `GET /v1/events` (a stream that never ends while it
-//! follows; its `follow=false` form is covered by the CLI tests), and the
-//! "valid data accepted" check on the two spec bodies (`POST /v1/workloads`,
-//! `PUT /v1/workloads/{name}`): the spec's cross-field rules (a preferred
-//! site among the allowed ones, host ports published once, a memory of at
-//! least 4Mi in any unit) are not all in its JSON Schema yet.
+//! Three rules of the spec bodies relate two values of one request, which
+//! no JSON Schema can state (the document says them in words): a PUT's
+//! name is its path's, a port appears once per protocol, and preferred
+//! sites are allowed ones. `tests/fuzz/skiff_hooks.py` makes requests
+//! generated as valid keep them; everything else is the schema's alone.
+//!
+//! Left out: `GET /v1/events`, a stream that never ends while it follows
+//! (its `follow=false` form is covered by the CLI tests).
 
 use std::process::Command;
 
@@ -40,19 +42,13 @@ fn the_api_does_what_its_openapi_document_says() {
     std::fs::write(
         &config,
         r#"
+# The spec's patterns are large (a size's bounds in each of 13 units), so
+# generating a spec is slower than hypothesis likes; it is not wrong.
+suppress-health-check = ["too_slow"]
+
 [[operations]]
 include-path-regex = "^/v1/workloads/\\{name\\}"
 parameters = { "path.name" = "fuzzed" }
-
-[[operations]]
-include-method = "POST"
-include-path = "/v1/workloads"
-checks.positive_data_acceptance.enabled = false
-
-[[operations]]
-include-method = "PUT"
-include-path = "/v1/workloads/{name}"
-checks.positive_data_acceptance.enabled = false
 "#,
     )
     .unwrap();
@@ -72,6 +68,11 @@ checks.positive_data_acceptance.enabled = false
         ])
         .args(["--seed", "1"])
         .current_dir(dir.path())
+        .env(
+            "PYTHONPATH",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz"),
+        )
+        .env("SCHEMATHESIS_HOOKS", "skiff_hooks")
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);

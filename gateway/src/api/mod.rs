@@ -234,8 +234,8 @@ pub fn routes() -> Vec<Route> {
 struct ApiDoc;
 
 /// Makes the document say what the route table and the server do: the
-/// bearer scheme and each route's security, the 401/403/413 answers the
-/// layers give, and the workload spec's own schema for spec bodies.
+/// bearer scheme and each route's security, and the 401/403/413 answers
+/// the layers give (the spec bodies' schema: [`add_spec_schemas`]).
 struct Contract;
 
 impl utoipa::Modify for Contract {
@@ -246,16 +246,20 @@ impl utoipa::Modify for Contract {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        let (spec, defs) = skiff_proto::schema::workload_schema_components();
-        for (name, def) in defs {
-            if let Ok(schema) = serde_json::from_value(def) {
-                components.schemas.insert(name, schema);
-            }
-        }
-        if let Ok(schema) = serde_json::from_value(spec) {
-            components.schemas.insert("WorkloadSpec".into(), schema);
-        }
     }
+}
+
+/// The workload spec's JSON Schema and its definitions, as `skiff_proto`
+/// generates them, into `components.schemas`: inserted as JSON, since
+/// utoipa's schema type cannot hold all of JSON Schema 2020-12
+/// (`prefixItems`, `if`/`then`, `propertyNames`, `not`).
+fn add_spec_schemas(doc: &mut serde_json::Value) {
+    let (spec, defs) = skiff_proto::schema::workload_schema_components();
+    let schemas = &mut doc["components"]["schemas"];
+    for (name, def) in defs {
+        schemas[name] = def;
+    }
+    schemas["WorkloadSpec"] = spec;
 }
 
 /// Fills in what `utoipa` cannot know from the handlers alone (see
@@ -332,6 +336,7 @@ fn finish(mut doc: serde_json::Value) -> serde_json::Value {
 /// one of them).
 pub fn openapi_for(sites: &[String]) -> serde_json::Value {
     let mut doc = finish(serde_json::to_value(ApiDoc::openapi()).unwrap_or_default());
+    add_spec_schemas(&mut doc);
     doc["components"]["schemas"]["JoinTokenRequest"]["properties"]["site"]["enum"] =
         serde_json::json!(sites);
     doc
@@ -460,7 +465,20 @@ mod tests {
             body["application/json"]["schema"]["$ref"],
             "#/components/schemas/WorkloadSpec"
         );
-        assert!(doc["components"]["schemas"]["WorkloadSpec"].is_object());
-        assert!(doc["components"]["schemas"]["Resources"].is_object());
+        // The spec's schemas are there whole (nothing lost on the way), and
+        // every reference in the document resolves.
+        let (spec, defs) = skiff_proto::schema::workload_schema_components();
+        assert_eq!(doc["components"]["schemas"]["WorkloadSpec"], spec);
+        for (name, def) in defs {
+            assert_eq!(doc["components"]["schemas"][&name], def, "{name}");
+        }
+        let text = doc.to_string();
+        for r in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = r.split('"').next().unwrap();
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{name} is not defined"
+            );
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! The published JSON Schema of a workload spec, generated from the types so
 //! it cannot drift from what the parser accepts.
 
+pub mod decimal;
+pub mod spec;
+
 use crate::WorkloadSpec;
 
 /// The JSON Schema (draft 2020-12) of one workload spec.
