@@ -97,7 +97,7 @@ pub(super) struct EventsQuery {
 /// unless `follow=false`, every new one as it happens.
 #[utoipa::path(get, path = "/v1/events", tag = "fleet", params(EventsQuery),
     responses((status = 200, description = "A text/event-stream of events",
-        content_type = "text/event-stream", body = String),
+        content_type = "text/event-stream", body = Object),
         (status = 400, description = "A bad query string", body = ApiError)))]
 pub(super) async fn events(
     State(s): State<AppState>,

@@ -254,6 +254,20 @@ impl utoipa::Modify for Contract {
 /// utoipa's schema type cannot hold all of JSON Schema 2020-12
 /// (`prefixItems`, `if`/`then`, `propertyNames`, `not`).
 fn add_spec_schemas(doc: &mut serde_json::Value) {
+    // (And the events stream's: in OpenAPI 3.1 an event stream's schema
+    // is one event's, its fields as the SSE format names them.)
+    doc["paths"]["/v1/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = serde_json::json!({
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": { "type": "string", "description": "The event's kind" },
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": { "$ref": "#/components/schemas/Event" }
+            }
+        }
+    });
     let (spec, defs) = skiff_proto::schema::workload_schema_components();
     let schemas = &mut doc["components"]["schemas"];
     for (name, def) in defs {
