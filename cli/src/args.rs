@@ -263,8 +263,8 @@ pub struct DevArgs {
     /// Also run a sample workload larger than the local site, so it bursts.
     #[arg(long)]
     pub demo: bool,
-    /// Also serve this image (oci-archive or OCI layout) to the fleet
-    /// (repeatable).
+    /// Also serve this image (an oci-archive, a docker-archive as `docker
+    /// save` writes, or an OCI layout) to the fleet (repeatable).
     #[arg(long, value_name = "FILE")]
     pub image: Vec<PathBuf>,
     /// Where the dev fleet keeps its state (wiped at start).

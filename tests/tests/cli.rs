@@ -591,7 +591,18 @@ fn a_second_skiff_dev_after_kill_9_cleans_up_and_starts() {
         "a killed dev fleet leaves its agent and container"
     );
 
-    let mut second = Dev::start(dir.path(), &[]);
+    // The second serves a local image too, as `docker save` writes one.
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let busybox = skiff_test_support::images::OciImage::busybox(&work, "latest", &[]).unwrap();
+    let saved = dir.path().join("saved.tar");
+    let skopeo = Command::new(skiff_test_support::tools::require("skopeo").unwrap())
+        .args(["copy", "--quiet", &busybox.transport()])
+        .arg(format!("docker-archive:{}:saved/bb:1.0", saved.display()))
+        .output()
+        .unwrap();
+    assert!(skopeo.status.success(), "{}", text(&skopeo.stderr));
+    let mut second = Dev::start(dir.path(), &["--image", saved.to_str().unwrap()]);
     second.until("Ctrl-C stops the fleet", 60);
     assert!(
         second
@@ -602,6 +613,21 @@ fn a_second_skiff_dev_after_kill_9_cleans_up_and_starts() {
     );
     let ps = second.json(&["ps"]);
     assert_eq!(ps, serde_json::json!([]), "a fresh fleet");
+    let saved_image = second
+        .output()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("and ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no --image served: {}", second.output()));
+    assert!(saved_image.ends_with("/saved/bb:1.0"), "{saved_image}");
+    std::fs::write(
+        &spec,
+        format!("name: saved\nimage: {saved_image}\ncommand: [sleep, \"3600\"]\n"),
+    )
+    .unwrap();
+    second.ok(&["run", "-f", spec.to_str().unwrap()]);
+    let status = second.json(&["status", "saved"]);
+    assert_eq!(status["running"], 1, "{status}");
+    second.ok(&["rm", "saved"]);
     assert!(second.interrupt().success());
     let left = leftovers(&second.state, &[]);
     assert!(left.is_empty(), "left behind: {left:#?}");

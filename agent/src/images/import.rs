@@ -20,6 +20,17 @@ use super::{ImageError, ImageStore, now};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// One image in a docker-archive's `manifest.json` (`docker save`): paths
+/// in the archive of its config and layers, and the names it is loaded as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DockerArchiveEntry {
+    pub config: String,
+    #[serde(default)]
+    pub repo_tags: Option<Vec<String>>,
+    pub layers: Vec<String>,
+}
+
 fn import_err(path: &Path, reason: impl std::fmt::Display) -> ImageError {
     ImageError::Import {
         path: path.display().to_string(),
@@ -339,19 +350,12 @@ impl ImageStore {
         x: &Extracted,
         name: Option<&ImageRef>,
     ) -> Result<Vec<ImageRecord>, ImageError> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Entry {
-            config: String,
-            #[serde(default)]
-            repo_tags: Option<Vec<String>>,
-            layers: Vec<String>,
-        }
         let manifest_path = x
             .path("manifest.json")
             .ok_or_else(|| import_err(origin, "no manifest.json"))?;
-        let entries: Vec<Entry> = serde_json::from_slice(&std::fs::read(manifest_path)?)
-            .map_err(|e| import_err(origin, format!("manifest.json: {e}")))?;
+        let entries: Vec<DockerArchiveEntry> =
+            serde_json::from_slice(&std::fs::read(manifest_path)?)
+                .map_err(|e| import_err(origin, format!("manifest.json: {e}")))?;
         if name.is_some() && entries.len() != 1 {
             return Err(import_err(
                 origin,

@@ -25,6 +25,7 @@ use skiff_proto::{ByteSize, ImageRef};
 
 pub use digest::Digest;
 pub use gc::{DiskUsage, PruneReport};
+pub use import::DockerArchiveEntry;
 pub use meta::{ImageConfig, ImageRecord, LayerRecord};
 pub use pull::PullEvent;
 

@@ -36,6 +36,17 @@ fn image_err(path: &Path, reason: impl std::fmt::Display) -> RegistryError {
     }
 }
 
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A blob the registry holds: its digest, size, and the layer media type
+/// its first bytes show (for a docker-archive's layers, which have none).
+#[derive(Debug, Clone)]
+struct Blob {
+    digest: String,
+    size: u64,
+    layer_type: &'static str,
+}
+
 /// A manifest the registry serves under a name and tag.
 #[derive(Debug, Clone)]
 struct Tagged {
@@ -65,8 +76,9 @@ impl Images {
 
     /// Adds every image of an oci-archive (a tar of an OCI layout) or an
     /// OCI layout directory, each under `repository:tag` from its
-    /// `ref.name` (`name:tag`, or a bare tag taken with `default_repo`).
-    /// Every blob is checked against its digest. Returns the names added.
+    /// `ref.name` (`name:tag`, or a bare tag taken with `default_repo`), or
+    /// of a docker-archive (see [`Images::add_docker`]). Every blob is
+    /// checked against its digest. Returns the names added.
     pub fn add(&mut self, source: &Path, default_repo: &str) -> Result<Vec<String>, RegistryError> {
         let index: serde_json::Value = if source.is_dir() {
             let blobs = source.join("blobs/sha256");
@@ -83,8 +95,13 @@ impl Images {
             let file = std::fs::File::open(source).map_err(|e| image_err(source, e))?;
             let mut archive = tar::Archive::new(std::io::BufReader::new(file));
             let mut index = None;
+            let mut docker_manifest = None;
+            let mut files = BTreeMap::new();
             for entry in archive.entries().map_err(|e| image_err(source, e))? {
                 let mut entry = entry.map_err(|e| image_err(source, e))?;
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
                 let name = entry
                     .path()
                     .map_err(|e| image_err(source, e))?
@@ -95,18 +112,40 @@ impl Images {
                 entry
                     .read_to_end(&mut data)
                     .map_err(|e| image_err(source, e))?;
-                if name == "index.json" {
-                    index = Some(
-                        serde_json::from_slice(&data)
-                            .map_err(|e| image_err(source, format!("index.json: {e}")))?,
-                    );
-                } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-                    self.put_blob(source, hex, &data)?;
+                match name.as_str() {
+                    "index.json" => {
+                        index = Some(
+                            serde_json::from_slice(&data)
+                                .map_err(|e| image_err(source, format!("index.json: {e}")))?,
+                        );
+                    }
+                    "manifest.json" => docker_manifest = Some(data),
+                    "oci-layout" | "repositories" => {}
+                    _ => {
+                        let blob = match name.strip_prefix("blobs/sha256/") {
+                            Some(hex) => self.put_blob(source, hex, &data)?,
+                            None => self.put_blob(
+                                source,
+                                &hex::encode(sha2::Sha256::digest(&data)),
+                                &data,
+                            )?,
+                        };
+                        files.insert(name, blob);
+                    }
                 }
             }
-            index.ok_or_else(|| {
-                image_err(source, "not an oci-archive or OCI layout (no index.json); docker-archives are not served")
-            })?
+            match (index, docker_manifest) {
+                (Some(index), _) => index,
+                (None, Some(manifest)) => {
+                    return self.add_docker(source, &manifest, &files, default_repo);
+                }
+                (None, None) => {
+                    return Err(image_err(
+                        source,
+                        "neither an oci-archive (no index.json) nor a docker-archive (no manifest.json)",
+                    ));
+                }
+            }
         };
         let mut added = Vec::new();
         for m in index["manifests"].as_array().into_iter().flatten() {
@@ -137,7 +176,8 @@ impl Images {
         Ok(added)
     }
 
-    fn put_blob(&self, source: &Path, hex: &str, data: &[u8]) -> Result<(), RegistryError> {
+    /// Stores `data` as the blob `sha256:hex`, checked against its digest.
+    fn put_blob(&self, source: &Path, hex: &str, data: &[u8]) -> Result<Blob, RegistryError> {
         let actual = hex::encode(sha2::Sha256::digest(data));
         if actual != hex {
             return Err(image_err(
@@ -149,7 +189,92 @@ impl Images {
         std::fs::write(&path, data).map_err(|source| RegistryError::Io {
             path: path.display().to_string(),
             source,
+        })?;
+        Ok(Blob {
+            digest: format!("sha256:{hex}"),
+            size: data.len() as u64,
+            layer_type: match data {
+                [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
+                [0x28, 0xb5, 0x2f, 0xfd, ..] => "application/vnd.oci.image.layer.v1.tar+zstd",
+                _ => "application/vnd.oci.image.layer.v1.tar",
+            },
         })
+    }
+
+    /// Adds the images of a docker-archive (`docker save`, `skopeo copy
+    /// docker-archive:`), whose blobs `files` holds by their archive path:
+    /// each gets an OCI manifest made for it, and is served under every
+    /// name in its `RepoTags` (as `docker load` names it), or under
+    /// `default_repo:latest` when it has none.
+    fn add_docker(
+        &mut self,
+        source: &Path,
+        manifest: &[u8],
+        files: &BTreeMap<String, Blob>,
+        default_repo: &str,
+    ) -> Result<Vec<String>, RegistryError> {
+        let entries: Vec<skiff_agent::images::DockerArchiveEntry> =
+            serde_json::from_slice(manifest)
+                .map_err(|e| image_err(source, format!("manifest.json: {e}")))?;
+        let blob = |name: &str| {
+            files.get(name.trim_start_matches("./")).ok_or_else(|| {
+                image_err(
+                    source,
+                    format!("manifest.json names {name}, which is not in the archive"),
+                )
+            })
+        };
+        let mut added = Vec::new();
+        for e in entries {
+            let config = blob(&e.config)?;
+            let layers = e
+                .layers
+                .iter()
+                .map(|l| {
+                    blob(l).map(|b| {
+                        serde_json::json!({"mediaType": b.layer_type, "digest": b.digest, "size": b.size})
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": config.digest,
+                    "size": config.size,
+                },
+                "layers": layers,
+            });
+            let raw = serde_json::to_vec(&manifest).map_err(|e| image_err(source, e))?;
+            let digest = self
+                .put_blob(source, &hex::encode(sha2::Sha256::digest(&raw)), &raw)?
+                .digest;
+            let names = e
+                .repo_tags
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| vec![format!("{default_repo}:latest")]);
+            for name in names {
+                let (repo, tag) = match name.rsplit_once(':') {
+                    Some((r, t)) if !r.is_empty() && !t.contains('/') => {
+                        (r.to_string(), t.to_string())
+                    }
+                    _ => (name.clone(), "latest".to_string()),
+                };
+                added.push(format!("{repo}:{tag}"));
+                self.tags.insert(
+                    (repo, tag),
+                    Tagged {
+                        digest: digest.clone(),
+                        media_type: OCI_MANIFEST.to_string(),
+                    },
+                );
+            }
+        }
+        if added.is_empty() {
+            return Err(image_err(source, "manifest.json lists no image"));
+        }
+        Ok(added)
     }
 
     fn blob_path(&self, digest: &str) -> Option<PathBuf> {
@@ -254,5 +379,85 @@ mod tests {
             e.starts_with(&format!("{}: blob sha256:000", bad.display())),
             "{e}"
         );
+    }
+
+    /// A tar of `(name, bytes)` files.
+    fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn docker_archives_are_served_under_their_repo_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = tar_of(&[("hello", b"hi\n".to_vec())]);
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec();
+        let manifest = serde_json::json!([{
+            "Config": "cfg.json",
+            "RepoTags": ["hello:1.0", "localhost:5000/team/hello:v2"],
+            "Layers": ["abc/layer.tar"],
+        }]);
+        let archive = dir.path().join("hello.tar");
+        std::fs::write(
+            &archive,
+            tar_of(&[
+                ("cfg.json", config.clone()),
+                ("abc/layer.tar", layer.clone()),
+                ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+            ]),
+        )
+        .unwrap();
+        let mut images = Images::new(&dir.path().join("store")).unwrap();
+        assert_eq!(
+            images.add(&archive, "dev/hello").unwrap(),
+            ["hello:1.0", "localhost:5000/team/hello:v2"]
+        );
+        let t = &images.tags[&("hello".to_string(), "1.0".to_string())];
+        let served: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(images.blob_path(&t.digest).unwrap()).unwrap())
+                .unwrap();
+        let sha = |d: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(d)));
+        assert_eq!(served["config"]["digest"], sha(&config));
+        assert_eq!(served["layers"][0]["digest"], sha(&layer));
+        assert_eq!(
+            served["layers"][0]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar"
+        );
+        assert_eq!(served["layers"][0]["size"], layer.len());
+        for digest in [sha(&config), sha(&layer)] {
+            assert!(images.blob_path(&digest).unwrap().is_file(), "{digest}");
+        }
+        // A layer the manifest names but the archive lacks is named.
+        let broken = dir.path().join("broken.tar");
+        std::fs::write(
+            &broken,
+            tar_of(&[
+                ("cfg.json", config),
+                ("manifest.json", serde_json::to_vec(&manifest).unwrap()),
+            ]),
+        )
+        .unwrap();
+        let e = images.add(&broken, "dev/broken").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{}: manifest.json names abc/layer.tar, which is not in the archive",
+                broken.display()
+            )
+        );
+        // Neither kind of archive: said so.
+        let other = dir.path().join("other.tar");
+        std::fs::write(&other, tar_of(&[("x", b"y".to_vec())])).unwrap();
+        let e = images.add(&other, "dev/other").unwrap_err().to_string();
+        assert!(e.contains("neither an oci-archive"), "{e}");
     }
 }
