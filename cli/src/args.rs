@@ -160,7 +160,9 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     pub name: String,
-    /// Keep following new lines (also across the containers' restarts).
+    /// Keep following new lines (also across the containers' restarts;
+    /// without --alloc, replicas placed later join in, as in `docker
+    /// compose logs -f`).
     #[arg(short, long)]
     pub follow: bool,
     /// Only the last N lines of each replica.

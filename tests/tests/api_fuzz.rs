@@ -11,8 +11,8 @@
 //! sites are allowed ones. `tests/fuzz/skiff_hooks.py` makes requests
 //! generated as valid keep them; everything else is the schema's alone.
 //!
-//! `GET /v1/events` is fuzzed with `follow=false`: following, the stream
-//! never ends.
+//! `GET /v1/events` and the logs route are fuzzed with `follow=false`:
+//! following, those streams never end.
 
 use std::process::Command;
 
@@ -46,14 +46,19 @@ fn the_api_does_what_its_openapi_document_says() {
 # generating a spec is slower than hypothesis likes; it is not wrong.
 suppress-health-check = ["too_slow"]
 
-[[operations]]
-include-path-regex = "^/v1/workloads/\\{name\\}"
-parameters = { "path.name" = "fuzzed" }
-
-# Following, the stream never ends: the fuzzer reads it as it stands.
+# Following, these streams never end: the fuzzer reads them as they stand.
 [[operations]]
 include-path = "/v1/events"
 parameters = { "query.follow" = "false" }
+
+[[operations]]
+include-path = "/v1/workloads/{name}/logs"
+parameters = { "path.name" = "fuzzed", "query.follow" = "false" }
+
+# (The first entry that matches an operation is the one used.)
+[[operations]]
+include-path-regex = "^/v1/workloads/\\{name\\}"
+parameters = { "path.name" = "fuzzed" }
 "#,
     )
     .unwrap();

@@ -433,13 +433,45 @@ fn skiff_dev_demo_bursts_every_command_shows_it_and_ctrl_c_leaves_nothing() {
             bad.display()
         )
     );
-    // restart rolls and waits; rm deletes.
+    // restart rolls and waits, and `logs -f` of the workload follows the
+    // new replica too; rm deletes.
+    let web_out = dir.path().join("web-follow.out");
+    let web_follow = ChildGuard::spawn(
+        "skiff logs -f web",
+        Command::new(bin("skiff"))
+            .args(["logs", "-f", "web"])
+            .env("SKIFF_CONFIG", &dev.config)
+            .env("NO_COLOR", "1")
+            .stdout(std::fs::File::create(&web_out).unwrap())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let web_followed = || std::fs::read_to_string(&web_out).unwrap_or_default();
+    eventually(
+        30,
+        || web_followed().contains("web: listening"),
+        web_followed,
+    );
     let out = dev.ok(&["restart", "web"]);
     assert!(
         out.contains("web: restarting (version 3)")
             && out.contains("1 of 1 replicas running (version 3)"),
         "{out}"
     );
+    let web_now = dev.json(&["status", "web"]);
+    let new_id = web_now["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["state"] == "running")
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .unwrap();
+    eventually(
+        60,
+        || web_followed().contains(&format!("{new_id} | web: listening")),
+        || format!("logs -f web never showed {new_id}: {}", web_followed()),
+    );
+    drop(web_follow);
     assert_eq!(
         dev.ok(&["rm", "web", "huge"]),
         "web: deleted\nhuge: deleted\n"

@@ -66,7 +66,8 @@ pub async fn logs(client: &Client, a: &LogsArgs) -> Result<ExitCode, CliError> {
         let e = e?;
         let n = seen.len();
         let i = *seen.entry(e.allocation.clone()).or_insert(n);
-        let prefix = if placed > 1 {
+        // (Also once a second replica joins a followed stream.)
+        let prefix = if placed > 1 || seen.len() > 1 {
             let tag = format!("{:<w$} | ", e.allocation, w = width.max(e.allocation.len()));
             if out.color {
                 format!("\x1b[{}m{tag}\x1b[0m", colours[i % colours.len()])

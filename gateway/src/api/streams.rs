@@ -3,7 +3,7 @@
 //! through their sessions ([`crate::streams`]), streamed to the caller as
 //! newline-delimited JSON while it comes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use skiff_proto::cluster::AllocationState;
 use skiff_proto::wire::v1::{self, stream_up};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -50,7 +50,8 @@ pub struct LogEntry {
 #[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
     /// Keep streaming new lines while the allocations exist (their
-    /// containers' restarts included).
+    /// containers' restarts included); without `allocation`, replicas
+    /// placed later join the stream.
     pub follow: Option<bool>,
     /// Only the last N lines of each allocation.
     #[param(minimum = 0, maximum = 1_000_000)]
@@ -125,6 +126,9 @@ pub(super) async fn logs(
     if q.since_ms.is_some_and(|t| t < 0) {
         return Err(ApiError::bad("since_ms: must not be negative"));
     }
+    // Subscribed before the allocations are read, so none placed in
+    // between is missed.
+    let (_, mut events) = s.control.subscribe_events();
     let allocs = placed(&s.control, &name, q.allocation.as_deref())?;
     let req = v1::LogsRequest {
         follow: q.follow.unwrap_or(false),
@@ -132,55 +136,113 @@ pub(super) async fn logs(
         since_unix_ms: q.since_ms.unwrap_or(0),
     };
     let (tx, rx) = mpsc::channel::<LogEntry>(256);
+    // Following a whole workload, as `docker compose logs -f` does: the
+    // replicas placed later (a scale, a rolling restart, a replacement)
+    // join the stream too, from their first line, once their container is
+    // up (so do those placed now whose container is not up yet).
+    let watch = req.follow && q.allocation.is_none();
+    let mut streamed = BTreeSet::new();
     for a in allocs {
-        let (control, tx, req) = (Arc::clone(&s.control), tx.clone(), req);
+        if watch && a.state != AllocationState::Running {
+            continue;
+        }
+        streamed.insert(a.id.clone());
+        tokio::spawn(stream_log(Arc::clone(&s.control), tx.clone(), req, a));
+    }
+    if watch {
+        let control = Arc::clone(&s.control);
+        let req = v1::LogsRequest {
+            tail: None,
+            since_unix_ms: 0,
+            ..req
+        };
         tokio::spawn(async move {
-            let node = a.node.clone().unwrap_or_default();
-            let entry =
-                |time: String, stream: String, line: String, error: Option<String>| LogEntry {
-                    allocation: a.id.clone(),
-                    node: node.clone(),
-                    time,
-                    stream,
-                    line,
-                    error,
-                };
-            let opened = control
-                .streams
-                .open(&node, &a.id, v1::stream_request::Kind::Logs(req), |m| {
-                    control.send_to(&node, m)
-                })
-                .await;
-            let mut up = match opened {
-                Ok(up) => up,
-                Err(e) => {
-                    let _ = tx
-                        .send(entry(
-                            String::new(),
-                            String::new(),
-                            String::new(),
-                            Some(e.to_string()),
-                        ))
-                        .await;
-                    return;
+            // Placed allocations whose container is not up yet: looked at
+            // again each second (their start raises no event) until it is.
+            let mut waiting = true;
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    _ = tick.tick(), if waiting => {}
+                    e = events.recv() => match e {
+                        Ok(e) if e.kind != "allocation" || streamed.contains(&e.id) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                        // A new allocation, or events missed: look again.
+                        _ => {}
+                    },
                 }
-            };
-            while let Some(m) = up.recv().await {
-                let e = match m.kind {
-                    Some(stream_up::Kind::Log(l)) => entry(l.time, l.stream, l.line, None),
-                    Some(stream_up::Kind::End(end)) if !end.error.is_empty() => {
-                        entry(String::new(), String::new(), String::new(), Some(end.error))
-                    }
-                    Some(stream_up::Kind::End(_)) => break,
-                    _ => continue,
-                };
-                if tx.send(e).await.is_err() {
+                // The workload is gone: the stream ends with its replicas'.
+                let Ok(now) = placed(&control, &name, None) else {
                     return;
+                };
+                waiting = false;
+                for a in now {
+                    if streamed.contains(&a.id) {
+                        continue;
+                    }
+                    if a.state == AllocationState::Running {
+                        streamed.insert(a.id.clone());
+                        tokio::spawn(stream_log(Arc::clone(&control), tx.clone(), req, a));
+                    } else {
+                        waiting = true;
+                    }
                 }
             }
         });
     }
     Ok(ndjson(rx))
+}
+
+/// One allocation's log lines into `tx`, until it ends or `tx` is closed.
+async fn stream_log(
+    control: Arc<Control>,
+    tx: mpsc::Sender<LogEntry>,
+    req: v1::LogsRequest,
+    a: AllocationRecord,
+) {
+    let node = a.node.clone().unwrap_or_default();
+    let entry = |time: String, stream: String, line: String, error: Option<String>| LogEntry {
+        allocation: a.id.clone(),
+        node: node.clone(),
+        time,
+        stream,
+        line,
+        error,
+    };
+    let opened = control
+        .streams
+        .open(&node, &a.id, v1::stream_request::Kind::Logs(req), |m| {
+            control.send_to(&node, m)
+        })
+        .await;
+    let mut up = match opened {
+        Ok(up) => up,
+        Err(e) => {
+            let _ = tx
+                .send(entry(
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    Some(e.to_string()),
+                ))
+                .await;
+            return;
+        }
+    };
+    while let Some(m) = up.recv().await {
+        let e = match m.kind {
+            Some(stream_up::Kind::Log(l)) => entry(l.time, l.stream, l.line, None),
+            Some(stream_up::Kind::End(end)) if !end.error.is_empty() => {
+                entry(String::new(), String::new(), String::new(), Some(end.error))
+            }
+            Some(stream_up::Kind::End(_)) => break,
+            _ => continue,
+        };
+        if tx.send(e).await.is_err() {
+            return;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
