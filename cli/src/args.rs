@@ -18,7 +18,9 @@ use crate::output::Format;
 #[derive(Debug, Parser)]
 #[command(name = "skiff", version, about, long_about, propagate_version = true)]
 pub struct Cli {
-    /// The gateway's address, e.g. http://127.0.0.1:7070 or https://gw:7070.
+    /// The gateway's address, e.g. http://127.0.0.1:7070 or https://gw:7070;
+    /// several gateways of one fleet comma-separated (the next is tried
+    /// when one cannot be reached).
     #[arg(long, global = true, env = "SKIFF_ADDR", value_name = "URL")]
     pub addr: Option<String>,
     /// The API token (else the context's).
@@ -243,7 +245,7 @@ pub enum ContextCommand {
     /// Add or change a context.
     Set {
         name: String,
-        /// The gateway's address.
+        /// The gateway's address (several of one fleet comma-separated).
         #[arg(long)]
         address: String,
         /// A file holding the API token.

@@ -5,6 +5,7 @@
 //! stack of causes).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustls::pki_types::pem::PemObject as _;
 use std::time::Duration;
@@ -61,10 +62,13 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-/// A connection to one gateway.
+/// A connection to a gateway: one of the addresses the target lists
+/// (`https://a:7070,https://b:7070`), the one that last answered first.
 #[derive(Debug, Clone)]
 pub struct Client {
-    address: String,
+    addresses: Vec<String>,
+    /// Which of `addresses` answered last.
+    current: Arc<AtomicUsize>,
     token: Option<Token>,
     http: reqwest::Client,
 }
@@ -75,38 +79,56 @@ pub type Items<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, ClientError>> 
 impl Client {
     /// A client for `target`: plain HTTP for `http://` (loopback), TLS
     /// trusting what the target says for `https://`.
+    /// Several gateways of one fleet are written comma-separated; a
+    /// request goes to the next when one cannot be reached.
     pub fn new(target: &Target) -> Result<Self, ClientError> {
-        let address = target.address.trim_end_matches('/').to_string();
+        let addresses: Vec<String> = target
+            .address
+            .split(',')
+            .map(|a| a.trim().trim_end_matches('/').to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addresses.is_empty() {
+            return Err(ClientError::Setup(format!(
+                "address {:?}: names no gateway",
+                target.address
+            )));
+        }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .no_proxy();
-        if address.starts_with("https://") {
-            // The system's roots are reqwest's own (a certificate the
-            // operator gave the gateway); a pinned CA is ours.
-            if target.trust != Trust::System {
-                builder = builder.tls_backend_preconfigured(tls_config(&target.trust)?);
+        for address in &addresses {
+            if !address.starts_with("https://") && !address.starts_with("http://") {
+                return Err(ClientError::Setup(format!(
+                    "address {address:?}: must start with http:// or https://"
+                )));
             }
-        } else if !address.starts_with("http://") {
-            return Err(ClientError::Setup(format!(
-                "address {address:?}: must start with http:// or https://"
-            )));
         }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::Setup(format!("address {address}: {}", root_cause(&e))))?;
+        // The system's roots are reqwest's own (a certificate the operator
+        // gave the gateway); a pinned CA is ours (one CA for the fleet).
+        if addresses.iter().any(|a| a.starts_with("https://")) && target.trust != Trust::System {
+            builder = builder.tls_backend_preconfigured(tls_config(&target.trust)?);
+        }
+        let http = builder.build().map_err(|e| {
+            ClientError::Setup(format!("address {}: {}", target.address, root_cause(&e)))
+        })?;
         Ok(Self {
-            address,
+            addresses,
+            current: Arc::new(AtomicUsize::new(0)),
             token: target.token.clone(),
             http,
         })
     }
 
+    /// The gateway answering now.
     pub fn address(&self) -> &str {
-        &self.address
+        &self.addresses[self.current.load(Ordering::Relaxed) % self.addresses.len()]
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self.http.request(method, format!("{}{path}", self.address));
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.address()));
         if let Some(Token(t)) = &self.token {
             r = r.bearer_auth(t);
         }
@@ -115,21 +137,78 @@ impl Client {
 
     fn unreachable(&self, e: &reqwest::Error) -> ClientError {
         ClientError::Unreachable {
-            address: self.address.clone(),
+            address: self.address().to_string(),
             reason: root_cause(e),
         }
     }
 
     fn protocol(&self, reason: impl std::fmt::Display) -> ClientError {
         ClientError::Protocol {
-            address: self.address.clone(),
+            address: self.address().to_string(),
             reason: reason.to_string(),
         }
     }
 
+    /// Sends to the gateway that answered last, and on to the next when it
+    /// cannot be connected to (the request was not sent, so this is safe
+    /// for any method). When none can: one error naming them all.
+    async fn send_anywhere(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let request = req.build().map_err(|e| self.unreachable(&e))?;
+        let n = self.addresses.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        // What follows the address in the URL (`/v1/workloads?x=y`).
+        let full = request.url().to_string();
+        let tail = match full.strip_prefix(self.addresses[first].as_str()) {
+            Some(t) => t.to_string(),
+            None => {
+                let u = request.url();
+                match u.query() {
+                    Some(q) => format!("{}?{q}", u.path()),
+                    None => u.path().to_string(),
+                }
+            }
+        };
+        let mut tries = Vec::new();
+        let mut request = Some(request);
+        for i in 0..n {
+            let at = (first + i) % n;
+            let Some(mut attempt) = request.take() else {
+                break;
+            };
+            // A copy for the next address, when the body can be copied.
+            request = attempt.try_clone();
+            *attempt.url_mut() = format!("{}{tail}", self.addresses[at])
+                .parse()
+                .map_err(|e| ClientError::Setup(format!("address {}: {e}", self.addresses[at])))?;
+            match self.http.execute(attempt).await {
+                Ok(resp) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(resp);
+                }
+                Err(e) if e.is_connect() => tries.push((at, root_cause(&e))),
+                Err(e) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Err(self.unreachable(&e));
+                }
+            }
+        }
+        let reason = tries.last().map(|(_, r)| r.clone()).unwrap_or_default();
+        let tried: Vec<&str> = tries
+            .iter()
+            .map(|(at, _)| self.addresses[*at].as_str())
+            .collect();
+        Err(ClientError::Unreachable {
+            address: tried.join(", "),
+            reason,
+        })
+    }
+
     /// Sends; a non-2xx answer becomes [`ClientError::Api`].
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        let resp = self.send_anywhere(req).await?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

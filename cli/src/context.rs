@@ -46,7 +46,8 @@ pub enum ContextError {
 #[serde(deny_unknown_fields)]
 pub struct Context {
     /// `http://127.0.0.1:7070` (plain HTTP is for loopback only) or
-    /// `https://HOST:7070`.
+    /// `https://HOST:7070`; several gateways of one fleet comma-separated
+    /// (`https://gw1:7070,https://gw2:7070`), tried in turn.
     pub address: String,
     /// A file holding the API token (what `skiff dev` writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -696,6 +696,25 @@ fn without_a_gateway_commands_fail_in_one_line() {
             "{args:?}"
         );
     }
+    // Several addresses, none up: one line naming them all.
+    let other = free_port().unwrap();
+    let out = Command::new(bin("skiff"))
+        .args(["ps"])
+        .env("SKIFF_CONFIG", &config)
+        .env(
+            "SKIFF_ADDR",
+            format!("http://127.0.0.1:{port}, http://127.0.0.1:{other}"),
+        )
+        .env_remove("SKIFF_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "skiff: cannot reach the gateway at http://127.0.0.1:{port}, http://127.0.0.1:{other}: Connection refused (os error 111)\n"
+        )
+    );
     // Usage errors are exit 2.
     assert_eq!(skiff(&["scale", "x"]).status.code(), Some(2));
     assert_eq!(skiff(&["token", "create"]).status.code(), Some(2));
@@ -840,4 +859,15 @@ fn the_api_beyond_loopback_is_tls_and_the_cli_pins_the_gateways_ca() {
     // Plain HTTP to it gets nothing.
     let out = skiff(&["--addr", &format!("http://{listen}"), "ps"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    // Several gateways of a fleet, comma-separated: one that cannot be
+    // reached is passed over, and `version` names the one that answered.
+    set(&["--ca-hash", &hash]);
+    let dead = format!("https://{ip}:{}", free_port().unwrap());
+    let both = format!("{dead},https://{listen}");
+    let out = skiff(&["--addr", &both, "version", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["address"], format!("https://{listen}"), "{v}");
+    let out = skiff(&["--addr", &both, "ps"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }
