@@ -390,6 +390,8 @@ pub struct ServeArgs {
     labels: Vec<String>,
     /// Gateway URL, https://HOST:7071: the agent joins it (first start)
     /// and keeps a session to it, running what the gateway places here.
+    /// Several gateways of one fleet comma-separated: when a session ends,
+    /// the agent re-attaches to the next (its containers keep running).
     #[arg(long, env = "SKIFF_AGENT_GATEWAY")]
     gateway: Option<String>,
     /// Single-use join token (POST /v1/join-tokens on the gateway); needed

@@ -85,6 +85,8 @@ pub struct Overrides {
 /// How to reach the gateway.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GatewayLink {
+    /// One URL, or several of one fleet comma-separated (see
+    /// [`crate::link::gateway_urls`]).
     pub url: String,
     pub join_token: Option<String>,
     pub ca_hash: String,
@@ -174,8 +176,12 @@ impl AgentConfig {
         let gateway = match o.gateway.clone().or(file.gateway) {
             None => None,
             Some(url) => {
-                if !url.starts_with("https://") {
-                    return Err(bad("gateway", format!("{url:?} must be an https:// URL")));
+                let urls = crate::link::gateway_urls(&url);
+                if urls.is_empty() {
+                    return Err(bad("gateway", "names no gateway"));
+                }
+                if let Some(u) = urls.iter().find(|u| !u.starts_with("https://")) {
+                    return Err(bad("gateway", format!("{u:?} must be an https:// URL")));
                 }
                 let ca_hash = o.ca_hash.clone().or(file.ca_hash).ok_or_else(|| {
                     bad(
@@ -349,6 +355,11 @@ mod tests {
                 "gateway = \"http://x:7071\"\n",
                 "config gateway: \"http://x:7071\" must be an https:// URL",
             ),
+            (
+                "gateway = \"https://x:7071, http://y:7071\"\n",
+                "config gateway: \"http://y:7071\" must be an https:// URL",
+            ),
+            ("gateway = \" , \"\n", "config gateway: names no gateway"),
             (
                 "gateway = \"https://x:7071\"\n",
                 "config ca_hash: required with gateway",

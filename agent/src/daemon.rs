@@ -86,10 +86,11 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
             }
         });
     }
-    let link = joined.map(|(url, identity)| crate::link::Link {
+    let link = joined.map(|(urls, identity)| crate::link::Link {
         config: config.clone(),
         identity,
-        url,
+        urls,
+        current: 0,
         runtime: Arc::clone(&runtime),
         images: Arc::clone(&images),
     });

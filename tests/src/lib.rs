@@ -245,7 +245,8 @@ pub struct Agent {
     pub name: String,
     pub dir: PathBuf,
     pub socket: PathBuf,
-    url: String,
+    /// The `--gateway` it is started with.
+    pub url: String,
     ca_hash: String,
     pub process: Option<ChildGuard>,
     pub net: NetSlot,
@@ -287,6 +288,17 @@ impl Agent {
         dir: &Path,
         name: &str,
         gateway: &Gateway,
+        auth: (&str, &str),
+        own_subnet: bool,
+        extra: &str,
+    ) -> Agent {
+        Self::spawn_at(dir, name, &gateway.agent_url, auth, own_subnet, extra)
+    }
+
+    fn spawn_at(
+        dir: &Path,
+        name: &str,
+        url: &str,
         (token, ca_hash): (&str, &str),
         own_subnet: bool,
         extra: &str,
@@ -304,7 +316,7 @@ impl Agent {
             name: name.to_string(),
             socket: dir.join("agent.sock"),
             dir,
-            url: gateway.agent_url.clone(),
+            url: url.to_string(),
             ca_hash: ca_hash.to_string(),
             process: None,
             net,
@@ -334,6 +346,12 @@ impl Agent {
             cmd.args(["--join-token", t]);
         }
         self.process = Some(ChildGuard::spawn("skiff-agent", &mut cmd).unwrap());
+    }
+
+    /// [`Agent::spawn`] with `--gateway` set to `urls` (several of one
+    /// fleet, comma-separated).
+    pub fn spawn_via(dir: &Path, name: &str, urls: &str, token: &str, ca_hash: &str) -> Agent {
+        Self::spawn_at(dir, name, urls, (token, ca_hash), true, "")
     }
 
     /// Starts it again after a kill (it has joined: no token).

@@ -213,6 +213,65 @@ fn a_gateway_killed_keeps_what_it_acknowledged_and_agents_reconnect() {
 }
 
 #[test]
+fn an_agent_given_several_gateways_joins_and_reattaches_through_one_that_answers() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = registry(dir.path());
+    let mut g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    // The first gateway it is given is not there: passed over for the join
+    // and for every session.
+    let dead = format!(
+        "https://127.0.0.1:{}",
+        skiff_test_support::net::free_port().unwrap()
+    );
+    let (token, hash) = g.join_token("default", "10m");
+    let mut a = Agent::spawn_via(
+        dir.path(),
+        "node-m",
+        &format!("{dead},{}", g.agent_url),
+        &token,
+        &hash,
+    );
+    a.wait_up();
+    g.until("/v1/nodes/node-m", "ready", 30, |v| v["status"] == "ready");
+    let (code, v) = g.call("POST", "/v1/workloads", Some(&sleeper("multi", &image, 1)));
+    assert_eq!(code, 202, "{v}");
+    g.until("/v1/workloads/multi", "running", 60, |w| {
+        running(w).len() == 1
+    });
+    let before = a.containers();
+    // Its gateway goes away and comes back: it re-attaches, its container
+    // kept; and after its own restart too.
+    g.process.as_mut().unwrap().kill9();
+    g.restart();
+    g.until("/v1/nodes/node-m", "ready after the restart", 30, |n| {
+        n["status"] == "ready"
+    });
+    a.kill9();
+    a.restart();
+    g.until("/v1/nodes/node-m", "ready after its restart", 30, |n| {
+        n["status"] == "ready"
+    });
+    assert_eq!(a.containers().len(), before.len());
+    // The session is live: new work reaches the node and reports back.
+    let (code, v) = g.call(
+        "POST",
+        "/v1/workloads/multi/scale",
+        Some(r#"{"replicas": 2}"#),
+    );
+    assert_eq!(code, 202, "{v}");
+    g.until("/v1/workloads/multi", "two running", 60, |w| {
+        running(w).len() == 2
+    });
+    assert_eq!(a.running().len(), 2);
+    assert!(
+        a.log().contains(&format!("gateway {dead}")),
+        "the dead gateway was never tried: {}",
+        a.log()
+    );
+}
+
+#[test]
 fn an_agent_cannot_report_for_another_node() {
     require_root();
     let dir = tempfile::tempdir().unwrap();

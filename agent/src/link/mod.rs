@@ -8,7 +8,8 @@
 //!   its allocations; the gateway sends the node's desired state (a
 //!   generation and the full set of allocations), which [`reconcile`]
 //!   applies. When the gateway cannot be reached the agent keeps running
-//!   what it runs and reconnects with back-off and jitter.
+//!   what it runs and reconnects with back-off and jitter, to the next of
+//!   the fleet's gateways when `gateway` names several.
 
 pub mod join;
 pub mod reconcile;
@@ -57,27 +58,52 @@ pub async fn channel(
 pub struct Link {
     pub config: AgentConfig,
     pub identity: join::Identity,
-    pub url: String,
+    /// The fleet's gateways; a session that ends moves on to the next.
+    pub urls: Vec<String>,
+    /// Which of `urls` the session is (or was last) with.
+    pub current: usize,
     pub runtime: Arc<Runtime>,
     pub images: Arc<ImageStore>,
 }
 
+/// The gateways a `gateway` setting names: comma-separated URLs.
+pub fn gateway_urls(setting: &str) -> Vec<String> {
+    setting
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// Joins if needed (before anything else starts: a refused join stops
 /// the agent with the reason) and returns the identity.
-pub async fn identity(config: &AgentConfig) -> Result<Option<(String, join::Identity)>, String> {
+/// With several gateways, the join goes to each in turn until one takes
+/// it; the error says what each answered.
+pub async fn identity(
+    config: &AgentConfig,
+) -> Result<Option<(Vec<String>, join::Identity)>, String> {
     let Some(gw) = &config.gateway else {
         return Ok(None);
     };
+    let urls = gateway_urls(&gw.url);
     if let Some(id) = join::load(&config.state_dir) {
-        return Ok(Some((gw.url.clone(), id)));
+        return Ok(Some((urls, id)));
     }
     let token = gw
         .join_token
         .as_deref()
         .ok_or("join_token: required for the first start with a gateway")?;
-    let id = join::join(&config.state_dir, &gw.url, token, &gw.ca_hash, &config.name).await?;
-    tracing::info!(node = %id.node_id, site = %id.site, "joined the gateway");
-    Ok(Some((gw.url.clone(), id)))
+    let mut errors = Vec::new();
+    for url in &urls {
+        match join::join(&config.state_dir, url, token, &gw.ca_hash, &config.name).await {
+            Ok(id) => {
+                tracing::info!(node = %id.node_id, site = %id.site, gateway = %url, "joined the gateway");
+                return Ok(Some((urls, id)));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 /// Keeps a session open until `stop`; reconnects with back-off.
@@ -101,7 +127,10 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
         match session(&mut link, &desired_tx, &mut report_rx, &stop).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "gateway session ended; the containers keep running")
+                // The next gateway of the fleet, if it has several.
+                link.current = (link.current + 1) % link.urls.len().max(1);
+                tracing::warn!(error = %e, next = %link.urls.get(link.current).map_or("", String::as_str),
+                    "gateway session ended; the containers keep running")
             }
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -149,7 +178,12 @@ async fn session(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let id = link.identity.clone();
-    let channel = channel(&link.url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem))).await?;
+    let url = link
+        .urls
+        .get(link.current)
+        .cloned()
+        .ok_or("no gateway URL")?;
+    let channel = channel(&url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem))).await?;
     let mut client = v1::session_client::SessionClient::new(channel.clone());
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let capacity = host_capacity();
@@ -227,7 +261,7 @@ async fn session(
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
             () = &mut renew, if id.not_after_ms > 0 => {
-                let new = join::renew(&link.config.state_dir, &link.url, channel.clone(), &id).await?;
+                let new = join::renew(&link.config.state_dir, &url, channel.clone(), &id).await?;
                 tracing::info!(not_after_ms = new.not_after_ms, "node certificate renewed; reconnecting with it");
                 link.identity = new;
                 return Err("reconnecting with the renewed certificate".into());
