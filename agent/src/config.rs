@@ -85,9 +85,9 @@ pub struct Overrides {
 /// How to reach the gateway.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GatewayLink {
-    /// One URL, or several of one fleet comma-separated (see
-    /// [`crate::link::gateway_urls`]).
-    pub url: String,
+    /// The fleet's gateways, in the order tried (`gateway` is one URL, or
+    /// several comma-separated); never empty, each `https://`.
+    pub urls: Vec<String>,
     pub join_token: Option<String>,
     pub ca_hash: String,
 }
@@ -95,7 +95,7 @@ pub struct GatewayLink {
 impl std::fmt::Debug for GatewayLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayLink")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field(
                 "join_token",
                 &self.join_token.as_ref().map(|_| "<redacted>"),
@@ -176,7 +176,11 @@ impl AgentConfig {
         let gateway = match o.gateway.clone().or(file.gateway) {
             None => None,
             Some(url) => {
-                let urls = crate::link::gateway_urls(&url);
+                let urls: Vec<String> = url
+                    .split(',')
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect();
                 if urls.is_empty() {
                     return Err(bad("gateway", "names no gateway"));
                 }
@@ -194,7 +198,7 @@ impl AgentConfig {
                     return Err(bad("ca_hash", "must be sha256: followed by 64 hex digits"));
                 }
                 Some(GatewayLink {
-                    url,
+                    urls,
                     join_token: o.join_token.clone().or(file.join_token),
                     ca_hash,
                 })

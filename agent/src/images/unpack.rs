@@ -191,6 +191,15 @@ impl Compression {
         }
     }
 
+    /// The OCI layer media type of a tar compressed so.
+    pub fn oci_layer_media_type(self) -> &'static str {
+        match self {
+            Self::None => "application/vnd.oci.image.layer.v1.tar",
+            Self::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Self::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+
     /// From the first bytes of the blob (gzip `1f 8b`, zstd `28 b5 2f fd`;
     /// anything else is taken to be an uncompressed tar).
     pub fn sniff(first_bytes: &[u8]) -> Self {

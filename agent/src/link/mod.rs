@@ -66,15 +66,6 @@ pub struct Link {
     pub images: Arc<ImageStore>,
 }
 
-/// The gateways a `gateway` setting names: comma-separated URLs.
-pub fn gateway_urls(setting: &str) -> Vec<String> {
-    setting
-        .split(',')
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .collect()
-}
-
 /// Joins if needed (before anything else starts: a refused join stops
 /// the agent with the reason) and returns the identity.
 /// With several gateways, the join goes to each in turn until one takes
@@ -85,7 +76,7 @@ pub async fn identity(
     let Some(gw) = &config.gateway else {
         return Ok(None);
     };
-    let urls = gateway_urls(&gw.url);
+    let urls = gw.urls.clone();
     if let Some(id) = join::load(&config.state_dir) {
         return Ok(Some((urls, id)));
     }

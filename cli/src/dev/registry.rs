@@ -15,6 +15,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::Digest as _;
+use skiff_agent::images::unpack::Compression;
 
 /// Why an image cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -193,11 +194,7 @@ impl Images {
         Ok(Blob {
             digest: format!("sha256:{hex}"),
             size: data.len() as u64,
-            layer_type: match data {
-                [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
-                [0x28, 0xb5, 0x2f, 0xfd, ..] => "application/vnd.oci.image.layer.v1.tar+zstd",
-                _ => "application/vnd.oci.image.layer.v1.tar",
-            },
+            layer_type: Compression::sniff(data).oci_layer_media_type(),
         })
     }
 

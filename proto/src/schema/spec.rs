@@ -217,11 +217,9 @@ mod tests {
     });
 
     /// Both verdicts on a spec, with the parser's error when it refuses.
-    fn verdicts(spec: &Value) -> (bool, Result<(), String>) {
+    fn verdicts(spec: &Value) -> (bool, Result<(), crate::SpecErrors>) {
         let by_schema = VALIDATOR.is_valid(spec);
-        let by_parser = parse_workloads(&spec.to_string(), Format::Json)
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        let by_parser = parse_workloads(&spec.to_string(), Format::Json).map(|_| ());
         (by_schema, by_parser)
     }
 
