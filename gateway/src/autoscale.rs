@@ -96,6 +96,10 @@ impl Autoscaler {
     /// One pass: joined VMs done, late ones terminated, idle nodes scaled
     /// in, the plan launched.
     pub async fn tick(&self) {
+        // Only the leader launches and retires VMs.
+        if !self.control.is_leader() {
+            return;
+        }
         self.settle().await;
         self.scale_in().await;
         let Some(planned) = self.control.take_fresh_plan() else {

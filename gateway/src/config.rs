@@ -147,7 +147,61 @@ pub struct FileConfig {
     pub api_cert_file: Option<PathBuf>,
     /// Its private key (PEM), with `api_cert_file`.
     pub api_key_file: Option<PathBuf>,
+    /// This gateway's name among the gateways of its fleet (default: the
+    /// host name).
+    pub name: Option<String>,
+    /// Where the other gateways reach this one's REST API (writes are
+    /// forwarded to the leader there); default: `listen`'s address, over
+    /// TLS when it is not loopback.
+    pub peer_url: Option<String>,
+    /// State on etcd, shared by several gateways (instead of the embedded
+    /// database in `state_dir`).
+    pub etcd: Option<EtcdConfig>,
     pub sites: Vec<SiteConfig>,
+}
+
+/// `[etcd]`: the etcd cluster several gateways keep the fleet's state in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the members, e.g. `["https://10.0.0.1:2379"]`.
+    pub endpoints: Vec<String>,
+    /// Every key of this fleet starts with it.
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// CA of the members' certificates (TLS to etcd when set).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, when the members ask for one.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name the members' certificates are checked for (default
+    /// `localhost`).
+    pub tls_server_name: Option<String>,
+    /// etcd authentication: user, and a file holding the password.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The leader's lease: a leader not heard from this long is replaced.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: skiff_proto::Duration,
+    /// Longest wait for one etcd call; past it the store is unavailable.
+    #[serde(default = "default_etcd_timeout")]
+    pub timeout: skiff_proto::Duration,
+    /// The members' `--max-txn-ops` (larger batches are split).
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
+}
+
+fn default_etcd_prefix() -> String {
+    "/skiff".into()
+}
+fn default_lease_ttl() -> skiff_proto::Duration {
+    skiff_proto::Duration::from_secs(3)
+}
+fn default_etcd_timeout() -> skiff_proto::Duration {
+    skiff_proto::Duration::from_secs(2)
+}
+fn default_max_txn_ops() -> usize {
+    128
 }
 
 impl Default for FileConfig {
@@ -165,6 +219,9 @@ impl Default for FileConfig {
             cert_lifetime: skiff_proto::Duration::from_secs(30 * 24 * 3600),
             api_cert_file: None,
             api_key_file: None,
+            name: None,
+            peer_url: None,
+            etcd: None,
             sites: vec![SiteConfig {
                 name: "default".into(),
                 kind: SiteKind::Static,
@@ -208,6 +265,12 @@ pub struct GatewayConfig {
     pub cert_lifetime: Duration,
     /// How the REST API is served (see [`ApiTls`]).
     pub api_tls: ApiTls,
+    /// This gateway's name in its fleet.
+    pub name: String,
+    /// Its REST API, as the other gateways reach it.
+    pub peer_url: String,
+    /// State on etcd; `None`: the embedded database.
+    pub etcd: Option<EtcdConfig>,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -314,8 +377,58 @@ impl GatewayConfig {
             (None, None) if listen.ip().is_loopback() => ApiTls::Plain,
             (None, None) => ApiTls::OwnCa,
         };
+        if let Some(e) = &file.etcd {
+            if e.endpoints.is_empty() {
+                return Err(bad("etcd.endpoints", "at least one member is needed"));
+            }
+            if !e.prefix.starts_with('/') || e.prefix.len() < 2 {
+                return Err(bad(
+                    "etcd.prefix",
+                    format!("{:?} must start with / and name something", e.prefix),
+                ));
+            }
+            if e.lease_ttl.std() < Duration::from_secs(1) {
+                return Err(bad(
+                    "etcd.lease_ttl",
+                    "must be at least 1s (etcd counts whole seconds)",
+                ));
+            }
+            if e.max_txn_ops < 8 {
+                return Err(bad("etcd.max_txn_ops", "must be at least 8"));
+            }
+            if e.cert_file.is_some() != e.key_file.is_some() {
+                return Err(bad("etcd.cert_file", "cert_file and key_file go together"));
+            }
+        }
+        let name = match file.name {
+            Some(n) if skiff_proto::is_valid_name(&n) => n,
+            Some(n) => return Err(bad("name", format!("{n:?} is not a valid name"))),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| skiff_proto::is_valid_name(h))
+                .unwrap_or_else(|| "gateway".into()),
+        };
+        let peer_url = match file.peer_url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(u) => return Err(bad("peer_url", format!("{u:?} is not an http(s) URL"))),
+            None if api_tls == ApiTls::Plain => format!("http://{listen}"),
+            None => {
+                let host = file
+                    .advertise
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| listen.ip().to_string());
+                format!("https://{host}:{}", listen.port())
+            }
+        };
         Ok(Self {
             api_tls,
+            name,
+            peer_url,
+            etcd: file.etcd,
             state_dir: o
                 .state_dir
                 .clone()
@@ -346,7 +459,9 @@ impl GatewayConfig {
 /// `SKIFF_GATEWAY_DOWN_AFTER=3s` sets `down_after`; `ADVERTISE` is a
 /// comma-separated list. (Sites are declared in the file only.)
 const ENV_PREFIX: &str = "SKIFF_GATEWAY_";
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 14] = [
+    "name",
+    "peer_url",
     "state_dir",
     "listen",
     "agent_listen",

@@ -19,11 +19,13 @@ use skiff_proto::WorkloadSpec;
 use skiff_proto::cluster::{AllocationState, Capacity, NodeStatus};
 use tokio::sync::{Notify, broadcast, mpsc};
 
+pub mod agents;
 pub mod changes;
+pub mod leadership;
 
 use crate::config::GatewayConfig;
 use crate::scheduler;
-use crate::store::{Batch, Kind, Store, StoreError};
+use crate::store::{Batch, Kind, Loaded, Revision, Store, StoreError};
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -279,6 +281,10 @@ pub enum ControlError {
     Unauthenticated(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// This gateway does not lead the fleet and could not hand the change
+    /// to the one that does.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The gateway's core.
@@ -309,16 +315,28 @@ pub struct Control {
     held: Mutex<BTreeMap<(String, String), Instant>>,
     /// Notified when a pass plans VMs (the autoscaler wakes for it).
     plan_ready: Notify,
+    /// Leadership of the fleet and what this gateway applied of the store
+    /// (see [`leadership`]).
+    pub(crate) lead: leadership::Lead,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(b).map_err(|e| StoreError(format!("{kind:?} {key}: {e}")))
+    serde_json::from_slice(b).map_err(|source| StoreError::Corrupt {
+        kind,
+        key: key.to_string(),
+        source,
+    })
 }
 
 impl Control {
     /// Loads the state from the store.
     pub fn open(config: GatewayConfig, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
-        let state = load_state(store.as_ref())?;
+        let (state, revision) = load_state(store.as_ref())?;
+        // With the embedded store this gateway is the fleet's only one, so
+        // it leads; over etcd it follows until it wins an election.
+        let lead = leadership::Lead::new(config.etcd.is_none(), revision);
+        let metrics = crate::metrics::Metrics::new();
+        metrics.leader.set(i64::from(config.etcd.is_none()));
         // Every node gets a full grace period after a gateway restart.
         let start = Instant::now();
         let last_seen = state.nodes.keys().map(|n| (n.clone(), start)).collect();
@@ -334,59 +352,74 @@ impl Control {
             wake: Notify::new(),
             events,
             recent_events: Mutex::new(std::collections::VecDeque::new()),
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             planned: Mutex::new(Vec::new()),
             plan_fresh: std::sync::atomic::AtomicBool::new(false),
             held: Mutex::new(BTreeMap::new()),
             plan_ready: Notify::new(),
+            lead,
         }))
     }
 }
 
-/// The state as the store has it.
-fn load_state(store: &dyn Store) -> Result<State, StoreError> {
-    {
-        let snap = store.load()?;
-        let mut state = State::default();
-        let empty = BTreeMap::new();
-        let rows = |k: Kind| snap.get(&k).unwrap_or(&empty);
-        for (k, v) in rows(Kind::Workload) {
-            state
-                .workloads
-                .insert(k.clone(), parse(Kind::Workload, k, v)?);
+/// The state as the store has it, and the store's revision.
+fn load_state(store: &dyn Store) -> Result<(State, Revision), StoreError> {
+    let Loaded { records, revision } = store.load()?;
+    let mut state = State::default();
+    for (kind, rows) in &records {
+        for (k, v) in rows {
+            state.apply(*kind, k, Some(v))?;
         }
-        for (k, v) in rows(Kind::Allocation) {
-            state
-                .allocations
-                .insert(k.clone(), parse(Kind::Allocation, k, v)?);
+    }
+    state.desired = state.desired_sets();
+    Ok((state, revision))
+}
+
+impl State {
+    /// Sets (`Some`) or removes (`None`) one record as the store has it.
+    /// The desired sets are not touched (see [`State::desired_sets`]).
+    pub(crate) fn apply(
+        &mut self,
+        kind: Kind,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        fn set<T: for<'de> Deserialize<'de>>(
+            map: &mut BTreeMap<String, T>,
+            kind: Kind,
+            key: &str,
+            value: Option<&[u8]>,
+        ) -> Result<(), StoreError> {
+            match value {
+                Some(v) => {
+                    map.insert(key.to_string(), parse(kind, key, v)?);
+                }
+                None => {
+                    map.remove(key);
+                }
+            }
+            Ok(())
         }
-        for (k, v) in rows(Kind::Node) {
-            state.nodes.insert(k.clone(), parse(Kind::Node, k, v)?);
+        match kind {
+            Kind::Workload => set(&mut self.workloads, kind, key, value),
+            Kind::Allocation => set(&mut self.allocations, kind, key, value),
+            Kind::Node => set(&mut self.nodes, kind, key, value),
+            Kind::JoinToken => set(&mut self.join_tokens, kind, key, value),
+            Kind::ApiToken => set(&mut self.api_tokens, kind, key, value),
+            Kind::Vm => set(&mut self.vms, kind, key, value),
+            Kind::Meta => Ok(()),
         }
-        for (k, v) in rows(Kind::JoinToken) {
-            state
-                .join_tokens
-                .insert(k.clone(), parse(Kind::JoinToken, k, v)?);
-        }
-        for (k, v) in rows(Kind::ApiToken) {
-            state
-                .api_tokens
-                .insert(k.clone(), parse(Kind::ApiToken, k, v)?);
-        }
-        for (k, v) in rows(Kind::Vm) {
-            state.vms.insert(k.clone(), parse(Kind::Vm, k, v)?);
-        }
-        // Desired sets as last computed: every live, placed allocation.
-        for a in state.allocations.values() {
+    }
+
+    /// Every node's desired set: its live, placed allocations.
+    pub(crate) fn desired_sets(&self) -> HashMap<String, BTreeSet<String>> {
+        let mut desired: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for a in self.allocations.values() {
             if let (Some(n), true) = (&a.node, a.is_live()) {
-                state
-                    .desired
-                    .entry(n.clone())
-                    .or_default()
-                    .insert(a.id.clone());
+                desired.entry(n.clone()).or_default().insert(a.id.clone());
             }
         }
-        Ok(state)
+        desired
     }
 }
 
@@ -523,21 +556,69 @@ impl Control {
         f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
         let mut state = self.state.lock().expect("state lock");
+        // Only the leader writes; and not on a state that may hold a write
+        // the store refused (it is reloaded first).
+        self.lead.may_write()?;
+        if self.lead.is_stale() {
+            self.reload_locked(&mut state)?;
+        }
         let mut batch = Batch {
             soft,
             ..Batch::default()
         };
+        let t = Instant::now();
         let out = f(&mut state, &mut batch).and_then(|out| {
-            self.store.commit(&batch)?;
+            let revision = self.store.commit(&batch)?;
+            self.lead.committed(revision);
             Ok(out)
         });
-        if out.is_err() && !batch.is_empty() {
-            match load_state(self.store.as_ref()) {
-                Ok(fresh) => *state = fresh,
-                Err(e) => tracing::error!(error = %e, "reload the state after a failed write"),
+        if !batch.is_empty() {
+            self.metrics
+                .store_commit_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+        if let Err(e) = &out {
+            if let ControlError::Store(StoreError::NotLeader) = e {
+                self.step_down("a commit was refused: another gateway leads now");
+            }
+            if !batch.is_empty() || matches!(e, ControlError::Store(_)) {
+                // A failure to reload leaves the state marked stale.
+                let _ = self.reload_locked(&mut state);
             }
         }
         out
+    }
+
+    /// Replaces the state with the store's (after a failed write, which
+    /// may have left changes in memory that are not in the store). When
+    /// the store cannot be read, the state is marked stale: nothing is
+    /// written until a reload succeeds.
+    fn reload_locked(&self, state: &mut State) -> Result<(), StoreError> {
+        match load_state(self.store.as_ref()) {
+            Ok((fresh, revision)) => {
+                *state = fresh;
+                self.lead.loaded(revision);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reload the state after a failed write");
+                self.lead.mark_stale();
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads the whole state from the store (a follower that fell
+    /// behind, a state marked stale).
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("state lock");
+        let (fresh, revision) = load_state(self.store.as_ref())?;
+        let before = std::mem::replace(&mut *state, fresh);
+        self.lead.loaded(revision);
+        let changed = leadership::changed_nodes(&before, &state);
+        drop(state);
+        self.push(&changed);
+        Ok(())
     }
 
     pub fn event(&self, kind: &str, id: &str, message: impl Into<String>) {
@@ -582,6 +663,9 @@ impl Control {
                 }
                 // Batches what arrived together.
                 tokio::time::sleep(Duration::from_millis(5)).await;
+                if !c.is_leader() {
+                    continue;
+                }
                 let t = Instant::now();
                 if let Err(e) = c.reconcile() {
                     tracing::error!(error = %e, "reconcile");
@@ -596,7 +680,9 @@ impl Control {
             let tick = (c.config.heartbeat_interval / 4).max(Duration::from_millis(50));
             loop {
                 tokio::time::sleep(tick).await;
-                c.check_liveness();
+                if c.is_leader() {
+                    c.check_liveness();
+                }
             }
         });
     }
@@ -654,6 +740,11 @@ impl Control {
     /// allocations it lost meanwhile are already gone from its desired
     /// state, so it stops them.
     pub fn heard_from(&self, node: &str) {
+        if !self.is_leader() {
+            // The leader learns it in this gateway's next batch.
+            self.lead.heard(node);
+            return;
+        }
         self.seen(node);
         let down = self.read(|s| {
             s.nodes
@@ -752,7 +843,7 @@ impl Control {
     }
 
     /// Pushes the desired state to `nodes` that have a session.
-    fn push(&self, nodes: &BTreeSet<String>) {
+    pub(crate) fn push(&self, nodes: &BTreeSet<String>) {
         let targets: Vec<(String, mpsc::Sender<_>)> = {
             let sessions = self.sessions.lock().expect("lock");
             nodes
@@ -922,12 +1013,7 @@ impl Control {
             // Placement of everything pending.
             self.place(s, now, &mut touched, &mut events)?;
             // Terminal allocations leave their node's desired set.
-            let mut desired: HashMap<String, BTreeSet<String>> = HashMap::new();
-            for a in s.allocations.values() {
-                if let (Some(n), true) = (&a.node, a.is_live()) {
-                    desired.entry(n.clone()).or_default().insert(a.id.clone());
-                }
-            }
+            let desired = s.desired_sets();
             for n in s.nodes.keys() {
                 let new = desired.get(n).cloned().unwrap_or_default();
                 let old = s.desired.get(n).cloned().unwrap_or_default();
@@ -1246,7 +1332,11 @@ impl Control {
 
     /// Status reports from `node` (its identity from its certificate): only
     /// allocations placed on it are taken; others are ignored.
-    pub fn report(&self, node: &str, statuses: &[skiff_proto::wire::v1::AllocationStatus]) {
+    pub fn report(
+        &self,
+        node: &str,
+        statuses: &[skiff_proto::wire::v1::AllocationStatus],
+    ) -> Result<(), ControlError> {
         let mut ignored = Vec::new();
         let mut changed = false;
         // Soft: agents report again on reconnect.
@@ -1284,9 +1374,6 @@ impl Control {
             }
             Ok(())
         });
-        if let Err(e) = r {
-            tracing::error!(node, error = %e, "store allocation status");
-        }
         for id in ignored {
             tracing::warn!(node, allocation = %id, "ignored a report for an allocation the node does not hold");
         }
@@ -1294,6 +1381,7 @@ impl Control {
         if changed {
             self.wake();
         }
+        r
     }
 
     /// Sets the gauges from the state.

@@ -28,7 +28,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Pki::open(&config.state_dir, &config.advertise)
             .with_context(|| format!("PKI in {}", config.state_dir.display()))?,
     );
-    let store = RedbStore::open(&config.state_dir.join("state.redb"))?;
+    let store = open_store(&config)?;
     // Cloud providers; a local site's bridge comes first, as the agent
     // port may listen on it.
     let mut providers: BTreeMap<String, Arc<dyn CloudProvider>> = BTreeMap::new();
@@ -91,11 +91,34 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let agent_listener = tokio::net::TcpListener::bind(config.agent_listen)
         .await
         .with_context(|| format!("agent_listen {}", config.agent_listen))?;
-    let control = Control::open(config.clone(), Arc::new(store))?;
+    let control = Control::open(config.clone(), Arc::clone(&store.store))?;
     control.spawn_loops();
     control.wake();
+    #[cfg(feature = "etcd")]
+    let cluster = match &store.etcd {
+        Some(etcd) => Some(crate::cluster::Cluster::start(
+            Arc::clone(&control),
+            Arc::clone(etcd),
+            Arc::clone(&pki),
+        )?),
+        None => None,
+    };
+    #[cfg(feature = "etcd")]
+    let peers: Option<Arc<dyn crate::peers::Peers>> = cluster
+        .as_ref()
+        .map(|c| Arc::clone(c) as Arc<dyn crate::peers::Peers>);
+    #[cfg(not(feature = "etcd"))]
+    let peers: Option<Arc<dyn crate::peers::Peers>> = None;
     if !providers.is_empty() {
-        let cluster = cluster_id(&config.state_dir)?;
+        // Over etcd every gateway of the fleet tags alike: the id comes
+        // from the CA they share.
+        let cluster = if config.etcd.is_some() {
+            let hash = pki.ca_hash();
+            let hex = hash.trim_start_matches("sha256:");
+            format!("skiff-{}", &hex[..16.min(hex.len())])
+        } else {
+            cluster_id(&config.state_dir)?
+        };
         Arc::new(Autoscaler::new(
             Arc::clone(&control),
             Arc::clone(&pki),
@@ -115,7 +138,14 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let app = api::router(AppState {
         control: Arc::clone(&control),
         pki: Arc::clone(&pki),
+        peers: peers.clone(),
+        started_ms: crate::control::now_ms(),
     });
+    #[cfg(feature = "etcd")]
+    let app = match &cluster {
+        Some(cl) => app.merge(crate::cluster::internal_router(Arc::clone(cl))),
+        None => app,
+    };
     let api = match &config.api_tls {
         ApiTls::Plain => tokio::spawn(async move { axum::serve(api_listener, app).await }),
         tls => {
@@ -137,6 +167,7 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let port = AgentPort {
         control: Arc::clone(&control),
         pki: Arc::clone(&pki),
+        peers,
     };
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
@@ -160,6 +191,35 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// The store the config asks for.
+struct Opened {
+    store: Arc<dyn crate::store::Store>,
+    #[cfg(feature = "etcd")]
+    etcd: Option<Arc<crate::store::etcd::EtcdStore>>,
+}
+
+fn open_store(config: &GatewayConfig) -> anyhow::Result<Opened> {
+    match &config.etcd {
+        None => Ok(Opened {
+            store: Arc::new(RedbStore::open(&config.state_dir.join("state.redb"))?),
+            #[cfg(feature = "etcd")]
+            etcd: None,
+        }),
+        #[cfg(feature = "etcd")]
+        Some(e) => {
+            let etcd = Arc::new(crate::store::etcd::EtcdStore::connect(e)?);
+            Ok(Opened {
+                store: Arc::clone(&etcd) as Arc<dyn crate::store::Store>,
+                etcd: Some(etcd),
+            })
+        }
+        #[cfg(not(feature = "etcd"))]
+        Some(_) => anyhow::bail!(
+            "etcd: this build has no etcd store (it was built without the `etcd` feature)"
+        ),
+    }
 }
 
 /// This gateway's id (`STATE/cluster.id`, made on first use): the

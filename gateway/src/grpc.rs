@@ -5,7 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use skiff_proto::cluster::NodeStatus;
 use skiff_proto::wire::v1::{
     self, AgentMessage, GatewayMessage, JoinRequest, JoinResponse, RenewRequest, RenewResponse,
     agent_message, gateway_message,
@@ -14,9 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::{Control, ControlError, NodeRecord, now_ms};
+use crate::control::{Control, ControlError, now_ms};
 use crate::pki::{Pki, sha256_hex};
-use crate::store::Kind;
 
 pub use crate::control::changes::JOIN_TOKEN_PREFIX;
 
@@ -25,15 +23,63 @@ pub use crate::control::changes::JOIN_TOKEN_PREFIX;
 pub struct AgentPort {
     pub control: Arc<Control>,
     pub pki: Arc<Pki>,
+    /// The other gateways of the fleet (over etcd).
+    pub peers: Option<Arc<dyn crate::peers::Peers>>,
 }
 
-fn status(e: ControlError) -> Status {
+impl AgentPort {
+    /// Whether a change failed because this gateway stopped leading while
+    /// it made it: it goes to the leader instead.
+    fn lost_lead(&self, e: &ControlError) -> bool {
+        self.peers.is_some()
+            && !self.control.is_leader()
+            && matches!(
+                e,
+                ControlError::Unavailable(_)
+                    | ControlError::Store(crate::store::StoreError::NotLeader)
+            )
+    }
+
+    fn leader_now(&self) -> Result<&dyn crate::peers::Peers, Status> {
+        self.leader()
+            .ok_or_else(|| Status::unavailable("this gateway does not lead the fleet"))
+    }
+
+    /// Status reports, taken here when this gateway leads, else by the
+    /// leader.
+    async fn report(&self, node: &str, statuses: &[v1::AllocationStatus]) {
+        if let Some(l) = self.leader() {
+            return l.report(node, statuses).await;
+        }
+        match self.control.report(node, statuses) {
+            Err(e) if self.lost_lead(&e) => {
+                if let Some(l) = self.leader() {
+                    l.report(node, statuses).await;
+                }
+            }
+            Err(e) => tracing::error!(node, error = %e, "store allocation status"),
+            Ok(()) => {}
+        }
+    }
+
+    /// Where changes go when this gateway does not lead: the leader.
+    fn leader(&self) -> Option<&dyn crate::peers::Peers> {
+        self.peers.as_deref().filter(|_| !self.control.is_leader())
+    }
+}
+
+pub(crate) fn status(e: ControlError) -> Status {
     match e {
         ControlError::NotFound(m) => Status::not_found(m),
         ControlError::Conflict(m) => Status::already_exists(m),
         ControlError::Invalid(m) => Status::invalid_argument(m),
         ControlError::Unauthenticated(m) => Status::unauthenticated(m),
+        ControlError::Store(
+            e
+            @ (crate::store::StoreError::Unavailable { .. } | crate::store::StoreError::NotLeader),
+        ) => Status::unavailable(e.to_string()),
         ControlError::Store(e) => Status::internal(e.to_string()),
+        ControlError::Unavailable(m) => Status::unavailable(m),
     }
 }
 
@@ -66,81 +112,14 @@ impl AgentPort {
 impl v1::join_server::Join for AgentPort {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let r = req.into_inner();
-        let token_hash = sha256_hex(r.token.as_bytes());
-        let c = &self.control;
-        let pki = &self.pki;
-        let lifetime = c.config.cert_lifetime;
-        let out = c
-            .write(|s, b| {
-                let now = now_ms();
-                let t = s.join_tokens.get_mut(&token_hash).ok_or_else(|| {
-                    ControlError::Unauthenticated("join token is not valid".into())
-                })?;
-                if t.used {
-                    return Err(ControlError::Unauthenticated(
-                        "join token was already used".into(),
-                    ));
-                }
-                if t.expires_ms <= now {
-                    return Err(ControlError::Unauthenticated(
-                        "join token has expired".into(),
-                    ));
-                }
-                t.used = true;
-                let site = t.site.clone();
-                b.put(Kind::JoinToken, &token_hash, t);
-                let base = if skiff_proto::is_valid_name(&r.requested_name) {
-                    r.requested_name.clone()
-                } else {
-                    "node".to_string()
-                };
-                let mut id = base.clone();
-                while s.nodes.contains_key(&id) {
-                    id = format!(
-                        "{}-{}",
-                        &base[..base.len().min(54)],
-                        crate::pki::random_hex(4)
-                    );
-                }
-                let subnet = c.next_subnet(s)?;
-                let (cert, not_after) = pki
-                    .issue_node(&r.csr_der, &id, lifetime)
-                    .map_err(|e| ControlError::Invalid(e.to_string()))?;
-                let node = NodeRecord {
-                    id: id.clone(),
-                    site: site.clone(),
-                    status: NodeStatus::Down,
-                    unschedulable: false,
-                    draining: false,
-                    subnet,
-                    cert_hash: sha256_hex(&cert),
-                    cert_not_after_ms: not_after,
-                    labels: Default::default(),
-                    capacity: Default::default(),
-                    allocatable: Default::default(),
-                    os: String::new(),
-                    arch: String::new(),
-                    agent_version: String::new(),
-                    hostname: String::new(),
-                    joined_ms: now,
-                    generation: 1,
-                    instance_id: None,
-                    idle_since_ms: None,
-                    scale_in: None,
-                };
-                b.put(Kind::Node, &id, &node);
-                s.nodes.insert(id.clone(), node);
-                Ok(JoinResponse {
-                    node_id: id,
-                    site,
-                    certificate_der: cert,
-                    ca_certificate_der: pki.ca_der().to_vec(),
-                    not_after_unix_ms: not_after,
-                    container_subnet: subnet.to_string(),
-                })
-            })
-            .map_err(status)?;
-        c.event("node", &out.node_id, format!("joined site {}", out.site));
+        let out = match self.leader() {
+            Some(l) => l.join(&r).await,
+            None => match self.control.join(&r, &self.pki) {
+                Err(e) if self.lost_lead(&e) => self.leader_now()?.join(&r).await,
+                other => other,
+            },
+        }
+        .map_err(status)?;
         Ok(Response::new(out))
     }
 }
@@ -217,51 +196,29 @@ impl v1::session_server::Session for AgentPort {
             ));
         };
         let c = Arc::clone(&self.control);
-        // Soft: the agent sends all of it again on its next connect.
-        let (was_down, registered) = c
-            .write_soft(|s, b| {
-                let n = s.nodes.get_mut(&node).ok_or_else(|| {
-                    ControlError::Unauthenticated(format!("node {node} was removed"))
-                })?;
-                let was_down = n.status == NodeStatus::Down;
-                n.status = NodeStatus::Ready;
-                n.capacity = reg.capacity.unwrap_or_default().into();
-                n.allocatable = reg.allocatable.unwrap_or_default().into();
-                n.labels = reg.labels.clone().into_iter().collect();
-                if let Some(p) = &reg.platform {
-                    n.os = p.os.clone();
-                    n.arch = p.architecture.clone();
-                }
-                n.agent_version = reg.agent_version.clone();
-                n.hostname = reg.hostname.clone();
-                b.put(Kind::Node, &node, n);
-                Ok((
-                    was_down,
-                    v1::Registered {
-                        node_id: n.id.clone(),
-                        site: n.site.clone(),
-                        container_subnet: n.subnet.to_string(),
-                        heartbeat_interval_ms: c.config.heartbeat_interval.as_millis() as u32,
-                    },
-                ))
-            })
-            .map_err(status)?;
+        let leader = self.leader();
+        let registered = match &leader {
+            Some(l) => l.register(&node, &reg).await,
+            None => match c.register(&node, &reg) {
+                Err(e) if self.lost_lead(&e) => self.leader_now()?.register(&node, &reg).await,
+                other => other,
+            },
+        }
+        .map_err(status)?;
         let (tx, rx) = mpsc::channel::<GatewayMessage>(16);
         let serial = c.open_session(&node, tx.clone());
-        if was_down {
-            c.event("node", &node, "ready");
-        }
         let _ = tx
             .send(GatewayMessage {
                 kind: Some(gateway_message::Kind::Registered(registered)),
             })
             .await;
         // What it runs now; then its desired state (which may stop some).
-        c.report(&node, &reg.allocations);
+        self.report(&node, &reg.allocations).await;
         let _ = tx.send(c.desired_state(&node)).await;
         c.wake();
         let c2 = Arc::clone(&c);
         let node2 = node.clone();
+        let port = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
@@ -272,7 +229,9 @@ impl v1::session_server::Session for AgentPort {
                         let delay = (now_ms() - hb.sent_unix_ms).max(0) as f64 / 1000.0;
                         c2.metrics.heartbeat_delay_seconds.observe(delay);
                     }
-                    Some(agent_message::Kind::Allocations(r)) => c2.report(&node2, &r.allocations),
+                    Some(agent_message::Kind::Allocations(r)) => {
+                        port.report(&node2, &r.allocations).await;
+                    }
                     Some(agent_message::Kind::NodeStatus(_)) => {}
                     Some(agent_message::Kind::Register(_)) | None => {}
                 }
@@ -292,19 +251,16 @@ impl v1::session_server::Session for AgentPort {
             .issue_node(&csr, &node, self.control.config.cert_lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let hash = sha256_hex(&cert);
-        self.control
-            .write(|s, b| {
-                let n = s
-                    .nodes
-                    .get_mut(&node)
-                    .ok_or_else(|| ControlError::NotFound(node.clone()))?;
-                n.cert_hash = hash;
-                n.cert_not_after_ms = not_after;
-                b.put(Kind::Node, &node, n);
-                Ok(())
-            })
-            .map_err(status)?;
-        self.control.event("node", &node, "certificate renewed");
+        match self.leader() {
+            Some(l) => l.renewed(&node, &hash, not_after).await,
+            None => match self.control.renewed(&node, &hash, not_after) {
+                Err(e) if self.lost_lead(&e) => {
+                    self.leader_now()?.renewed(&node, &hash, not_after).await
+                }
+                other => other,
+            },
+        }
+        .map_err(status)?;
         Ok(Response::new(RenewResponse {
             certificate_der: cert,
             not_after_unix_ms: not_after,

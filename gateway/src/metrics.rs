@@ -38,6 +38,10 @@ pub struct Metrics {
     pub placement_seconds: Histogram,
     pub reconcile_seconds: Histogram,
     pub api_seconds: Family<RouteLabel, Histogram>,
+    /// 1 while this gateway leads the fleet.
+    pub leader: Gauge,
+    /// Time of a commit to the state store (etcd: the transactions).
+    pub store_commit_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -61,6 +65,18 @@ impl Metrics {
         let placement_seconds = latency();
         let reconcile_seconds = latency();
         let api_seconds = Family::<RouteLabel, Histogram>::new_with_constructor(latency);
+        let leader = Gauge::default();
+        let store_commit_seconds = latency();
+        r.register(
+            "leader",
+            "1 while this gateway leads the fleet (runs the reconciler and the autoscaler)",
+            leader.clone(),
+        );
+        r.register(
+            "store_commit_seconds",
+            "Time of a commit to the state store",
+            store_commit_seconds.clone(),
+        );
         r.register("nodes", "Nodes by status", nodes.clone());
         r.register("allocations", "Allocations by state", allocations.clone());
         r.register("sessions", "Agent sessions open", sessions.clone());
@@ -95,6 +111,8 @@ impl Metrics {
             placement_seconds,
             reconcile_seconds,
             api_seconds,
+            leader,
+            store_commit_seconds,
         }
     }
 

@@ -14,6 +14,7 @@ use skiff_test_support::procs::ChildGuard;
 
 pub mod azure;
 pub mod cloud;
+pub mod etcd;
 
 /// A binary of this workspace, next to the test executable's directory
 /// (`target/<profile>/`).
@@ -32,7 +33,7 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

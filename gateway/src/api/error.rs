@@ -27,7 +27,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub(super) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
             code: code.to_string(),
@@ -40,6 +40,9 @@ impl ApiError {
     }
     pub(super) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
     pub(super) fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
@@ -59,9 +62,14 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             ControlError::Invalid(m) => ApiError::bad(m),
             ControlError::Unauthenticated(m) => ApiError::unauthenticated(m),
+            ControlError::Store(
+                e @ (crate::store::StoreError::Unavailable { .. }
+                | crate::store::StoreError::NotLeader),
+            ) => ApiError::unavailable(e.to_string()),
             ControlError::Store(e) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
+            ControlError::Unavailable(m) => ApiError::unavailable(m),
         }
     }
 }

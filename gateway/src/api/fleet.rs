@@ -143,6 +143,23 @@ pub(super) async fn version(State(s): State<AppState>) -> Json<VersionView> {
     })
 }
 
+/// `GET /v1/gateways`: the gateways of the fleet, which one leads and
+/// since when (one, the leader, with the embedded store).
+#[utoipa::path(get, path = "/v1/gateways", tag = "fleet",
+    responses((status = 200, body = Vec<crate::peers::GatewayView>)))]
+pub(super) async fn gateways(State(s): State<AppState>) -> Json<Vec<crate::peers::GatewayView>> {
+    match &s.peers {
+        Some(p) => Json(p.gateways().await),
+        None => Json(vec![crate::peers::GatewayView {
+            name: s.control.config.name.clone(),
+            url: s.control.config.peer_url.clone(),
+            role: "leader".into(),
+            up_since_ms: s.started_ms,
+            leading_since_ms: Some(s.started_ms),
+        }]),
+    }
+}
+
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", tag = "fleet",
     responses((status = 200, description = "Prometheus metrics",

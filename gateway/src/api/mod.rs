@@ -10,7 +10,7 @@
 //! message naming the field for bad input. Spec bodies are YAML or JSON,
 //! checked by the same code as `skiff validate`.
 
-mod auth;
+pub(crate) mod auth;
 mod body;
 mod error;
 mod fleet;
@@ -46,6 +46,11 @@ use crate::pki::Pki;
 pub struct AppState {
     pub control: Arc<Control>,
     pub pki: Arc<Pki>,
+    /// The other gateways of the fleet (over etcd): a follower forwards
+    /// the routes that run on the leader to it.
+    pub peers: Option<Arc<dyn crate::peers::Peers>>,
+    /// When this gateway started (unix ms).
+    pub started_ms: i64,
 }
 
 /// Who may call a route.
@@ -64,6 +69,11 @@ pub struct Route {
     /// As axum writes it (`/v1/workloads/{name}`), also the OpenAPI path.
     pub path: &'static str,
     pub access: Access,
+    /// Answered by the fleet's leader: a follower forwards it there. Every
+    /// change (a route that is not a `GET`) and the event stream (the
+    /// leader emits events); not `exec`, which goes to the node's session
+    /// on this gateway, as `logs` does.
+    pub on_leader: bool,
     handler: MethodRouter<AppState>,
 }
 
@@ -73,10 +83,12 @@ fn route(
     access: Access,
     handler: MethodRouter<AppState>,
 ) -> Route {
+    let on_leader = (method != Method::GET && !path.ends_with("/exec")) || path == "/v1/events";
     Route {
         method,
         path,
         access,
+        on_leader,
         handler,
     }
 }
@@ -172,6 +184,7 @@ pub fn routes() -> Vec<Route> {
             post(nodes::drain),
         ),
         route(M::GET, "/v1/sites", At(ReadOnly), get(fleet::sites)),
+        route(M::GET, "/v1/gateways", At(ReadOnly), get(fleet::gateways)),
         route(M::GET, "/v1/events", At(ReadOnly), get(fleet::events)),
         route(
             M::POST,
@@ -216,7 +229,7 @@ pub fn routes() -> Vec<Route> {
 #[openapi(
     info(title = "Skiff gateway", description = "Workloads, nodes, sites and allocations of a Skiff fleet."),
     paths(
-        openapi_json, fleet::metrics, fleet::version,
+        openapi_json, fleet::metrics, fleet::version, fleet::gateways,
         workloads::list, workloads::create, workloads::get, workloads::update, workloads::delete,
         workloads::scale, workloads::restart, streams::logs, streams::exec, workloads::allocations,
         nodes::list, nodes::get, nodes::remove, nodes::cordon, nodes::uncordon, nodes::drain,
@@ -224,7 +237,7 @@ pub fn routes() -> Vec<Route> {
         tokens::create_join_token, tokens::list_join_tokens, tokens::revoke_join_token,
         tokens::create_api_token, tokens::list_api_tokens, tokens::revoke_api_token,
     ),
-    components(schemas(ApiError, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord,
+    components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord,
         crate::control::Explanation, SiteView, crate::control::Event, crate::control::PlannedLaunch,
         VersionView, LogEntry, ExecEntry, ExecRequest,
         JoinTokenRequest, JoinTokenResponse, JoinTokenView, ApiTokenRequest, ApiTokenResponse,
@@ -387,6 +400,15 @@ pub fn router(state: AppState) -> axum::Router {
                 auth::require,
             )),
         };
+        // Outside the authorization: the leader checks the token.
+        let handler = if r.on_leader {
+            handler.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                to_leader,
+            ))
+        } else {
+            handler
+        };
         let merged = match by_path.remove(r.path) {
             Some(existing) => existing.merge(handler),
             None => handler,
@@ -402,6 +424,32 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Set on a request a follower forwards to the leader.
+pub const FORWARDED: &str = "skiff-forwarded-by";
+/// The leader's store revision after it answered a forwarded request.
+pub const REVISION: &str = "skiff-revision";
+
+/// On a follower, hands the request to the leader.
+async fn to_leader(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match &s.peers {
+        Some(p) if !s.control.is_leader() => p.forward(req).await,
+        Some(_) if req.headers().contains_key(FORWARDED) && req.uri().path() != "/v1/events" => {
+            // The follower answers once it has caught up with this.
+            let mut resp = next.run(req).await;
+            let rev = s.control.applied_revision();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&rev.to_string()) {
+                resp.headers_mut().insert(REVISION, v);
+            }
+            resp
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// API latency by method and status.

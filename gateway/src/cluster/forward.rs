@@ -1,0 +1,400 @@
+//! What a follower hands to the leader, and the leader's side of it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use skiff_proto::wire::v1;
+
+use super::Cluster;
+use crate::api::ApiError;
+use crate::control::ControlError;
+use crate::peers::{GatewayView, Peers};
+
+use crate::api::{FORWARDED, REVISION};
+
+/// How long a change waits for a leader during an election.
+const HOLD: Duration = Duration::from_secs(5);
+
+/// The credential of the internal endpoint: derived from the admin token,
+/// which every gateway of a fleet has (and no one else should).
+pub(super) fn peer_secret(admin_token: &str) -> String {
+    let hash = crate::pki::sha256_hex(format!("skiff-peer:{admin_token}").as_bytes());
+    format!("skiff-peer-{}", hash.trim_start_matches("sha256:"))
+}
+
+/// An agent's change, from the gateway holding its session to the leader.
+/// Protobuf messages travel as base64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentChange {
+    Join {
+        request: String,
+    },
+    Register {
+        node: String,
+        register: String,
+    },
+    Report {
+        node: String,
+        statuses: String,
+    },
+    Renewed {
+        node: String,
+        cert_hash: String,
+        not_after_ms: i64,
+    },
+    /// Nodes heard from (heartbeats) since the last batch.
+    Seen {
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AgentAnswer {
+    /// A protobuf answer (`JoinResponse`, `Registered`), base64.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    message: String,
+}
+
+fn b64<M: Message>(m: &M) -> String {
+    base64::engine::general_purpose::STANDARD.encode(m.encode_to_vec())
+}
+
+fn unb64<M: Message + Default>(s: &str) -> Result<M, ControlError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| ControlError::Invalid(format!("base64: {e}")))?;
+    M::decode(bytes.as_slice()).map_err(|e| ControlError::Invalid(format!("protobuf: {e}")))
+}
+
+/// The leader's internal endpoint.
+pub fn internal_router(c: Arc<Cluster>) -> axum::Router {
+    axum::Router::new()
+        .route("/internal/v1/agent", axum::routing::post(agent_change))
+        .with_state(c)
+}
+
+async fn agent_change(
+    State(c): State<Arc<Cluster>>,
+    headers: HeaderMap,
+    axum::Json(change): axum::Json<AgentChange>,
+) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !crate::api::auth::constant_time_eq(token.as_bytes(), c.secret.as_bytes()) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "not a gateway of this fleet",
+        )
+        .into_response();
+    }
+    if !c.control.is_leader() {
+        return ApiError::unavailable("this gateway does not lead the fleet").into_response();
+    }
+    let control = &c.control;
+    let r = match change {
+        AgentChange::Join { request } => unb64::<v1::JoinRequest>(&request)
+            .and_then(|r| control.join(&r, &c.pki))
+            .map(|m| b64(&m)),
+        AgentChange::Register { node, register } => unb64::<v1::Register>(&register)
+            .and_then(|r| control.register(&node, &r))
+            .map(|m| b64(&m)),
+        AgentChange::Report { node, statuses } => unb64::<v1::AllocationStatusReport>(&statuses)
+            .and_then(|r| control.report(&node, &r.allocations))
+            .map(|()| String::new()),
+        AgentChange::Renewed {
+            node,
+            cert_hash,
+            not_after_ms,
+        } => control
+            .renewed(&node, &cert_hash, not_after_ms)
+            .map(|()| String::new()),
+        AgentChange::Seen { nodes } => {
+            for n in &nodes {
+                control.heard_from(n);
+            }
+            Ok(String::new())
+        }
+    };
+    match r {
+        Ok(message) => axum::Json(AgentAnswer { message }).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn no_leader(c: &Cluster) -> ControlError {
+    ControlError::Unavailable(match c.control.store_down() {
+        Some(why) => why,
+        None => "no gateway leads the fleet now (an election is under way); retry".into(),
+    })
+}
+
+impl Cluster {
+    /// The leader's URL, if another gateway leads.
+    fn leader_url(&self) -> Result<String, ControlError> {
+        match self.control.leader() {
+            Some(l) if l.name != self.control.config.name => Ok(l.url),
+            _ => Err(no_leader(self)),
+        }
+    }
+
+    async fn send(&self, change: &AgentChange) -> Result<String, ControlError> {
+        let body = serde_json::to_vec(change).expect("serializes");
+        let deadline = tokio::time::Instant::now() + HOLD;
+        let (url, r) = loop {
+            let attempt = match self.leader_url() {
+                Ok(base) => {
+                    let url = format!("{base}/internal/v1/agent");
+                    let sent = self
+                        .http
+                        .post(&url)
+                        .bearer_auth(&self.secret)
+                        .header(axum::http::header::CONTENT_TYPE, "application/json")
+                        .body(body.clone())
+                        .timeout(Duration::from_secs(5))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) => break (url, r),
+                        Err(e) if e.is_connect() => {
+                            ControlError::Unavailable(format!("the leader at {url}: {e}"))
+                        }
+                        Err(e) => {
+                            return Err(ControlError::Unavailable(format!(
+                                "the leader at {url}: {e}"
+                            )));
+                        }
+                    }
+                }
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(attempt);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let status = r.status();
+        let body = r
+            .bytes()
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("the leader at {url}: {e}")))?;
+        if status.is_success() {
+            let a: AgentAnswer = serde_json::from_slice(&body)
+                .map_err(|e| ControlError::Unavailable(format!("the leader at {url}: {e}")))?;
+            return Ok(a.message);
+        }
+        let e: ApiError = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            ApiError::unavailable(format!("the leader at {url} answered {status}"))
+        });
+        Err(match status {
+            StatusCode::NOT_FOUND => ControlError::NotFound(e.message),
+            StatusCode::CONFLICT => ControlError::Conflict(e.message),
+            StatusCode::BAD_REQUEST => ControlError::Invalid(e.message),
+            StatusCode::UNAUTHORIZED => ControlError::Unauthenticated(e.message),
+            _ => ControlError::Unavailable(e.message),
+        })
+    }
+
+    /// Sends the nodes heard from to the leader, twice per heartbeat
+    /// interval (nothing when this gateway leads: it saw them itself).
+    pub(super) async fn send_heard(self: Arc<Self>) {
+        let every = (self.control.config.heartbeat_interval / 2).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            if self.control.is_leader() {
+                continue;
+            }
+            let nodes = self.control.take_heard();
+            if nodes.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.send(&AgentChange::Seen { nodes }).await {
+                // A new leader gives every node a full grace period.
+                tracing::debug!(error = %e, "liveness to the leader");
+            }
+        }
+    }
+
+    /// Forwards a REST request to the leader.
+    async fn forward_rest(&self, req: axum::extract::Request) -> Result<Response, ApiError> {
+        if req.headers().contains_key(FORWARDED) {
+            // A forwarded request reached a gateway that no longer leads.
+            return Err(ApiError::unavailable(
+                "the gateway this request was forwarded to does not lead the fleet any more; retry",
+            ));
+        }
+        let (parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |p| p.as_str());
+        let body = axum::body::to_bytes(body, self.control.config.max_body)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the request body is larger than max_body",
+                )
+            })?;
+        // While an election is under way (no leader, or one that cannot
+        // be connected to), the request waits for the next, as Nomad's
+        // servers hold forwarded RPCs: up to HOLD.
+        let deadline = tokio::time::Instant::now() + HOLD;
+        let (base, r) = loop {
+            let attempt = match self.leader_url() {
+                Ok(base) => {
+                    let mut out = self
+                        .http
+                        .request(parts.method.clone(), format!("{base}{path}"))
+                        .body(body.clone());
+                    for (name, value) in &parts.headers {
+                        if name != axum::http::header::HOST
+                            && name != axum::http::header::CONTENT_LENGTH
+                        {
+                            out = out.header(name, value);
+                        }
+                    }
+                    out = out.header(
+                        FORWARDED,
+                        HeaderValue::from_str(&self.control.config.name)
+                            .expect("a name is a header value"),
+                    );
+                    match out.send().await {
+                        Ok(r) => break (base, r),
+                        // It never reached the leader: safe to send again.
+                        Err(e) if e.is_connect() => {
+                            ApiError::unavailable(format!("the leader at {base}: {e}"))
+                        }
+                        Err(e) => {
+                            return Err(ApiError::unavailable(format!("the leader at {base}: {e}")));
+                        }
+                    }
+                }
+                Err(e) => ApiError::from(e),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(attempt);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let status = r.status();
+        let mut headers = r.headers().clone();
+        let revision = headers
+            .remove(REVISION)
+            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+        headers.remove(axum::http::header::TRANSFER_ENCODING);
+        headers.remove(axum::http::header::CONNECTION);
+        if let Some(rev) = revision {
+            // Read your writes: this gateway's state has the change before
+            // the caller reads it here.
+            let body = r
+                .bytes()
+                .await
+                .map_err(|e| ApiError::unavailable(format!("the leader at {base}: {e}")))?;
+            self.control.caught_up(rev, Duration::from_secs(2)).await;
+            let mut resp = Response::new(axum::body::Body::from(body));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp.headers_mut()
+                .remove(axum::http::header::CONTENT_LENGTH);
+            return Ok(resp);
+        }
+        let mut resp = Response::new(axum::body::Body::from_stream(r.bytes_stream()));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        resp.headers_mut()
+            .remove(axum::http::header::CONTENT_LENGTH);
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl Peers for Cluster {
+    async fn forward(&self, req: axum::extract::Request) -> Response {
+        match self.forward_rest(req).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn join(&self, r: &v1::JoinRequest) -> Result<v1::JoinResponse, ControlError> {
+        let m = self.send(&AgentChange::Join { request: b64(r) }).await?;
+        unb64(&m)
+    }
+
+    async fn register(
+        &self,
+        node: &str,
+        reg: &v1::Register,
+    ) -> Result<v1::Registered, ControlError> {
+        let m = self
+            .send(&AgentChange::Register {
+                node: node.to_string(),
+                register: b64(reg),
+            })
+            .await?;
+        unb64(&m)
+    }
+
+    async fn report(&self, node: &str, statuses: &[v1::AllocationStatus]) {
+        let order = Arc::clone(
+            self.report_order
+                .lock()
+                .expect("lock")
+                .entry(node.to_string())
+                .or_default(),
+        );
+        let change = AgentChange::Report {
+            node: node.to_string(),
+            statuses: b64(&v1::AllocationStatusReport {
+                allocations: statuses.to_vec(),
+            }),
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        let node = node.to_string();
+        // In the background, in order: the session goes on reading
+        // heartbeats meanwhile.
+        tokio::spawn(async move {
+            let _turn = order.lock().await;
+            for attempt in 0..10u32 {
+                match me.send(&change).await {
+                    Ok(_) => return,
+                    Err(e) if attempt == 9 => {
+                        tracing::warn!(node, error = %e, "status report to the leader (the agent sends it again on reconnect)");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+                }
+            }
+        });
+    }
+
+    async fn renewed(
+        &self,
+        node: &str,
+        cert_hash: &str,
+        not_after: i64,
+    ) -> Result<(), ControlError> {
+        self.send(&AgentChange::Renewed {
+            node: node.to_string(),
+            cert_hash: cert_hash.to_string(),
+            not_after_ms: not_after,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn gateways(&self) -> Vec<GatewayView> {
+        self.members().await
+    }
+}

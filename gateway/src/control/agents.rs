@@ -1,0 +1,145 @@
+//! What agents change, as typed operations: a join, a session's
+//! registration, a renewed certificate. The agent port calls them on the
+//! leader, and a follower hands them to the leader (`crate::cluster`).
+
+use skiff_proto::cluster::NodeStatus;
+use skiff_proto::wire::v1::{self, JoinRequest, JoinResponse};
+
+use super::{Control, ControlError, NodeRecord, now_ms};
+use crate::pki::{Pki, sha256_hex};
+use crate::store::Kind;
+
+impl Control {
+    /// A node joins with a single-use token: a name, a subnet and a
+    /// certificate from the CSR.
+    pub fn join(&self, r: &JoinRequest, pki: &Pki) -> Result<JoinResponse, ControlError> {
+        let token_hash = sha256_hex(r.token.as_bytes());
+        let c = self;
+        let lifetime = c.config.cert_lifetime;
+        let out = c.write(|s, b| {
+            let now = now_ms();
+            let t = s
+                .join_tokens
+                .get_mut(&token_hash)
+                .ok_or_else(|| ControlError::Unauthenticated("join token is not valid".into()))?;
+            if t.used {
+                return Err(ControlError::Unauthenticated(
+                    "join token was already used".into(),
+                ));
+            }
+            if t.expires_ms <= now {
+                return Err(ControlError::Unauthenticated(
+                    "join token has expired".into(),
+                ));
+            }
+            t.used = true;
+            let site = t.site.clone();
+            b.put(Kind::JoinToken, &token_hash, t);
+            let base = if skiff_proto::is_valid_name(&r.requested_name) {
+                r.requested_name.clone()
+            } else {
+                "node".to_string()
+            };
+            let mut id = base.clone();
+            while s.nodes.contains_key(&id) {
+                id = format!(
+                    "{}-{}",
+                    &base[..base.len().min(54)],
+                    crate::pki::random_hex(4)
+                );
+            }
+            let subnet = c.next_subnet(s)?;
+            let (cert, not_after) = pki
+                .issue_node(&r.csr_der, &id, lifetime)
+                .map_err(|e| ControlError::Invalid(e.to_string()))?;
+            let node = NodeRecord {
+                id: id.clone(),
+                site: site.clone(),
+                status: NodeStatus::Down,
+                unschedulable: false,
+                draining: false,
+                subnet,
+                cert_hash: sha256_hex(&cert),
+                cert_not_after_ms: not_after,
+                labels: Default::default(),
+                capacity: Default::default(),
+                allocatable: Default::default(),
+                os: String::new(),
+                arch: String::new(),
+                agent_version: String::new(),
+                hostname: String::new(),
+                joined_ms: now,
+                generation: 1,
+                instance_id: None,
+                idle_since_ms: None,
+                scale_in: None,
+            };
+            b.put(Kind::Node, &id, &node);
+            s.nodes.insert(id.clone(), node);
+            Ok(JoinResponse {
+                node_id: id,
+                site,
+                certificate_der: cert,
+                ca_certificate_der: pki.ca_der().to_vec(),
+                not_after_unix_ms: not_after,
+                container_subnet: subnet.to_string(),
+            })
+        })?;
+        self.event("node", &out.node_id, format!("joined site {}", out.site));
+        Ok(out)
+    }
+
+    /// A session opened: the node is ready, with what it registered.
+    pub fn register(&self, node: &str, reg: &v1::Register) -> Result<v1::Registered, ControlError> {
+        let c = self;
+        // Soft: the agent sends all of it again on its next connect.
+        let (was_down, registered) = c.write_soft(|s, b| {
+            let n = s
+                .nodes
+                .get_mut(node)
+                .ok_or_else(|| ControlError::Unauthenticated(format!("node {node} was removed")))?;
+            let was_down = n.status == NodeStatus::Down;
+            n.status = NodeStatus::Ready;
+            n.capacity = reg.capacity.unwrap_or_default().into();
+            n.allocatable = reg.allocatable.unwrap_or_default().into();
+            n.labels = reg.labels.clone().into_iter().collect();
+            if let Some(p) = &reg.platform {
+                n.os = p.os.clone();
+                n.arch = p.architecture.clone();
+            }
+            n.agent_version = reg.agent_version.clone();
+            n.hostname = reg.hostname.clone();
+            b.put(Kind::Node, node, n);
+            Ok((
+                was_down,
+                v1::Registered {
+                    node_id: n.id.clone(),
+                    site: n.site.clone(),
+                    container_subnet: n.subnet.to_string(),
+                    heartbeat_interval_ms: c.config.heartbeat_interval.as_millis() as u32,
+                },
+            ))
+        })?;
+        if was_down {
+            self.event("node", node, "ready");
+        }
+        self.wake();
+        Ok(registered)
+    }
+
+    /// A node's certificate was renewed: it is its identity from now on.
+    pub fn renewed(&self, node: &str, cert_hash: &str, not_after: i64) -> Result<(), ControlError> {
+        self.write(|s, b| {
+            let n = s
+                .nodes
+                .get_mut(node)
+                .ok_or_else(|| ControlError::NotFound(node.to_string()))?;
+            n.cert_hash = cert_hash.to_string();
+            n.cert_not_after_ms = not_after;
+            b.put(Kind::Node, node, n);
+            Ok(())
+        })?;
+        self.event("node", node, "certificate renewed");
+        Ok(())
+    }
+}

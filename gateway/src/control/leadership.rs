@@ -1,0 +1,264 @@
+//! Who leads the fleet, and what a follower applied of the store.
+//!
+//! One gateway leads: it alone runs the reconciler, the liveness check and
+//! the autoscaler, and it alone commits (over etcd its commits are fenced
+//! by its leadership, see `store::etcd`). The others follow: they serve
+//! reads from a state kept current by the store's watch
+//! ([`Control::apply_remote`]), push desired states to the agents whose
+//! sessions they hold, and hand every change to the leader. With the
+//! embedded store the one gateway always leads.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Control, ControlError, State, now_ms};
+use crate::store::{Kind, Revision, StoreError};
+
+/// A gateway of the fleet, as the others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Peer {
+    pub name: String,
+    /// Its REST API.
+    pub url: String,
+    /// Since when it has been up (unix ms), or leading, for the leader.
+    pub since_ms: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Lead {
+    leading: AtomicBool,
+    /// The state may hold a write the store did not take: reload first.
+    stale: AtomicBool,
+    applied: tokio::sync::watch::Sender<Revision>,
+    leader: Mutex<Option<Peer>>,
+    /// Nodes heard from since the last batch to the leader (followers).
+    heard: Mutex<BTreeSet<String>>,
+    /// Why the store could not be reached, while it cannot.
+    store_down: Mutex<Option<String>>,
+}
+
+impl Lead {
+    pub(crate) fn new(leading: bool, revision: Revision) -> Self {
+        Self {
+            leading: AtomicBool::new(leading),
+            stale: AtomicBool::new(false),
+            applied: tokio::sync::watch::Sender::new(revision),
+            leader: Mutex::new(None),
+            heard: Mutex::new(BTreeSet::new()),
+            store_down: Mutex::new(None),
+        }
+    }
+
+    /// Whether this gateway may write now.
+    pub(crate) fn may_write(&self) -> Result<(), ControlError> {
+        if !self.leading.load(Ordering::SeqCst) {
+            return Err(ControlError::Unavailable(
+                "this gateway does not lead the fleet".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn committed(&self, revision: Revision) {
+        self.applied.send_if_modified(|r| {
+            let newer = revision > *r;
+            if newer {
+                *r = revision;
+            }
+            newer
+        });
+    }
+
+    pub(crate) fn loaded(&self, revision: Revision) {
+        self.stale.store(false, Ordering::SeqCst);
+        self.applied.send_replace(revision);
+    }
+
+    pub(crate) fn heard(&self, node: &str) {
+        self.heard.lock().expect("lock").insert(node.to_string());
+    }
+}
+
+impl Control {
+    pub fn is_leader(&self) -> bool {
+        self.lead.leading.load(Ordering::SeqCst)
+    }
+
+    /// The gateway that leads, as the last election said (`None` while
+    /// none does, or with the embedded store).
+    pub fn leader(&self) -> Option<Peer> {
+        self.lead.leader.lock().expect("lock").clone()
+    }
+
+    pub fn set_leader(&self, leader: Option<Peer>) {
+        *self.lead.leader.lock().expect("lock") = leader;
+    }
+
+    /// The store revision this gateway's state is at.
+    pub fn applied_revision(&self) -> Revision {
+        *self.lead.applied.borrow()
+    }
+
+    /// Waits until the state is at `revision` at least (a follower
+    /// answering after the leader wrote), at most `within`.
+    pub async fn caught_up(&self, revision: Revision, within: std::time::Duration) -> bool {
+        let mut rx = self.lead.applied.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether the state must be reloaded before it is trusted.
+    pub fn is_stale(&self) -> bool {
+        self.lead.is_stale()
+    }
+
+    /// Notes that the store cannot be reached (`Some(why)`) or can again.
+    pub fn set_store_down(&self, why: Option<String>) {
+        *self.lead.store_down.lock().expect("lock") = why;
+    }
+
+    pub fn store_down(&self) -> Option<String> {
+        self.lead.store_down.lock().expect("lock").clone()
+    }
+
+    /// The nodes heard from since the last call (a follower's batch for
+    /// the leader).
+    pub fn take_heard(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lead.heard.lock().expect("lock"))
+            .into_iter()
+            .collect()
+    }
+
+    /// Takes the lead: the state as the store has it now, every node a
+    /// full grace period (their heartbeats went to other gateways), and a
+    /// pass at once.
+    pub fn become_leader(&self) -> Result<(), StoreError> {
+        self.reload()?;
+        let now = Instant::now();
+        {
+            let nodes: Vec<String> = self.read(|s| s.nodes.keys().cloned().collect());
+            let mut seen = self.last_seen.lock().expect("lock");
+            for n in nodes {
+                seen.insert(n, now);
+            }
+        }
+        self.lead.leading.store(true, Ordering::SeqCst);
+        self.metrics.leader.set(1);
+        self.event(
+            "gateway",
+            &self.config.name,
+            format!(
+                "leads the fleet (store revision {})",
+                self.applied_revision()
+            ),
+        );
+        self.wake();
+        Ok(())
+    }
+
+    /// Stops leading: no more passes, commits or launches from here. The
+    /// state is reloaded before this gateway follows.
+    pub fn step_down(&self, why: &str) {
+        if self.lead.leading.swap(false, Ordering::SeqCst) {
+            self.metrics.leader.set(0);
+            self.lead.mark_stale();
+            tracing::warn!(why, "no longer leads the fleet");
+            self.event("gateway", &self.config.name, format!("stepped down: {why}"));
+        }
+    }
+
+    /// Changes another gateway committed, as the store's watch gives them
+    /// (a follower's view; the leader knows its own). The nodes whose
+    /// desired state changed get it pushed, if their session is here.
+    pub fn apply_remote(
+        &self,
+        changes: &[(Kind, String, Option<Vec<u8>>)],
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        if self.is_leader() || revision <= self.applied_revision() || self.is_stale() {
+            return Ok(());
+        }
+        let mut touched = BTreeSet::new();
+        {
+            let mut s = self.state.lock().expect("state lock");
+            for (kind, key, value) in changes {
+                match kind {
+                    Kind::Allocation => {
+                        if let Some(old) = s.allocations.get(key).and_then(|a| a.node.clone()) {
+                            touched.insert(old);
+                        }
+                    }
+                    Kind::Node => {
+                        let generation = s.nodes.get(key).map(|n| n.generation);
+                        s.apply(*kind, key, value.as_deref())?;
+                        if s.nodes.get(key).map(|n| n.generation) != generation {
+                            touched.insert(key.clone());
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+                s.apply(*kind, key, value.as_deref())?;
+                if *kind == Kind::Allocation
+                    && let Some(n) = s.allocations.get(key).and_then(|a| a.node.clone())
+                {
+                    touched.insert(n);
+                }
+            }
+            // The desired sets of the nodes touched, again.
+            for n in &touched {
+                s.desired.remove(n);
+            }
+            let ids: Vec<(String, String)> = s
+                .allocations
+                .values()
+                .filter(|a| a.is_live())
+                .filter_map(|a| {
+                    let n = a.node.as_ref().filter(|n| touched.contains(*n))?;
+                    Some((n.clone(), a.id.clone()))
+                })
+                .collect();
+            for (n, id) in ids {
+                s.desired.entry(n).or_default().insert(id);
+            }
+        }
+        self.lead.committed(revision);
+        self.push(&touched);
+        Ok(())
+    }
+
+    /// How long this gateway has led, for `/v1/gateways`.
+    pub fn uptime_peer(&self, started_ms: i64) -> Peer {
+        Peer {
+            name: self.config.name.clone(),
+            url: self.config.peer_url.clone(),
+            since_ms: started_ms.min(now_ms()),
+        }
+    }
+}
+
+/// The nodes whose generation or desired set differs between two states.
+pub(crate) fn changed_nodes(before: &State, after: &State) -> BTreeSet<String> {
+    after
+        .nodes
+        .iter()
+        .filter(|(id, n)| {
+            before.nodes.get(*id).map(|b| b.generation) != Some(n.generation)
+                || before.desired.get(*id) != after.desired.get(*id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
