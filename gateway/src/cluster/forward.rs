@@ -277,7 +277,9 @@ impl Cluster {
                             ApiError::unavailable(format!("the leader at {base}: {e}"))
                         }
                         Err(e) => {
-                            return Err(ApiError::unavailable(format!("the leader at {base}: {e}")));
+                            return Err(ApiError::unavailable(format!(
+                                "the leader at {base}: {e}"
+                            )));
                         }
                     }
                 }
