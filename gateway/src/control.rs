@@ -608,6 +608,13 @@ impl Control {
         }
     }
 
+    /// Every record the store holds, read under the state lock: exactly
+    /// what is committed (`GET /v1/state`, backups).
+    pub fn export(&self) -> Result<Loaded, StoreError> {
+        let _state = self.state.lock().expect("state lock");
+        self.store.load()
+    }
+
     /// Reloads the whole state from the store (a follower that fell
     /// behind, a state marked stale).
     pub fn reload(&self) -> Result<(), StoreError> {
@@ -797,6 +804,12 @@ impl Control {
     pub fn end_session(&self, node: &str) {
         self.sessions.lock().expect("lock").remove(node);
         self.last_seen.lock().expect("lock").remove(node);
+    }
+
+    /// Ends every session (the gateway stops): agents re-attach to another
+    /// gateway, or to this one when it is back.
+    pub fn end_all_sessions(&self) {
+        self.sessions.lock().expect("lock").clear();
     }
 
     pub fn sessions(&self) -> usize {

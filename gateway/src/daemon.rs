@@ -146,8 +146,21 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Some(cl) => app.merge(crate::cluster::internal_router(Arc::clone(cl))),
         None => app,
     };
+    // SIGTERM or Ctrl-C: everything stops together.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown().await;
+        let _ = stop_tx.send(true);
+    });
     let api = match &config.api_tls {
-        ApiTls::Plain => tokio::spawn(async move { axum::serve(api_listener, app).await }),
+        ApiTls::Plain => {
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                axum::serve(api_listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
+        }
         tls => {
             let (cert, key) = match tls {
                 ApiTls::Files { cert, key } => (
@@ -160,7 +173,12 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             };
             let listener =
                 api::tls::TlsListener::new(api_listener, api::tls::server_config(&cert, &key)?)?;
-            tokio::spawn(async move { axum::serve(listener, app).await })
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
         }
     };
 
@@ -184,13 +202,37 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_service(v1::join_server::JoinServer::new(port.clone()))
         .add_service(v1::session_server::SessionServer::new(port))
-        .serve_with_incoming_shutdown(incoming, shutdown());
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+    tokio::pin!(grpc);
+    let mut api = api;
     tokio::select! {
-        r = grpc => r.context("agent port")?,
-        r = api => r.context("REST API")?.context("REST API")?,
+        r = &mut grpc => r.context("agent port")?,
+        r = &mut api => r.context("REST API")?.context("REST API")?,
+        () = stopped(stop_rx) => {
+            // Leave the fleet: the lead to another gateway at once (not
+            // after the lease), every session ended (agents re-attach to
+            // another gateway), what is in flight finished.
+            tracing::info!("stopping");
+            #[cfg(feature = "etcd")]
+            if let Some(cl) = &cluster {
+                cl.resign().await;
+            }
+            control.end_all_sessions();
+            control.read(|_| ());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let _ = (&mut grpc).await;
+                let _ = (&mut api).await;
+            })
+            .await;
+        }
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Resolves once the gateway is asked to stop.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// The store the config asks for.

@@ -113,7 +113,10 @@ impl v1::join_server::Join for AgentPort {
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         let r = req.into_inner();
         let out = match self.leader() {
-            Some(l) => l.join(&r).await,
+            Some(l) => match l.join(&r).await {
+                Err(e) if crate::peers::leads_now(&e) => self.control.join(&r, &self.pki),
+                other => other,
+            },
             None => match self.control.join(&r, &self.pki) {
                 Err(e) if self.lost_lead(&e) => self.leader_now()?.join(&r).await,
                 other => other,
@@ -198,7 +201,10 @@ impl v1::session_server::Session for AgentPort {
         let c = Arc::clone(&self.control);
         let leader = self.leader();
         let registered = match &leader {
-            Some(l) => l.register(&node, &reg).await,
+            Some(l) => match l.register(&node, &reg).await {
+                Err(e) if crate::peers::leads_now(&e) => c.register(&node, &reg),
+                other => other,
+            },
             None => match c.register(&node, &reg) {
                 Err(e) if self.lost_lead(&e) => self.leader_now()?.register(&node, &reg).await,
                 other => other,
@@ -252,7 +258,12 @@ impl v1::session_server::Session for AgentPort {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let hash = sha256_hex(&cert);
         match self.leader() {
-            Some(l) => l.renewed(&node, &hash, not_after).await,
+            Some(l) => match l.renewed(&node, &hash, not_after).await {
+                Err(e) if crate::peers::leads_now(&e) => {
+                    self.control.renewed(&node, &hash, not_after)
+                }
+                other => other,
+            },
             None => match self.control.renewed(&node, &hash, not_after) {
                 Err(e) if self.lost_lead(&e) => {
                     self.leader_now()?.renewed(&node, &hash, not_after).await

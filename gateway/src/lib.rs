@@ -28,6 +28,8 @@ pub mod metrics;
 pub mod peers;
 pub mod pki;
 pub mod scheduler;
+pub mod state_cmd;
+pub mod state_io;
 pub mod store;
 pub mod streams;
 

@@ -37,12 +37,115 @@ enum Command {
     },
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// Export or import the fleet's records (NDJSON): to move a fleet
+    /// between the embedded store and etcd, and for backups.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Write every record to --out (or stdout): from the store the config
+    /// names (etcd, or STATE_DIR/state.redb of a stopped gateway), or with
+    /// --api from a running gateway.
+    Export {
+        /// TOML config file naming the store.
+        #[arg(long, env = "SKIFF_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The gateway's state directory [default: /var/lib/skiff-gateway].
+        #[arg(long, env = "SKIFF_GATEWAY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// A running gateway's REST API to take it from (`GET /v1/state`,
+        /// admin).
+        #[arg(long)]
+        api: Option<String>,
+        /// The admin token for --api [default: STATE_DIR/admin.token].
+        #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Where to write it [default: stdout].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write the records of an export into the store the config names,
+    /// which must be empty (stop every gateway of the fleet first); every
+    /// record is checked before any is written.
+    Import {
+        /// TOML config file naming the store.
+        #[arg(long, env = "SKIFF_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The gateway's state directory [default: /var/lib/skiff-gateway].
+        #[arg(long, env = "SKIFF_GATEWAY_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// The export to read.
+        #[arg(long = "in")]
+        input: PathBuf,
+    },
+}
+
+fn state(command: StateCommand) -> ExitCode {
+    let load = |config, state_dir| {
+        GatewayConfig::load(&Overrides {
+            config,
+            state_dir,
+            ..Overrides::default()
+        })
+    };
+    let r = match command {
+        StateCommand::Export {
+            config,
+            state_dir,
+            api,
+            token,
+            out,
+        } => load(config, state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                let token = match (&api, token) {
+                    (Some(_), None) => {
+                        std::fs::read_to_string(skiff_gateway::pki::admin_token_path(&c.state_dir))
+                            .map(|t| t.trim().to_string())
+                            .map_err(|e| anyhow::anyhow!("--token, or the admin token file: {e}"))?
+                    }
+                    (_, t) => t.unwrap_or_default(),
+                };
+                let text = skiff_gateway::state_cmd::export(
+                    &c,
+                    api.as_deref().map(|a| (a, token.as_str())),
+                )?;
+                match out {
+                    Some(p) => std::fs::write(&p, &text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display())),
+                    None => {
+                        print!("{text}");
+                        Ok(())
+                    }
+                }
+            }),
+        StateCommand::Import {
+            config,
+            state_dir,
+            input,
+        } => load(config, state_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| skiff_gateway::state_cmd::import(&c, &input))
+            .map(|n| eprintln!("imported {n} records")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
+        Command::State { command } => state(command),
         Command::Openapi => {
             println!(
                 "{}",

@@ -28,11 +28,24 @@ pub struct GatewayView {
     pub leading_since_ms: Option<i64>,
 }
 
+/// What a change handed to the leader fails with when this gateway took
+/// the lead meanwhile: the caller makes it here.
+pub const LEADS_NOW: &str = "this gateway leads the fleet now";
+
+/// Whether `e` is [`LEADS_NOW`].
+pub fn leads_now(e: &ControlError) -> bool {
+    matches!(e, ControlError::Unavailable(m) if m == LEADS_NOW)
+}
+
 #[tonic::async_trait]
 pub trait Peers: Send + Sync + std::fmt::Debug {
     /// Sends a REST request to the leader and answers with its answer
-    /// (`503` when no gateway leads).
-    async fn forward(&self, req: axum::extract::Request) -> axum::response::Response;
+    /// (`503` when no gateway leads); gives the request back when this
+    /// gateway took the lead meanwhile.
+    async fn forward(
+        &self,
+        req: axum::extract::Request,
+    ) -> Result<axum::response::Response, axum::extract::Request>;
     async fn join(&self, r: &v1::JoinRequest) -> Result<v1::JoinResponse, ControlError>;
     async fn register(
         &self,

@@ -108,7 +108,8 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
     // A join token made on a follower (forwarded to the leader), an agent
     // that knows every gateway, joining through a follower.
     let (token, hash) = gs["g3"].join_token("default", "10m");
-    let urls: Vec<String> = ["g2", "g1", "g3"]
+    // Its session is on the leader, which is killed below.
+    let urls: Vec<String> = ["g1", "g2", "g3"]
         .iter()
         .map(|n| gs[*n].agent_url.clone())
         .collect();
@@ -164,8 +165,90 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
         || agent.running().len() == acknowledged.len(),
         || format!("{:?} vs {acknowledged:?}", agent.running()),
     );
-    let containers_before = agent.running();
+    // It re-attached to another gateway, its containers kept.
+    assert!(
+        agent.log().contains("gateway session ended"),
+        "{}",
+        agent.log()
+    );
     gs["g3"].until("/v1/nodes/node-e", "ready", 30, |v| v["status"] == "ready");
+
+    // The killed gateway back, then a rolling restart of all three
+    // (SIGTERM, as an upgrade does) while workloads are submitted.
+    gs.get_mut("g1").unwrap().restart();
+    eventually(15, || gateways(&gs["g1"]).len() == 3, || gs["g1"].log());
+    let apis: Vec<String> = gs.values().map(|g| g.api.clone()).collect();
+    let token = gs["g2"].admin_token();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loader = {
+        let (stop, image) = (std::sync::Arc::clone(&stop), image.clone());
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut codes: BTreeMap<u16, u32> = BTreeMap::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("r{i}");
+                // As the CLI given every gateway does: the next one when
+                // one cannot be connected to.
+                for api in &apis {
+                    let code = post(api, &token, &sleeper(&name, &image));
+                    *codes.entry(code).or_default() += 1;
+                    match code {
+                        0 => continue,
+                        202 => acked.push(name.clone()),
+                        _ => {}
+                    }
+                    break;
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            println!("rolling restart: answers {codes:?}");
+            (acked, i)
+        })
+    };
+    for name in ["g1", "g2", "g3"] {
+        let g = gs.get_mut(name).unwrap();
+        let t = Instant::now();
+        let status = g.process.as_mut().unwrap().stop(Duration::from_secs(15));
+        println!(
+            "{name}: stopped by SIGTERM in {:.2}s ({status:?})",
+            t.elapsed().as_secs_f64()
+        );
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{name} did not stop cleanly:\n{}",
+            g.log()
+        );
+        g.restart();
+        let g = &gs[name];
+        eventually(
+            15,
+            || gateways(g).len() == 3 && leader_of(g).is_some(),
+            || g.log(),
+        );
+        // Load on the fleet between restarts.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (rolled, tried) = loader.join().unwrap();
+    println!(
+        "rolling restart: {} of {tried} submissions acknowledged",
+        rolled.len()
+    );
+    assert!(
+        tried >= 10 && rolled.len() * 10 >= tried * 9,
+        "{} of {tried}",
+        rolled.len()
+    );
+    acknowledged.extend(rolled);
+    eventually(
+        90,
+        || all_running(&gs["g1"], &acknowledged),
+        || format!("{:?}", live(&gs["g1"])),
+    );
+    gs["g3"].until("/v1/nodes/node-e", "ready", 30, |v| v["status"] == "ready");
+    let containers_before = agent.running();
 
     // The leader paused past its lease: another leads; resumed, the paused
     // one commits nothing and follows.
@@ -310,6 +393,43 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
     }
 }
 
+/// `POST /v1/workloads` to `api`: the status, 0 when nothing answered.
+fn post(api: &str, token: &str, body: &str) -> u16 {
+    use std::io::Write;
+    let mut child = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(["--data-binary", "@-"])
+        .arg(format!("{api}/v1/workloads"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
 fn signal(pid: i32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
@@ -317,4 +437,197 @@ fn signal(pid: i32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill -{sig} {pid}");
+}
+
+/// `skiff-gateway state …` with `args`: its exit and stderr.
+fn state_cmd(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(skiff_e2e::bin("skiff-gateway"))
+        .arg("state")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The records of an export, by kind and key.
+fn records(path: &Path) -> BTreeMap<(String, String), Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                (
+                    v["kind"].as_str().unwrap().to_string(),
+                    v["key"].as_str().unwrap().to_string(),
+                ),
+                v["value"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_running_fleet_moves_from_the_embedded_store_to_etcd_and_back() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start().unwrap();
+    let image = OciImage::busybox(&dir.path().join("image"), "test", &[])
+        .unwrap()
+        .push(&registry, "skiff/busybox")
+        .unwrap();
+    let embedded = "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\nname = \"solo\"\n";
+    let mut g = Gateway::start(&dir.path().join("gw"), embedded);
+    let (token, hash) = g.join_token("default", "10m");
+    let agent = Agent::spawn(dir.path(), "node-r", &g, &token, &hash);
+    agent.wait_up();
+    g.until("/v1/nodes/node-r", "ready", 30, |v| v["status"] == "ready");
+    let two = sleeper("kept", &image).replace("image:", "replicas: 2\nimage:");
+    let (code, v) = g.call("POST", "/v1/workloads", Some(&two));
+    assert_eq!(code, 202, "{v}");
+    let (code, v) = g.call(
+        "POST",
+        "/v1/api-tokens",
+        Some(r#"{"name": "ci", "role": "read-only"}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let ci = v["token"].as_str().unwrap().to_string();
+    g.until("/v1/workloads/kept", "two running", 60, |w| {
+        w["running"] == 2
+    });
+    let containers = agent.containers();
+
+    // Exported from the running gateway, over its API.
+    let first = dir.path().join("first.ndjson");
+    let (ok, err) = state_cmd(&[
+        "export",
+        "--api",
+        &g.api,
+        "--token",
+        &g.admin_token(),
+        "--out",
+        first.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let exported = records(&first);
+    assert!(exported.contains_key(&("workloads".into(), "kept".into())));
+    assert!(exported.contains_key(&("nodes".into(), "node-r".into())));
+
+    // Into etcd, with the gateway stopped; then the same gateway over it.
+    let etcd = Etcd::start(&dir.path().join("etcd"));
+    let over_etcd = format!(
+        "{embedded}\n[etcd]\nendpoints = {}\nlease_ttl = \"2s\"\n",
+        etcd.endpoints_toml()
+    );
+    let etcd_config = dir.path().join("etcd.toml");
+    std::fs::write(&etcd_config, &over_etcd).unwrap();
+    let state_dir = g.dir.join("state");
+    g.process.as_mut().unwrap().stop(Duration::from_secs(10));
+    let import = |config: &Path, from: &Path| {
+        state_cmd(&[
+            "import",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state_dir.to_str().unwrap(),
+            "--in",
+            from.to_str().unwrap(),
+        ])
+    };
+    let (ok, err) = import(&etcd_config, &first);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!("imported {} records", exported.len())),
+        "{err}"
+    );
+    // Not twice: the store holds records now.
+    let (ok, err) = import(&etcd_config, &first);
+    assert!(
+        !ok && err.contains("an import goes into an empty one"),
+        "{err}"
+    );
+    std::fs::write(g.dir.join("gateway.toml"), &over_etcd).unwrap();
+    g.restart();
+    g.until("/v1/nodes/node-r", "ready over etcd", 30, |v| {
+        v["status"] == "ready"
+    });
+    let w = g.until("/v1/workloads/kept", "two running over etcd", 60, |w| {
+        w["running"] == 2
+    });
+    assert_eq!(w["version"], 1);
+    // The same containers, none restarted; the API token still valid.
+    let same = |a: &[Value], b: &[Value]| {
+        let ids = |x: &[Value]| {
+            let mut v: Vec<String> = x.iter().map(|c| c["id"].to_string()).collect();
+            v.sort();
+            v
+        };
+        ids(a) == ids(b)
+    };
+    assert!(
+        same(&containers, &agent.containers()),
+        "{:?}",
+        agent.containers()
+    );
+    let (code, v) = g.call_as(Some(&ci), "GET", "/v1/workloads", None);
+    assert_eq!(code, 200, "{v}");
+    // A gateway leads: an import is refused.
+    let (ok, err) = import(&etcd_config, &first);
+    assert!(!ok && err.contains("in use"), "{err}");
+
+    // And back: etcd exported (while the gateway runs) into a fresh
+    // embedded store holds the same records.
+    let second = dir.path().join("second.ndjson");
+    let (ok, err) = state_cmd(&[
+        "export",
+        "--config",
+        etcd_config.to_str().unwrap(),
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let back = records(&second);
+    let keys = |r: &BTreeMap<(String, String), Value>| r.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&back), keys(&exported));
+    assert_eq!(
+        back[&("workloads".to_string(), "kept".to_string())],
+        exported[&("workloads".to_string(), "kept".to_string())]
+    );
+    let fresh = dir.path().join("fresh");
+    let embedded_config = dir.path().join("embedded.toml");
+    std::fs::write(&embedded_config, embedded).unwrap();
+    let out = std::process::Command::new(skiff_e2e::bin("skiff-gateway"))
+        .args(["state", "import", "--config"])
+        .arg(&embedded_config)
+        .arg("--state-dir")
+        .arg(&fresh)
+        .arg("--in")
+        .arg(&second)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = dir.path().join("third.ndjson");
+    let out = std::process::Command::new(skiff_e2e::bin("skiff-gateway"))
+        .args(["state", "export", "--config"])
+        .arg(&embedded_config)
+        .arg("--state-dir")
+        .arg(&fresh)
+        .arg("--out")
+        .arg(&third)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(records(&third), back);
 }

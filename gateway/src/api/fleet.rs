@@ -126,6 +126,32 @@ pub(super) async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// `GET /v1/state`: every record of the store, as `skiff-gateway state
+/// export` writes them (NDJSON: a header line, then one record a line),
+/// exactly what is committed: a backup of a running gateway, or what
+/// `state import` puts into another store.
+#[utoipa::path(get, path = "/v1/state", tag = "fleet",
+    responses((status = 200, description = "The state export (NDJSON)",
+        content_type = "application/x-ndjson", body = String),
+        (status = 503, description = "The store cannot be read", body = ApiError)))]
+pub(super) async fn state(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let c = std::sync::Arc::clone(&s.control);
+    let loaded = tokio::task::spawn_blocking(move || c.export())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        crate::state_io::export(&loaded, crate::control::now_ms()),
+    ))
+}
+
 /// The gateway's version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VersionView {

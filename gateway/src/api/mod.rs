@@ -185,6 +185,7 @@ pub fn routes() -> Vec<Route> {
         ),
         route(M::GET, "/v1/sites", At(ReadOnly), get(fleet::sites)),
         route(M::GET, "/v1/gateways", At(ReadOnly), get(fleet::gateways)),
+        route(M::GET, "/v1/state", At(Admin), get(fleet::state)),
         route(M::GET, "/v1/events", At(ReadOnly), get(fleet::events)),
         route(
             M::POST,
@@ -229,7 +230,7 @@ pub fn routes() -> Vec<Route> {
 #[openapi(
     info(title = "Skiff gateway", description = "Workloads, nodes, sites and allocations of a Skiff fleet."),
     paths(
-        openapi_json, fleet::metrics, fleet::version, fleet::gateways,
+        openapi_json, fleet::metrics, fleet::version, fleet::gateways, fleet::state,
         workloads::list, workloads::create, workloads::get, workloads::update, workloads::delete,
         workloads::scale, workloads::restart, streams::logs, streams::exec, workloads::allocations,
         nodes::list, nodes::get, nodes::remove, nodes::cordon, nodes::uncordon, nodes::drain,
@@ -438,7 +439,11 @@ async fn to_leader(
     next: axum::middleware::Next,
 ) -> Response {
     match &s.peers {
-        Some(p) if !s.control.is_leader() => p.forward(req).await,
+        Some(p) if !s.control.is_leader() => match p.forward(req).await {
+            Ok(resp) => resp,
+            // This gateway leads now: it answers.
+            Err(req) => next.run(req).await,
+        },
         Some(_) if req.headers().contains_key(FORWARDED) && req.uri().path() != "/v1/events" => {
             // The follower answers once it has caught up with this.
             let mut resp = next.run(req).await;

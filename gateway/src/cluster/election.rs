@@ -39,8 +39,9 @@ impl Cluster {
         let ttl = self.lease_ttl;
         let ttl_s = ttl.as_secs().max(1) as i64;
         let mut client = self.etcd.client();
-        let leader_key = self.key("leader");
-        loop {
+        let leader_key = self.etcd.leader_key();
+        let stopping = || self.stopping.load(Ordering::SeqCst);
+        while !stopping() {
             let lease = match client.lease_grant(ttl_s, None).await {
                 Ok(l) => l.id(),
                 Err(e) => {
@@ -59,6 +60,7 @@ impl Cluster {
                 }
             };
             self.control.set_store_down(None);
+            *self.lease.lock().expect("lock") = Some(lease);
             // The lease holds while acknowledgements come: the last one
             // (measured from when it was asked for) plus the TTL.
             let held = Arc::new(std::sync::Mutex::new(granted));
@@ -92,7 +94,7 @@ impl Cluster {
             {
                 self.store_failed("register", &e);
             }
-            while alive() {
+            while alive() && !stopping() {
                 match self.campaign(&mut client, &leader_key, lease).await {
                     Ok(Some(revision)) => {
                         self.lead(revision, &leader_key, &alive).await;
@@ -176,7 +178,7 @@ impl Cluster {
         self.leading_since_ms.store(since, Ordering::SeqCst);
         self.control.set_leader(Some(self.me(since)));
         tracing::info!(revision, "leads the fleet");
-        while alive() && self.control.is_leader() {
+        while alive() && self.control.is_leader() && !self.stopping.load(Ordering::SeqCst) {
             tokio::time::sleep(POLL / 5).await;
         }
         self.etcd.set_fence(None);

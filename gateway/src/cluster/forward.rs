@@ -14,7 +14,7 @@ use skiff_proto::wire::v1;
 use super::Cluster;
 use crate::api::ApiError;
 use crate::control::ControlError;
-use crate::peers::{GatewayView, Peers};
+use crate::peers::{GatewayView, LEADS_NOW, Peers};
 
 use crate::api::{FORWARDED, REVISION};
 
@@ -152,6 +152,9 @@ impl Cluster {
         let body = serde_json::to_vec(change).expect("serializes");
         let deadline = tokio::time::Instant::now() + HOLD;
         let (url, r) = loop {
+            if self.control.is_leader() {
+                return Err(ControlError::Unavailable(LEADS_NOW.into()));
+            }
             let attempt = match self.leader_url() {
                 Ok(base) => {
                     let url = format!("{base}/internal/v1/agent");
@@ -226,7 +229,10 @@ impl Cluster {
     }
 
     /// Forwards a REST request to the leader.
-    async fn forward_rest(&self, req: axum::extract::Request) -> Result<Response, ApiError> {
+    async fn forward_rest(
+        &self,
+        req: axum::extract::Request,
+    ) -> Result<Result<Response, axum::extract::Request>, ApiError> {
         if req.headers().contains_key(FORWARDED) {
             // A forwarded request reached a gateway that no longer leads.
             return Err(ApiError::unavailable(
@@ -252,6 +258,10 @@ impl Cluster {
         // servers hold forwarded RPCs: up to HOLD.
         let deadline = tokio::time::Instant::now() + HOLD;
         let (base, r) = loop {
+            if self.control.is_leader() {
+                let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+                return Ok(Err(req));
+            }
             let attempt = match self.leader_url() {
                 Ok(base) => {
                     let mut out = self
@@ -310,23 +320,26 @@ impl Cluster {
             *resp.headers_mut() = headers;
             resp.headers_mut()
                 .remove(axum::http::header::CONTENT_LENGTH);
-            return Ok(resp);
+            return Ok(Ok(resp));
         }
         let mut resp = Response::new(axum::body::Body::from_stream(r.bytes_stream()));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         resp.headers_mut()
             .remove(axum::http::header::CONTENT_LENGTH);
-        Ok(resp)
+        Ok(Ok(resp))
     }
 }
 
 #[tonic::async_trait]
 impl Peers for Cluster {
-    async fn forward(&self, req: axum::extract::Request) -> Response {
+    async fn forward(
+        &self,
+        req: axum::extract::Request,
+    ) -> Result<Response, axum::extract::Request> {
         match self.forward_rest(req).await {
             Ok(r) => r,
-            Err(e) => e.into_response(),
+            Err(e) => Ok(e.into_response()),
         }
     }
 
@@ -372,6 +385,15 @@ impl Peers for Cluster {
             for attempt in 0..10u32 {
                 match me.send(&change).await {
                     Ok(_) => return,
+                    Err(_) if me.control.is_leader() => {
+                        if let AgentChange::Report { node, statuses } = &change
+                            && let Ok(r) = unb64::<v1::AllocationStatusReport>(statuses)
+                            && let Err(e) = me.control.report(node, &r.allocations)
+                        {
+                            tracing::warn!(node, error = %e, "store allocation status");
+                        }
+                        return;
+                    }
                     Err(e) if attempt == 9 => {
                         tracing::warn!(node, error = %e, "status report to the leader (the agent sends it again on reconnect)");
                     }

@@ -46,6 +46,10 @@ pub struct Cluster {
     started_ms: i64,
     /// Since when this gateway has led (unix ms; 0: it does not).
     leading_since_ms: std::sync::atomic::AtomicI64,
+    /// Set by [`Cluster::resign`]: campaign no more.
+    stopping: std::sync::atomic::AtomicBool,
+    /// The lease this gateway holds now.
+    lease: std::sync::Mutex<Option<i64>>,
     /// One report at a time per node, in order.
     report_order: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -83,6 +87,8 @@ impl Cluster {
             lease_ttl,
             started_ms: crate::control::now_ms(),
             leading_since_ms: std::sync::atomic::AtomicI64::new(0),
+            lease: std::sync::Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             report_order: std::sync::Mutex::new(std::collections::HashMap::new()),
             pki,
         });
@@ -90,6 +96,23 @@ impl Cluster {
         tokio::spawn(Arc::clone(&c).follow());
         tokio::spawn(Arc::clone(&c).send_heard());
         Ok(c)
+    }
+
+    /// Gives the lead (and this gateway's place among the members) up at
+    /// once, for a stop: another gateway leads within a poll, not a lease.
+    pub async fn resign(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.etcd.set_fence(None);
+        self.control.step_down("stopping");
+        let lease = self.lease.lock().expect("lock").take();
+        if let Some(id) = lease {
+            let mut client = self.etcd.client();
+            match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await {
+                Ok(Ok(_)) => tracing::info!("left the fleet's election"),
+                _ => tracing::warn!("could not revoke the lease: the others wait for its TTL"),
+            }
+        }
     }
 
     fn key(&self, rest: &str) -> String {

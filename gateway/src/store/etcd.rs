@@ -163,6 +163,75 @@ impl EtcdStore {
         format!("{}/records/{}/{key}", self.prefix, kind.name())
     }
 
+    /// The leadership key: whoever created it (with a lease) leads.
+    pub fn leader_key(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+
+    /// Takes the leadership key for a one-off writer (`state import`)
+    /// and fences commits with it; refused while a gateway leads. Its
+    /// lease, for [`EtcdStore::release`].
+    pub fn claim(&self, holder: &str, ttl: Duration) -> Result<i64, StoreError> {
+        let mut client = self.client.clone();
+        let key = self.leader_key();
+        let value = serde_json::json!({"name": holder, "url": "", "since_ms": 0}).to_string();
+        let (lease, revision) = self.block("claim", async move {
+            let lease = client
+                .lease_grant(ttl.as_secs().max(1) as i64, None)
+                .await
+                .map_err(unavailable("lease"))?
+                .id();
+            let r = client
+                .txn(
+                    Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            value,
+                            Some(etcd_client::PutOptions::new().with_lease(lease)),
+                        )])
+                        .or_else([TxnOp::get(key, None)]),
+                )
+                .await
+                .map_err(unavailable("claim"))?;
+            if !r.succeeded() {
+                let _ = client.lease_revoke(lease).await;
+                let holder = r
+                    .op_responses()
+                    .into_iter()
+                    .find_map(|op| match op {
+                        etcd_client::TxnOpResponse::Get(g) => g
+                            .kvs()
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                return Err(StoreError::InUse(format!(
+                    "a gateway leads this fleet ({holder}): stop every gateway first"
+                )));
+            }
+            Ok((lease, r.header().map_or(0, |h| h.revision())))
+        })?;
+        self.set_fence(Some(Fence {
+            key: self.leader_key(),
+            revision,
+        }));
+        Ok(lease)
+    }
+
+    /// Gives a [`EtcdStore::claim`] back.
+    pub fn release(&self, lease: i64) {
+        self.set_fence(None);
+        let mut client = self.client.clone();
+        let _ = self.block("release", async move {
+            client
+                .lease_revoke(lease)
+                .await
+                .map_err(unavailable("release"))
+        });
+    }
+
     /// Reads record keys back.
     pub fn codec(&self) -> KeyCodec {
         KeyCodec {

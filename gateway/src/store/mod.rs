@@ -101,6 +101,10 @@ pub enum StoreError {
     /// commit was refused by the store, nothing was written.
     #[error("this gateway does not lead the fleet: nothing was written")]
     NotLeader,
+    /// Someone else holds what this needs (a one-off import while a
+    /// gateway runs).
+    #[error("state store in use: {0}")]
+    InUse(String),
     /// The embedded database failed.
     #[error("state store {what}: {source}")]
     Backend { what: String, source: Source },
