@@ -302,13 +302,18 @@ impl Autoscaler {
         }
         for vm in &joined {
             // The node knows its instance from now on (for scale-in).
-            let _ = self.control.write(|s, b| {
+            let recorded = self.control.write(|s, b| {
                 if let Some(n) = s.nodes.get_mut(&vm.node) {
                     n.instance_id = Some(vm.id.clone());
                     b.put(Kind::Node, &vm.node, n);
                 }
                 Ok(())
             });
+            if let Err(e) = recorded {
+                // The VM stays recorded: the next pass tries again.
+                tracing::warn!(vm = %vm.id, node = %vm.node, error = %e, "record the instance of a joined node");
+                continue;
+            }
             self.forget(vm);
         }
     }
@@ -420,18 +425,25 @@ impl Autoscaler {
                 }
                 (Some(_), _) => {
                     // Work arrived before the cordon took: move it first.
-                    let _ = set(&|n| n.draining = true);
+                    if let Err(e) = set(&|n| n.draining = true) {
+                        tracing::warn!(node = %st.node, error = %e, "scale-in: drain (tried again next pass)");
+                    }
                 }
             }
         }
     }
 
+    /// Drops a VM's record (it joined, or it is gone); a failed write
+    /// leaves it for the next pass, which does it again.
     fn forget(&self, vm: &VmRecord) {
-        let _ = self.control.write(|s, b| {
+        let r = self.control.write(|s, b| {
             s.vms.remove(&vm.id);
             b.delete(Kind::Vm, &vm.id);
             Ok(())
         });
+        if let Err(e) = r {
+            tracing::warn!(vm = %vm.id, error = %e, "forget a VM record (tried again next pass)");
+        }
     }
 }
 

@@ -559,8 +559,14 @@ impl Control {
         // Only the leader writes; and not on a state that may hold a write
         // the store refused (it is reloaded first).
         self.lead.may_write()?;
+        // Nodes whose desired state a reload changed: pushed once the lock
+        // is released.
+        let mut reloaded = BTreeSet::new();
         if self.lead.is_stale() {
-            self.reload_locked(&mut state)?;
+            match self.reload_locked(&mut state) {
+                Ok(changed) => reloaded = changed,
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut batch = Batch {
             soft,
@@ -583,8 +589,14 @@ impl Control {
             }
             if !batch.is_empty() || matches!(e, ControlError::Store(_)) {
                 // A failure to reload leaves the state marked stale.
-                let _ = self.reload_locked(&mut state);
+                if let Ok(changed) = self.reload_locked(&mut state) {
+                    reloaded.extend(changed);
+                }
             }
+        }
+        drop(state);
+        if !reloaded.is_empty() {
+            self.push(&reloaded);
         }
         out
     }
@@ -593,12 +605,12 @@ impl Control {
     /// may have left changes in memory that are not in the store). When
     /// the store cannot be read, the state is marked stale: nothing is
     /// written until a reload succeeds.
-    fn reload_locked(&self, state: &mut State) -> Result<(), StoreError> {
+    fn reload_locked(&self, state: &mut State) -> Result<BTreeSet<String>, StoreError> {
         match load_state(self.store.as_ref()) {
             Ok((fresh, revision)) => {
-                *state = fresh;
+                let before = std::mem::replace(state, fresh);
                 self.lead.loaded(revision);
-                Ok(())
+                Ok(leadership::changed_nodes(&before, state))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reload the state after a failed write");

@@ -86,6 +86,10 @@ impl Cluster {
                     }
                     break;
                 }
+                if self.control.is_stale() && !self.control.is_leader() {
+                    // Changes are not applied to a stale state: reload.
+                    break;
+                }
             }
         }
     }
