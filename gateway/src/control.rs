@@ -686,8 +686,13 @@ impl Control {
                     continue;
                 }
                 let t = Instant::now();
-                if let Err(e) = c.reconcile() {
-                    tracing::error!(error = %e, "reconcile");
+                // Off the async workers: a pass holds the state lock for
+                // its commit (over etcd, several round trips).
+                let pass = Arc::clone(&c);
+                match tokio::task::spawn_blocking(move || pass.reconcile()).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "reconcile"),
+                    Ok(Ok(())) => {}
+                    Err(e) => tracing::error!(error = %e, "reconcile pass panicked"),
                 }
                 c.metrics
                     .reconcile_seconds
@@ -1362,17 +1367,29 @@ impl Control {
         node: &str,
         statuses: &[skiff_proto::wire::v1::AllocationStatus],
     ) -> Result<(), ControlError> {
+        self.report_many(&[(node.to_string(), statuses.to_vec())])
+    }
+
+    /// [`Control::report`] for several nodes in one commit (a follower's
+    /// batch of what its sessions reported).
+    pub fn report_many(
+        &self,
+        reports: &[(String, Vec<skiff_proto::wire::v1::AllocationStatus>)],
+    ) -> Result<(), ControlError> {
         let mut ignored = Vec::new();
         let mut changed = false;
         // Soft: agents report again on reconnect.
         let r = self.write_soft(|s, b| {
             let now = now_ms();
-            for st in statuses {
+            for (node, st) in reports
+                .iter()
+                .flat_map(|(n, v)| v.iter().map(move |st| (n, st)))
+            {
                 let Some(a) = s.allocations.get_mut(&st.allocation_id) else {
                     continue;
                 };
-                if a.node.as_deref() != Some(node) {
-                    ignored.push(st.allocation_id.clone());
+                if a.node.as_deref() != Some(node.as_str()) {
+                    ignored.push((node.clone(), st.allocation_id.clone()));
                     continue;
                 }
                 if !a.is_live() {
@@ -1399,7 +1416,7 @@ impl Control {
             }
             Ok(())
         });
-        for id in ignored {
+        for (node, id) in ignored {
             tracing::warn!(node, allocation = %id, "ignored a report for an allocation the node does not hold");
         }
         // A state change may let a rolling update go on.

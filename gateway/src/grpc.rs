@@ -42,7 +42,7 @@ impl AgentPort {
 
     fn leader_now(&self) -> Result<&dyn crate::peers::Peers, Status> {
         self.leader()
-            .ok_or_else(|| Status::unavailable("this gateway does not lead the fleet"))
+            .ok_or_else(|| Status::unavailable(crate::control::leadership::NOT_LEADER))
     }
 
     /// Status reports, taken here when this gateway leads, else by the

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::Method;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use utoipa::OpenApi;
 
@@ -444,12 +444,51 @@ async fn to_leader(
             // This gateway leads now: it answers.
             Err(req) => next.run(req).await,
         },
-        Some(_) if req.headers().contains_key(FORWARDED) && req.uri().path() != "/v1/events" => {
-            // The follower answers once it has caught up with this.
+        Some(p) if req.uri().path() != "/v1/events" => {
+            let forwarded = req.headers().contains_key(FORWARDED);
+            // Kept, to hand the request on if this gateway loses the lead
+            // before it writes anything.
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, s.control.config.max_body).await else {
+                return ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the request body is larger than max_body",
+                )
+                .into_response();
+            };
+            let mut copy = axum::extract::Request::new(axum::body::Body::from(bytes.clone()));
+            *copy.method_mut() = parts.method.clone();
+            *copy.uri_mut() = parts.uri.clone();
+            *copy.headers_mut() = parts.headers.clone();
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
             let mut resp = next.run(req).await;
-            let rev = s.control.applied_revision();
-            if let Ok(v) = axum::http::HeaderValue::from_str(&rev.to_string()) {
-                resp.headers_mut().insert(REVISION, v);
+            if resp.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE
+                && !forwarded
+                && !s.control.is_leader()
+            {
+                let (rparts, rbody) = resp.into_parts();
+                let rbytes = axum::body::to_bytes(rbody, 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let e: Option<ApiError> = serde_json::from_slice(&rbytes).ok();
+                if e.is_some_and(|e| {
+                    e.message
+                        .starts_with(crate::control::leadership::NOT_LEADER)
+                }) {
+                    // Nothing was written: the new leader takes it.
+                    if let Ok(r) = p.forward(copy).await {
+                        return r;
+                    }
+                }
+                resp = Response::from_parts(rparts, axum::body::Body::from(rbytes));
+            }
+            if forwarded {
+                // The follower answers once it has caught up with this.
+                let rev = s.control.applied_revision();
+                if let Ok(v) = axum::http::HeaderValue::from_str(&rev.to_string()) {
+                    resp.headers_mut().insert(REVISION, v);
+                }
             }
             resp
         }

@@ -65,19 +65,34 @@ impl Cluster {
             // (measured from when it was asked for) plus the TTL.
             let held = Arc::new(std::sync::Mutex::new(granted));
             let held2 = Arc::clone(&held);
-            let keepalive = tokio::spawn(async move {
+            // On the etcd client's own runtime: a busy gateway (its
+            // workers waiting on the state lock) still renews its lease.
+            let mut ka_client = client.clone();
+            let keepalive = self.etcd.handle().spawn(async move {
                 loop {
                     let asked = Instant::now();
-                    if keeper.keep_alive().await.is_err() {
-                        return;
-                    }
-                    match tokio::time::timeout(ttl / 3, acks.message()).await {
+                    let sent = keeper.keep_alive().await.is_ok();
+                    let ack = if sent {
+                        tokio::time::timeout(ttl / 3, acks.message()).await
+                    } else {
+                        Ok(Ok(None))
+                    };
+                    match ack {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => {
                             *held2.lock().expect("lock") = asked;
                         }
                         Ok(Ok(Some(_))) => return, // expired
-                        Ok(_) => return,           // stream ended
                         Err(_) => {}               // slow: ask again
+                        Ok(_) => {
+                            // The stream broke (its member went away):
+                            // the lease lives on for its TTL; keep it
+                            // through another member.
+                            match ka_client.lease_keep_alive(lease).await {
+                                Ok((k, a)) => (keeper, acks) = (k, a),
+                                Err(_) => tokio::time::sleep(ttl / 10).await,
+                            }
+                            continue;
+                        }
                     }
                     tokio::time::sleep(ttl / 3).await;
                 }

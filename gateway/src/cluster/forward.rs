@@ -14,9 +14,14 @@ use skiff_proto::wire::v1;
 use super::Cluster;
 use crate::api::ApiError;
 use crate::control::ControlError;
+use crate::control::leadership::{NOT_LEADER, is_not_leader};
 use crate::peers::{GatewayView, LEADS_NOW, Peers};
 
 use crate::api::{FORWARDED, REVISION};
+
+/// How long an agent's change may take on a busy leader (joins queue for
+/// the state lock behind one another).
+const AGENT_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a change waits for a leader during an election.
 const HOLD: Duration = Duration::from_secs(5);
@@ -43,6 +48,10 @@ pub enum AgentChange {
     Report {
         node: String,
         statuses: String,
+    },
+    /// Status reports of several nodes, in the order they came.
+    Reports {
+        reports: Vec<(String, String)>,
     },
     Renewed {
         node: String,
@@ -99,10 +108,25 @@ async fn agent_change(
         .into_response();
     }
     if !c.control.is_leader() {
-        return ApiError::unavailable("this gateway does not lead the fleet").into_response();
+        return not_leader().into_response();
     }
+    // Off the async workers: the change waits for the state lock and its
+    // commit.
+    let r = match tokio::task::spawn_blocking(move || apply(&c, change)).await {
+        Ok(r) => r,
+        Err(e) => Err(ControlError::Unavailable(format!("the change failed: {e}"))),
+    };
+    match r {
+        Ok(message) => axum::Json(AgentAnswer { message }).into_response(),
+        Err(e) if is_not_leader(&e) => not_leader().into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// An agent's change, made here (the leader).
+fn apply(c: &Cluster, change: AgentChange) -> Result<String, ControlError> {
     let control = &c.control;
-    let r = match change {
+    match change {
         AgentChange::Join { request } => unb64::<v1::JoinRequest>(&request)
             .and_then(|r| control.join(&r, &c.pki))
             .map(|m| b64(&m)),
@@ -111,6 +135,14 @@ async fn agent_change(
             .map(|m| b64(&m)),
         AgentChange::Report { node, statuses } => unb64::<v1::AllocationStatusReport>(&statuses)
             .and_then(|r| control.report(&node, &r.allocations))
+            .map(|()| String::new()),
+        AgentChange::Reports { reports } => reports
+            .iter()
+            .map(|(node, statuses)| {
+                unb64::<v1::AllocationStatusReport>(statuses).map(|r| (node.clone(), r.allocations))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|all: Vec<(String, Vec<v1::AllocationStatus>)>| control.report_many(&all))
             .map(|()| String::new()),
         AgentChange::Renewed {
             node,
@@ -125,12 +157,16 @@ async fn agent_change(
             }
             Ok(String::new())
         }
-    };
-    match r {
-        Ok(message) => axum::Json(AgentAnswer { message }).into_response(),
-        Err(e) => ApiError::from(e).into_response(),
     }
 }
+
+/// The internal endpoint's answer when this gateway does not lead (any
+/// more): nothing was written, the sender tries the leader again.
+fn not_leader() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, NOT_LEADER_CODE, NOT_LEADER)
+}
+
+const NOT_LEADER_CODE: &str = "not_leader";
 
 fn no_leader(c: &Cluster) -> ControlError {
     ControlError::Unavailable(match c.control.store_down() {
@@ -164,10 +200,27 @@ impl Cluster {
                         .bearer_auth(&self.secret)
                         .header(axum::http::header::CONTENT_TYPE, "application/json")
                         .body(body.clone())
-                        .timeout(Duration::from_secs(5))
+                        .timeout(AGENT_CHANGE_TIMEOUT)
                         .send()
                         .await;
                     match sent {
+                        // The gateway asked stopped leading first: the
+                        // next leader gets it.
+                        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                            let body = r.bytes().await.unwrap_or_default();
+                            let e: Option<ApiError> = serde_json::from_slice(&body).ok();
+                            match e {
+                                Some(e) if e.code == NOT_LEADER_CODE => {
+                                    ControlError::Unavailable(NOT_LEADER.into())
+                                }
+                                Some(e) => return Err(ControlError::Unavailable(e.message)),
+                                None => {
+                                    return Err(ControlError::Unavailable(format!(
+                                        "the leader at {url} answered 503"
+                                    )));
+                                }
+                            }
+                        }
                         Ok(r) => break (url, r),
                         Err(e) if e.is_connect() => {
                             ControlError::Unavailable(format!("the leader at {url}: {e}"))
@@ -228,6 +281,51 @@ impl Cluster {
         }
     }
 
+    /// Sends the status reports gathered since the last flush to the
+    /// leader, every 20 ms, in order; kept and sent again while no leader
+    /// takes them (agents send everything again on reconnect anyway).
+    pub(super) async fn send_reports(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let batch = std::mem::take(&mut *self.reports.lock().expect("lock"));
+            if batch.is_empty() {
+                continue;
+            }
+            if self.control.is_leader() {
+                if let Err(e) = self.control.report_many(&batch) {
+                    tracing::warn!(error = %e, "store allocation status");
+                }
+                continue;
+            }
+            let change = AgentChange::Reports {
+                reports: batch
+                    .iter()
+                    .map(|(n, st)| {
+                        (
+                            n.clone(),
+                            b64(&v1::AllocationStatusReport {
+                                allocations: st.clone(),
+                            }),
+                        )
+                    })
+                    .collect(),
+            };
+            if let Err(e) = self.send(&change).await {
+                if self.control.is_leader() {
+                    if let Err(e) = self.control.report_many(&batch) {
+                        tracing::warn!(error = %e, "store allocation status");
+                    }
+                    continue;
+                }
+                tracing::warn!(error = %e, reports = batch.len(), "status reports to the leader; again");
+                // In front of what came since.
+                let mut pending = self.reports.lock().expect("lock");
+                let later = std::mem::replace(&mut *pending, batch);
+                pending.extend(later);
+            }
+        }
+    }
+
     /// Forwards a REST request to the leader.
     async fn forward_rest(
         &self,
@@ -281,6 +379,23 @@ impl Cluster {
                             .expect("a name is a header value"),
                     );
                     match out.send().await {
+                        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                            // Nothing written when it no longer leads: the
+                            // next leader gets it; other 503s go back.
+                            let status = r.status();
+                            let headers = r.headers().clone();
+                            let body = r.bytes().await.unwrap_or_default();
+                            let e: Option<ApiError> = serde_json::from_slice(&body).ok();
+                            if e.is_none_or(|e| !e.message.starts_with(NOT_LEADER)) {
+                                let mut resp = Response::new(axum::body::Body::from(body));
+                                *resp.status_mut() = status;
+                                *resp.headers_mut() = headers;
+                                resp.headers_mut()
+                                    .remove(axum::http::header::CONTENT_LENGTH);
+                                return Ok(Ok(resp));
+                            }
+                            ApiError::unavailable(NOT_LEADER)
+                        }
                         Ok(r) => break (base, r),
                         // It never reached the leader: safe to send again.
                         Err(e) if e.is_connect() => {
@@ -363,44 +478,12 @@ impl Peers for Cluster {
     }
 
     async fn report(&self, node: &str, statuses: &[v1::AllocationStatus]) {
-        let order = Arc::clone(
-            self.report_order
-                .lock()
-                .expect("lock")
-                .entry(node.to_string())
-                .or_default(),
-        );
-        let change = AgentChange::Report {
-            node: node.to_string(),
-            statuses: b64(&v1::AllocationStatusReport {
-                allocations: statuses.to_vec(),
-            }),
-        };
-        let Some(me) = self.me.upgrade() else { return };
-        let node = node.to_string();
-        // In the background, in order: the session goes on reading
-        // heartbeats meanwhile.
-        tokio::spawn(async move {
-            let _turn = order.lock().await;
-            for attempt in 0..10u32 {
-                match me.send(&change).await {
-                    Ok(_) => return,
-                    Err(_) if me.control.is_leader() => {
-                        if let AgentChange::Report { node, statuses } = &change
-                            && let Ok(r) = unb64::<v1::AllocationStatusReport>(statuses)
-                            && let Err(e) = me.control.report(node, &r.allocations)
-                        {
-                            tracing::warn!(node, error = %e, "store allocation status");
-                        }
-                        return;
-                    }
-                    Err(e) if attempt == 9 => {
-                        tracing::warn!(node, error = %e, "status report to the leader (the agent sends it again on reconnect)");
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-                }
-            }
-        });
+        // Batched: the next flush sends every node's reports in one
+        // request, which the leader commits at once.
+        self.reports
+            .lock()
+            .expect("lock")
+            .push((node.to_string(), statuses.to_vec()));
     }
 
     async fn renewed(

@@ -34,8 +34,6 @@ pub use forward::{AgentChange, internal_router};
 /// This gateway's part in the fleet.
 #[derive(Debug)]
 pub struct Cluster {
-    /// Itself, for tasks it starts.
-    me: std::sync::Weak<Cluster>,
     control: Arc<Control>,
     pki: Arc<Pki>,
     etcd: Arc<EtcdStore>,
@@ -50,8 +48,8 @@ pub struct Cluster {
     stopping: std::sync::atomic::AtomicBool,
     /// The lease this gateway holds now.
     lease: std::sync::Mutex<Option<i64>>,
-    /// One report at a time per node, in order.
-    report_order: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Status reports waiting for the next batch to the leader.
+    reports: std::sync::Mutex<Vec<(String, Vec<skiff_proto::wire::v1::AllocationStatus>)>>,
 }
 
 /// A cluster failure at start.
@@ -78,8 +76,7 @@ impl Cluster {
             .etcd
             .as_ref()
             .map_or(Duration::from_secs(3), |e| e.lease_ttl.std());
-        let c = Arc::new_cyclic(|me| Self {
-            me: me.clone(),
+        let c = Arc::new(Self {
             secret: forward::peer_secret(&pki.admin_token),
             control,
             etcd,
@@ -89,12 +86,13 @@ impl Cluster {
             leading_since_ms: std::sync::atomic::AtomicI64::new(0),
             lease: std::sync::Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
-            report_order: std::sync::Mutex::new(std::collections::HashMap::new()),
+            reports: std::sync::Mutex::new(Vec::new()),
             pki,
         });
         tokio::spawn(Arc::clone(&c).elect());
         tokio::spawn(Arc::clone(&c).follow());
         tokio::spawn(Arc::clone(&c).send_heard());
+        tokio::spawn(Arc::clone(&c).send_reports());
         Ok(c)
     }
 

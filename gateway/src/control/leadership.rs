@@ -18,6 +18,19 @@ use serde::{Deserialize, Serialize};
 use super::{Control, ControlError, State, now_ms};
 use crate::store::{Kind, Revision, StoreError};
 
+/// What a change made on a gateway that does not lead fails with (before
+/// anything is written: it may be sent again to the leader).
+pub const NOT_LEADER: &str = "this gateway does not lead the fleet";
+
+/// Whether `e` says this gateway did not lead, nothing written.
+pub fn is_not_leader(e: &ControlError) -> bool {
+    match e {
+        ControlError::Unavailable(m) => m == NOT_LEADER,
+        ControlError::Store(StoreError::NotLeader) => true,
+        _ => false,
+    }
+}
+
 /// A gateway of the fleet, as the others see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Peer {
@@ -56,9 +69,7 @@ impl Lead {
     /// Whether this gateway may write now.
     pub(crate) fn may_write(&self) -> Result<(), ControlError> {
         if !self.leading.load(Ordering::SeqCst) {
-            return Err(ControlError::Unavailable(
-                "this gateway does not lead the fleet".into(),
-            ));
+            return Err(ControlError::Unavailable(NOT_LEADER.into()));
         }
         Ok(())
     }

@@ -84,7 +84,7 @@ impl EtcdStore {
     /// Connects (lazily: a member down now is tried again on each call).
     pub fn connect(c: &EtcdConfig) -> Result<Self, StoreError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .thread_name("skiff-etcd")
             .enable_all()
             .build()
