@@ -198,7 +198,7 @@ fn default_lease_ttl() -> skiff_proto::Duration {
     skiff_proto::Duration::from_secs(3)
 }
 fn default_etcd_timeout() -> skiff_proto::Duration {
-    skiff_proto::Duration::from_secs(2)
+    skiff_proto::Duration::from_secs(5)
 }
 fn default_max_txn_ops() -> usize {
     128

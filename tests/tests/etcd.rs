@@ -223,9 +223,9 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
         g.restart();
         let g = &gs[name];
         eventually(
-            15,
+            30,
             || gateways(g).len() == 3 && leader_of(g).is_some(),
-            || g.log(),
+            || format!("{:?}\n{}", gateways(g), g.log()),
         );
         // Load on the fleet between restarts.
         std::thread::sleep(Duration::from_secs(2));

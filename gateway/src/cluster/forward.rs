@@ -333,9 +333,11 @@ impl Cluster {
     ) -> Result<Result<Response, axum::extract::Request>, ApiError> {
         if req.headers().contains_key(FORWARDED) {
             // A forwarded request reached a gateway that no longer leads.
-            return Err(ApiError::unavailable(
-                "the gateway this request was forwarded to does not lead the fleet any more; retry",
-            ));
+            // (Said with NOT_LEADER first: the follower that forwarded it
+            // sends it on to the next leader.)
+            return Err(ApiError::unavailable(format!(
+                "{NOT_LEADER} (any more): a request forwarded to it goes to the next leader"
+            )));
         }
         let (parts, body) = req.into_parts();
         let path = parts

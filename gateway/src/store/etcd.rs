@@ -91,7 +91,7 @@ impl EtcdStore {
             .map_err(|e| StoreError::backend("etcd client runtime", e))?;
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(c.timeout.std() / 3)
+            .with_timeout(c.timeout.std() / 2)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_require_leader(true);
         if let Some(ca) = &c.ca_file {
