@@ -19,8 +19,17 @@ use crate::grpc::AgentPort;
 use crate::pki::Pki;
 use crate::store::RedbStore;
 
-/// Runs the gateway until it is stopped.
+/// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    run_until(config, shutdown()).await
+}
+
+/// Runs the gateway until `stop` resolves (a process that handles the
+/// signals itself, such as `skiff dev`, passes its own).
+pub async fn run_until(
+    config: GatewayConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     raise_nofile();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("state_dir {}", config.state_dir.display()))?;
@@ -146,10 +155,10 @@ pub async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Some(cl) => app.merge(crate::cluster::internal_router(Arc::clone(cl))),
         None => app,
     };
-    // SIGTERM or Ctrl-C: everything stops together.
+    // Asked to stop: everything stops together.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown().await;
+        stop.await;
         let _ = stop_tx.send(true);
     });
     let api = match &config.api_tls {

@@ -286,7 +286,12 @@ async fn start(args: &DevArgs, state: &Path, started: Instant) -> Result<Fleet, 
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(log))
         .try_init();
-    let mut gateway = tokio::spawn(skiff_gateway::daemon::run(config));
+    // The signals are this command's: it stops the gateway itself, after
+    // its own clean-up.
+    let mut gateway = tokio::spawn(skiff_gateway::daemon::run_until(
+        config,
+        std::future::pending(),
+    ));
 
     let token_file = state.join("gateway/admin.token");
     let address = format!("http://{}", args.listen);
