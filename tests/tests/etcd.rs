@@ -601,34 +601,27 @@ fn a_running_fleet_moves_from_the_embedded_store_to_etcd_and_back() {
     let fresh = dir.path().join("fresh");
     let embedded_config = dir.path().join("embedded.toml");
     std::fs::write(&embedded_config, embedded).unwrap();
-    let out = std::process::Command::new(skiff_e2e::bin("skiff-gateway"))
-        .args(["state", "import", "--config"])
-        .arg(&embedded_config)
-        .arg("--state-dir")
-        .arg(&fresh)
-        .arg("--in")
-        .arg(&second)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (embedded_config, fresh) = (embedded_config.to_str().unwrap(), fresh.to_str().unwrap());
+    let (ok, err) = state_cmd(&[
+        "import",
+        "--config",
+        embedded_config,
+        "--state-dir",
+        fresh,
+        "--in",
+        second.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
     let third = dir.path().join("third.ndjson");
-    let out = std::process::Command::new(skiff_e2e::bin("skiff-gateway"))
-        .args(["state", "export", "--config"])
-        .arg(&embedded_config)
-        .arg("--state-dir")
-        .arg(&fresh)
-        .arg("--out")
-        .arg(&third)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, err) = state_cmd(&[
+        "export",
+        "--config",
+        embedded_config,
+        "--state-dir",
+        fresh,
+        "--out",
+        third.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
     assert_eq!(records(&third), back);
 }

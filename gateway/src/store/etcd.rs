@@ -224,12 +224,16 @@ impl EtcdStore {
     pub fn release(&self, lease: i64) {
         self.set_fence(None);
         let mut client = self.client.clone();
-        let _ = self.block("release", async move {
+        let revoked = self.block("release", async move {
             client
                 .lease_revoke(lease)
                 .await
                 .map_err(unavailable("release"))
         });
+        if let Err(e) = revoked {
+            // The claim ends with its lease's TTL anyway.
+            tracing::warn!(error = %e, "release the import's claim on the leadership key");
+        }
     }
 
     /// Reads record keys back.
