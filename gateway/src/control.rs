@@ -21,6 +21,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 pub mod agents;
 pub mod changes;
+mod commits;
 pub mod leadership;
 
 use crate::config::GatewayConfig;
@@ -318,6 +319,8 @@ pub struct Control {
     /// Leadership of the fleet and what this gateway applied of the store
     /// (see [`leadership`]).
     pub(crate) lead: leadership::Lead,
+    /// Batches waiting to be committed, as one (see [`commits`]).
+    commits: commits::Commits,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
@@ -358,6 +361,7 @@ impl Control {
             held: Mutex::new(BTreeMap::new()),
             plan_ready: Notify::new(),
             lead,
+            commits: commits::Commits::default(),
         }))
     }
 }
@@ -555,50 +559,78 @@ impl Control {
         soft: bool,
         f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
+        let t = Instant::now();
         let mut state = self.state.lock().expect("state lock");
         // Only the leader writes; and not on a state that may hold a write
-        // the store refused (it is reloaded first).
+        // the store refused (it is reloaded first). The epoch is read
+        // before staleness: a commit that fails after this read refuses
+        // this batch.
+        let epoch = self.commits.epoch();
         self.lead.may_write()?;
         // Nodes whose desired state a reload changed: pushed once the lock
         // is released.
         let mut reloaded = BTreeSet::new();
         if self.lead.is_stale() {
-            match self.reload_locked(&mut state) {
-                Ok(changed) => reloaded = changed,
-                Err(e) => return Err(e.into()),
-            }
+            reloaded = self.reload_locked(&mut state)?;
         }
         let mut batch = Batch {
             soft,
             ..Batch::default()
         };
-        let t = Instant::now();
-        let out = f(&mut state, &mut batch).and_then(|out| {
-            let revision = self.store.commit(&batch)?;
-            self.lead.committed(revision);
-            Ok(out)
-        });
-        if !batch.is_empty() {
+        let out = f(&mut state, &mut batch);
+        let wrote = !batch.is_empty();
+        let ticket = match &out {
+            Ok(_) => Some(self.commits.enqueue(epoch, batch)),
+            Err(e) if !wrote && !matches!(e, ControlError::Store(_)) => None,
+            Err(_) => {
+                // `f` changed the state and gave up: the state is reloaded
+                // once the commit under way is settled; what others queued
+                // fails (it was built on this change).
+                self.commits.fail_pending(StoreError::Unavailable {
+                    what: "commit".into(),
+                    source: "a change made meanwhile failed and the state was reloaded".into(),
+                });
+                if let Ok(changed) = self.reload_locked(&mut state) {
+                    reloaded.extend(changed);
+                }
+                None
+            }
+        };
+        drop(state);
+        let result = match ticket {
+            None => Ok(()),
+            Some(ticket) => ticket
+                .and_then(|ticket| {
+                    self.commits.wait(
+                        ticket,
+                        self.store.as_ref(),
+                        |revision| self.lead.committed(revision),
+                        |_| self.lead.mark_stale(),
+                    )
+                })
+                .map_err(ControlError::from),
+        };
+        if let Err(ControlError::Store(e)) = &result {
+            if matches!(e, StoreError::NotLeader) {
+                self.step_down("a commit was refused: another gateway leads now");
+            }
+            // The state holds what was not written: reloaded now (or, if
+            // the store cannot be read, before the next write).
+            let mut state = self.state.lock().expect("state lock");
+            if self.lead.is_stale()
+                && let Ok(changed) = self.reload_locked(&mut state)
+            {
+                reloaded.extend(changed);
+            }
+        } else if wrote {
             self.metrics
                 .store_commit_seconds
                 .observe(t.elapsed().as_secs_f64());
         }
-        if let Err(e) = &out {
-            if let ControlError::Store(StoreError::NotLeader) = e {
-                self.step_down("a commit was refused: another gateway leads now");
-            }
-            if !batch.is_empty() || matches!(e, ControlError::Store(_)) {
-                // A failure to reload leaves the state marked stale.
-                if let Ok(changed) = self.reload_locked(&mut state) {
-                    reloaded.extend(changed);
-                }
-            }
-        }
-        drop(state);
         if !reloaded.is_empty() {
             self.push(&reloaded);
         }
-        out
+        result.and(out)
     }
 
     /// Replaces the state with the store's (after a failed write, which
@@ -606,6 +638,7 @@ impl Control {
     /// the store cannot be read, the state is marked stale: nothing is
     /// written until a reload succeeds.
     fn reload_locked(&self, state: &mut State) -> Result<BTreeSet<String>, StoreError> {
+        self.settle_commits();
         match load_state(self.store.as_ref()) {
             Ok((fresh, revision)) => {
                 let before = std::mem::replace(state, fresh);
@@ -620,10 +653,22 @@ impl Control {
         }
     }
 
+    /// Waits (under the state lock) until nothing is being committed or
+    /// queued: the store then has every change the state holds that will
+    /// ever be written.
+    fn settle_commits(&self) {
+        self.commits.wait_idle(
+            self.store.as_ref(),
+            |revision| self.lead.committed(revision),
+            |_| self.lead.mark_stale(),
+        );
+    }
+
     /// Every record the store holds, read under the state lock: exactly
     /// what is committed (`GET /v1/state`, backups).
     pub fn export(&self) -> Result<Loaded, StoreError> {
         let _state = self.state.lock().expect("state lock");
+        self.settle_commits();
         self.store.load()
     }
 
@@ -631,6 +676,7 @@ impl Control {
     /// behind, a state marked stale).
     pub fn reload(&self) -> Result<(), StoreError> {
         let mut state = self.state.lock().expect("state lock");
+        self.settle_commits();
         let (fresh, revision) = load_state(self.store.as_ref())?;
         let before = std::mem::replace(&mut *state, fresh);
         self.lead.loaded(revision);

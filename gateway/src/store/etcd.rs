@@ -367,6 +367,10 @@ impl Store for EtcdStore {
         })
     }
 
+    fn max_batch_ops(&self) -> usize {
+        self.max_txn_ops
+    }
+
     fn commit(&self, batch: &Batch) -> Result<Revision, StoreError> {
         let fence = self.fence().ok_or(StoreError::NotLeader)?;
         let txns = if batch.is_empty() {

@@ -147,6 +147,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Applies the batch atomically; durable when it returns. Its
     /// revision.
     fn commit(&self, batch: &Batch) -> Result<Revision, StoreError>;
+    /// How many operations one commit takes in one transaction: the
+    /// group commit merges batches up to it.
+    fn max_batch_ops(&self) -> usize {
+        usize::MAX
+    }
 }
 
 #[cfg(test)]
