@@ -26,7 +26,7 @@ use skiff_cloud::{
     terminate_owned, with_retry,
 };
 
-use crate::control::{Control, PlannedLaunch, VmRecord, now_ms};
+use crate::control::{Control, ControlError, PlannedLaunch, VmRecord};
 use crate::pki::{Pki, random_hex};
 use crate::store::Kind;
 use futures::StreamExt;
@@ -47,6 +47,17 @@ const LAUNCH_CONCURRENCY: usize = 16;
 
 /// How long demand is gathered after a plan first asks for VMs.
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
+
+/// Why a VM was not launched, or not kept: the cloud refused or failed,
+/// or the gateway could not record it (a store failure is never the
+/// cloud's fault: nothing is set aside for it).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Cloud(#[from] skiff_cloud::CloudError),
+    #[error("record the launch: {0}")]
+    Record(#[source] ControlError),
+}
 
 /// How long a type is set aside after a launch failed with `e` (after the
 /// retries [`with_retry`] made): capacity and quota may come back within
@@ -143,7 +154,7 @@ impl Autoscaler {
     /// Reports a launch; a failure sets the type aside (never the same
     /// failing call again and again: the demand is planned elsewhere).
     /// Whether it succeeded.
-    fn outcome(&self, p: &PlannedLaunch, r: Result<VmRecord, skiff_cloud::CloudError>) -> bool {
+    fn outcome(&self, p: &PlannedLaunch, r: Result<VmRecord, LaunchError>) -> bool {
         match r {
             Ok(vm) => {
                 self.control.event(
@@ -156,7 +167,16 @@ impl Autoscaler {
                 );
                 true
             }
-            Err(e) => {
+            Err(LaunchError::Record(e)) => {
+                // The next plan asks again; no type is to blame.
+                self.control.event(
+                    "site",
+                    &p.site,
+                    format!("did not launch {}: {e}", p.instance_type),
+                );
+                false
+            }
+            Err(LaunchError::Cloud(e)) => {
                 self.control.event(
                     "site",
                     &p.site,
@@ -179,7 +199,7 @@ impl Autoscaler {
         site: &str,
         instance_type: &str,
         allocations: Vec<String>,
-    ) -> Result<VmRecord, skiff_cloud::CloudError> {
+    ) -> Result<VmRecord, LaunchError> {
         let invalid = |m: String| skiff_cloud::CloudError::Invalid(m);
         let cfg = self
             .control
@@ -195,7 +215,7 @@ impl Autoscaler {
         let token = self
             .control
             .issue_join_token(site, join_timeout(cfg))
-            .map_err(|e| skiff_cloud::CloudError::Other(e.to_string()))?;
+            .map_err(LaunchError::Record)?;
         let user_data = Bootstrap {
             gateway_url,
             ca_hash: self.pki.ca_hash(),
@@ -230,7 +250,7 @@ impl Autoscaler {
             site: site.to_string(),
             instance_type: instance_type.to_string(),
             node,
-            launched_ms: now_ms(),
+            launched_ms: self.control.clock.now_ms(),
             allocations,
         };
         let r = self.control.write(|s, b| {
@@ -239,9 +259,15 @@ impl Autoscaler {
             Ok(())
         });
         if let Err(e) = r {
-            // Not recorded: not ours to keep.
-            let _ = terminate_owned(provider, &self.cluster, std::slice::from_ref(&vm.id)).await;
-            return Err(skiff_cloud::CloudError::Other(e.to_string()));
+            // Not recorded: not ours to keep. If even that fails, the
+            // instance carries this gateway's cluster tag for an operator
+            // (and its join token expires unused).
+            if let Err(t) =
+                terminate_owned(provider, &self.cluster, std::slice::from_ref(&vm.id)).await
+            {
+                tracing::error!(vm = %vm.id, error = %t, "terminate a VM that could not be recorded");
+            }
+            return Err(LaunchError::Record(e));
         }
         Ok(vm)
     }
@@ -249,7 +275,7 @@ impl Autoscaler {
     /// VMs whose node joined are done; those past their join timeout are
     /// terminated.
     async fn settle(&self) {
-        let now = now_ms();
+        let now = self.control.clock.now_ms();
         let (joined, late): (Vec<VmRecord>, Vec<VmRecord>) = self.control.read(|s| {
             let joined = s
                 .vms
@@ -325,7 +351,7 @@ impl Autoscaler {
     /// terminated (work that lands on it while cordoned is drained away
     /// first).
     async fn scale_in(&self) {
-        let now = now_ms();
+        let now = self.control.clock.now_ms();
         struct Step {
             node: String,
             site: String,
@@ -373,28 +399,37 @@ impl Autoscaler {
             match (st.phase.as_deref(), st.work) {
                 (None, 0) => match st.idle_since {
                     None => {
-                        let _ = set(&|n| n.idle_since_ms = Some(now));
+                        if let Err(e) = set(&|n| n.idle_since_ms = Some(now)) {
+                            tracing::warn!(node = %st.node, error = %e, "scale-in: note the node idle (tried again next pass)");
+                        }
                     }
                     Some(t) if now - t >= after.as_millis() as i64 => {
-                        if set(&|n| {
+                        match set(&|n| {
                             n.scale_in = Some("cordoned".into());
                             n.unschedulable = true;
-                        })
-                        .is_ok()
-                        {
-                            self.control
-                                .event("node", &st.node, "scale-in: idle, cordoned");
+                        }) {
+                            Ok(()) => {
+                                self.control
+                                    .event("node", &st.node, "scale-in: idle, cordoned");
+                            }
+                            Err(e) => {
+                                tracing::warn!(node = %st.node, error = %e, "scale-in: cordon (tried again next pass)");
+                            }
                         }
                     }
                     Some(_) => {}
                 },
                 (None, _) => {
-                    if st.idle_since.is_some() {
-                        let _ = set(&|n| n.idle_since_ms = None);
+                    if st.idle_since.is_some()
+                        && let Err(e) = set(&|n| n.idle_since_ms = None)
+                    {
+                        tracing::warn!(node = %st.node, error = %e, "scale-in: note the node busy (tried again next pass)");
                     }
                 }
                 (Some("cordoned"), 0) | (Some("terminating"), 0) => {
-                    if set(&|n| n.scale_in = Some("terminating".into())).is_err() {
+                    if let Err(e) = set(&|n| n.scale_in = Some("terminating".into())) {
+                        // Never terminated before it is recorded.
+                        tracing::warn!(node = %st.node, error = %e, "scale-in: record the termination (tried again next pass)");
                         continue;
                     }
                     let Some(p) = self.providers.get(&st.site) else {
@@ -463,6 +498,7 @@ fn join_timeout(site: &crate::config::SiteConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::control::testing::aws_site;
     use skiff_cloud::fake::{FakeCloud, Op};
 
@@ -481,12 +517,31 @@ mod tests {
         (a, clouds.remove(0))
     }
 
-    /// `aws-us-east-1` (m.large), and with `azure` a dearer second site
-    /// `azure-westeurope` (D2s), each with its own fake cloud.
+    /// [`setup`] on a clock the test moves.
+    fn setup_on(
+        dir: &std::path::Path,
+        join_timeout: &str,
+        clock: Arc<ManualClock>,
+    ) -> (Arc<Autoscaler>, Arc<FakeCloud>) {
+        let (a, mut clouds) = setup_sites_on(dir, join_timeout, false, clock);
+        (a, clouds.remove(0))
+    }
+
     fn setup_sites(
         dir: &std::path::Path,
         join_timeout: &str,
         azure: bool,
+    ) -> (Arc<Autoscaler>, Vec<Arc<FakeCloud>>) {
+        setup_sites_on(dir, join_timeout, azure, Arc::default())
+    }
+
+    /// `aws-us-east-1` (m.large), and with `azure` a dearer second site
+    /// `azure-westeurope` (D2s), each with its own fake cloud.
+    fn setup_sites_on(
+        dir: &std::path::Path,
+        join_timeout: &str,
+        azure: bool,
+        clock: Arc<ManualClock>,
     ) -> (Arc<Autoscaler>, Vec<Arc<FakeCloud>>) {
         let gateway_url = Some("https://gw.example.com:7071".to_string());
         let mut sites = vec![crate::config::SiteConfig {
@@ -512,7 +567,7 @@ mod tests {
             sites.push(az);
             clouds.push(("azure-westeurope", fake("D2s", 120_000)));
         }
-        let control = crate::control::testing::control(dir, sites);
+        let control = crate::control::testing::control_on(dir, sites, clock);
         let pki = Arc::new(Pki::open(dir, &[]).unwrap());
         let providers: BTreeMap<String, Arc<dyn CloudProvider>> = clouds
             .iter()
@@ -676,7 +731,8 @@ mod tests {
     #[tokio::test]
     async fn quota_errors_hold_the_type_and_late_vms_are_terminated() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, cloud) = setup(dir.path(), "1ms");
+        let clock = Arc::new(ManualClock::default());
+        let (a, cloud) = setup_on(dir.path(), "5m", clock.clone());
         // Five replicas of 1 CPU: three 2-CPU VMs.
         workload(&a.control, 5);
         a.control.reconcile().unwrap();
@@ -698,14 +754,18 @@ mod tests {
             1,
             "the first refusal stops the other two"
         );
-        // Without the hold: all three launched (together), never join,
-        // terminated (and the demand planned for again).
-        a.control.release_holds();
+        // A minute later, the hold is over: all three launched
+        // (together); they never join: five minutes on, terminated (and
+        // the demand planned for again).
+        clock.advance(Duration::from_secs(61));
         a.control.reconcile().unwrap();
         a.tick().await;
         assert_eq!(cloud.instances().len(), 3);
         assert_eq!(a.control.read(|s| s.vms.len()), 3);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_secs(299));
+        a.tick().await;
+        assert_eq!(a.control.read(|s| s.vms.len()), 3, "not yet late");
+        clock.advance(Duration::from_secs(2));
         a.tick().await;
         assert!(
             cloud

@@ -94,9 +94,14 @@ fn amd64() -> String {
     "amd64".into()
 }
 
+/// A price that is not a decimal number of at most six decimals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a price (e.g. \"0.096\")")]
+pub struct BadPrice(pub String);
+
 /// `"0.096"` → 96,000 millionths (exact; at most six decimals).
-pub fn parse_price(s: &str) -> Result<u64, String> {
-    let bad = || format!("{s:?} is not a price (e.g. \"0.096\")");
+pub fn parse_price(s: &str) -> Result<u64, BadPrice> {
+    let bad = || BadPrice(s.to_string());
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     if whole.is_empty()
         || frac.len() > 6
@@ -353,11 +358,15 @@ impl GatewayConfig {
                     .map_err(|(key, why)| bad(&format!("sites[{i}].azure.{key}"), why))?;
             }
             if let Some(b) = &s.budget_per_hour {
-                parse_price(b).map_err(|e| bad(&format!("sites[{i}].budget_per_hour"), e))?;
+                parse_price(b)
+                    .map_err(|e| bad(&format!("sites[{i}].budget_per_hour"), e.to_string()))?;
             }
             for (j, t) in s.instance_types.iter().enumerate() {
                 parse_price(&t.price_per_hour).map_err(|e| {
-                    bad(&format!("sites[{i}].instance_types[{j}].price_per_hour"), e)
+                    bad(
+                        &format!("sites[{i}].instance_types[{j}].price_per_hour"),
+                        e.to_string(),
+                    )
                 })?;
             }
         }
@@ -515,7 +524,7 @@ fn read_file(path: Option<&Path>, env: &[(String, String)]) -> Result<FileConfig
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<GatewayConfig, String> {
+    fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("gateway.toml");
         std::fs::write(&p, text).unwrap();
@@ -523,7 +532,6 @@ mod tests {
             config: Some(p),
             ..Overrides::default()
         })
-        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -625,7 +633,7 @@ mod tests {
                 "config sites[0].azure.image: \"Canonical:ubuntu\": expected publisher:offer:sku:version",
             ),
         ] {
-            let e = load(text).unwrap_err();
+            let e = load(text).unwrap_err().to_string();
             assert!(e.starts_with(want), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }

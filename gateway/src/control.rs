@@ -23,7 +23,9 @@ pub mod agents;
 pub mod changes;
 mod commits;
 pub mod leadership;
+pub mod reconcile;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::GatewayConfig;
 use crate::scheduler;
 use crate::store::{Batch, Kind, Loaded, Revision, Store, StoreError};
@@ -233,6 +235,9 @@ pub struct State {
     pub vms: BTreeMap<String, VmRecord>,
     /// Allocation ids in each node's desired state.
     desired: HashMap<String, BTreeSet<String>>,
+    /// Bumped by every change: a pass that placed outside the lock sees
+    /// whether the state moved meanwhile.
+    version: u64,
 }
 
 /// How many events `GET /v1/events` can show from before it was called.
@@ -321,6 +326,8 @@ pub struct Control {
     pub(crate) lead: leadership::Lead,
     /// Batches waiting to be committed, as one (see [`commits`]).
     commits: commits::Commits,
+    /// What time it is (a test's own clock, or the system's).
+    pub clock: Arc<dyn Clock>,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
@@ -334,6 +341,15 @@ fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Resul
 impl Control {
     /// Loads the state from the store.
     pub fn open(config: GatewayConfig, store: Arc<dyn Store>) -> Result<Arc<Self>, StoreError> {
+        Self::open_with_clock(config, store, Arc::new(SystemClock))
+    }
+
+    /// [`Control::open`] on a given clock.
+    pub fn open_with_clock(
+        config: GatewayConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, StoreError> {
         let (state, revision) = load_state(store.as_ref())?;
         // With the embedded store this gateway is the fleet's only one, so
         // it leads; over etcd it follows until it wins an election.
@@ -341,7 +357,7 @@ impl Control {
         let metrics = crate::metrics::Metrics::new();
         metrics.leader.set(i64::from(config.etcd.is_none()));
         // Every node gets a full grace period after a gateway restart.
-        let start = Instant::now();
+        let start = clock.now();
         let last_seen = state.nodes.keys().map(|n| (n.clone(), start)).collect();
         let (events, _) = broadcast::channel(1024);
         Ok(Arc::new(Self {
@@ -362,6 +378,7 @@ impl Control {
             plan_ready: Notify::new(),
             lead,
             commits: commits::Commits::default(),
+            clock,
         }))
     }
 }
@@ -377,6 +394,41 @@ fn load_state(store: &dyn Store) -> Result<(State, Revision), StoreError> {
     }
     state.desired = state.desired_sets();
     Ok((state, revision))
+}
+
+/// What a pass's commit leaves to do once it is durable.
+struct Applied {
+    nodes: BTreeSet<String>,
+    planned: Option<Vec<PlannedLaunch>>,
+    events: Vec<reconcile::PassEvent>,
+}
+
+/// A pass's changes, into the state and the batch.
+fn apply_changes(s: &mut State, b: &mut Batch, c: reconcile::Changes) -> Applied {
+    for k in &c.expired_join_tokens {
+        s.join_tokens.remove(k);
+        b.delete(Kind::JoinToken, k);
+    }
+    for id in &c.forgotten {
+        s.allocations.remove(id);
+        b.delete(Kind::Allocation, id);
+    }
+    for (id, a) in c.allocations {
+        b.put(Kind::Allocation, &id, &a);
+        s.allocations.insert(id, a);
+    }
+    for n in &c.nodes {
+        if let Some(node) = s.nodes.get_mut(n) {
+            node.generation += 1;
+            b.put(Kind::Node, n, node);
+        }
+    }
+    s.desired = c.desired;
+    Applied {
+        nodes: c.nodes,
+        planned: c.planned,
+        events: c.events,
+    }
 }
 
 impl State {
@@ -444,7 +496,7 @@ impl Control {
                 )));
             }
             self.check_fleet_replicas(st, &name, spec.replicas)?;
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let w = WorkloadRecord {
                 spec,
                 version: 1,
@@ -489,7 +541,7 @@ impl Control {
     pub fn hold_instance_type(&self, site: &str, instance_type: &str, hold: Duration, why: &str) {
         self.held.lock().expect("lock").insert(
             (site.to_string(), instance_type.to_string()),
-            Instant::now() + hold,
+            self.clock.now() + hold,
         );
         self.event(
             "site",
@@ -508,13 +560,7 @@ impl Control {
             .lock()
             .expect("lock")
             .get(&(site.to_string(), instance_type.to_string()))
-            .is_some_and(|until| *until > Instant::now())
-    }
-
-    /// Ends every hold.
-    #[cfg(test)]
-    pub(crate) fn release_holds(&self) {
-        self.held.lock().expect("lock").clear();
+            .is_some_and(|until| *until > self.clock.now())
     }
 
     /// Resolves when a placement pass has planned VMs.
@@ -578,6 +624,7 @@ impl Control {
             ..Batch::default()
         };
         let out = f(&mut state, &mut batch);
+        state.version += 1;
         let wrote = !batch.is_empty();
         let ticket = match &out {
             Ok(_) => Some(self.commits.enqueue(epoch, batch)),
@@ -640,7 +687,8 @@ impl Control {
     fn reload_locked(&self, state: &mut State) -> Result<BTreeSet<String>, StoreError> {
         self.settle_commits();
         match load_state(self.store.as_ref()) {
-            Ok((fresh, revision)) => {
+            Ok((mut fresh, revision)) => {
+                fresh.version = state.version + 1;
                 let before = std::mem::replace(state, fresh);
                 self.lead.loaded(revision);
                 Ok(leadership::changed_nodes(&before, state))
@@ -677,7 +725,8 @@ impl Control {
     pub fn reload(&self) -> Result<(), StoreError> {
         let mut state = self.state.lock().expect("state lock");
         self.settle_commits();
-        let (fresh, revision) = load_state(self.store.as_ref())?;
+        let (mut fresh, revision) = load_state(self.store.as_ref())?;
+        fresh.version = state.version + 1;
         let before = std::mem::replace(&mut *state, fresh);
         self.lead.loaded(revision);
         let changed = leadership::changed_nodes(&before, &state);
@@ -732,8 +781,8 @@ impl Control {
                     continue;
                 }
                 let t = Instant::now();
-                // Off the async workers: a pass holds the state lock for
-                // its commit (over etcd, several round trips).
+                // Off the async workers: a pass waits for its commit (over
+                // etcd, a round trip or more) and places for a while.
                 let pass = Arc::clone(&c);
                 match tokio::task::spawn_blocking(move || pass.reconcile()).await {
                     Ok(Err(e)) => tracing::error!(error = %e, "reconcile"),
@@ -759,7 +808,7 @@ impl Control {
 
     /// Marks nodes not heard from within `down_after` as down.
     fn check_liveness(&self) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let stale: Vec<String> = {
             let seen = self.last_seen.lock().expect("lock");
             self.read(|s| {
@@ -802,7 +851,7 @@ impl Control {
         self.last_seen
             .lock()
             .expect("lock")
-            .insert(node.to_string(), Instant::now());
+            .insert(node.to_string(), self.clock.now());
     }
 
     /// A node marked down while its session still stood (its heartbeats
@@ -810,30 +859,55 @@ impl Control {
     /// allocations it lost meanwhile are already gone from its desired
     /// state, so it stops them.
     pub fn heard_from(&self, node: &str) {
+        self.heard_from_many(std::slice::from_ref(&node));
+    }
+
+    /// [`Control::heard_from`] for many nodes (a follower's batch): every
+    /// one seen at once, those that were down ready again in one write.
+    pub fn heard_from_many(&self, nodes: &[impl AsRef<str>]) {
         if !self.is_leader() {
             // The leader learns it in this gateway's next batch.
-            self.lead.heard(node);
+            for n in nodes {
+                self.lead.heard(n.as_ref());
+            }
             return;
         }
-        self.seen(node);
-        let down = self.read(|s| {
-            s.nodes
-                .get(node)
-                .is_some_and(|n| n.status == NodeStatus::Down)
-        });
-        if !down {
+        {
+            let now = self.clock.now();
+            let mut seen = self.last_seen.lock().expect("lock");
+            for n in nodes {
+                seen.insert(n.as_ref().to_string(), now);
+            }
+        }
+        let is_down =
+            |s: &State, n: &str| s.nodes.get(n).is_some_and(|n| n.status == NodeStatus::Down);
+        if !self.read(|s| nodes.iter().any(|n| is_down(s, n.as_ref()))) {
             return;
         }
         let r = self.write_soft(|s, b| {
-            if let Some(n) = s.nodes.get_mut(node) {
-                n.status = NodeStatus::Ready;
-                b.put(Kind::Node, node, n);
+            let mut back = Vec::new();
+            for n in nodes {
+                let n = n.as_ref();
+                if is_down(s, n)
+                    && let Some(node) = s.nodes.get_mut(n)
+                {
+                    node.status = NodeStatus::Ready;
+                    b.put(Kind::Node, n, node);
+                    back.push(n.to_string());
+                }
             }
-            Ok(())
+            Ok(back)
         });
-        if r.is_ok() {
-            self.event("node", node, "ready: heard from again");
-            self.wake();
+        match r {
+            Ok(back) => {
+                for n in &back {
+                    self.event("node", n, "ready: heard from again");
+                }
+                self.wake();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, nodes = nodes.len(), "mark nodes heard from ready")
+            }
         }
     }
 
@@ -954,184 +1028,35 @@ impl Control {
             })
     }
 
-    /// One reconciler pass: allocations for every workload, placement of
-    /// the pending ones, new desired states for the nodes that changed.
+    /// One reconciler pass (see [`reconcile`]): its first half under the
+    /// state lock, the placement engine outside it, the rest under it
+    /// again; if the state changed meanwhile, the whole pass runs again
+    /// under the lock. Committed as one batch; then its events, the
+    /// autoscaler's plan and the nodes' new desired states go out.
     pub fn reconcile(&self) -> Result<(), ControlError> {
         let t = Instant::now();
-        let changed = self.write(|s, b| {
-            let now = now_ms();
-            let mut events = Vec::new();
-            let mut touched: BTreeSet<String> = BTreeSet::new();
-            let node_ok = |s: &State, n: &Option<String>| {
-                n.as_ref()
-                    .and_then(|n| s.nodes.get(n))
-                    .is_some_and(|n| n.status != NodeStatus::Down && !n.draining)
+        let now = self.clock.now_ms();
+        let sites = self.site_infos();
+        let (version, pass) = self.read(|s| (s.version, reconcile::prepare(s, now, &sites)));
+        let plan = pass.schedule();
+        let applied = self.write(|s, b| {
+            let changes = match plan {
+                Ok(plan) if s.version == version => reconcile::finish(s, pass, plan),
+                _ => reconcile::reconcile(s, now, &sites)
+                    .map_err(|e| ControlError::Invalid(e.to_string()))?,
             };
-            // Allocations on down or draining nodes, or of deleted
-            // workloads, are over.
-            let ids: Vec<String> = s.allocations.keys().cloned().collect();
-            for id in &ids {
-                let a = &s.allocations[id];
-                if !a.is_live() {
-                    continue;
-                }
-                let gone = !s.workloads.contains_key(&a.workload);
-                let (state, why) = if gone {
-                    (AllocationState::Stopped, "workload deleted")
-                } else if a.node.is_some() && !node_ok(s, &a.node) {
-                    let down = a
-                        .node
-                        .as_ref()
-                        .and_then(|n| s.nodes.get(n))
-                        .is_none_or(|n| n.status == NodeStatus::Down);
-                    if down {
-                        (AllocationState::Lost, "node down")
-                    } else {
-                        (AllocationState::Stopped, "node draining")
-                    }
-                } else {
-                    continue;
-                };
-                let a = s.allocations.get_mut(id).expect("present");
-                a.state = state;
-                a.message = why.into();
-                a.updated_ms = now;
-                if let Some(n) = &a.node {
-                    touched.insert(n.clone());
-                }
-                events.push(("allocation", id.clone(), format!("{state}: {why}")));
-            }
-            // Join tokens an hour past their expiry are of no use to anyone
-            // (every VM launch makes one).
-            let expired: Vec<String> = s
-                .join_tokens
-                .iter()
-                .filter(|(_, t)| t.expires_ms < now - 3_600_000)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in expired {
-                s.join_tokens.remove(&k);
-                b.delete(Kind::JoinToken, &k);
-            }
-            // Deleted workloads' allocations are forgotten once stopped.
-            let orphans: Vec<String> = s
-                .allocations
-                .values()
-                .filter(|a| !s.workloads.contains_key(&a.workload))
-                .map(|a| a.id.clone())
-                .collect();
-            for id in orphans {
-                s.allocations.remove(&id);
-                b.delete(Kind::Allocation, &id);
-            }
-            // Replica counts and rolling updates.
-            let names: Vec<String> = s.workloads.keys().cloned().collect();
-            for name in &names {
-                let w = s.workloads[name].clone();
-                let mut live: Vec<&AllocationRecord> = s
-                    .allocations
-                    .values()
-                    .filter(|a| &a.workload == name && a.is_live())
-                    .collect();
-                live.sort_by_key(|a| (a.node.is_some(), std::cmp::Reverse(a.created_ms)));
-                let want = w.spec.replicas as usize;
-                let mut stop: Vec<String> = Vec::new();
-                let mut add = want.saturating_sub(live.len());
-                if live.len() > want {
-                    // Pending ones first, then the newest.
-                    stop.extend(live[..live.len() - want].iter().map(|a| a.id.clone()));
-                } else {
-                    // Rolling update: one outdated replica at a time, when
-                    // every current one runs.
-                    let outdated: Vec<&&AllocationRecord> = live
-                        .iter()
-                        .filter(|a| a.workload_version < w.version)
-                        .collect();
-                    let settling = live.iter().any(|a| {
-                        a.workload_version == w.version && a.state != AllocationState::Running
-                    });
-                    if let (Some(old), false) = (outdated.first(), settling) {
-                        stop.push(old.id.clone());
-                        add += 1;
-                    }
-                }
-                for id in stop {
-                    let a = s.allocations.get_mut(&id).expect("present");
-                    a.state = AllocationState::Stopped;
-                    a.message = "replaced or scaled down".into();
-                    a.updated_ms = now;
-                    if let Some(n) = &a.node {
-                        touched.insert(n.clone());
-                    }
-                }
-                for _ in 0..add {
-                    let id = format!("{name}-{}", crate::pki::random_hex(4));
-                    s.allocations.insert(
-                        id.clone(),
-                        AllocationRecord {
-                            id: id.clone(),
-                            workload: name.clone(),
-                            workload_version: w.version,
-                            node: None,
-                            site: None,
-                            state: AllocationState::Pending,
-                            exit_code: None,
-                            message: String::new(),
-                            address: String::new(),
-                            restarts: 0,
-                            created_ms: now,
-                            updated_ms: now,
-                            explanation: None,
-                        },
-                    );
-                }
-            }
-            // Placement of everything pending.
-            self.place(s, now, &mut touched, &mut events)?;
-            // Terminal allocations leave their node's desired set.
-            let desired = s.desired_sets();
-            for n in s.nodes.keys() {
-                let new = desired.get(n).cloned().unwrap_or_default();
-                let old = s.desired.get(n).cloned().unwrap_or_default();
-                if new != old || touched.contains(n) {
-                    touched.insert(n.clone());
-                }
-            }
-            for n in &touched {
-                if let Some(node) = s.nodes.get_mut(n) {
-                    node.generation += 1;
-                    b.put(Kind::Node, n, node);
-                }
-            }
-            s.desired = desired;
-            // Keep stopped and lost records for a while (they show what
-            // happened), but not forever: 100 per workload.
-            let mut per: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
-            for a in s.allocations.values().filter(|a| !a.is_live()) {
-                per.entry(a.workload.clone())
-                    .or_default()
-                    .push((a.updated_ms, a.id.clone()));
-            }
-            for (_, mut v) in per {
-                v.sort();
-                let extra = v.len().saturating_sub(100);
-                for (_, id) in v.into_iter().take(extra) {
-                    s.allocations.remove(&id);
-                    b.delete(Kind::Allocation, &id);
-                }
-            }
-            for a in s.allocations.values() {
-                if a.updated_ms == now {
-                    b.put(Kind::Allocation, &a.id, a);
-                }
-            }
-            Ok((touched, events))
+            Ok(apply_changes(s, b, changes))
         })?;
-        let (touched, events) = changed;
+        let Applied {
+            nodes,
+            planned,
+            events,
+        } = applied;
         for (kind, id, msg) in events {
             self.event(kind, &id, msg);
         }
-        self.push(&touched);
+        self.set_plan(planned);
+        self.push(&nodes);
         self.metrics
             .placement_seconds
             .observe(t.elapsed().as_secs_f64());
@@ -1139,26 +1064,11 @@ impl Control {
         Ok(())
     }
 
-    /// Places pending allocations with the scheduler.
-    fn place(
-        &self,
-        s: &mut State,
-        now: i64,
-        touched: &mut BTreeSet<String>,
-        events: &mut Vec<(&'static str, String, String)>,
-    ) -> Result<(), ControlError> {
-        let pending: Vec<String> = s
-            .allocations
-            .values()
-            .filter(|a| a.state == AllocationState::Pending && a.node.is_none())
-            .map(|a| a.id.clone())
-            .collect();
-        if pending.is_empty() {
-            self.planned.lock().expect("lock").clear();
-            return Ok(());
-        }
-        let sites = self
-            .config
+    /// The sites as the placement engine sees them, with the instance
+    /// types set aside now.
+    fn site_infos(&self) -> Vec<scheduler::SiteInfo> {
+        let price = |p: &str| crate::config::parse_price(p).ok();
+        self.config
             .sites
             .iter()
             .map(|c| scheduler::SiteInfo {
@@ -1166,10 +1076,8 @@ impl Control {
                 kind: c.kind,
                 cost_rank: c.cost_rank,
                 max_nodes: c.max_nodes,
-                budget: c
-                    .budget_per_hour
-                    .as_deref()
-                    .and_then(|b| crate::config::parse_price(b).ok()),
+                // Checked when the config was loaded.
+                budget: c.budget_per_hour.as_deref().and_then(price),
                 instance_types: c
                     .instance_types
                     .iter()
@@ -1177,233 +1085,46 @@ impl Control {
                         held: self.is_held(&c.name, &t.name),
                         name: t.name.clone(),
                         allocatable: Capacity::new(t.cpu.millis(), t.memory.bytes(), 0),
-                        price: crate::config::parse_price(&t.price_per_hour).unwrap_or(0),
+                        price: price(&t.price_per_hour).unwrap_or(0),
                         arch: t.arch.clone(),
                     })
                     .collect(),
                 launch_labels: BTreeMap::new(),
             })
-            .collect();
-        let nodes = s
-            .nodes
-            .values()
-            .map(|n| scheduler::NodeInfo {
-                id: n.id.clone(),
-                site: n.site.clone(),
-                status: if n.status == NodeStatus::Down {
-                    NodeStatus::Down
-                } else if n.draining {
-                    NodeStatus::Draining
-                } else if n.unschedulable {
-                    NodeStatus::Cordoned
-                } else {
-                    n.status
-                },
-                allocatable: n.allocatable,
-                labels: n.labels.clone(),
-                arch: n.arch.clone(),
-                os: n.os.clone(),
-                price: 0,
-            })
-            .collect();
-        let mut groups = Vec::new();
-        let mut group_of: HashMap<String, usize> = HashMap::new();
-        for (name, w) in &s.workloads {
-            group_of.insert(name.clone(), groups.len());
-            groups.push(scheduler::Group::from_spec(&w.spec));
-        }
-        let allocations = s
-            .allocations
-            .values()
-            .filter(|a| a.is_live())
-            .filter_map(|a| {
-                let node = a.node.clone()?;
-                let g = &groups[*group_of.get(&a.workload)?];
-                Some(scheduler::ExistingAllocation {
-                    id: a.id.clone(),
-                    node,
-                    workload: a.workload.clone(),
-                    demand: g.demand,
-                    priority: g.priority,
-                    host_ports: g.host_ports.clone(),
-                })
-            })
-            .collect();
-        // Allocations a launching VM was launched for wait for it: the
-        // VM's room is reserved for them (by group), and they are not
-        // planned again. `reserved`: allocation → VM.
-        let mut reserved_groups: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut reserved: HashMap<String, String> = HashMap::new();
-        for v in s.vms.values() {
-            for id in &v.allocations {
-                if let Some(a) = s.allocations.get(id)
-                    && a.state == AllocationState::Pending
-                    && a.node.is_none()
-                    && let Some(&g) = group_of.get(&a.workload)
-                {
-                    reserved_groups.entry(v.id.as_str()).or_default().push(g);
-                    reserved.insert(id.clone(), v.id.clone());
-                }
-            }
-        }
-        let requests: Vec<scheduler::Request> = pending
-            .iter()
-            .filter(|id| !reserved.contains_key(id.as_str()))
-            .filter_map(|id| {
-                let a = &s.allocations[id];
-                Some(scheduler::Request {
-                    id: id.clone(),
-                    group: *group_of.get(&a.workload)?,
-                })
-            })
-            .collect();
-        let snapshot = scheduler::Snapshot {
-            sites,
-            nodes,
-            allocations,
-            launching: s
-                .vms
-                .values()
-                .map(|v| scheduler::LaunchingVm {
-                    id: v.id.clone(),
-                    site: v.site.clone(),
-                    instance_type: v.instance_type.clone(),
-                    reserved: reserved_groups.remove(v.id.as_str()).unwrap_or_default(),
-                })
-                .collect(),
-        };
-        let plan = scheduler::place(
-            &snapshot,
-            &groups,
-            &requests,
-            scheduler::Options {
-                seed: now as u64,
-                ..scheduler::Options::default()
-            },
-        )
-        .map_err(ControlError::Invalid)?;
-        for e in &plan.evictions {
-            if let Some(a) = s.allocations.get_mut(&e.allocation) {
-                a.state = AllocationState::Stopped;
-                a.message = format!("preempted by {}", requests[e.for_request].id);
-                a.updated_ms = now;
-                touched.insert(e.node.clone());
-            }
-        }
-        for p in &plan.placements {
-            let scheduler::Target::Node(node) = &p.target else {
-                continue;
-            };
-            let id = &requests[p.request].id;
-            let site = s.nodes.get(node).map(|n| n.site.clone());
-            if let Some(a) = s.allocations.get_mut(id) {
-                a.node = Some(node.clone());
-                a.site = site;
-                a.state = AllocationState::Starting;
-                a.message = String::new();
-                a.explanation = None;
-                a.updated_ms = now;
-                touched.insert(node.clone());
-                events.push(("allocation", id.clone(), format!("placed on {node}")));
-            }
-        }
-        // Waiting for VMs: what the autoscaler is to launch, and for each
-        // new VM the allocations it is for.
-        let mut per_vm: Vec<Vec<String>> = vec![Vec::new(); plan.launches.len()];
-        for p in &plan.placements {
-            if let scheduler::Target::NewVm(i) = &p.target {
-                per_vm[*i].push(requests[p.request].id.clone());
-            }
-        }
-        let mut launches: BTreeMap<(String, String), Vec<Vec<String>>> = BTreeMap::new();
-        for (l, ids) in plan.launches.iter().zip(per_vm) {
-            launches
-                .entry((l.site.clone(), l.instance_type.clone()))
-                .or_default()
-                .push(ids);
-        }
-        let waiting = plan.placements.iter().filter_map(|p| {
-            let msg = match &p.target {
-                scheduler::Target::NewVm(i) => {
-                    let l = &plan.launches[*i];
-                    format!("waiting for a new {} in {}", l.instance_type, l.site)
-                }
-                scheduler::Target::Launching(vm) => format!("waiting for VM {vm} to join"),
-                scheduler::Target::Node(_) => return None,
-            };
-            Some((requests[p.request].id.clone(), msg))
-        });
-        let waiting_reserved = reserved
-            .iter()
-            .map(|(a, vm)| (a.clone(), format!("waiting for VM {vm} to join")));
-        for (id, msg) in waiting.chain(waiting_reserved).collect::<Vec<_>>() {
-            if let Some(a) = s.allocations.get_mut(&id)
-                && a.message != msg
-            {
-                a.explanation = Some(Explanation {
-                    waiting_for: msg.strip_prefix("waiting for ").map(str::to_string),
-                    ..Explanation::default()
-                });
-                a.message = msg;
-                a.updated_ms = now;
-            }
-        }
-        let planned: Vec<PlannedLaunch> = launches
-            .into_iter()
-            .map(|((site, instance_type), vms)| PlannedLaunch {
-                site,
-                instance_type,
-                count: vms.len() as u32,
-                vms,
-            })
-            .collect();
-        self.plan_fresh
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        if !planned.is_empty() {
-            self.plan_ready.notify_one();
-        }
+            .collect()
+    }
+
+    /// A pass's launch plan for the autoscaler (`None`: nothing pending,
+    /// no plan). An event when what it asks for changes.
+    fn set_plan(&self, planned: Option<Vec<PlannedLaunch>>) {
         let mut last = self.planned.lock().expect("lock");
+        let Some(planned) = planned else {
+            last.clear();
+            return;
+        };
         let shape = |v: &[PlannedLaunch]| -> Vec<(String, String, u32)> {
             v.iter()
                 .map(|p| (p.site.clone(), p.instance_type.clone(), p.count))
                 .collect()
         };
-        if shape(&last) != shape(&planned) {
+        let changed = shape(&last) != shape(&planned);
+        let wanted = !planned.is_empty();
+        if changed {
             for p in &planned {
-                events.push((
+                self.event(
                     "site",
-                    p.site.clone(),
+                    &p.site,
                     format!("launch planned: {} x {}", p.count, p.instance_type),
-                ));
+                );
             }
         }
         *last = planned;
         drop(last);
-        // Why nothing is launched for them: an event per workload and
-        // reason when it changes.
-        let mut unplaced: BTreeMap<(String, String), u32> = BTreeMap::new();
-        for u in &plan.unplaced {
-            let id = &requests[u.request].id;
-            if let Some(a) = s.allocations.get_mut(id) {
-                let msg = u.explanation.to_string();
-                a.explanation = Some(Explanation::from(&u.explanation));
-                if a.message != msg {
-                    *unplaced
-                        .entry((a.workload.clone(), msg.clone()))
-                        .or_default() += 1;
-                    a.message = msg;
-                    a.updated_ms = now;
-                }
-            }
+        self.plan_fresh
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if wanted {
+            self.plan_ready.notify_one();
         }
-        for ((workload, why), n) in unplaced {
-            events.push((
-                "workload",
-                workload,
-                format!("{n} replica(s) cannot be placed or launched for: {why}"),
-            ));
-        }
-        Ok(())
     }
 
     /// Status reports from `node` (its identity from its certificate): only
@@ -1426,7 +1147,7 @@ impl Control {
         let mut changed = false;
         // Soft: agents report again on reconnect.
         let r = self.write_soft(|s, b| {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             for (node, st) in reports
                 .iter()
                 .flat_map(|(n, v)| v.iter().map(move |st| (n, st)))
@@ -1532,15 +1253,25 @@ pub(crate) mod testing {
         }
     }
 
-    /// A control over a fresh store in `dir` with these sites.
+    /// A control over a fresh store in `dir` with these sites, on a clock
+    /// of its own that moves only when a test moves it.
     pub fn control(dir: &std::path::Path, sites: Vec<SiteConfig>) -> Arc<Control> {
+        control_on(dir, sites, Arc::default())
+    }
+
+    /// [`control`] on the test's clock.
+    pub fn control_on(
+        dir: &std::path::Path,
+        sites: Vec<SiteConfig>,
+        clock: Arc<crate::clock::ManualClock>,
+    ) -> Arc<Control> {
         let file = FileConfig {
             sites,
             ..FileConfig::default()
         };
         let config = GatewayConfig::resolve(file, &Overrides::default()).unwrap();
         let store = RedbStore::open(&dir.join("state.redb")).unwrap();
-        Control::open(config, Arc::new(store)).unwrap()
+        Control::open_with_clock(config, Arc::new(store), clock).unwrap()
     }
 
     /// Stores a workload from YAML.
@@ -1566,6 +1297,55 @@ mod tests {
             dir,
             vec![site("onprem", skiff_proto::cluster::SiteKind::Static), aws],
         )
+    }
+
+    #[test]
+    fn a_node_not_heard_from_within_the_grace_period_is_down_and_ready_when_heard_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::default());
+        let c = super::testing::control_on(
+            dir.path(),
+            vec![site("onprem", skiff_proto::cluster::SiteKind::Static)],
+            clock.clone(),
+        );
+        for id in ["n1", "n2"] {
+            let n: NodeRecord = serde_json::from_value(serde_json::json!({
+                "id": id, "site": "onprem", "status": "ready", "subnet": "10.128.9.0/24",
+                "cert_hash": "x", "cert_not_after_ms": 0, "capacity": {"cpu": "2", "memory": "8Gi"},
+                "allocatable": {"cpu": "2", "memory": "8Gi"}, "joined_ms": 0, "generation": 1
+            }))
+            .unwrap();
+            c.write(|s, b| {
+                b.put(Kind::Node, id, &n);
+                s.nodes.insert(id.into(), n);
+                Ok(())
+            })
+            .unwrap();
+            c.seen(id);
+        }
+        let status = |id: &str| c.read(|s| s.nodes[id].status);
+        let grace = c.config.down_after;
+        clock.advance(grace / 2);
+        c.heard_from("n2");
+        clock.advance(grace / 2);
+        c.check_liveness();
+        assert_eq!(status("n1"), NodeStatus::Ready, "exactly the grace period");
+        clock.advance(Duration::from_millis(1));
+        c.check_liveness();
+        assert_eq!(status("n1"), NodeStatus::Down);
+        assert_eq!(status("n2"), NodeStatus::Ready, "heard from half-way");
+        // Heard from again (in a follower's batch): ready.
+        c.heard_from_many(&["n1", "n2"]);
+        assert_eq!(status("n1"), NodeStatus::Ready);
+        clock.advance(grace);
+        c.check_liveness();
+        assert_eq!(status("n1"), NodeStatus::Ready);
+        clock.advance(Duration::from_millis(1));
+        c.check_liveness();
+        assert_eq!(
+            (status("n1"), status("n2")),
+            (NodeStatus::Down, NodeStatus::Down)
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod api;
 pub mod autoscale;
 #[cfg(feature = "etcd")]
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;

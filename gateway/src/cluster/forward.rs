@@ -152,9 +152,7 @@ fn apply(c: &Cluster, change: AgentChange) -> Result<String, ControlError> {
             .renewed(&node, &cert_hash, not_after_ms)
             .map(|()| String::new()),
         AgentChange::Seen { nodes } => {
-            for n in &nodes {
-                control.heard_from(n);
-            }
+            control.heard_from_many(&nodes);
             Ok(String::new())
         }
     }

@@ -5,7 +5,7 @@
 use skiff_proto::cluster::NodeStatus;
 use skiff_proto::wire::v1::{self, JoinRequest, JoinResponse};
 
-use super::{Control, ControlError, NodeRecord, now_ms};
+use super::{Control, ControlError, NodeRecord};
 use crate::pki::{Pki, sha256_hex};
 use crate::store::Kind;
 
@@ -17,7 +17,7 @@ impl Control {
         let c = self;
         let lifetime = c.config.cert_lifetime;
         let out = c.write(|s, b| {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let t = s
                 .join_tokens
                 .get_mut(&token_hash)

@@ -9,7 +9,6 @@ use skiff_proto::WorkloadSpec;
 
 use super::{
     ApiTokenRecord, Control, ControlError, JoinTokenRecord, NodeRecord, Role, WorkloadRecord,
-    now_ms,
 };
 use crate::pki::{random_hex, sha256_hex};
 use crate::store::Kind;
@@ -81,7 +80,7 @@ impl Control {
                 w.version += 1;
             }
             w.spec = spec;
-            w.updated_ms = now_ms();
+            w.updated_ms = self.clock.now_ms();
             b.put(Kind::Workload, &name, w);
             Ok(w.clone())
         })?;
@@ -116,7 +115,7 @@ impl Control {
                 .get_mut(name)
                 .ok_or_else(|| no_workload(name))?;
             w.spec.replicas = replicas;
-            w.updated_ms = now_ms();
+            w.updated_ms = self.clock.now_ms();
             b.put(Kind::Workload, name, w);
             Ok(w.clone())
         })?;
@@ -134,7 +133,7 @@ impl Control {
                 .get_mut(name)
                 .ok_or_else(|| no_workload(name))?;
             w.version += 1;
-            w.updated_ms = now_ms();
+            w.updated_ms = self.clock.now_ms();
             b.put(Kind::Workload, name, w);
             Ok(w.clone())
         })?;
@@ -214,7 +213,7 @@ impl Control {
         }
         let secret = format!("{JOIN_TOKEN_PREFIX}{}", random_hex(24));
         let hash = sha256_hex(secret.as_bytes());
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let record = JoinTokenRecord {
             site: site.to_string(),
             expires_ms: now + ttl.as_millis() as i64,
@@ -259,7 +258,7 @@ impl Control {
         let record = ApiTokenRecord {
             name: name.to_string(),
             role,
-            created_ms: now_ms(),
+            created_ms: self.clock.now_ms(),
         };
         self.write(|st, b| {
             b.put(Kind::ApiToken, &hash, &record);

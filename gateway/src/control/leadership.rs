@@ -11,7 +11,6 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -158,7 +157,7 @@ impl Control {
     /// pass at once.
     pub fn become_leader(&self) -> Result<(), StoreError> {
         self.reload()?;
-        let now = Instant::now();
+        let now = self.clock.now();
         {
             let nodes: Vec<String> = self.read(|s| s.nodes.keys().cloned().collect());
             let mut seen = self.last_seen.lock().expect("lock");
@@ -205,6 +204,7 @@ impl Control {
         let mut touched = BTreeSet::new();
         {
             let mut s = self.state.lock().expect("state lock");
+            s.version += 1;
             for (kind, key, value) in changes {
                 match kind {
                     Kind::Allocation => {

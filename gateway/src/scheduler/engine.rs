@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use skiff_proto::Spread;
 
+use super::error::PlanError;
 use super::explain::{Explanation, NodeFilter};
 use super::fleet::{Fleet, Res, port_key};
 use super::launch::Cloud;
@@ -57,11 +58,11 @@ pub struct Scheduler<'a> {
 
 impl<'a> Scheduler<'a> {
     /// Prepares a pass; fails on inconsistent input, naming the culprit.
-    pub fn new(snap: &'a Snapshot, groups: &'a [Group], opts: Options) -> Result<Self, String> {
+    pub fn new(snap: &'a Snapshot, groups: &'a [Group], opts: Options) -> Result<Self, PlanError> {
         let mut site_index: HashMap<&str, usize> = HashMap::new();
         for (i, s) in snap.sites.iter().enumerate() {
             if site_index.insert(s.name.as_str(), i).is_some() {
-                return Err(format!("site {}: listed twice", s.name));
+                return Err(PlanError::SiteTwice(s.name.clone()));
             }
         }
         let label_keys: BTreeSet<&str> = groups
@@ -84,9 +85,11 @@ impl<'a> Scheduler<'a> {
         // count for spread.
         for (v, vm) in snap.launching.iter().enumerate() {
             for &gi in &vm.reserved {
-                let st = gs
-                    .get_mut(gi)
-                    .ok_or_else(|| format!("launching VM {}: no group {gi}", vm.id))?;
+                let st = gs.get_mut(gi).ok_or_else(|| PlanError::NoGroup {
+                    what: "launching VM",
+                    id: vm.id.clone(),
+                    group: gi,
+                })?;
                 let site = cloud.reserve(v, gi, &st.demand, &st.ports);
                 st.site_count[site] += 1;
             }
@@ -538,13 +541,17 @@ impl GroupState {
         site_index: &HashMap<&str, usize>,
         fleet: &Fleet<'_>,
         cloud: &Cloud,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PlanError> {
         let n_sites = snap.sites.len();
-        let lookup = |name: &String, field: &str| {
+        let lookup = |name: &String, field: &'static str| {
             site_index
                 .get(name.as_str())
                 .copied()
-                .ok_or_else(|| format!("workload {}: {field}: unknown site {name}", g.workload))
+                .ok_or_else(|| PlanError::WorkloadSite {
+                    workload: g.workload.clone(),
+                    field,
+                    site: name.clone(),
+                })
         };
         let allowed: Vec<usize> = if g.sites.is_empty() {
             (0..n_sites).collect()

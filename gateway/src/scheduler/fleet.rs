@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use skiff_proto::cluster::{Capacity, NodeStatus};
 use skiff_proto::{Attribute, Constraint, Protocol};
 
+use super::error::PlanError;
 use super::model::{NodeInfo, Snapshot};
 
 /// Capacity as three plain integers (millicores, bytes, bytes). Signed, so
@@ -131,7 +132,7 @@ impl<'a> Fleet<'a> {
         site_index: &HashMap<&str, usize>,
         label_keys: &BTreeSet<&str>,
         seed: u64,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PlanError> {
         let n = snap.nodes.len();
         let mut node_index: HashMap<&str, u32> = HashMap::with_capacity(n);
         let mut fleet = Fleet {
@@ -149,11 +150,14 @@ impl<'a> Fleet<'a> {
         let mut class_ids: HashMap<Attrs, u32> = HashMap::new();
         for (i, node) in snap.nodes.iter().enumerate() {
             if node_index.insert(node.id.as_str(), i as u32).is_some() {
-                return Err(format!("node {}: listed twice", node.id));
+                return Err(PlanError::NodeTwice(node.id.clone()));
             }
             let site = *site_index
                 .get(node.site.as_str())
-                .ok_or_else(|| format!("node {}: unknown site {}", node.id, node.site))?;
+                .ok_or_else(|| PlanError::NodeSite {
+                    node: node.id.clone(),
+                    site: node.site.clone(),
+                })?;
             let attrs = Attrs {
                 site: node.site.clone(),
                 arch: node.arch.clone(),
@@ -180,9 +184,13 @@ impl<'a> Fleet<'a> {
             fleet.class_of.push(class);
         }
         for (a, alloc) in snap.allocations.iter().enumerate() {
-            let &node = node_index
-                .get(alloc.node.as_str())
-                .ok_or_else(|| format!("allocation {}: unknown node {}", alloc.id, alloc.node))?;
+            let &node =
+                node_index
+                    .get(alloc.node.as_str())
+                    .ok_or_else(|| PlanError::AllocationNode {
+                        allocation: alloc.id.clone(),
+                        node: alloc.node.clone(),
+                    })?;
             let node = node as usize;
             fleet.free[node].sub(&Res::of(&alloc.demand));
             fleet.ports[node].extend(alloc.host_ports.iter().map(|(p, pr)| port_key(*p, *pr)));

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use skiff_proto::cluster::NodeStatus;
 
 use super::engine::Scheduler;
+use super::error::PlanError;
 use super::fleet::{Attrs, Res};
 use super::model::{Group, InstanceType, Launch, Request, Snapshot, Target};
 
@@ -56,7 +57,7 @@ fn type_attrs(site: &super::model::SiteInfo, t: &InstanceType) -> Attrs {
 }
 
 impl Cloud {
-    pub fn new(snap: &Snapshot, site_index: &HashMap<&str, usize>) -> Result<Self, String> {
+    pub fn new(snap: &Snapshot, site_index: &HashMap<&str, usize>) -> Result<Self, PlanError> {
         let mut sites: Vec<CloudSite> = snap
             .sites
             .iter()
@@ -83,16 +84,18 @@ impl Cloud {
         for vm in &snap.launching {
             let &s = site_index
                 .get(vm.site.as_str())
-                .ok_or_else(|| format!("launching VM {}: unknown site {}", vm.site, vm.id))?;
+                .ok_or_else(|| PlanError::VmSite {
+                    vm: vm.id.clone(),
+                    site: vm.site.clone(),
+                })?;
             let ty = sites[s]
                 .types
                 .iter()
                 .position(|t| t.name == vm.instance_type)
-                .ok_or_else(|| {
-                    format!(
-                        "launching VM {}: site {} has no instance type {}",
-                        vm.id, vm.site, vm.instance_type
-                    )
+                .ok_or_else(|| PlanError::VmType {
+                    vm: vm.id.clone(),
+                    site: vm.site.clone(),
+                    instance_type: vm.instance_type.clone(),
                 })?;
             sites[s].nodes += 1;
             sites[s].spend += sites[s].types[ty].price;

@@ -24,12 +24,14 @@
 //!    launch.
 
 mod engine;
+mod error;
 mod explain;
 mod fleet;
 mod launch;
 mod model;
 
 pub use engine::Scheduler;
+pub use error::PlanError;
 pub use explain::{Explanation, NodeFilter};
 pub use model::{
     Eviction, ExistingAllocation, Group, InstanceType, Launch, LaunchingVm, MicrosPerHour,
@@ -45,9 +47,13 @@ pub fn place(
     groups: &[Group],
     requests: &[Request],
     options: Options,
-) -> Result<Plan, String> {
+) -> Result<Plan, PlanError> {
     if let Some(r) = requests.iter().find(|r| r.group >= groups.len()) {
-        return Err(format!("request {}: no group {}", r.id, r.group));
+        return Err(PlanError::NoGroup {
+            what: "request",
+            id: r.id.clone(),
+            group: r.group,
+        });
     }
     let mut s = Scheduler::new(snapshot, groups, options)?;
     for r in s.order(requests) {

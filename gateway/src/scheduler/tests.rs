@@ -448,16 +448,24 @@ fn the_same_input_and_seed_give_the_same_plan() {
 #[test]
 fn bad_input_is_named() {
     let snap = onprem(vec![node("a", "nowhere", 1, 1)]);
-    let e = place(&snap, &[], &[], Options::default()).unwrap_err();
+    let e = place(&snap, &[], &[], Options::default())
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "node a: unknown site nowhere");
     let mut snap = onprem(vec![node("a", "dc1", 1, 1)]);
     snap.allocations.push(alloc("x", "ghost", "w", 1, 1, 1));
-    let e = place(&snap, &[], &[], Options::default()).unwrap_err();
+    let e = place(&snap, &[], &[], Options::default())
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "allocation x: unknown node ghost");
     let mut g = group("web", 1, 1);
     g.sites = vec!["mars".into()];
-    let e = place(&onprem(vec![]), &[g], &requests(0, 1), Options::default()).unwrap_err();
+    let e = place(&onprem(vec![]), &[g], &requests(0, 1), Options::default())
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "workload web: placement.sites: unknown site mars");
-    let e = place(&onprem(vec![]), &[], &requests(3, 1), Options::default()).unwrap_err();
+    let e = place(&onprem(vec![]), &[], &requests(3, 1), Options::default())
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "request g3-0: no group 3");
 }
