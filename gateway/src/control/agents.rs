@@ -92,6 +92,10 @@ impl Control {
     /// A session opened: the node is ready, with what it registered.
     pub fn register(&self, node: &str, reg: &v1::Register) -> Result<v1::Registered, ControlError> {
         let c = self;
+        // It spoke to a gateway just now: a full grace period from here
+        // (over etcd, before the first liveness batch of a follower that
+        // holds its session arrives).
+        self.seen(node);
         // Soft: the agent sends all of it again on its next connect.
         let (was_down, registered) = c.write_soft(|s, b| {
             let n = s
