@@ -63,4 +63,12 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ControlError>;
     /// Every gateway of the fleet.
     async fn gateways(&self) -> Vec<GatewayView>;
+    /// Opens a stream (logs, exec) to a node whose session another
+    /// gateway holds, through that gateway.
+    async fn stream(
+        &self,
+        node: &str,
+        allocation: &str,
+        kind: v1::stream_request::Kind,
+    ) -> Result<tokio::sync::mpsc::Receiver<v1::StreamUp>, crate::streams::StreamError>;
 }

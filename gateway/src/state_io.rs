@@ -54,7 +54,7 @@ pub fn export(loaded: &Loaded, now_ms: i64) -> String {
     })
     .expect("serializes");
     out.push('\n');
-    for (kind, rows) in &loaded.records {
+    for (kind, rows) in loaded.records.iter().filter(|(k, _)| **k != Kind::Meta) {
         for (key, value) in rows {
             let value = serde_json::from_slice(value).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(value).into())

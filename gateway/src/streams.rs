@@ -22,6 +22,13 @@ pub enum StreamError {
     NoSession(String),
     #[error("node {node} did not answer within {within:?}")]
     NoAnswer { node: String, within: Duration },
+    /// The gateway holding the node's session could not be asked.
+    #[error("node {node}: through gateway {gateway}: {why}")]
+    Relay {
+        node: String,
+        gateway: String,
+        why: String,
+    },
 }
 
 /// A request waiting for its node to call back.

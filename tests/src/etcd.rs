@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use skiff_test_support::procs::ChildGuard;
 
+/// What etcd logs when a port it was given is taken.
+const TAKEN: &str = "address already in use";
+
 #[derive(Debug)]
 pub struct Etcd {
     dir: PathBuf,
@@ -16,21 +19,31 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Three members, up and with a leader.
+    /// Three members, up and with a leader. A port picked free that
+    /// something took before a member bound it: on other ports, afresh.
     pub fn start(dir: &Path) -> Etcd {
-        std::fs::create_dir_all(dir).unwrap();
-        let n = 3;
-        let mut e = Etcd {
-            dir: dir.to_path_buf(),
-            client: (0..n).map(|_| super::free_port()).collect(),
-            peer: (0..n).map(|_| super::free_port()).collect(),
-            members: (0..n).map(|_| None).collect(),
-        };
-        for i in 0..n {
-            e.start_member(i);
+        for attempt in 0.. {
+            std::fs::create_dir_all(dir).unwrap();
+            let n = 3;
+            let mut e = Etcd {
+                dir: dir.to_path_buf(),
+                client: (0..n).map(|_| super::free_port()).collect(),
+                peer: (0..n).map(|_| super::free_port()).collect(),
+                members: (0..n).map(|_| None).collect(),
+            };
+            for i in 0..n {
+                e.start_member(i);
+            }
+            match e.healthy() {
+                Ok(()) => return e,
+                Err(log) if attempt < 3 && log.contains(TAKEN) => {
+                    drop(e);
+                    std::fs::remove_dir_all(dir).unwrap();
+                }
+                Err(log) => panic!("etcd never became healthy:\n{log}"),
+            }
         }
-        e.wait_healthy();
-        e
+        unreachable!("the loop returns or panics")
     }
 
     /// The client URLs, as `[etcd] endpoints` takes them (TOML).
@@ -95,7 +108,8 @@ impl Etcd {
         }
     }
 
-    fn wait_healthy(&self) {
+    /// Every member healthy within 30 s; else their logs.
+    fn healthy(&self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = self.client.iter().all(|p| {
@@ -107,13 +121,12 @@ impl Etcd {
                     })
             });
             if ok {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd never became healthy:\n{}",
-                self.log()
-            );
+            let log = self.log();
+            if Instant::now() >= deadline || log.contains(TAKEN) {
+                return Err(log);
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -172,6 +172,20 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
         agent.log()
     );
     gs["g3"].until("/v1/nodes/node-e", "ready", 30, |v| v["status"] == "ready");
+    // Exec reaches the node through either live gateway: the one holding
+    // its session brokers it for the other.
+    for n in ["g2", "g3"] {
+        let path = format!("/v1/workloads/{}/exec", acknowledged[0]);
+        let (code, v) = gs[n].call("POST", &path, Some(r#"{"command": ["echo", "relayed"]}"#));
+        let text = match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        assert_eq!(code, 200, "{n}: {text}");
+        // "relayed\n", base64; then the exit code.
+        assert!(text.contains("cmVsYXllZAo="), "{n}: {text}");
+        assert!(text.contains(r#""exit_code":0"#), "{n}: {text}");
+    }
 
     // The killed gateway back, then a rolling restart of all three
     // (SIGTERM, as an upgrade does) while workloads are submitted.

@@ -21,6 +21,8 @@ use super::AppState;
 use super::body::{json_body, query};
 use super::error::{ApiError, ApiResult};
 use crate::control::{AllocationRecord, Control};
+use crate::peers::Peers;
+use crate::streams::StreamError;
 
 /// Most lines `tail` asks for.
 const MAX_TAIL: u32 = 1_000_000;
@@ -147,10 +149,17 @@ pub(super) async fn logs(
             continue;
         }
         streamed.insert(a.id.clone());
-        tokio::spawn(stream_log(Arc::clone(&s.control), tx.clone(), req, a));
+        tokio::spawn(stream_log(
+            Arc::clone(&s.control),
+            s.peers.clone(),
+            tx.clone(),
+            req,
+            a,
+        ));
     }
     if watch {
         let control = Arc::clone(&s.control);
+        let peers = s.peers.clone();
         let req = v1::LogsRequest {
             tail: None,
             since_unix_ms: 0,
@@ -183,7 +192,13 @@ pub(super) async fn logs(
                     }
                     if a.state == AllocationState::Running {
                         streamed.insert(a.id.clone());
-                        tokio::spawn(stream_log(Arc::clone(&control), tx.clone(), req, a));
+                        tokio::spawn(stream_log(
+                            Arc::clone(&control),
+                            peers.clone(),
+                            tx.clone(),
+                            req,
+                            a,
+                        ));
                     } else {
                         waiting = true;
                     }
@@ -194,9 +209,29 @@ pub(super) async fn logs(
     Ok(ndjson(rx))
 }
 
+/// Opens a stream to `node`: over its session if this gateway holds it,
+/// else through the gateway that does.
+async fn open(
+    control: &Control,
+    peers: Option<&dyn Peers>,
+    node: &str,
+    allocation: &str,
+    kind: v1::stream_request::Kind,
+) -> Result<mpsc::Receiver<v1::StreamUp>, StreamError> {
+    let here = control
+        .streams
+        .open(node, allocation, kind.clone(), |m| control.send_to(node, m))
+        .await;
+    match (here, peers) {
+        (Err(StreamError::NoSession(_)), Some(peers)) => peers.stream(node, allocation, kind).await,
+        (here, _) => here,
+    }
+}
+
 /// One allocation's log lines into `tx`, until it ends or `tx` is closed.
 async fn stream_log(
     control: Arc<Control>,
+    peers: Option<Arc<dyn Peers>>,
     tx: mpsc::Sender<LogEntry>,
     req: v1::LogsRequest,
     a: AllocationRecord,
@@ -210,12 +245,14 @@ async fn stream_log(
         line,
         error,
     };
-    let opened = control
-        .streams
-        .open(&node, &a.id, v1::stream_request::Kind::Logs(req), |m| {
-            control.send_to(&node, m)
-        })
-        .await;
+    let opened = open(
+        &control,
+        peers.as_deref(),
+        &node,
+        &a.id,
+        v1::stream_request::Kind::Logs(req),
+    )
+    .await;
     let mut up = match opened {
         Ok(up) => up,
         Err(e) => {
@@ -320,11 +357,7 @@ pub(super) async fn exec(
         user: req.user.unwrap_or_default(),
         workdir: req.workdir.unwrap_or_default(),
     });
-    let control = Arc::clone(&s.control);
-    let mut up = control
-        .streams
-        .open(&node, &a.id, kind, |m| control.send_to(&node, m))
-        .await?;
+    let mut up = open(&s.control, s.peers.as_deref(), &node, &a.id, kind).await?;
     let (tx, rx) = mpsc::channel::<ExecEntry>(64);
     let first = ExecEntry {
         stream: None,

@@ -82,11 +82,33 @@ fn unb64<M: Message + Default>(s: &str) -> Result<M, ControlError> {
     M::decode(bytes.as_slice()).map_err(|e| ControlError::Invalid(format!("protobuf: {e}")))
 }
 
-/// The leader's internal endpoint.
+/// The internal endpoints: the leader's for agents' changes, every
+/// gateway's for streams of the nodes whose session it holds.
 pub fn internal_router(c: Arc<Cluster>) -> axum::Router {
     axum::Router::new()
         .route("/internal/v1/agent", axum::routing::post(agent_change))
+        .route(
+            "/internal/v1/stream",
+            axum::routing::post(super::streams::stream_here),
+        )
         .with_state(c)
+}
+
+/// Whether the caller is a gateway of this fleet (the answer if not).
+pub(super) fn authenticated(c: &Cluster, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !crate::api::auth::constant_time_eq(token.as_bytes(), c.secret.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "not a gateway of this fleet",
+        ));
+    }
+    Ok(())
 }
 
 async fn agent_change(
@@ -94,18 +116,8 @@ async fn agent_change(
     headers: HeaderMap,
     axum::Json(change): axum::Json<AgentChange>,
 ) -> Response {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !crate::api::auth::constant_time_eq(token.as_bytes(), c.secret.as_bytes()) {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "not a gateway of this fleet",
-        )
-        .into_response();
+    if let Err(denied) = authenticated(&c, &headers) {
+        return denied.into_response();
     }
     if !c.control.is_leader() {
         return not_leader().into_response();
@@ -182,73 +194,92 @@ impl Cluster {
         }
     }
 
-    async fn send(&self, change: &AgentChange) -> Result<String, ControlError> {
-        let body = serde_json::to_vec(change).expect("serializes");
+    /// Sends a request to the leader, built by `request` for the leader's
+    /// base URL. While an election is under way (no leader, one that
+    /// cannot be connected to, or one that says it no longer leads:
+    /// nothing was written), it waits for the next, as Nomad's servers
+    /// hold forwarded RPCs: up to [`HOLD`].
+    async fn to_leader(
+        &self,
+        request: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<Sent, ControlError> {
         let deadline = tokio::time::Instant::now() + HOLD;
-        let (url, r) = loop {
+        loop {
             if self.control.is_leader() {
-                return Err(ControlError::Unavailable(LEADS_NOW.into()));
+                return Ok(Sent::LeadsNow);
             }
             let attempt = match self.leader_url() {
-                Ok(base) => {
-                    let url = format!("{base}/internal/v1/agent");
-                    let sent = self
-                        .http
-                        .post(&url)
-                        .bearer_auth(&self.secret)
-                        .header(axum::http::header::CONTENT_TYPE, "application/json")
-                        .body(body.clone())
-                        .timeout(AGENT_CHANGE_TIMEOUT)
-                        .send()
-                        .await;
-                    match sent {
-                        // The gateway asked stopped leading first: the
-                        // next leader gets it.
-                        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                            let body = r.bytes().await.unwrap_or_default();
-                            let e: Option<ApiError> = serde_json::from_slice(&body).ok();
-                            match e {
-                                Some(e) if e.code == NOT_LEADER_CODE => {
-                                    ControlError::Unavailable(NOT_LEADER.into())
-                                }
-                                Some(e) => return Err(ControlError::Unavailable(e.message)),
-                                None => {
-                                    return Err(ControlError::Unavailable(format!(
-                                        "the leader at {url} answered 503"
-                                    )));
-                                }
-                            }
+                Ok(base) => match request(&base).send().await {
+                    Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                        let (status, headers) = (r.status(), r.headers().clone());
+                        let body = r.bytes().await.unwrap_or_default();
+                        let e: Option<ApiError> = serde_json::from_slice(&body).ok();
+                        if !e.is_some_and(|e| {
+                            e.code == NOT_LEADER_CODE || e.message.starts_with(NOT_LEADER)
+                        }) {
+                            return Ok(Sent::Unavailable {
+                                status,
+                                headers,
+                                body,
+                            });
                         }
-                        Ok(r) => break (url, r),
-                        Err(e) if e.is_connect() => {
-                            ControlError::Unavailable(format!("the leader at {url}: {e}"))
-                        }
-                        Err(e) => {
-                            return Err(ControlError::Unavailable(format!(
-                                "the leader at {url}: {e}"
-                            )));
-                        }
+                        ControlError::Unavailable(NOT_LEADER.into())
                     }
-                }
+                    Ok(response) => return Ok(Sent::Answer { base, response }),
+                    // It never reached the leader: safe to send again.
+                    Err(e) if e.is_connect() => {
+                        ControlError::Unavailable(format!("the leader at {base}: {e}"))
+                    }
+                    Err(e) => {
+                        return Err(ControlError::Unavailable(format!(
+                            "the leader at {base}: {e}"
+                        )));
+                    }
+                },
                 Err(e) => e,
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(attempt);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn send(&self, change: &AgentChange) -> Result<String, ControlError> {
+        let body = serde_json::to_vec(change).expect("serializes");
+        let sent = self
+            .to_leader(|base| {
+                self.http
+                    .post(format!("{base}/internal/v1/agent"))
+                    .bearer_auth(&self.secret)
+                    .header(axum::http::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .timeout(AGENT_CHANGE_TIMEOUT)
+            })
+            .await?;
+        let (base, r) = match sent {
+            Sent::LeadsNow => return Err(ControlError::Unavailable(LEADS_NOW.into())),
+            Sent::Unavailable { body, .. } => {
+                let e: Option<ApiError> = serde_json::from_slice(&body).ok();
+                return Err(ControlError::Unavailable(e.map_or_else(
+                    || "the leader answered 503".to_string(),
+                    |e| e.message,
+                )));
+            }
+            Sent::Answer { base, response } => (base, response),
         };
         let status = r.status();
         let body = r
             .bytes()
             .await
-            .map_err(|e| ControlError::Unavailable(format!("the leader at {url}: {e}")))?;
+            .map_err(|e| ControlError::Unavailable(format!("the leader at {base}: {e}")))?;
         if status.is_success() {
             let a: AgentAnswer = serde_json::from_slice(&body)
-                .map_err(|e| ControlError::Unavailable(format!("the leader at {url}: {e}")))?;
+                .map_err(|e| ControlError::Unavailable(format!("the leader at {base}: {e}")))?;
             return Ok(a.message);
         }
         let e: ApiError = serde_json::from_slice(&body).unwrap_or_else(|_| {
-            ApiError::unavailable(format!("the leader at {url} answered {status}"))
+            ApiError::unavailable(format!("the leader at {base} answered {status}"))
         });
         Err(match status {
             StatusCode::NOT_FOUND => ControlError::NotFound(e.message),
@@ -351,69 +382,38 @@ impl Cluster {
                     "the request body is larger than max_body",
                 )
             })?;
-        // While an election is under way (no leader, or one that cannot
-        // be connected to), the request waits for the next, as Nomad's
-        // servers hold forwarded RPCs: up to HOLD.
-        let deadline = tokio::time::Instant::now() + HOLD;
-        let (base, r) = loop {
-            if self.control.is_leader() {
+        let sent = self
+            .to_leader(|base| {
+                let mut out = self
+                    .http
+                    .request(parts.method.clone(), format!("{base}{path}"))
+                    .body(body.clone());
+                for (name, value) in &parts.headers {
+                    if name != axum::http::header::HOST
+                        && name != axum::http::header::CONTENT_LENGTH
+                    {
+                        out = out.header(name, value);
+                    }
+                }
+                out.header(
+                    FORWARDED,
+                    HeaderValue::from_str(&self.control.config.name)
+                        .expect("a name is a header value"),
+                )
+            })
+            .await?;
+        let (base, r) = match sent {
+            Sent::LeadsNow => {
                 let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
                 return Ok(Err(req));
             }
-            let attempt = match self.leader_url() {
-                Ok(base) => {
-                    let mut out = self
-                        .http
-                        .request(parts.method.clone(), format!("{base}{path}"))
-                        .body(body.clone());
-                    for (name, value) in &parts.headers {
-                        if name != axum::http::header::HOST
-                            && name != axum::http::header::CONTENT_LENGTH
-                        {
-                            out = out.header(name, value);
-                        }
-                    }
-                    out = out.header(
-                        FORWARDED,
-                        HeaderValue::from_str(&self.control.config.name)
-                            .expect("a name is a header value"),
-                    );
-                    match out.send().await {
-                        Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                            // Nothing written when it no longer leads: the
-                            // next leader gets it; other 503s go back.
-                            let status = r.status();
-                            let headers = r.headers().clone();
-                            let body = r.bytes().await.unwrap_or_default();
-                            let e: Option<ApiError> = serde_json::from_slice(&body).ok();
-                            if e.is_none_or(|e| !e.message.starts_with(NOT_LEADER)) {
-                                let mut resp = Response::new(axum::body::Body::from(body));
-                                *resp.status_mut() = status;
-                                *resp.headers_mut() = headers;
-                                resp.headers_mut()
-                                    .remove(axum::http::header::CONTENT_LENGTH);
-                                return Ok(Ok(resp));
-                            }
-                            ApiError::unavailable(NOT_LEADER)
-                        }
-                        Ok(r) => break (base, r),
-                        // It never reached the leader: safe to send again.
-                        Err(e) if e.is_connect() => {
-                            ApiError::unavailable(format!("the leader at {base}: {e}"))
-                        }
-                        Err(e) => {
-                            return Err(ApiError::unavailable(format!(
-                                "the leader at {base}: {e}"
-                            )));
-                        }
-                    }
-                }
-                Err(e) => ApiError::from(e),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(attempt);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The leader's own 503 (its store is down, say) goes back.
+            Sent::Unavailable {
+                status,
+                headers,
+                body,
+            } => return Ok(Ok(relay(status, headers, axum::body::Body::from(body)))),
+            Sent::Answer { base, response } => (base, response),
         };
         let status = r.status();
         let mut headers = r.headers().clone();
@@ -430,20 +430,40 @@ impl Cluster {
                 .await
                 .map_err(|e| ApiError::unavailable(format!("the leader at {base}: {e}")))?;
             self.control.caught_up(rev, Duration::from_secs(2)).await;
-            let mut resp = Response::new(axum::body::Body::from(body));
-            *resp.status_mut() = status;
-            *resp.headers_mut() = headers;
-            resp.headers_mut()
-                .remove(axum::http::header::CONTENT_LENGTH);
-            return Ok(Ok(resp));
+            return Ok(Ok(relay(status, headers, axum::body::Body::from(body))));
         }
-        let mut resp = Response::new(axum::body::Body::from_stream(r.bytes_stream()));
-        *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
-        resp.headers_mut()
-            .remove(axum::http::header::CONTENT_LENGTH);
-        Ok(Ok(resp))
+        let body = axum::body::Body::from_stream(r.bytes_stream());
+        Ok(Ok(relay(status, headers, body)))
     }
+}
+
+/// What became of a request to the leader.
+enum Sent {
+    /// This gateway took the lead meanwhile: it answers itself.
+    LeadsNow,
+    /// The leader's answer.
+    Answer {
+        base: String,
+        response: reqwest::Response,
+    },
+    /// The leader's 503 for another reason than not leading (its store
+    /// is down, say), its body read.
+    Unavailable {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    },
+}
+
+/// The leader's answer, as this gateway's (the body's length may change
+/// in transit).
+fn relay(status: StatusCode, headers: HeaderMap, body: axum::body::Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp.headers_mut()
+        .remove(axum::http::header::CONTENT_LENGTH);
+    resp
 }
 
 #[tonic::async_trait]
@@ -503,5 +523,14 @@ impl Peers for Cluster {
 
     async fn gateways(&self) -> Vec<GatewayView> {
         self.members().await
+    }
+
+    async fn stream(
+        &self,
+        node: &str,
+        allocation: &str,
+        kind: v1::stream_request::Kind,
+    ) -> Result<tokio::sync::mpsc::Receiver<v1::StreamUp>, crate::streams::StreamError> {
+        self.stream_elsewhere(node, allocation, kind).await
     }
 }

@@ -28,6 +28,7 @@ use crate::store::etcd::EtcdStore;
 mod election;
 mod follow;
 mod forward;
+mod streams;
 
 pub use forward::{AgentChange, internal_router};
 

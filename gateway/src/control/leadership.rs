@@ -152,11 +152,14 @@ impl Control {
             .collect()
     }
 
-    /// Takes the lead: the state as the store has it now, every node a
-    /// full grace period (their heartbeats went to other gateways), and a
-    /// pass at once.
-    pub fn become_leader(&self) -> Result<(), StoreError> {
-        self.reload()?;
+    /// Takes the lead: the state as the store has it now (reloaded unless
+    /// `caught_up`: the watch brought everything), every node a full grace
+    /// period (their heartbeats went to other gateways), and a pass at
+    /// once.
+    pub fn become_leader(&self, caught_up: bool) -> Result<(), StoreError> {
+        if !caught_up || self.is_stale() {
+            self.reload()?;
+        }
         let now = self.clock.now();
         {
             let nodes: Vec<String> = self.read(|s| s.nodes.keys().cloned().collect());
@@ -201,49 +204,54 @@ impl Control {
         if self.is_leader() || revision <= self.applied_revision() || self.is_stale() {
             return Ok(());
         }
+        // Nodes whose desired state changed: a new generation, or an
+        // allocation that joined or left their set (a state that changed
+        // within it, such as a report, pushes nothing).
         let mut touched = BTreeSet::new();
         {
             let mut s = self.state.lock().expect("state lock");
             s.version += 1;
+            let placed = |s: &State, id: &str| {
+                s.allocations
+                    .get(id)
+                    .filter(|a| a.is_live())
+                    .and_then(|a| a.node.clone())
+            };
             for (kind, key, value) in changes {
+                let before = match kind {
+                    Kind::Allocation => placed(&s, key),
+                    Kind::Node => s.nodes.get(key).map(|n| n.generation.to_string()),
+                    _ => None,
+                };
+                if let Err(e) = s.apply(*kind, key, value.as_deref()) {
+                    // Half applied: reloaded before it is trusted.
+                    self.lead.mark_stale();
+                    return Err(e);
+                }
                 match kind {
                     Kind::Allocation => {
-                        if let Some(old) = s.allocations.get(key).and_then(|a| a.node.clone()) {
-                            touched.insert(old);
+                        let after = placed(&s, key);
+                        if before == after {
+                            continue;
+                        }
+                        if let Some(n) = before {
+                            let set = s.desired.entry(n.clone()).or_default();
+                            set.remove(key);
+                            if set.is_empty() {
+                                s.desired.remove(&n);
+                            }
+                            touched.insert(n);
+                        }
+                        if let Some(n) = after {
+                            s.desired.entry(n.clone()).or_default().insert(key.clone());
+                            touched.insert(n);
                         }
                     }
-                    Kind::Node => {
-                        let generation = s.nodes.get(key).map(|n| n.generation);
-                        s.apply(*kind, key, value.as_deref())?;
-                        if s.nodes.get(key).map(|n| n.generation) != generation {
-                            touched.insert(key.clone());
-                        }
-                        continue;
+                    Kind::Node if s.nodes.get(key).map(|n| n.generation.to_string()) != before => {
+                        touched.insert(key.clone());
                     }
                     _ => {}
                 }
-                s.apply(*kind, key, value.as_deref())?;
-                if *kind == Kind::Allocation
-                    && let Some(n) = s.allocations.get(key).and_then(|a| a.node.clone())
-                {
-                    touched.insert(n);
-                }
-            }
-            // The desired sets of the nodes touched, again.
-            for n in &touched {
-                s.desired.remove(n);
-            }
-            let ids: Vec<(String, String)> = s
-                .allocations
-                .values()
-                .filter(|a| a.is_live())
-                .filter_map(|a| {
-                    let n = a.node.as_ref().filter(|n| touched.contains(*n))?;
-                    Some((n.clone(), a.id.clone()))
-                })
-                .collect();
-            for (n, id) in ids {
-                s.desired.entry(n).or_default().insert(id);
             }
         }
         self.lead.committed(revision);

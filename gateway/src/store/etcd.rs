@@ -259,8 +259,19 @@ impl EtcdStore {
         what: &'static str,
         f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.block_within(what, self.timeout + RETRY * 5, f)
+    }
+
+    /// [`EtcdStore::block`] for work of several calls (a load in pages, a
+    /// batch in several transactions): each call has `timeout`, the whole
+    /// `timeout`.
+    fn block_within<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let timeout = self.timeout + RETRY * 5;
         self.rt().spawn(async move {
             let r = match tokio::time::timeout(timeout, f).await {
                 Ok(r) => r,
@@ -321,8 +332,10 @@ impl Store for EtcdStore {
         let start = self.records_prefix();
         let end = prefix_end(&start);
         let keys = self.codec();
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        self.block("load", async move {
+        let per_page = self.timeout;
+        // Pages come while etcd answers; a big fleet's state takes more
+        // than one call's time.
+        self.block_within("load", per_page * 10, async move {
             let mut out = Snapshot::new();
             let mut from = start.clone().into_bytes();
             let mut revision = 0;
@@ -331,6 +344,7 @@ impl Store for EtcdStore {
                 if revision > 0 {
                     opts = opts.with_revision(revision);
                 }
+                let deadline = tokio::time::Instant::now() + per_page;
                 let r = loop {
                     match kv.get(from.clone(), Some(opts.clone())).await {
                         Ok(r) => break r,
@@ -380,10 +394,14 @@ impl Store for EtcdStore {
             self.plan(batch)
         };
         let mut kv = self.client.kv_client();
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        self.block("commit", async move {
+        // Each transaction has the whole timeout (a pass placing
+        // thousands takes many).
+        let per_txn = self.timeout;
+        let within = (per_txn + RETRY * 5) * txns.len().max(1) as u32;
+        self.block_within("commit", within, async move {
             let mut revision = 0;
             for ops in txns {
+                let deadline = tokio::time::Instant::now() + per_txn;
                 let txn = Txn::new()
                     .when([Compare::create_revision(
                         fence.key.clone(),

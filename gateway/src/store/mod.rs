@@ -24,6 +24,9 @@ pub enum Kind {
     Node,
     JoinToken,
     ApiToken,
+    /// The store's own bookkeeping, not the fleet's state (over etcd, the
+    /// mark a new leader commits to know its watch caught up): not
+    /// exported.
     Meta,
     /// Cloud VMs launched and not joined yet.
     Vm,
