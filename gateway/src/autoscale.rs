@@ -26,9 +26,9 @@ use skiff_cloud::{
     terminate_owned, with_retry,
 };
 
+use crate::control::vms::ScaleIn;
 use crate::control::{Control, ControlError, PlannedLaunch, VmRecord};
 use crate::pki::{Pki, random_hex};
-use crate::store::Kind;
 use futures::StreamExt;
 
 /// Launches and retires VMs for the sites that have a provider.
@@ -253,12 +253,7 @@ impl Autoscaler {
             launched_ms: self.control.clock.now_ms(),
             allocations,
         };
-        let r = self.control.write(|s, b| {
-            b.put(Kind::Vm, &vm.id, &vm);
-            s.vms.insert(vm.id.clone(), vm.clone());
-            Ok(())
-        });
-        if let Err(e) = r {
+        if let Err(e) = self.control.record_vm(&vm) {
             // Not recorded: not ours to keep. If even that fails, the
             // instance carries this gateway's cluster tag for an operator
             // (and its join token expires unused).
@@ -327,20 +322,10 @@ impl Autoscaler {
             self.forget(vm);
         }
         for vm in &joined {
-            // The node knows its instance from now on (for scale-in).
-            let recorded = self.control.write(|s, b| {
-                if let Some(n) = s.nodes.get_mut(&vm.node) {
-                    n.instance_id = Some(vm.id.clone());
-                    b.put(Kind::Node, &vm.node, n);
-                }
-                Ok(())
-            });
-            if let Err(e) = recorded {
+            if let Err(e) = self.control.vm_joined(vm) {
                 // The VM stays recorded: the next pass tries again.
                 tracing::warn!(vm = %vm.id, node = %vm.node, error = %e, "record the instance of a joined node");
-                continue;
             }
-            self.forget(vm);
         }
     }
 
@@ -387,47 +372,34 @@ impl Autoscaler {
                 .site(&st.site)
                 .and_then(|c| c.scale_in_after)
                 .map_or(Duration::from_secs(600), |d| d.std());
-            let set = |f: &dyn Fn(&mut crate::control::NodeRecord)| {
-                self.control.write(|s, b| {
-                    if let Some(n) = s.nodes.get_mut(&st.node) {
-                        f(n);
-                        b.put(Kind::Node, &st.node, n);
-                    }
-                    Ok(())
-                })
-            };
+            let set = |step| self.control.scale_in_step(&st.node, step);
             match (st.phase.as_deref(), st.work) {
                 (None, 0) => match st.idle_since {
                     None => {
-                        if let Err(e) = set(&|n| n.idle_since_ms = Some(now)) {
+                        if let Err(e) = set(ScaleIn::Idle { since_ms: now }) {
                             tracing::warn!(node = %st.node, error = %e, "scale-in: note the node idle (tried again next pass)");
                         }
                     }
-                    Some(t) if now - t >= after.as_millis() as i64 => {
-                        match set(&|n| {
-                            n.scale_in = Some("cordoned".into());
-                            n.unschedulable = true;
-                        }) {
-                            Ok(()) => {
-                                self.control
-                                    .event("node", &st.node, "scale-in: idle, cordoned");
-                            }
-                            Err(e) => {
-                                tracing::warn!(node = %st.node, error = %e, "scale-in: cordon (tried again next pass)");
-                            }
+                    Some(t) if now - t >= after.as_millis() as i64 => match set(ScaleIn::Cordon) {
+                        Ok(()) => {
+                            self.control
+                                .event("node", &st.node, "scale-in: idle, cordoned");
                         }
-                    }
+                        Err(e) => {
+                            tracing::warn!(node = %st.node, error = %e, "scale-in: cordon (tried again next pass)");
+                        }
+                    },
                     Some(_) => {}
                 },
                 (None, _) => {
                     if st.idle_since.is_some()
-                        && let Err(e) = set(&|n| n.idle_since_ms = None)
+                        && let Err(e) = set(ScaleIn::Busy)
                     {
                         tracing::warn!(node = %st.node, error = %e, "scale-in: note the node busy (tried again next pass)");
                     }
                 }
                 (Some("cordoned"), 0) | (Some("terminating"), 0) => {
-                    if let Err(e) = set(&|n| n.scale_in = Some("terminating".into())) {
+                    if let Err(e) = set(ScaleIn::Terminate) {
                         // Never terminated before it is recorded.
                         tracing::warn!(node = %st.node, error = %e, "scale-in: record the termination (tried again next pass)");
                         continue;
@@ -460,7 +432,7 @@ impl Autoscaler {
                 }
                 (Some(_), _) => {
                     // Work arrived before the cordon took: move it first.
-                    if let Err(e) = set(&|n| n.draining = true) {
+                    if let Err(e) = set(ScaleIn::Drain) {
                         tracing::warn!(node = %st.node, error = %e, "scale-in: drain (tried again next pass)");
                     }
                 }
@@ -471,12 +443,7 @@ impl Autoscaler {
     /// Drops a VM's record (it joined, or it is gone); a failed write
     /// leaves it for the next pass, which does it again.
     fn forget(&self, vm: &VmRecord) {
-        let r = self.control.write(|s, b| {
-            s.vms.remove(&vm.id);
-            b.delete(Kind::Vm, &vm.id);
-            Ok(())
-        });
-        if let Err(e) = r {
+        if let Err(e) = self.control.forget_vm(&vm.id) {
             tracing::warn!(vm = %vm.id, error = %e, "forget a VM record (tried again next pass)");
         }
     }
@@ -498,6 +465,7 @@ fn join_timeout(site: &crate::config::SiteConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Kind;
     use crate::clock::ManualClock;
     use crate::control::testing::aws_site;
     use skiff_cloud::fake::{FakeCloud, Op};

@@ -24,6 +24,7 @@ pub mod changes;
 mod commits;
 pub mod leadership;
 pub mod reconcile;
+pub mod vms;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::GatewayConfig;
@@ -580,12 +581,14 @@ impl Control {
         f(&self.state.lock().expect("state lock"))
     }
 
-    /// Changes the state: `f` edits it and fills the batch with what it
-    /// changed, which is committed (durably) before the lock is released
-    /// and before the caller answers anyone. If `f` fails, or the commit
-    /// does, the state is reloaded from the store: it holds exactly what
-    /// was committed.
-    pub fn write<T>(
+    /// Changes the state: `f` edits it under the lock and fills the batch
+    /// with what it changed, which is committed (durably, with whatever
+    /// else was queued meanwhile: [`commits`]) before the caller answers
+    /// anyone. If `f` fails, or the commit does, the state is reloaded
+    /// from the store: it holds exactly what was committed. Called by the
+    /// named operations of this module ([`changes`], [`agents`], [`vms`],
+    /// the reconciler, liveness, reports) and by tests, not elsewhere.
+    pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
@@ -593,7 +596,7 @@ impl Control {
     }
 
     /// [`Control::write`] for soft state (see [`Batch::soft`]).
-    pub fn write_soft<T>(
+    pub(crate) fn write_soft<T>(
         &self,
         f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
@@ -627,7 +630,7 @@ impl Control {
         state.version += 1;
         let wrote = !batch.is_empty();
         let ticket = match &out {
-            Ok(_) => Some(self.commits.enqueue(epoch, batch)),
+            Ok(_) => self.commits.enqueue(epoch, batch).transpose(),
             Err(e) if !wrote && !matches!(e, ControlError::Store(_)) => None,
             Err(_) => {
                 // `f` changed the state and gave up: the state is reloaded

@@ -103,19 +103,26 @@ impl Control {
                 .get_mut(node)
                 .ok_or_else(|| ControlError::Unauthenticated(format!("node {node} was removed")))?;
             let was_down = n.status == NodeStatus::Down;
-            n.status = NodeStatus::Ready;
-            n.capacity = reg.capacity.unwrap_or_default().into();
-            n.allocatable = reg.allocatable.unwrap_or_default().into();
-            n.labels = reg.labels.clone().into_iter().collect();
+            let mut r = n.clone();
+            r.status = NodeStatus::Ready;
+            r.capacity = reg.capacity.unwrap_or_default().into();
+            r.allocatable = reg.allocatable.unwrap_or_default().into();
+            r.labels = reg.labels.clone().into_iter().collect();
             if let Some(p) = &reg.platform {
-                n.os = p.os.clone();
-                n.arch = p.architecture.clone();
+                r.os = p.os.clone();
+                r.arch = p.architecture.clone();
             }
-            n.agent_version = reg.agent_version.clone();
-            n.hostname = reg.hostname.clone();
-            b.put(Kind::Node, node, n);
+            r.agent_version = reg.agent_version.clone();
+            r.hostname = reg.hostname.clone();
+            // A session that only moved (another gateway, a restart)
+            // changes nothing: nothing is written, nothing woken.
+            let changed = r != *n;
+            if changed {
+                *n = r;
+                b.put(Kind::Node, node, n);
+            }
             Ok((
-                was_down,
+                (was_down, changed),
                 v1::Registered {
                     node_id: n.id.clone(),
                     site: n.site.clone(),
@@ -124,10 +131,13 @@ impl Control {
                 },
             ))
         })?;
+        let (was_down, changed) = was_down;
         if was_down {
             self.event("node", node, "ready");
         }
-        self.wake();
+        if changed {
+            self.wake();
+        }
         Ok(registered)
     }
 

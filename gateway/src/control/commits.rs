@@ -74,8 +74,11 @@ impl Commits {
     }
 
     /// Queues `batch`, built on the state as of `epoch`. Refused if a
-    /// commit failed since: that state held what was never written.
-    pub(crate) fn enqueue(&self, epoch: u64, batch: Batch) -> Result<Ticket, StoreError> {
+    /// commit failed since: that state held what was never written. An
+    /// empty batch (a change that changed nothing) waits for what is
+    /// queued or being committed, which it may have read; alone, it has
+    /// nothing to wait for (`None`).
+    pub(crate) fn enqueue(&self, epoch: u64, batch: Batch) -> Result<Option<Ticket>, StoreError> {
         let mut q = self.queue.lock().expect("commit queue");
         if q.epoch != epoch {
             return Err(StoreError::Unavailable {
@@ -83,10 +86,13 @@ impl Commits {
                 source: "an earlier commit failed while this change was made".into(),
             });
         }
+        if batch.is_empty() && q.pending.is_empty() && !q.committing {
+            return Ok(None);
+        }
         q.last += 1;
         let seq = q.last;
         q.pending.push_back((seq, batch));
-        Ok(Ticket(seq))
+        Ok(Some(Ticket(seq)))
     }
 
     /// Waits until the ticket's batch is durable or failed. Commits the
@@ -166,12 +172,15 @@ impl Commits {
         q.committing = true;
         drop(q);
         let merged = merge(group.into_iter().map(|(_, b)| b));
-        let result = store.commit(&merged);
+        // Nothing but changes that changed nothing: no store call.
+        let result = (!merged.is_empty()).then(|| store.commit(&merged));
         let mut q = self.queue.lock().expect("commit queue");
         q.committing = false;
-        match result {
+        match result.transpose() {
             Ok(revision) => {
-                durable(revision);
+                if let Some(revision) = revision {
+                    durable(revision);
+                }
                 q.committed = to;
             }
             Err(e) => {
@@ -346,13 +355,13 @@ mod tests {
         let (store, entered, release) = gated();
         let c = Arc::new(Commits::default());
         let e = c.epoch();
-        let first = waiter(&c, &store, c.enqueue(e, put("a")).unwrap());
+        let first = waiter(&c, &store, c.enqueue(e, put("a")).unwrap().unwrap());
         assert_eq!(entered.recv().unwrap(), 1, "the first batch commits alone");
         // Queued while it commits: b, c and d, e (two ops each... one op
         // each here), at most 3 ops per commit.
         let rest: Vec<_> = ["b", "c", "d", "e"]
             .iter()
-            .map(|k| c.enqueue(e, put(k)).unwrap())
+            .map(|k| c.enqueue(e, put(k)).unwrap().unwrap())
             .collect();
         let rest: Vec<_> = rest.into_iter().map(|t| waiter(&c, &store, t)).collect();
         release.send(true).unwrap();
@@ -374,9 +383,9 @@ mod tests {
         let (store, entered, release) = gated();
         let c = Arc::new(Commits::default());
         let e = c.epoch();
-        let first = waiter(&c, &store, c.enqueue(e, put("a")).unwrap());
+        let first = waiter(&c, &store, c.enqueue(e, put("a")).unwrap().unwrap());
         entered.recv().unwrap();
-        let second = waiter(&c, &store, c.enqueue(e, put("b")).unwrap());
+        let second = waiter(&c, &store, c.enqueue(e, put("b")).unwrap().unwrap());
         release.send(false).unwrap();
         let err = first.join().unwrap().unwrap_err();
         assert!(err.to_string().contains("no quorum"), "{err}");
@@ -389,7 +398,7 @@ mod tests {
         let err = c.enqueue(e, put("c")).err().expect("refused");
         assert!(err.to_string().contains("earlier commit failed"), "{err}");
         // One that read it after does, and commits.
-        let third = waiter(&c, &store, c.enqueue(c.epoch(), put("c")).unwrap());
+        let third = waiter(&c, &store, c.enqueue(c.epoch(), put("c")).unwrap().unwrap());
         entered.recv().unwrap();
         release.send(true).unwrap();
         third.join().unwrap().unwrap();
@@ -402,7 +411,7 @@ mod tests {
     fn wait_idle_commits_what_is_queued_and_its_writer_learns_it() {
         let (store, entered, release) = gated();
         let c = Arc::new(Commits::default());
-        let t = c.enqueue(c.epoch(), put("a")).unwrap();
+        let t = c.enqueue(c.epoch(), put("a")).unwrap().unwrap();
         let idle = {
             let (c, store) = (c.clone(), store.clone());
             std::thread::spawn(move || c.wait_idle(store.as_ref(), |_| {}, |_| {}))
@@ -418,11 +427,29 @@ mod tests {
     fn fail_pending_fails_the_queued_batches_only() {
         let (store, _entered, _release) = gated();
         let c = Commits::default();
-        let t = c.enqueue(c.epoch(), put("a")).unwrap();
+        let t = c.enqueue(c.epoch(), put("a")).unwrap().unwrap();
         c.fail_pending(StoreError::InUse("reloaded".into()));
         let err = c.wait(t, store.as_ref(), |_| {}, |_| {}).unwrap_err();
         assert!(matches!(err, StoreError::InUse(_)), "{err}");
         assert!(store.commits.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_change_that_changed_nothing_waits_only_for_what_it_may_have_read() {
+        let (store, entered, release) = gated();
+        let c = Arc::new(Commits::default());
+        let e = c.epoch();
+        assert!(c.enqueue(e, Batch::default()).unwrap().is_none(), "alone");
+        let first = waiter(&c, &store, c.enqueue(e, put("a")).unwrap().unwrap());
+        entered.recv().unwrap();
+        // Queued behind a commit under way: it waits for it, and no store
+        // call is made for it.
+        let empty = c.enqueue(e, Batch::default()).unwrap().expect("queued");
+        let empty = waiter(&c, &store, empty);
+        release.send(true).unwrap();
+        first.join().unwrap().unwrap();
+        empty.join().unwrap().unwrap();
+        assert_eq!(*store.commits.lock().unwrap(), vec![1]);
     }
 
     #[test]
