@@ -1,7 +1,10 @@
 //! Fleet benchmark: `cargo bench -p skiff-gateway --bench fleet`.
 //!
-//! One `skiff-gateway serve` (its own process, default timings: heartbeat
-//! every 1 s, down after 5 s) and `SKIFF_BENCH_AGENTS` simulated agents
+//! Twice, figures side by side at the end: one `skiff-gateway serve` on
+//! its embedded store, then three over three etcd members on loopback
+//! (`SKIFF_BENCH_GATEWAYS=1` or `3`: only that one). Each gateway its own
+//! process, default timings (heartbeat every 1 s, down after 5 s, lease
+//! TTL 3 s), and `SKIFF_BENCH_AGENTS` simulated agents
 //! (default 10,000) in this process, each a real agent as far as the
 //! gateway can tell: it joins with its own single-use token and CSR, then
 //! keeps one mutual-TLS gRPC session, registers (1 CPU, 1 GiB), heartbeats
@@ -12,7 +15,10 @@
 //! RSS; heartbeat delay (agent send to gateway handling, p50/p99 from the
 //! gateway's histogram); for the killed nodes, from each one's last
 //! heartbeat to `down` (p50/p99/max) and from `down` to its replacement
-//! placed (p50/p99/max), from the gateway's event stream. Asserts nothing.
+//! placed (p50/p99/max), from the gateway's event stream; over etcd also
+//! the etcd write transactions per second in steady state and, the
+//! leader killed, the time to the new leader's first placement (of a
+//! workload submitted through a survivor right after). Asserts nothing.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -351,7 +357,10 @@ fn start_gateway(
         .arg(&state)
         .args(["--listen", &format!("127.0.0.1:{api_port}")])
         .args(["--agent-listen", &format!("127.0.0.1:{agent_port}")])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("SKIFF_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .stdin(Stdio::null())
@@ -854,6 +863,16 @@ fn main() {
                 nix::sys::signal::Signal::SIGTERM,
             );
             let _ = g.child.wait();
+        }
+        // The gateways' logs, kept when asked for with SKIFF_BENCH_LOG.
+        if std::env::var_os("SKIFF_BENCH_LOG").is_some() {
+            let keep = std::env::temp_dir().join(format!("skiff-bench-logs/{n}"));
+            let _ = std::fs::create_dir_all(&keep);
+            for g in &gws {
+                let log = dir.path().join(&g.name).join("gateway.log");
+                let _ = std::fs::copy(log, keep.join(format!("{}.log", g.name)));
+            }
+            println!("  gateway logs in {}", keep.display());
         }
     }
     println!("\nsummary ({agents} nodes; same run)");

@@ -465,9 +465,9 @@ fn join_timeout(site: &crate::config::SiteConfig) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Kind;
     use crate::clock::ManualClock;
     use crate::control::testing::aws_site;
+    use crate::store::Kind;
     use skiff_cloud::fake::{FakeCloud, Op};
 
     fn fake(name: &str, price: u64) -> Arc<FakeCloud> {

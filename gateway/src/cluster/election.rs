@@ -215,6 +215,7 @@ impl Cluster {
             key: key.to_string(),
             revision,
         }));
+        let won = Instant::now();
         let caught_up = self.catch_up(revision).await;
         if let Err(e) = self.control.become_leader(caught_up) {
             tracing::warn!(error = %e, "take the lead: reload the state");
@@ -224,7 +225,12 @@ impl Cluster {
         let since = now_ms();
         self.leading_since_ms.store(since, Ordering::SeqCst);
         self.control.set_leader(Some(self.me(since)));
-        tracing::info!(revision, "leads the fleet");
+        tracing::info!(
+            revision,
+            caught_up,
+            took_ms = won.elapsed().as_millis() as u64,
+            "leads the fleet"
+        );
         while alive() && self.control.is_leader() && !self.stopping.load(Ordering::SeqCst) {
             tokio::time::sleep(POLL / 5).await;
         }
