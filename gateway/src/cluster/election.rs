@@ -209,6 +209,36 @@ impl Cluster {
         }
     }
 
+    /// Reads who leads now, for a follower whose leader stopped answering
+    /// (its own campaign loop may be busy renewing its lease): the next
+    /// attempt goes to the new one at once.
+    pub(super) async fn refresh_leader(&self) {
+        // One read per 100 ms, however many requests are held.
+        let now = now_ms();
+        let last = self.leader_checked_ms.load(Ordering::SeqCst);
+        if now - last < 100
+            || self
+                .leader_checked_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        let mut kv = self.etcd.client().kv_client();
+        let Ok(Ok(r)) = tokio::time::timeout(POLL * 2, kv.get(self.etcd.leader_key(), None)).await
+        else {
+            return;
+        };
+        let holder = r
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice::<Peer>(kv.value()).ok())
+            .filter(|p| p.name != self.control.config.name);
+        if !self.control.is_leader() {
+            self.control.set_leader(holder);
+        }
+    }
+
     /// Leads until the lease is lost or a commit is refused.
     async fn lead(&self, revision: i64, key: &str, alive: &(dyn Fn() -> bool + Sync)) {
         self.etcd.set_fence(Some(Fence {

@@ -226,8 +226,10 @@ impl Cluster {
                         ControlError::Unavailable(NOT_LEADER.into())
                     }
                     Ok(response) => return Ok(Sent::Answer { base, response }),
-                    // It never reached the leader: safe to send again.
+                    // It never reached the leader: safe to send again,
+                    // to the one that leads now.
                     Err(e) if e.is_connect() => {
+                        self.refresh_leader().await;
                         ControlError::Unavailable(format!("the leader at {base}: {e}"))
                     }
                     Err(e) => {

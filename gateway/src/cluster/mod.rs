@@ -49,6 +49,8 @@ pub struct Cluster {
     stopping: std::sync::atomic::AtomicBool,
     /// The lease this gateway holds now.
     lease: std::sync::Mutex<Option<i64>>,
+    /// When a follower last read who leads (unix ms), its leader gone.
+    leader_checked_ms: std::sync::atomic::AtomicI64,
     /// Status reports waiting for the next batch to the leader.
     reports: std::sync::Mutex<Vec<(String, Vec<skiff_proto::wire::v1::AllocationStatus>)>>,
 }
@@ -85,6 +87,7 @@ impl Cluster {
             lease_ttl,
             started_ms: crate::control::now_ms(),
             leading_since_ms: std::sync::atomic::AtomicI64::new(0),
+            leader_checked_ms: std::sync::atomic::AtomicI64::new(0),
             lease: std::sync::Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
             reports: std::sync::Mutex::new(Vec::new()),
