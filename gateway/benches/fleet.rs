@@ -867,10 +867,11 @@ fn main() {
         // The gateways' logs, kept when asked for with SKIFF_BENCH_LOG.
         if std::env::var_os("SKIFF_BENCH_LOG").is_some() {
             let keep = std::env::temp_dir().join(format!("skiff-bench-logs/{n}"));
-            let _ = std::fs::create_dir_all(&keep);
+            std::fs::create_dir_all(&keep).unwrap();
             for g in &gws {
                 let log = dir.path().join(&g.name).join("gateway.log");
-                let _ = std::fs::copy(log, keep.join(format!("{}.log", g.name)));
+                std::fs::copy(&log, keep.join(format!("{}.log", g.name)))
+                    .unwrap_or_else(|e| panic!("keep {}: {e}", log.display()));
             }
             println!("  gateway logs in {}", keep.display());
         }

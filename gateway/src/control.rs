@@ -236,7 +236,8 @@ pub struct State {
     pub vms: BTreeMap<String, VmRecord>,
     /// Allocation ids in each node's desired state.
     desired: HashMap<String, BTreeSet<String>>,
-    /// Bumped by every change: a pass that placed outside the lock sees
+    /// Bumped by every change (a write that wrote something or failed, a
+    /// reload, a watched change): a pass that placed outside the lock sees
     /// whether the state moved meanwhile.
     version: u64,
 }
@@ -288,6 +289,10 @@ pub enum ControlError {
     Unauthenticated(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The placement engine refused the state it was given (a bug: the
+    /// gateway builds that input).
+    #[error(transparent)]
+    Placement(#[from] reconcile::ReconcileError),
     /// This gateway does not lead the fleet and could not hand the change
     /// to the one that does.
     #[error("{0}")]
@@ -627,8 +632,10 @@ impl Control {
             ..Batch::default()
         };
         let out = f(&mut state, &mut batch);
-        state.version += 1;
         let wrote = !batch.is_empty();
+        if wrote || out.is_err() {
+            state.version += 1;
+        }
         let ticket = match &out {
             Ok(_) => self.commits.enqueue(epoch, batch).transpose(),
             Err(e) if !wrote && !matches!(e, ControlError::Store(_)) => None,
@@ -1043,10 +1050,10 @@ impl Control {
         let (version, pass) = self.read(|s| (s.version, reconcile::prepare(s, now, &sites)));
         let plan = pass.schedule();
         let applied = self.write(|s, b| {
-            let changes = match plan {
-                Ok(plan) if s.version == version => reconcile::finish(s, pass, plan),
-                _ => reconcile::reconcile(s, now, &sites)
-                    .map_err(|e| ControlError::Invalid(e.to_string()))?,
+            let changes = if s.version == version {
+                reconcile::finish(s, pass, plan?)
+            } else {
+                reconcile::reconcile(s, now, &sites)?
             };
             Ok(apply_changes(s, b, changes))
         })?;

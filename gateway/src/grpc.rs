@@ -79,6 +79,7 @@ pub(crate) fn status(e: ControlError) -> Status {
             @ (crate::store::StoreError::Unavailable { .. } | crate::store::StoreError::NotLeader),
         ) => Status::unavailable(e.to_string()),
         ControlError::Store(e) => Status::internal(e.to_string()),
+        ControlError::Placement(e) => Status::internal(e.to_string()),
         ControlError::Unavailable(m) => Status::unavailable(m),
     }
 }

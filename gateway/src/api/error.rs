@@ -66,6 +66,9 @@ impl From<ControlError> for ApiError {
                 e @ (crate::store::StoreError::Unavailable { .. }
                 | crate::store::StoreError::NotLeader),
             ) => ApiError::unavailable(e.to_string()),
+            ControlError::Placement(e) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
             ControlError::Store(e) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }

@@ -196,17 +196,13 @@ impl Cluster {
         let marked =
             tokio::task::spawn_blocking(move || crate::store::Store::commit(etcd.as_ref(), &batch))
                 .await;
-        match marked {
-            Ok(Ok(mark)) => self.control.caught_up(mark, CATCH_UP).await,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "mark the takeover; the state is reloaded");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mark the takeover; the state is reloaded");
-                false
-            }
-        }
+        let why = match marked {
+            Ok(Ok(mark)) => return self.control.caught_up(mark, CATCH_UP).await,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(error = %why, "mark the takeover; the state is reloaded");
+        false
     }
 
     /// Reads who leads now, for a follower whose leader stopped answering

@@ -71,11 +71,11 @@ struct AgentAnswer {
     message: String,
 }
 
-fn b64<M: Message>(m: &M) -> String {
+pub(super) fn b64<M: Message>(m: &M) -> String {
     base64::engine::general_purpose::STANDARD.encode(m.encode_to_vec())
 }
 
-fn unb64<M: Message + Default>(s: &str) -> Result<M, ControlError> {
+pub(super) fn unb64<M: Message + Default>(s: &str) -> Result<M, ControlError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
         .map_err(|e| ControlError::Invalid(format!("base64: {e}")))?;

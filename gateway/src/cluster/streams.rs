@@ -9,15 +9,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use futures::StreamExt;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use skiff_proto::wire::v1::{self, StreamUp};
 use tokio::sync::mpsc;
 
 use super::Cluster;
-use super::forward::authenticated;
+use super::forward::{authenticated, b64, unb64};
 use crate::api::ApiError;
 use crate::streams::StreamError;
 
@@ -32,15 +30,6 @@ pub(super) struct StreamAsk {
     request: String,
 }
 
-fn encode<M: Message>(m: &M) -> String {
-    base64::engine::general_purpose::STANDARD.encode(m.encode_to_vec())
-}
-
-fn decode<M: Message + Default>(s: &str) -> Option<M> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
-    M::decode(bytes.as_slice()).ok()
-}
-
 /// `POST /internal/v1/stream`: the node's answer, if its session is here.
 pub(super) async fn stream_here(
     State(c): State<Arc<Cluster>>,
@@ -50,7 +39,10 @@ pub(super) async fn stream_here(
     if let Err(denied) = authenticated(&c, &headers) {
         return denied.into_response();
     }
-    let Some(kind) = decode::<v1::StreamRequest>(&ask.request).and_then(|r| r.kind) else {
+    let Some(kind) = unb64::<v1::StreamRequest>(&ask.request)
+        .ok()
+        .and_then(|r| r.kind)
+    else {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -73,7 +65,7 @@ pub(super) async fn stream_here(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let lines = tokio_stream::wrappers::ReceiverStream::new(up)
-        .map(|m| Ok::<_, std::convert::Infallible>(format!("{}\n", encode(&m))));
+        .map(|m| Ok::<_, std::convert::Infallible>(format!("{}\n", b64(&m))));
     Response::builder()
         .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
         .body(axum::body::Body::from_stream(lines))
@@ -92,7 +84,7 @@ impl Cluster {
         let ask = StreamAsk {
             node: node.to_string(),
             allocation: allocation.to_string(),
-            request: encode(&v1::StreamRequest {
+            request: b64(&v1::StreamRequest {
                 request_id: String::new(),
                 allocation_id: allocation.to_string(),
                 kind: Some(kind),
@@ -152,7 +144,7 @@ async fn relay(r: reqwest::Response, tx: mpsc::Sender<StreamUp>) {
             let line: Vec<u8> = buf.drain(..=end).collect();
             let Some(m) = std::str::from_utf8(&line[..end])
                 .ok()
-                .and_then(decode::<StreamUp>)
+                .and_then(|l| unb64::<StreamUp>(l).ok())
             else {
                 tracing::warn!("a relayed stream line does not decode; the stream ends");
                 return;

@@ -97,7 +97,7 @@ impl Control {
         // holds its session arrives).
         self.seen(node);
         // Soft: the agent sends all of it again on its next connect.
-        let (was_down, registered) = c.write_soft(|s, b| {
+        let ((was_down, changed), registered) = c.write_soft(|s, b| {
             let n = s
                 .nodes
                 .get_mut(node)
@@ -131,7 +131,6 @@ impl Control {
                 },
             ))
         })?;
-        let (was_down, changed) = was_down;
         if was_down {
             self.event("node", node, "ready");
         }

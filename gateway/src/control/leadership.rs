@@ -218,18 +218,15 @@ impl Control {
                     .and_then(|a| a.node.clone())
             };
             for (kind, key, value) in changes {
-                let before = match kind {
-                    Kind::Allocation => placed(&s, key),
-                    Kind::Node => s.nodes.get(key).map(|n| n.generation.to_string()),
-                    _ => None,
+                // Half applied: reloaded before it is trusted.
+                let apply = |s: &mut State| {
+                    s.apply(*kind, key, value.as_deref())
+                        .inspect_err(|_| self.lead.mark_stale())
                 };
-                if let Err(e) = s.apply(*kind, key, value.as_deref()) {
-                    // Half applied: reloaded before it is trusted.
-                    self.lead.mark_stale();
-                    return Err(e);
-                }
                 match kind {
                     Kind::Allocation => {
+                        let before = placed(&s, key);
+                        apply(&mut s)?;
                         let after = placed(&s, key);
                         if before == after {
                             continue;
@@ -247,10 +244,14 @@ impl Control {
                             touched.insert(n);
                         }
                     }
-                    Kind::Node if s.nodes.get(key).map(|n| n.generation.to_string()) != before => {
-                        touched.insert(key.clone());
+                    Kind::Node => {
+                        let before = s.nodes.get(key).map(|n| n.generation);
+                        apply(&mut s)?;
+                        if s.nodes.get(key).map(|n| n.generation) != before {
+                            touched.insert(key.clone());
+                        }
                     }
-                    _ => {}
+                    _ => apply(&mut s)?,
                 }
             }
         }

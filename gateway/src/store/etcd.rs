@@ -263,8 +263,8 @@ impl EtcdStore {
     }
 
     /// [`EtcdStore::block`] for work of several calls (a load in pages, a
-    /// batch in several transactions): each call has `timeout`, the whole
-    /// `timeout`.
+    /// batch in several transactions), all of it within `timeout` (each
+    /// call has its own deadline inside `f`).
     fn block_within<T: Send + 'static>(
         &self,
         what: &'static str,
