@@ -24,6 +24,7 @@ pub mod changes;
 mod commits;
 pub mod leadership;
 pub mod reconcile;
+mod reload;
 pub mod vms;
 
 use crate::clock::{Clock, SystemClock};
@@ -332,6 +333,8 @@ pub struct Control {
     pub(crate) lead: leadership::Lead,
     /// Batches waiting to be committed, as one (see [`commits`]).
     commits: commits::Commits,
+    /// The reload running, and the last one's failure (see [`reload`]).
+    reloads: reload::Reloads,
     /// What time it is (a test's own clock, or the system's).
     pub clock: Arc<dyn Clock>,
 }
@@ -384,6 +387,7 @@ impl Control {
             plan_ready: Notify::new(),
             lead,
             commits: commits::Commits::default(),
+            reloads: reload::Reloads::default(),
             clock,
         }))
     }
@@ -614,19 +618,23 @@ impl Control {
         f: impl FnOnce(&mut State, &mut Batch) -> Result<T, ControlError>,
     ) -> Result<T, ControlError> {
         let t = Instant::now();
-        let mut state = self.state.lock().expect("state lock");
+        // Nodes whose desired state a reload changed: pushed once the lock
+        // is released.
+        let mut reloaded = BTreeSet::new();
         // Only the leader writes; and not on a state that may hold a write
         // the store refused (it is reloaded first). The epoch is read
         // before staleness: a commit that fails after this read refuses
         // this batch.
-        let epoch = self.commits.epoch();
-        self.lead.may_write()?;
-        // Nodes whose desired state a reload changed: pushed once the lock
-        // is released.
-        let mut reloaded = BTreeSet::new();
-        if self.lead.is_stale() {
-            reloaded = self.reload_locked(&mut state)?;
-        }
+        let (mut state, epoch) = loop {
+            let state = self.state.lock().expect("state lock");
+            let epoch = self.commits.epoch();
+            self.lead.may_write()?;
+            if !self.lead.is_stale() {
+                break (state, epoch);
+            }
+            drop(state);
+            reloaded.extend(self.reload_if_stale()?);
+        };
         let mut batch = Batch {
             soft,
             ..Batch::default()
@@ -640,16 +648,14 @@ impl Control {
             Ok(_) => self.commits.enqueue(epoch, batch).transpose(),
             Err(e) if !wrote && !matches!(e, ControlError::Store(_)) => None,
             Err(_) => {
-                // `f` changed the state and gave up: the state is reloaded
-                // once the commit under way is settled; what others queued
-                // fails (it was built on this change).
+                // `f` changed the state and gave up: what others queued
+                // fails (it was built on this change), and the state is
+                // reloaded below.
                 self.commits.fail_pending(StoreError::Unavailable {
                     what: "commit".into(),
                     source: "a change made meanwhile failed and the state was reloaded".into(),
                 });
-                if let Ok(changed) = self.reload_locked(&mut state) {
-                    reloaded.extend(changed);
-                }
+                self.lead.mark_stale();
                 None
             }
         };
@@ -667,48 +673,39 @@ impl Control {
                 })
                 .map_err(ControlError::from),
         };
-        if let Err(ControlError::Store(e)) = &result {
-            if matches!(e, StoreError::NotLeader) {
-                self.step_down("a commit was refused: another gateway leads now");
+        match &result {
+            Err(ControlError::Store(StoreError::Unavailable { .. })) => {
+                // The store did not answer: reading it now would keep the
+                // caller waiting as long again for its 503. The next write
+                // or pass (woken now) reloads the state.
+                self.wake();
             }
-            // The state holds what was not written: reloaded now (or, if
-            // the store cannot be read, before the next write).
-            let mut state = self.state.lock().expect("state lock");
-            if self.lead.is_stale()
-                && let Ok(changed) = self.reload_locked(&mut state)
-            {
-                reloaded.extend(changed);
+            Err(ControlError::Store(e)) => {
+                if matches!(e, StoreError::NotLeader) {
+                    self.step_down("a commit was refused: another gateway leads now");
+                }
+                // The state holds what was not written: reloaded now (or,
+                // if the store cannot be read, before the next write).
+                if let Ok(changed) = self.reload_if_stale() {
+                    reloaded.extend(changed);
+                }
             }
-        } else if wrote {
-            self.metrics
-                .store_commit_seconds
-                .observe(t.elapsed().as_secs_f64());
+            Ok(()) if out.is_err() => {
+                if let Ok(changed) = self.reload_if_stale() {
+                    reloaded.extend(changed);
+                }
+            }
+            Ok(()) if wrote => {
+                self.metrics
+                    .store_commit_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+            _ => {}
         }
         if !reloaded.is_empty() {
             self.push(&reloaded);
         }
         result.and(out)
-    }
-
-    /// Replaces the state with the store's (after a failed write, which
-    /// may have left changes in memory that are not in the store). When
-    /// the store cannot be read, the state is marked stale: nothing is
-    /// written until a reload succeeds.
-    fn reload_locked(&self, state: &mut State) -> Result<BTreeSet<String>, StoreError> {
-        self.settle_commits();
-        match load_state(self.store.as_ref()) {
-            Ok((mut fresh, revision)) => {
-                fresh.version = state.version + 1;
-                let before = std::mem::replace(state, fresh);
-                self.lead.loaded(revision);
-                Ok(leadership::changed_nodes(&before, state))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reload the state after a failed write");
-                self.lead.mark_stale();
-                Err(e)
-            }
-        }
     }
 
     /// Waits (under the state lock) until nothing is being committed or
@@ -728,21 +725,6 @@ impl Control {
         let _state = self.state.lock().expect("state lock");
         self.settle_commits();
         self.store.load()
-    }
-
-    /// Reloads the whole state from the store (a follower that fell
-    /// behind, a state marked stale).
-    pub fn reload(&self) -> Result<(), StoreError> {
-        let mut state = self.state.lock().expect("state lock");
-        self.settle_commits();
-        let (mut fresh, revision) = load_state(self.store.as_ref())?;
-        fresh.version = state.version + 1;
-        let before = std::mem::replace(&mut *state, fresh);
-        self.lead.loaded(revision);
-        let changed = leadership::changed_nodes(&before, &state);
-        drop(state);
-        self.push(&changed);
-        Ok(())
     }
 
     pub fn event(&self, kind: &str, id: &str, message: impl Into<String>) {

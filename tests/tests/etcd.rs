@@ -331,6 +331,10 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
 
     // Quorum lost: writes refused with 503, reads answered, containers
     // kept.
+    println!(
+        "quorum lost: {other} asked, {:?} leads",
+        leader_of(&gs[&other])
+    );
     etcd.kill(1);
     // Until the leader notices, a write may still land (or time out and
     // land when quorum returns: a 503 on a timeout is ambiguous, as with
@@ -340,7 +344,13 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
         20,
         || {
             let name = format!("no-quorum-{}", maybe.len());
+            let t = Instant::now();
             let (code, v) = gs[&other].call("POST", "/v1/workloads", Some(&sleeper(&name, &image)));
+            println!(
+                "quorum lost: {name} answered {code} in {:.2}s: {}",
+                t.elapsed().as_secs_f64(),
+                v["message"]
+            );
             maybe.push(name);
             code == 503
                 && v["message"]

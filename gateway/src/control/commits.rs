@@ -116,7 +116,7 @@ impl Commits {
             {
                 let f = &mut q.failures[i];
                 f.untold -= 1;
-                let e = duplicate(&f.error);
+                let e = f.error.duplicate();
                 if f.untold == 0 {
                     q.failures.swap_remove(i);
                 }
@@ -261,27 +261,6 @@ pub(crate) fn merge(batches: impl IntoIterator<Item = Batch>) -> Batch {
         }
     }
     out
-}
-
-/// The same failure, for each writer of a failed group (the source is
-/// kept as its message).
-fn duplicate(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable { what, source } => StoreError::Unavailable {
-            what: what.clone(),
-            source: source.to_string().into(),
-        },
-        StoreError::NotLeader => StoreError::NotLeader,
-        StoreError::InUse(s) => StoreError::InUse(s.clone()),
-        StoreError::Backend { what, source } => StoreError::Backend {
-            what: what.clone(),
-            source: source.to_string().into(),
-        },
-        StoreError::Corrupt { kind, key, source } => StoreError::Backend {
-            what: format!("record {kind:?} {key}"),
-            source: source.to_string().into(),
-        },
-    }
 }
 
 #[cfg(test)]

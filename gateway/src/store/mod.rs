@@ -127,6 +127,28 @@ impl StoreError {
             source: source.into(),
         }
     }
+
+    /// The same failure, for each of several callers that wait on one
+    /// call (the writers of a failed group commit, the writers waiting on
+    /// a failed reload): the source is kept as its message.
+    pub(crate) fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable { what, source } => StoreError::Unavailable {
+                what: what.clone(),
+                source: source.to_string().into(),
+            },
+            StoreError::NotLeader => StoreError::NotLeader,
+            StoreError::InUse(s) => StoreError::InUse(s.clone()),
+            StoreError::Backend { what, source } => StoreError::Backend {
+                what: what.clone(),
+                source: source.to_string().into(),
+            },
+            StoreError::Corrupt { kind, key, source } => StoreError::Backend {
+                what: format!("record {kind:?} {key}"),
+                source: source.to_string().into(),
+            },
+        }
+    }
 }
 
 /// Every record, by kind and key.
