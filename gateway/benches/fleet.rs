@@ -181,17 +181,25 @@ async fn agent(
     let mut joined = Some(joined);
     // Like a real agent: a broken session is opened again, on the next
     // gateway when there are several.
+    // With the agent's back-off and spread.
     let mut first = true;
+    let mut attempt = 0;
     loop {
         if !first {
             RECONNECTS.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let spread = rand::Rng::random_range(&mut rand::rng(), 0.0..=1.0);
+            tokio::time::sleep(skiff_proto::wire::reconnect_backoff(attempt, spread)).await;
+            attempt += 1;
         }
         first = false;
         let ch = connect(tls.clone()).await;
         let mut client = v1::session_client::SessionClient::new(ch);
+        let started = Instant::now();
         if session(i, &mut client, &last_beat, &mut joined).await {
             return;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
         }
     }
 }

@@ -185,7 +185,8 @@ pub struct EtcdConfig {
     /// etcd authentication: user, and a file holding the password.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// The leader's lease: a leader not heard from this long is replaced.
+    /// The leader's lease: a leader not heard from this long is replaced
+    /// (default 2s).
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: skiff_proto::Duration,
     /// Longest wait for one etcd call; past it the store is unavailable.
@@ -199,8 +200,12 @@ pub struct EtcdConfig {
 fn default_etcd_prefix() -> String {
     "/skiff".into()
 }
+/// Two seconds: the shortest lease an etcd member with the default
+/// election timeout (1 s) grants (it raises shorter ones to 1.5 times its
+/// election timeout). A leader renews it every third of it, from a runtime
+/// of its own, so a busy leader is not replaced for being busy.
 fn default_lease_ttl() -> skiff_proto::Duration {
-    skiff_proto::Duration::from_secs(3)
+    skiff_proto::Duration::from_secs(2)
 }
 fn default_etcd_timeout() -> skiff_proto::Duration {
     skiff_proto::Duration::from_secs(5)

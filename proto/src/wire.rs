@@ -20,6 +20,15 @@ pub mod v1 {
     tonic::include_proto!("skiff.agent.v1");
 }
 
+/// How long an agent waits before it opens its `attempt`-th session again
+/// (0 for the first after one broke): 200 ms doubling to 10 s, spread by
+/// ±50% (`spread` is uniform in `0.0..=1.0`) so that the agents of a
+/// gateway that went away do not all come back at once.
+pub fn reconnect_backoff(attempt: u32, spread: f64) -> std::time::Duration {
+    let base = (200u64 << attempt.min(6)).min(10_000) as f64;
+    std::time::Duration::from_millis((base * (0.5 + spread.clamp(0.0, 1.0))) as u64)
+}
+
 /// A wire message that cannot become a spec value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -293,6 +302,20 @@ mod tests {
     use super::*;
     use crate::{Format, parse_workloads};
     use prost::Message;
+
+    #[test]
+    fn reconnects_back_off_from_200ms_to_10s_spread_by_half() {
+        let ms = |attempt, spread| reconnect_backoff(attempt, spread).as_millis();
+        assert_eq!(ms(0, 0.5), 200);
+        assert_eq!(ms(0, 0.0), 100);
+        assert_eq!(ms(0, 1.0), 300);
+        assert_eq!(ms(1, 0.5), 400);
+        assert_eq!(ms(5, 0.5), 6400);
+        assert_eq!(ms(6, 0.5), 10_000);
+        assert_eq!(ms(40, 1.0), 15_000);
+        // Out of range, clamped.
+        assert_eq!(ms(0, 7.0), 300);
+    }
 
     const SPEC: &str = r#"
 name: web

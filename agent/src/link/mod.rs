@@ -127,16 +127,14 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
         if started.elapsed() > Duration::from_secs(30) {
             attempt = 0;
         }
-        // 200 ms doubling to 10 s, with ±50% jitter.
-        let base = (200u64 << attempt.min(6)).min(10_000);
-        let jitter = {
+        let wait = {
             use rand::Rng;
-            rand::rng().random_range(base / 2..=base + base / 2)
+            skiff_proto::wire::reconnect_backoff(attempt, rand::rng().random_range(0.0..=1.0))
         };
         attempt += 1;
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(jitter)) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -12,7 +12,8 @@ use crate::control::now_ms;
 use crate::peers::GatewayView;
 use crate::store::etcd::{Fence, prefix_end};
 
-/// How often a follower looks whether the leadership key is still there.
+/// How often a follower looks whether the leadership key is still there
+/// (besides watching it).
 const POLL: Duration = Duration::from_millis(250);
 /// How long a new leader waits for its watch to bring it up to date
 /// before it reloads the state instead.
@@ -112,6 +113,9 @@ impl Cluster {
             {
                 self.store_failed("register", &e);
             }
+            // The leadership key's changes: a follower campaigns as soon
+            // as it goes (with its holder's lease), not at its next look.
+            let mut changes = client.watch(leader_key.clone(), None).await.ok();
             while alive() && !stopping() {
                 match self.campaign(&mut client, &leader_key, lease).await {
                     Ok(Some(revision)) => {
@@ -121,7 +125,17 @@ impl Cluster {
                     Ok(None) => {}
                     Err(e) => self.store_failed("leader", &e),
                 }
-                tokio::time::sleep(POLL).await;
+                match changes.as_mut() {
+                    Some(stream) => {
+                        if let Ok(Err(_) | Ok(None)) =
+                            tokio::time::timeout(POLL, stream.message()).await
+                        {
+                            // The watch broke: looked at every POLL.
+                            changes = None;
+                        }
+                    }
+                    None => tokio::time::sleep(POLL).await,
+                }
             }
             keepalive.abort();
             // Whatever this lease held goes with it.

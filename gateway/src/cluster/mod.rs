@@ -78,7 +78,7 @@ impl Cluster {
             .config
             .etcd
             .as_ref()
-            .map_or(Duration::from_secs(3), |e| e.lease_ttl.std());
+            .map_or(Duration::from_secs(2), |e| e.lease_ttl.std());
         let c = Arc::new(Self {
             secret: forward::peer_secret(&pki.admin_token),
             control,
