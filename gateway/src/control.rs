@@ -46,6 +46,53 @@ pub struct WorkloadRecord {
     pub version: u64,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// A batch job's progress (`None` for a service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobStatus>,
+}
+
+/// Where a batch job is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Runs are made until enough succeed (or too many fail).
+    #[default]
+    Running,
+    /// `batch.completions` runs succeeded.
+    Complete,
+    /// More than `batch.backoff_limit` runs failed, or the deadline passed.
+    Failed,
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Running => "running",
+            JobState::Complete => "complete",
+            JobState::Failed => "failed",
+        })
+    }
+}
+
+/// A batch job's progress, kept with its workload: its runs' records are
+/// forgotten after a while, its counts are not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobStatus {
+    pub state: JobState,
+    /// Runs that exited 0.
+    pub succeeded: u32,
+    /// Runs that exited non-zero or could not start.
+    pub failed: u32,
+    /// When the last failed run ended: the next run waits its back-off
+    /// from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_ms: Option<i64>,
+    /// When it completed or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// One replica, placed or waiting.
@@ -75,6 +122,10 @@ pub struct AllocationRecord {
     /// Why a pending allocation waits, in parts (`skiff explain`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explanation: Option<Explanation>,
+    /// A batch run that ended and was counted in its job's progress: it
+    /// holds no room and leaves its node (its exit code stays here).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 /// Why a pending allocation is not running yet.
@@ -116,9 +167,9 @@ impl From<&scheduler::Explanation> for Explanation {
 }
 
 impl AllocationRecord {
-    /// Counts toward the workload's replicas.
+    /// Counts toward the workload's replicas, and is on its node.
     pub fn is_live(&self) -> bool {
-        !matches!(self.state, AllocationState::Stopped | AllocationState::Lost)
+        !self.done && !matches!(self.state, AllocationState::Stopped | AllocationState::Lost)
     }
 }
 
@@ -427,6 +478,12 @@ fn apply_changes(s: &mut State, b: &mut Batch, c: reconcile::Changes) -> Applied
         b.put(Kind::Allocation, &id, &a);
         s.allocations.insert(id, a);
     }
+    for (name, job) in c.jobs {
+        if let Some(w) = s.workloads.get_mut(&name) {
+            w.job = Some(job);
+            b.put(Kind::Workload, &name, w);
+        }
+    }
     for n in &c.nodes {
         if let Some(node) = s.nodes.get_mut(n) {
             node.generation += 1;
@@ -505,9 +562,10 @@ impl Control {
                     "workload {name} exists (update it with PUT /v1/workloads/{name})"
                 )));
             }
-            self.check_fleet_replicas(st, &name, spec.replicas)?;
+            self.check_fleet_replicas(st, &name, spec.live_at_most())?;
             let now = self.clock.now_ms();
             let w = WorkloadRecord {
+                job: spec.batch_rules().map(|_| JobStatus::default()),
                 spec,
                 version: 1,
                 created_ms: now,
@@ -534,7 +592,7 @@ impl Control {
             .workloads
             .values()
             .filter(|w| w.spec.name != workload)
-            .map(|w| u64::from(w.spec.replicas))
+            .map(|w| u64::from(w.spec.live_at_most()))
             .sum();
         let total = others + u64::from(replicas);
         let limit = u64::from(self.config.max_fleet_replicas);

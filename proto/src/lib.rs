@@ -32,6 +32,7 @@ pub use image::{ImageRef, is_tag};
 pub use parse::{Format, integral_json, parse_workloads};
 pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{
-    ContainerSpec, ExecProbe, HealthSpec, HttpProbe, MAX_REPLICAS, NetworkMode, Placement,
-    PortSpec, Protocol, Resources, RestartPolicy, Spread, TcpProbe, WorkloadSpec, is_valid_name,
+    BatchSpec, ContainerSpec, ExecProbe, HealthSpec, HttpProbe, MAX_BACKOFF, MAX_REPLICAS,
+    NetworkMode, Placement, PortSpec, Protocol, Resources, RestartPolicy, Spread, TcpProbe,
+    WorkloadKind, WorkloadSpec, is_valid_name,
 };

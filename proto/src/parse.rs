@@ -404,7 +404,7 @@ priority: 50
     fn defaults() {
         let w = &parse_workloads("name: x\nimage: busybox", Format::Yaml).unwrap()[0];
         assert_eq!(w.replicas, 1);
-        assert_eq!(w.restart, crate::RestartPolicy::Always);
+        assert_eq!(w.restart_policy(), crate::RestartPolicy::Always);
         assert_eq!(w.priority, 50);
         assert_eq!(w.resources.cpu.millis(), 100);
         assert_eq!(w.resources.memory.bytes(), 128 << 20);

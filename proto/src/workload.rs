@@ -25,7 +25,8 @@ pub const MAX_MEMORY: ByteSize = ByteSize::from_bytes(1 << 50);
 /// Most scratch disk one replica may ask for.
 pub const MAX_DISK: ByteSize = ByteSize::from_bytes(1 << 60);
 
-/// A workload: `replicas` copies of one container, placed by the gateway.
+/// A workload: `replicas` copies of one container, placed by the gateway
+/// (a service), or runs of one that end (a batch job).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(transform = crate::schema::spec::workload_rules)]
@@ -33,7 +34,11 @@ pub struct WorkloadSpec {
     /// Unique name: lowercase letters, digits and '-', at most 63 characters.
     #[schemars(schema_with = "crate::schema::spec::name")]
     pub name: String,
-    /// How many copies to run.
+    /// `service` (the default): replicas kept running; `batch`: runs to
+    /// completion (see `batch`).
+    #[serde(default, skip_serializing_if = "WorkloadKind::is_service")]
+    pub kind: WorkloadKind,
+    /// How many copies to run (a service's; a batch job has `batch`).
     #[serde(default = "one")]
     #[schemars(range(max = 100_000))]
     pub replicas: u32,
@@ -59,9 +64,15 @@ pub struct WorkloadSpec {
     /// port, and a host port, appear once per protocol.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortSpec>,
-    /// When the agent restarts the container after it exits.
-    #[serde(default)]
-    pub restart: RestartPolicy,
+    /// When the agent restarts the container after it exits: a service's
+    /// by default `always`; a batch run's `never` (a failed run is retried
+    /// as a new one, up to `batch.backoff_limit`) or `on-failure` (in
+    /// place, within the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    /// How a batch job runs to completion (`kind: batch` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
     /// A probe that tells whether a replica is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
@@ -82,6 +93,95 @@ pub struct WorkloadSpec {
 
 fn one() -> u32 {
     1
+}
+fn default_backoff_limit() -> u32 {
+    6
+}
+fn default_backoff() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// What kind of work a workload is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// Long-running replicas, kept at `replicas`.
+    #[default]
+    Service,
+    /// Runs that end: `batch.completions` of them must succeed (exit 0),
+    /// `batch.parallelism` at a time.
+    Batch,
+}
+
+impl WorkloadKind {
+    pub fn is_service(&self) -> bool {
+        *self == WorkloadKind::Service
+    }
+}
+
+impl std::fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkloadKind::Service => "service",
+            WorkloadKind::Batch => "batch",
+        })
+    }
+}
+
+/// How a batch job runs to completion, as a Kubernetes Job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Successful runs (exit code 0) that complete the job. Default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub completions: u32,
+    /// Runs at a time, at most. Default 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub parallelism: u32,
+    /// Failed runs (a non-zero exit, or a run that could not start) after
+    /// which the job fails and its other runs stop. A run lost with its
+    /// node is run again without counting. Default 6.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(max = 100_000))]
+    pub backoff_limit: u32,
+    /// How long the run after the first failure waits; each later failure
+    /// doubles it, up to 6 minutes. Default 10s.
+    #[serde(default = "default_backoff")]
+    pub backoff: Duration,
+    /// The job fails, and its runs stop, this long after it was created
+    /// (default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::spec::optional_nonzero_duration")]
+    pub deadline: Option<Duration>,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            completions: 1,
+            parallelism: 1,
+            backoff_limit: default_backoff_limit(),
+            backoff: default_backoff(),
+            deadline: None,
+        }
+    }
+}
+
+/// Longest wait between a batch job's runs after failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(360);
+
+impl BatchSpec {
+    /// How long the next run waits after `failed` failures (0 after none).
+    pub fn backoff_after(&self, failed: u32) -> Duration {
+        if failed == 0 {
+            return Duration::from_secs(0);
+        }
+        let factor = 1u64 << (failed - 1).min(20);
+        let ms = self.backoff.as_millis().saturating_mul(factor);
+        Duration::from_millis(ms.min(MAX_BACKOFF.as_millis()))
+    }
 }
 fn default_priority() -> u32 {
     50
@@ -435,6 +535,7 @@ impl WorkloadSpec {
             );
         }
         self.validate_ports(root, &mut errs);
+        self.validate_kind(root, &mut errs);
         if let Some(h) = &self.health {
             h.validate(&p("health"), &mut errs);
         }
@@ -474,6 +575,78 @@ impl WorkloadSpec {
         }
     }
 
+    /// When the agent restarts the container: as given, or the kind's
+    /// default (`always` for a service, `never` for a batch run).
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.restart.unwrap_or(match self.kind {
+            WorkloadKind::Service => RestartPolicy::Always,
+            WorkloadKind::Batch => RestartPolicy::Never,
+        })
+    }
+
+    /// How many of its containers run at once, at most: a service's
+    /// replicas, a batch job's parallelism (never more than its
+    /// completions).
+    pub fn live_at_most(&self) -> u32 {
+        self.batch_rules()
+            .map_or(self.replicas, |b| b.parallelism.min(b.completions))
+    }
+
+    /// A batch job's rules (the defaults when `batch` is not given);
+    /// `None` for a service.
+    pub fn batch_rules(&self) -> Option<BatchSpec> {
+        (self.kind == WorkloadKind::Batch).then(|| self.batch.unwrap_or_default())
+    }
+
+    fn validate_kind(&self, root: &str, errs: &mut Collector) {
+        let p = |field: &str| format!("{root}.{field}");
+        match self.kind {
+            WorkloadKind::Service => {
+                if self.batch.is_some() {
+                    errs.push(p("batch"), "only for kind: batch");
+                }
+            }
+            WorkloadKind::Batch => {
+                if self.replicas != 1 {
+                    errs.push(
+                        p("replicas"),
+                        "a batch job runs batch.completions runs, batch.parallelism at a time",
+                    );
+                }
+                if self.restart == Some(RestartPolicy::Always) {
+                    errs.push(
+                        p("restart"),
+                        "a batch run ends: never (the default) or on-failure",
+                    );
+                }
+                let b = self.batch.unwrap_or_default();
+                for (field, v) in [
+                    ("completions", b.completions),
+                    ("parallelism", b.parallelism),
+                ] {
+                    if !(1..=MAX_REPLICAS).contains(&v) {
+                        errs.push(
+                            p(&format!("batch.{field}")),
+                            format!("{v} is not between 1 and {MAX_REPLICAS}"),
+                        );
+                    }
+                }
+                if b.backoff_limit > MAX_REPLICAS {
+                    errs.push(
+                        p("batch.backoff_limit"),
+                        format!(
+                            "{} is more than the maximum of {MAX_REPLICAS}",
+                            b.backoff_limit
+                        ),
+                    );
+                }
+                if b.deadline.is_some_and(Duration::is_zero) {
+                    errs.push(p("batch.deadline"), "must be more than 0s");
+                }
+            }
+        }
+    }
+
     /// The part of the spec one replica runs.
     pub fn container_spec(&self) -> ContainerSpec {
         ContainerSpec {
@@ -483,7 +656,7 @@ impl WorkloadSpec {
             env: self.env.clone(),
             resources: self.resources,
             ports: self.ports.clone(),
-            restart: self.restart,
+            restart: self.restart_policy(),
             health: self.health.clone(),
             network: self.network,
             stop_timeout: self.stop_timeout,

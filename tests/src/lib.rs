@@ -16,6 +16,16 @@ pub mod azure;
 pub mod cloud;
 pub mod etcd;
 
+/// A registry holding the busybox test image (built under `dir`); the
+/// registry (stopped when dropped) and the image's reference.
+pub fn busybox_registry(dir: &Path) -> (skiff_test_support::registry::Registry, String) {
+    let registry = skiff_test_support::registry::Registry::start().expect("a registry");
+    let reference = skiff_test_support::images::OciImage::busybox(&dir.join("image"), "test", &[])
+        .and_then(|i| i.push(&registry, "skiff/busybox"))
+        .expect("the busybox image in the registry");
+    (registry, reference)
+}
+
 /// A binary of this workspace, next to the test executable's directory
 /// (`target/<profile>/`).
 pub fn bin(name: &str) -> PathBuf {
@@ -254,6 +264,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent named `name` that joined `gateway` (a fresh token) and is
+    /// ready there.
+    pub fn joined(dir: &Path, name: &str, gateway: &Gateway) -> Agent {
+        let (token, hash) = gateway.join_token("default", "10m");
+        let a = Agent::spawn(dir, name, gateway, &token, &hash);
+        a.wait_up();
+        gateway.until(&format!("/v1/nodes/{name}"), "ready", 15, |v| {
+            v["status"] == "ready"
+        });
+        a
+    }
+
     /// Starts an agent named `name` that joins `gateway` with `token`; does
     /// not wait (a refused join ends the process).
     pub fn spawn(dir: &Path, name: &str, gateway: &Gateway, token: &str, ca_hash: &str) -> Agent {

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use skiff_e2e::etcd::Etcd;
 use skiff_e2e::{Agent, Gateway, eventually};
-use skiff_test_support::images::OciImage;
-use skiff_test_support::registry::Registry;
 use skiff_test_support::tools::require_root;
 
 fn config(name: &str, etcd: &Etcd) -> String {
@@ -82,11 +80,7 @@ fn all_running(g: &Gateway, names: &[String]) -> bool {
 fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start().unwrap();
-    let image = OciImage::busybox(&dir.path().join("image"), "test", &[])
-        .unwrap()
-        .push(&registry, "skiff/busybox")
-        .unwrap();
+    let (_registry, image) = skiff_e2e::busybox_registry(dir.path());
     let mut etcd = Etcd::start(&dir.path().join("etcd"));
     let mut gs: BTreeMap<String, Gateway> = BTreeMap::new();
     let g1 = gateway(dir.path(), "g1", &etcd, None);
@@ -500,11 +494,7 @@ fn records(path: &Path) -> BTreeMap<(String, String), Value> {
 fn a_running_fleet_moves_from_the_embedded_store_to_etcd_and_back() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let registry = Registry::start().unwrap();
-    let image = OciImage::busybox(&dir.path().join("image"), "test", &[])
-        .unwrap()
-        .push(&registry, "skiff/busybox")
-        .unwrap();
+    let (_registry, image) = skiff_e2e::busybox_registry(dir.path());
     let embedded = "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\nname = \"solo\"\n";
     let mut g = Gateway::start(&dir.path().join("gw"), embedded);
     let (token, hash) = g.join_token("default", "10m");

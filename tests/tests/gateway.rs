@@ -6,29 +6,17 @@ use std::time::Duration;
 
 use serde_json::Value;
 use skiff_e2e::{Agent, Gateway, eventually};
-use skiff_test_support::images::OciImage;
-use skiff_test_support::registry::Registry;
 use skiff_test_support::tools::require_root;
 
 /// Down after 2 s here, so tests do not wait for the 5 s default.
 const CONFIG: &str = "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\n";
 
-/// A registry with the busybox test image; returns it and the reference.
-fn registry(dir: &std::path::Path) -> (Registry, String) {
-    let registry = Registry::start().unwrap();
-    let image = OciImage::busybox(&dir.join("image"), "test", &[]).unwrap();
-    let reference = image.push(&registry, "skiff/busybox").unwrap();
-    (registry, reference)
+fn registry(dir: &std::path::Path) -> (skiff_test_support::registry::Registry, String) {
+    skiff_e2e::busybox_registry(dir)
 }
 
 fn joined(g: &Gateway, dir: &std::path::Path, name: &str) -> Agent {
-    let (token, hash) = g.join_token("default", "10m");
-    let a = Agent::spawn(dir, name, g, &token, &hash);
-    a.wait_up();
-    g.until(&format!("/v1/nodes/{name}"), "ready", 15, |v| {
-        v["status"] == "ready"
-    });
-    a
+    Agent::joined(dir, name, g)
 }
 
 fn sleeper(name: &str, image: &str, replicas: u32) -> String {

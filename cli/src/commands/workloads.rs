@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use skiff_gateway::api::WorkloadView;
-use skiff_gateway::control::AllocationRecord;
+use skiff_gateway::control::{AllocationRecord, JobState};
 use skiff_proto::cluster::AllocationState;
 use skiff_proto::{Format as SpecFormat, WorkloadSpec, parse_workloads};
 
@@ -75,8 +75,12 @@ pub async fn run(client: &Client, a: &RunArgs) -> Result<ExitCode, CliError> {
     wait(client, &names, &a.wait).await
 }
 
-/// Whether every replica of the current version runs, and nothing older.
+/// Whether every replica of the current version runs, and nothing older
+/// (a batch job: whether it completed or failed).
 fn converged(v: &WorkloadView) -> bool {
+    if let Some(job) = &v.job {
+        return job.state != JobState::Running;
+    }
     let live: Vec<&AllocationRecord> = v.allocations.iter().filter(|a| a.is_live()).collect();
     let current = live
         .iter()
@@ -120,10 +124,14 @@ async fn wait(client: &Client, names: &[String], w: &WaitArgs) -> Result<ExitCod
                 .iter()
                 .filter(|a| a.is_live() && a.state == AllocationState::Running)
                 .count();
-            lines.push((
-                v.spec.name.clone(),
-                format!("{running}/{} running", v.spec.replicas),
-            ));
+            let progress = match (&v.job, v.spec.batch_rules()) {
+                (Some(job), Some(rules)) => format!(
+                    "{} {}/{} runs succeeded, {} failed, {running} running",
+                    job.state, job.succeeded, rules.completions, job.failed
+                ),
+                _ => format!("{running}/{} running", v.spec.replicas),
+            };
+            lines.push((v.spec.name.clone(), progress));
             for a in v.allocations.iter().filter(|a| a.is_live()) {
                 lines.push((a.id.clone(), doing(a)));
             }
@@ -153,13 +161,24 @@ async fn wait(client: &Client, names: &[String], w: &WaitArgs) -> Result<ExitCod
             }
         }
         if views.iter().all(converged) {
+            let mut code = ExitCode::SUCCESS;
             for v in &views {
-                println!(
-                    "{}: {} of {} replicas running (version {})",
-                    v.spec.name, v.running, v.spec.replicas, v.version
-                );
+                match &v.job {
+                    Some(job) if job.state == JobState::Failed => {
+                        eprintln!("{}: job failed: {}", v.spec.name, job.message);
+                        code = ExitCode::FAILURE;
+                    }
+                    Some(job) => println!(
+                        "{}: job complete: {} runs succeeded",
+                        v.spec.name, job.succeeded
+                    ),
+                    None => println!(
+                        "{}: {} of {} replicas running (version {})",
+                        v.spec.name, v.running, v.spec.replicas, v.version
+                    ),
+                }
             }
-            return Ok(ExitCode::SUCCESS);
+            return Ok(code);
         }
         if Instant::now() >= deadline {
             let why: Vec<String> = views
@@ -204,7 +223,7 @@ pub async fn ps(client: &Client, o: OutputArgs) -> Result<ExitCode, CliError> {
             vec![
                 v.spec.name.clone(),
                 v.spec.image.to_string(),
-                v.spec.replicas.to_string(),
+                desired(v),
                 v.running.to_string(),
                 v.pending.to_string(),
                 if v.sites.is_empty() {
@@ -226,6 +245,17 @@ pub async fn ps(client: &Client, o: OutputArgs) -> Result<ExitCode, CliError> {
     )
     .map_err(io("stdout"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A service's replica count; a batch job's completions so far, of those
+/// it needs (as `kubectl get jobs` shows them).
+fn desired(v: &WorkloadView) -> String {
+    match (&v.job, v.spec.batch_rules()) {
+        (Some(job), Some(rules)) => {
+            format!("{}/{} {}", job.succeeded, rules.completions, job.state)
+        }
+        _ => v.spec.replicas.to_string(),
+    }
 }
 
 /// `8080->80/tcp` for a published port, `80/tcp` otherwise.
@@ -257,10 +287,29 @@ pub async fn status(client: &Client, name: &str, o: OutputArgs) -> Result<ExitCo
     if out.structured(&v).map_err(io("stdout"))? {
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{}  image {}  version {}  {} desired, {} running, {} pending",
-        v.spec.name, v.spec.image, v.version, v.spec.replicas, v.running, v.pending
-    );
+    match (&v.job, v.spec.batch_rules()) {
+        (Some(job), Some(rules)) => {
+            println!(
+                "{}  image {}  batch job {}: {} of {} runs succeeded, {} failed (backoff limit {}), {} running, {} pending",
+                v.spec.name,
+                v.spec.image,
+                out.paint(&job.state.to_string()),
+                job.succeeded,
+                rules.completions,
+                job.failed,
+                rules.backoff_limit,
+                v.running,
+                v.pending
+            );
+            if !job.message.is_empty() {
+                println!("  {}", job.message);
+            }
+        }
+        _ => println!(
+            "{}  image {}  version {}  {} desired, {} running, {} pending",
+            v.spec.name, v.spec.image, v.version, v.spec.replicas, v.running, v.pending
+        ),
+    }
     let ports = ports(&v.spec);
     let mut allocs: Vec<&AllocationRecord> = v.allocations.iter().collect();
     allocs.sort_by_key(|a| (!a.is_live(), std::cmp::Reverse(a.created_ms)));
@@ -272,6 +321,7 @@ pub async fn status(client: &Client, name: &str, o: OutputArgs) -> Result<ExitCo
                 a.node.clone().unwrap_or_else(|| "-".into()),
                 a.site.clone().unwrap_or_else(|| "-".into()),
                 out.paint(&a.state.to_string()),
+                a.exit_code.map_or_else(|| "-".into(), |c| c.to_string()),
                 a.restarts.to_string(),
                 age(a.created_ms),
                 if a.address.is_empty() {
@@ -291,6 +341,7 @@ pub async fn status(client: &Client, name: &str, o: OutputArgs) -> Result<ExitCo
             "NODE",
             "SITE",
             "STATE",
+            "EXIT",
             "RESTARTS",
             "AGE",
             "ADDRESS",

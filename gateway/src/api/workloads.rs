@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::body::{json_body, query, spec_body};
 use super::error::{ApiError, ApiResult};
-use crate::control::{AllocationRecord, WorkloadRecord};
+use crate::control::{AllocationRecord, JobStatus, WorkloadRecord};
 
 /// A workload with its allocations.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -30,6 +30,9 @@ pub struct WorkloadView {
     pub pending: usize,
     /// The sites its live allocations are in.
     pub sites: Vec<String>,
+    /// A batch job's progress (absent for a service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobStatus>,
     /// Live allocations (every one kept, stopped and lost too, for a
     /// single workload).
     pub allocations: Vec<AllocationRecord>,
@@ -59,6 +62,7 @@ pub(super) fn view(s: &crate::control::State, w: &WorkloadRecord, all: bool) -> 
             .filter(|a| a.state == AllocationState::Pending)
             .count(),
         sites,
+        job: w.job.clone(),
         allocations,
     }
 }

@@ -69,11 +69,17 @@ impl Control {
             if !st.workloads.contains_key(&name) {
                 return Err(no_workload(&name));
             }
-            self.check_fleet_replicas(st, &name, spec.replicas)?;
+            self.check_fleet_replicas(st, &name, spec.live_at_most())?;
             let w = st
                 .workloads
                 .get_mut(&name)
                 .ok_or_else(|| no_workload(&name))?;
+            if w.spec.kind != spec.kind {
+                return Err(ControlError::Invalid(format!(
+                    "kind: workload {name} is a {}; a workload's kind does not change (delete it and create it again)",
+                    w.spec.kind
+                )));
+            }
             let mut rolled = spec.clone();
             rolled.replicas = w.spec.replicas;
             if rolled != w.spec {
@@ -106,8 +112,14 @@ impl Control {
             )));
         }
         let w = self.write(|st, b| {
-            if !st.workloads.contains_key(name) {
-                return Err(no_workload(name));
+            match st.workloads.get(name) {
+                None => return Err(no_workload(name)),
+                Some(w) if w.spec.batch_rules().is_some() => {
+                    return Err(ControlError::Invalid(format!(
+                        "replicas: {name} is a batch job; it runs batch.parallelism at a time (update its spec)"
+                    )));
+                }
+                Some(_) => {}
             }
             self.check_fleet_replicas(st, name, replicas)?;
             let w = st
@@ -132,6 +144,11 @@ impl Control {
                 .workloads
                 .get_mut(name)
                 .ok_or_else(|| no_workload(name))?;
+            if w.spec.batch_rules().is_some() {
+                return Err(ControlError::Invalid(format!(
+                    "{name} is a batch job: its runs are not restarted (delete it and create it again to run it again)"
+                )));
+            }
             w.version += 1;
             w.updated_ms = self.clock.now_ms();
             b.put(Kind::Workload, name, w);

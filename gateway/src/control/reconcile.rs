@@ -20,8 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use skiff_proto::cluster::{AllocationState, NodeStatus};
 
-use super::{AllocationRecord, Explanation, PlannedLaunch, State};
+use super::{AllocationRecord, Explanation, JobStatus, PlannedLaunch, State};
 use crate::scheduler;
+
+mod jobs;
 
 /// Terminal (stopped, lost) allocations kept per workload: they show what
 /// happened; the oldest beyond go.
@@ -40,6 +42,8 @@ pub struct Changes {
     pub allocations: BTreeMap<String, AllocationRecord>,
     /// Allocations forgotten.
     pub forgotten: BTreeSet<String>,
+    /// Batch jobs whose progress changed.
+    pub jobs: BTreeMap<String, JobStatus>,
     /// Join tokens (by key) an hour past their expiry.
     pub expired_join_tokens: Vec<String>,
     /// Nodes whose desired state changes: each gets a new generation.
@@ -132,6 +136,7 @@ pub struct Pass {
     touched: BTreeSet<String>,
     events: Vec<PassEvent>,
     expired: Vec<String>,
+    jobs: BTreeMap<String, JobStatus>,
     input: Option<Input>,
 }
 
@@ -189,7 +194,8 @@ pub fn prepare(s: &State, now: i64, sites: &[scheduler::SiteInfo]) -> Pass {
     for id in orphans {
         draft.forget(s, &id);
     }
-    keep_replicas(s, now, &mut draft, &mut touched);
+    let jobs = jobs::count_runs(s, now, &mut draft, &mut events);
+    keep_replicas(s, now, &jobs, &mut draft, &mut touched);
     let input = placement_input(s, &draft, sites);
     Pass {
         now,
@@ -197,6 +203,7 @@ pub fn prepare(s: &State, now: i64, sites: &[scheduler::SiteInfo]) -> Pass {
         touched,
         events,
         expired,
+        jobs,
         input,
     }
 }
@@ -247,8 +254,15 @@ struct Replica {
 /// Replica counts and rolling updates: too many replicas stop (pending
 /// ones first, then the newest), too few get new pending ones; an
 /// outdated replica is replaced one at a time, when every current one
-/// runs.
-fn keep_replicas(s: &State, now: i64, draft: &mut Draft, touched: &mut BTreeSet<String>) {
+/// runs. A batch job has as many runs as it wants now (`jobs`: progress
+/// this pass changed), and no rolling update: a run ends by itself.
+fn keep_replicas(
+    s: &State,
+    now: i64,
+    jobs: &BTreeMap<String, JobStatus>,
+    draft: &mut Draft,
+    touched: &mut BTreeSet<String>,
+) {
     let mut live: HashMap<&str, Vec<Replica>> = HashMap::new();
     for a in draft.all(s).filter(|a| a.is_live()) {
         live.entry(a.workload.as_str()).or_default().push(Replica {
@@ -259,22 +273,51 @@ fn keep_replicas(s: &State, now: i64, draft: &mut Draft, touched: &mut BTreeSet<
             state: a.state,
         });
     }
-    let mut stop: Vec<String> = Vec::new();
+    let mut stop: Vec<(String, &'static str)> = Vec::new();
     let mut new: Vec<AllocationRecord> = Vec::new();
     for (name, w) in &s.workloads {
         let mut live = live.remove(name.as_str()).unwrap_or_default();
         live.sort_by_key(|a| (a.placed, Reverse(a.created_ms)));
-        let want = w.spec.replicas as usize;
-        let mut add = want.saturating_sub(live.len());
-        if live.len() > want {
-            stop.extend(live[..live.len() - want].iter().map(|a| a.id.clone()));
+        let (want, mut add) = match w.spec.batch_rules() {
+            Some(rules) => {
+                let job = jobs
+                    .get(name)
+                    .or(w.job.as_ref())
+                    .cloned()
+                    .unwrap_or_default();
+                let (want, may_add) = jobs::runs_wanted(&rules, &job, now);
+                let extra = live.len().saturating_sub(want);
+                let why = jobs::why_stopped(&job);
+                stop.extend(live[..extra].iter().map(|a| (a.id.clone(), why)));
+                (
+                    want,
+                    if may_add {
+                        want.saturating_sub(live.len())
+                    } else {
+                        0
+                    },
+                )
+            }
+            None => {
+                let want = w.spec.replicas as usize;
+                (want, want.saturating_sub(live.len()))
+            }
+        };
+        if w.spec.batch_rules().is_some() {
+            // No rolling update: a run ends by itself.
+        } else if live.len() > want {
+            stop.extend(
+                live[..live.len() - want]
+                    .iter()
+                    .map(|a| (a.id.clone(), "replaced or scaled down")),
+            );
         } else {
             let outdated = live.iter().find(|a| a.version < w.version);
             let settling = live
                 .iter()
                 .any(|a| a.version == w.version && a.state != AllocationState::Running);
             if let (Some(old), false) = (outdated, settling) {
-                stop.push(old.id.clone());
+                stop.push((old.id.clone(), "replaced or scaled down"));
                 add += 1;
             }
         }
@@ -293,13 +336,14 @@ fn keep_replicas(s: &State, now: i64, draft: &mut Draft, touched: &mut BTreeSet<
                 created_ms: now,
                 updated_ms: now,
                 explanation: None,
+                done: false,
             });
         }
     }
-    for id in stop {
+    for (id, why) in stop {
         let a = draft.edit(s, &id).expect("live");
         a.state = AllocationState::Stopped;
-        a.message = "replaced or scaled down".into();
+        a.message = why.into();
         a.updated_ms = now;
         if let Some(n) = &a.node {
             touched.insert(n.clone());
@@ -421,6 +465,7 @@ pub fn finish(s: &State, pass: Pass, plan: Option<scheduler::Plan>) -> Changes {
         mut touched,
         mut events,
         expired,
+        jobs,
         input,
     } = pass;
     let planned = match (input, plan) {
@@ -469,6 +514,7 @@ pub fn finish(s: &State, pass: Pass, plan: Option<scheduler::Plan>) -> Changes {
     Changes {
         allocations: draft.changed,
         forgotten: draft.forgotten,
+        jobs,
         expired_join_tokens: expired,
         nodes: touched,
         desired,
@@ -599,7 +645,7 @@ mod tests {
     use skiff_proto::cluster::SiteKind;
 
     use super::*;
-    use crate::control::{JoinTokenRecord, NodeRecord, WorkloadRecord};
+    use crate::control::{JobState, JoinTokenRecord, NodeRecord, WorkloadRecord};
 
     const NOW: i64 = 1_000_000_000;
 
@@ -638,6 +684,29 @@ mod tests {
             version,
             created_ms: 0,
             updated_ms: 0,
+            job: None,
+        }
+    }
+
+    /// A batch job `job` of 1-CPU runs, created at 0.
+    fn batch(rules: &str) -> WorkloadRecord {
+        let spec = skiff_proto::parse_workloads(
+            &format!(
+                "name: job\nkind: batch\nimage: busybox\nresources: {{cpu: '1', memory: 1Gi}}\nbatch: {rules}\n"
+            ),
+            skiff_proto::Format::Yaml,
+        )
+        .unwrap()
+        .remove(0);
+        WorkloadRecord {
+            job: Some(JobStatus::default()),
+            ..WorkloadRecord {
+                spec,
+                version: 1,
+                created_ms: 0,
+                updated_ms: 0,
+                job: None,
+            }
         }
     }
 
@@ -661,6 +730,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             explanation: None,
+            done: false,
         }
     }
 
@@ -683,6 +753,9 @@ mod tests {
             s.allocations.remove(id);
         }
         s.allocations.extend(c.allocations);
+        for (name, job) in c.jobs {
+            s.workloads.get_mut(&name).unwrap().job = Some(job);
+        }
         for k in &c.expired_join_tokens {
             s.join_tokens.remove(k);
         }
@@ -875,6 +948,146 @@ mod tests {
                 .any(|e| e.0 == "workload" && e.2.starts_with("1 replica(s) cannot be placed")),
             "{:?}",
             c.events
+        );
+    }
+
+    /// Every live run of `job` exits with `code` (as its agent reports).
+    fn runs_exit(s: &mut State, code: i32, at: i64) -> usize {
+        let mut n = 0;
+        for a in s.allocations.values_mut() {
+            if a.workload == "job" && a.is_live() && a.node.is_some() {
+                a.state = AllocationState::Exited;
+                a.exit_code = Some(code);
+                a.updated_ms = at;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn job_fleet(rules: &str) -> State {
+        let mut s = fleet(&[("n1", "ready"), ("n2", "ready")], 0, vec![]);
+        s.workloads.clear();
+        s.workloads.insert("job".into(), batch(rules));
+        s
+    }
+
+    fn live_runs(s: &State) -> usize {
+        s.allocations
+            .values()
+            .filter(|a| a.workload == "job" && a.is_live())
+            .count()
+    }
+
+    #[test]
+    fn a_batch_job_runs_parallelism_at_a_time_until_its_completions_succeed() {
+        let mut s = job_fleet("{completions: 5, parallelism: 2}");
+        let mut now = NOW;
+        let mut rounds = 0;
+        loop {
+            let c = reconcile(&s, now, &dc1()).unwrap();
+            apply(&mut s, c);
+            let job = s.workloads["job"].job.clone().unwrap();
+            if job.state != JobState::Running {
+                assert_eq!(job.state, JobState::Complete);
+                assert_eq!((job.succeeded, job.failed), (5, 0));
+                assert_eq!(job.finished_ms, Some(now));
+                break;
+            }
+            // Never more than parallelism, nor more than still missing.
+            let live = live_runs(&s);
+            assert_eq!(live, 2.min(5 - job.succeeded as usize), "{job:?}");
+            now += 1000;
+            runs_exit(&mut s, 0, now);
+            rounds += 1;
+            assert!(rounds < 10, "never completes: {job:?}");
+        }
+        // Done: nothing live, nothing on the nodes; the exit codes kept.
+        assert_eq!(live_runs(&s), 0);
+        assert!(s.desired.values().all(BTreeSet::is_empty));
+        let done: Vec<_> = s.allocations.values().filter(|a| a.done).collect();
+        assert_eq!(done.len(), 5);
+        assert!(done.iter().all(|a| a.exit_code == Some(0)));
+        // Another pass changes nothing.
+        let c = reconcile(&s, now + 1000, &dc1()).unwrap();
+        assert!(c.allocations.is_empty() && c.jobs.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn a_failing_batch_job_backs_off_between_runs_and_fails_past_its_backoff_limit() {
+        let mut s = job_fleet("{completions: 1, backoff_limit: 2, backoff: 10s}");
+        let c = reconcile(&s, NOW, &dc1()).unwrap();
+        apply(&mut s, c);
+        assert_eq!(live_runs(&s), 1);
+        // First failure: the next run waits 10 s, then 20 s.
+        let mut failed_at = NOW;
+        for (failures, wait) in [(1, 10_000), (2, 20_000)] {
+            failed_at += 1000;
+            assert_eq!(runs_exit(&mut s, 3, failed_at), 1);
+            let c = reconcile(&s, failed_at + wait - 1, &dc1()).unwrap();
+            apply(&mut s, c);
+            let job = s.workloads["job"].job.clone().unwrap();
+            assert_eq!((job.state, job.failed), (JobState::Running, failures));
+            assert_eq!(live_runs(&s), 0, "a run before its back-off");
+            let c = reconcile(&s, failed_at + wait, &dc1()).unwrap();
+            apply(&mut s, c);
+            assert_eq!(live_runs(&s), 1, "no run after {wait} ms");
+            failed_at += wait;
+        }
+        // The third failure is more than backoff_limit (2): failed.
+        assert_eq!(runs_exit(&mut s, 3, failed_at + 1000), 1);
+        let c = reconcile(&s, failed_at + 60_000, &dc1()).unwrap();
+        assert!(
+            c.events
+                .iter()
+                .any(|(_, id, m)| id == "job" && m.starts_with("job failed: 3 runs failed")),
+            "{:?}",
+            c.events
+        );
+        apply(&mut s, c);
+        let job = s.workloads["job"].job.clone().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert!(
+            job.message.contains("batch.backoff_limit (2)"),
+            "{}",
+            job.message
+        );
+        assert_eq!(live_runs(&s), 0);
+        // Every run's exit code stays visible.
+        let codes: Vec<_> = s.allocations.values().map(|a| a.exit_code).collect();
+        assert_eq!(codes, [Some(3); 3]);
+    }
+
+    #[test]
+    fn a_batch_job_past_its_deadline_fails_and_its_runs_stop_and_lost_runs_do_not_count() {
+        let mut s = job_fleet("{completions: 4, parallelism: 2, deadline: 1m}");
+        let c = reconcile(&s, 1000, &dc1()).unwrap();
+        apply(&mut s, c);
+        assert_eq!(live_runs(&s), 2);
+        // A node lost: its run is run again, not counted as failed.
+        let lost_node = s.allocations.values().find_map(|a| a.node.clone()).unwrap();
+        s.nodes.get_mut(&lost_node).unwrap().status = NodeStatus::Down;
+        let c = reconcile(&s, 2000, &dc1()).unwrap();
+        apply(&mut s, c);
+        let job = s.workloads["job"].job.clone().unwrap();
+        assert_eq!((job.failed, job.state), (0, JobState::Running));
+        assert_eq!(live_runs(&s), 2);
+        // The deadline: failed, every live run stopped.
+        let c = reconcile(&s, 60_000, &dc1()).unwrap();
+        apply(&mut s, c);
+        let job = s.workloads["job"].job.clone().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert!(
+            job.message.contains("deadline (1m) passed"),
+            "{}",
+            job.message
+        );
+        assert_eq!(live_runs(&s), 0);
+        assert!(
+            s.allocations
+                .values()
+                .filter(|a| a.state == AllocationState::Stopped)
+                .all(|a| a.message == "job failed")
         );
     }
 }

@@ -89,6 +89,12 @@ pub fn nonzero_duration(generator: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// [`nonzero_duration`], or none.
+pub fn optional_nonzero_duration(generator: &mut SchemaGenerator) -> Schema {
+    let some = nonzero_duration(generator);
+    json_schema!({ "anyOf": [some, { "type": "null" }] })
+}
+
 /// Arguments: no NUL byte, and a first one that is not empty.
 pub fn command(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
@@ -159,7 +165,7 @@ fn rule(schema: &mut Schema, when: serde_json::Value, then: serde_json::Value) {
     }
 }
 
-/// Published ports need the bridge network. (Two rules are not here, as
+/// Published ports need the bridge network; a batch job's rules. (Two rules are not here, as
 /// no JSON Schema can state them: a container port and a host port each
 /// appear once per protocol, and `placement.prefer` names allowed sites.)
 pub fn workload_rules(schema: &mut Schema) {
@@ -167,6 +173,22 @@ pub fn workload_rules(schema: &mut Schema) {
         schema,
         json!({ "required": ["network"], "properties": { "network": { "enum": ["host", "none"] } } }),
         json!({ "properties": { "ports": { "items": { "properties": { "host": { "type": "null" } } } } } }),
+    );
+    // A batch job: one container per run, runs that end; `batch` is
+    // for batch jobs only.
+    let batch = json!({ "required": ["kind"], "properties": { "kind": { "const": "batch" } } });
+    rule(
+        schema,
+        batch.clone(),
+        json!({ "properties": {
+            "replicas": { "const": 1 },
+            "restart": { "enum": ["never", "on-failure", null] }
+        } }),
+    );
+    rule(
+        schema,
+        json!({ "not": batch }),
+        json!({ "properties": { "batch": { "type": "null" } } }),
     );
 }
 
@@ -469,6 +491,32 @@ mod tests {
                 "name": "web", "image": "busybox", "replicas": replicas, "priority": priority,
                 "network": network, "ports": [port], "health": health, "placement": placement,
             }))?;
+        }
+
+        #[test]
+        fn batch_rules(
+            kind in prop::option::of(prop::sample::select(vec!["service", "batch", "system", ""])),
+            replicas in prop::option::of(prop::sample::select(vec![0u64, 1, 2])),
+            restart in prop::option::of(prop::sample::select(vec!["never", "on-failure", "always"])),
+            completions in prop::option::of(prop::sample::select(vec![0u64, 1, 100_000, 100_001])),
+            parallelism in prop::option::of(prop::sample::select(vec![0u64, 5, 100_001])),
+            backoff_limit in prop::option::of(prop::sample::select(vec![0u64, 100_000, 100_001])),
+            deadline in prop::option::of(duration()),
+            backoff in prop::option::of(duration()),
+            given in any::<bool>(),
+        ) {
+            let mut spec = json!({ "name": "job", "image": "busybox" });
+            if let Some(k) = kind { spec["kind"] = json!(k); }
+            if let Some(r) = replicas { spec["replicas"] = json!(r); }
+            if let Some(r) = restart { spec["restart"] = json!(r); }
+            let mut batch = json!({});
+            if let Some(v) = completions { batch["completions"] = json!(v); }
+            if let Some(v) = parallelism { batch["parallelism"] = json!(v); }
+            if let Some(v) = backoff_limit { batch["backoff_limit"] = json!(v); }
+            if let Some(v) = deadline { batch["deadline"] = v; }
+            if let Some(v) = backoff { batch["backoff"] = v; }
+            if given { spec["batch"] = batch; }
+            agree(spec)?;
         }
     }
 }
