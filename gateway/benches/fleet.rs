@@ -4,7 +4,7 @@
 //! its embedded store, then three over three etcd members on loopback
 //! (`SKIFF_BENCH_GATEWAYS=1` or `3`: only that one). Each gateway its own
 //! process, default timings (heartbeat every 1 s, down after 5 s, lease
-//! TTL 3 s), and `SKIFF_BENCH_AGENTS` simulated agents
+//! TTL 2 s), and `SKIFF_BENCH_AGENTS` simulated agents
 //! (default 10,000) in this process, each a real agent as far as the
 //! gateway can tell: it joins with its own single-use token and CSR, then
 //! keeps one mutual-TLS gRPC session, registers (1 CPU, 1 GiB), heartbeats
