@@ -57,6 +57,9 @@ pub struct FileConfig {
 pub struct Reserve {
     pub cpu: skiff_proto::Cpu,
     pub memory: skiff_proto::ByteSize,
+    /// Of the state directory's filesystem (images, containers' layers,
+    /// volumes, logs).
+    pub disk: skiff_proto::ByteSize,
 }
 
 impl Default for Reserve {
@@ -64,6 +67,7 @@ impl Default for Reserve {
         Self {
             cpu: skiff_proto::Cpu::from_millis(100),
             memory: skiff_proto::ByteSize::from_bytes(256 << 20),
+            disk: skiff_proto::ByteSize::from_bytes(1 << 30),
         }
     }
 }

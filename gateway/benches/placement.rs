@@ -171,6 +171,7 @@ fn c1m(scale: f64) {
         .map(|i| Request {
             id: format!("a{i}"),
             group: i / replicas,
+            node: None,
         })
         .collect();
 
@@ -225,6 +226,7 @@ fn packing() {
             requests.push(Request {
                 id: format!("w{gi}-{r}"),
                 group: gi,
+                node: None,
             });
         }
     }
@@ -308,6 +310,7 @@ fn launch() {
         .map(|i| Request {
             id: format!("p{i}"),
             group: i % groups.len(),
+            node: None,
         })
         .collect();
     let start = Instant::now();

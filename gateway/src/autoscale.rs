@@ -354,10 +354,17 @@ impl Autoscaler {
                         node: n.id.clone(),
                         site: n.site.clone(),
                         instance: n.instance_id.clone()?,
+                        // A system workload's copy is on every node: it
+                        // keeps none from being idle.
                         work: s
                             .allocations
                             .values()
                             .filter(|a| a.node.as_deref() == Some(n.id.as_str()) && a.is_live())
+                            .filter(|a| {
+                                s.workloads.get(&a.workload).is_none_or(|w| {
+                                    w.spec.kind != skiff_proto::WorkloadKind::System
+                                })
+                            })
                             .count(),
                         idle_since: n.idle_since_ms,
                         phase: n.scale_in.clone(),
@@ -529,6 +536,7 @@ mod tests {
                 name: "D2s".into(),
                 cpu: "2".parse().unwrap(),
                 memory: "8Gi".parse().unwrap(),
+                disk: "20Gi".parse().unwrap(),
                 price_per_hour: "0.12".into(),
                 arch: "amd64".into(),
             }];

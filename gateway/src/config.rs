@@ -84,10 +84,19 @@ pub struct InstanceTypeConfig {
     /// What workloads can use on it (after the agent's reserve).
     pub cpu: skiff_proto::Cpu,
     pub memory: skiff_proto::ByteSize,
+    /// Disk workloads can use on it (`resources.disk`), e.g. `"20Gi"`;
+    /// default 0: a workload asking for disk is never launched a VM of
+    /// this type.
+    #[serde(default = "no_disk")]
+    pub disk: skiff_proto::ByteSize,
     /// Price per hour, e.g. `"0.096"`.
     pub price_per_hour: String,
     #[serde(default = "amd64")]
     pub arch: String,
+}
+
+fn no_disk() -> skiff_proto::ByteSize {
+    skiff_proto::ByteSize::from_bytes(0)
 }
 
 fn amd64() -> String {

@@ -126,6 +126,10 @@ pub struct AllocationRecord {
     /// holds no room and leaves its node (its exit code stays here).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub done: bool,
+    /// The only node it may run on: a system workload's copy for that
+    /// node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_to: Option<String>,
 }
 
 /// Why a pending allocation is not running yet.
@@ -1134,7 +1138,11 @@ impl Control {
                     .map(|t| scheduler::InstanceType {
                         held: self.is_held(&c.name, &t.name),
                         name: t.name.clone(),
-                        allocatable: Capacity::new(t.cpu.millis(), t.memory.bytes(), 0),
+                        allocatable: Capacity::new(
+                            t.cpu.millis(),
+                            t.memory.bytes(),
+                            t.disk.bytes(),
+                        ),
                         price: price(&t.price_per_hour).unwrap_or(0),
                         arch: t.arch.clone(),
                     })
@@ -1296,6 +1304,7 @@ pub(crate) mod testing {
                 name: "m.large".into(),
                 cpu: "2".parse().unwrap(),
                 memory: "8Gi".parse().unwrap(),
+                disk: "20Gi".parse().unwrap(),
                 price_per_hour: "0.096".into(),
                 arch: "amd64".into(),
             }],

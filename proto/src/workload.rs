@@ -35,7 +35,7 @@ pub struct WorkloadSpec {
     #[schemars(schema_with = "crate::schema::spec::name")]
     pub name: String,
     /// `service` (the default): replicas kept running; `batch`: runs to
-    /// completion (see `batch`).
+    /// completion (see `batch`); `system`: one copy on every eligible node.
     #[serde(default, skip_serializing_if = "WorkloadKind::is_service")]
     pub kind: WorkloadKind,
     /// How many copies to run (a service's; a batch job has `batch`).
@@ -111,6 +111,10 @@ pub enum WorkloadKind {
     /// Runs that end: `batch.completions` of them must succeed (exit 0),
     /// `batch.parallelism` at a time.
     Batch,
+    /// One copy on every node that `placement.sites` and
+    /// `placement.constraints` allow, as nodes join and leave (a log
+    /// shipper, a monitoring agent), as a Kubernetes DaemonSet.
+    System,
 }
 
 impl WorkloadKind {
@@ -124,6 +128,7 @@ impl std::fmt::Display for WorkloadKind {
         f.write_str(match self {
             WorkloadKind::Service => "service",
             WorkloadKind::Batch => "batch",
+            WorkloadKind::System => "system",
         })
     }
 }
@@ -579,17 +584,24 @@ impl WorkloadSpec {
     /// default (`always` for a service, `never` for a batch run).
     pub fn restart_policy(&self) -> RestartPolicy {
         self.restart.unwrap_or(match self.kind {
-            WorkloadKind::Service => RestartPolicy::Always,
+            WorkloadKind::Service | WorkloadKind::System => RestartPolicy::Always,
             WorkloadKind::Batch => RestartPolicy::Never,
         })
     }
 
-    /// How many of its containers run at once, at most: a service's
-    /// replicas, a batch job's parallelism (never more than its
-    /// completions).
+    /// How many of its containers run at once, at most, as
+    /// `max_fleet_replicas` counts them: a service's replicas, a batch
+    /// job's parallelism (never more than its completions); a system
+    /// workload's copies are one per node, bounded by the fleet itself,
+    /// and not counted.
     pub fn live_at_most(&self) -> u32 {
-        self.batch_rules()
-            .map_or(self.replicas, |b| b.parallelism.min(b.completions))
+        match self.kind {
+            WorkloadKind::Service => self.replicas,
+            WorkloadKind::Batch => self
+                .batch_rules()
+                .map_or(1, |b| b.parallelism.min(b.completions)),
+            WorkloadKind::System => 0,
+        }
     }
 
     /// A batch job's rules (the defaults when `batch` is not given);
@@ -600,10 +612,17 @@ impl WorkloadSpec {
 
     fn validate_kind(&self, root: &str, errs: &mut Collector) {
         let p = |field: &str| format!("{root}.{field}");
+        if self.kind != WorkloadKind::Batch && self.batch.is_some() {
+            errs.push(p("batch"), "only for kind: batch");
+        }
         match self.kind {
-            WorkloadKind::Service => {
-                if self.batch.is_some() {
-                    errs.push(p("batch"), "only for kind: batch");
+            WorkloadKind::Service => {}
+            WorkloadKind::System => {
+                if self.replicas != 1 {
+                    errs.push(
+                        p("replicas"),
+                        "a system workload runs one copy on every eligible node",
+                    );
                 }
             }
             WorkloadKind::Batch => {

@@ -107,20 +107,13 @@ fn sleeper(name: &str, image: &str) -> String {
     )
 }
 
-fn burst_and_scale_in(
-    dir: &std::path::Path,
-    slot: &NetSlot,
-    host: std::net::Ipv4Addr,
-    c: CloudUnderTest,
-) {
-    let site = cloud_site(c.site, c.kind, 2, c.instance_type, &c.settings);
-    let (_registry, image, insecure, g) = gateway_for_vms(dir, host, &[site], c.env.clone());
-    // On-prem: one node with 500m allocatable, filled by a running workload.
+/// On-prem: one node with 500m allocatable, filled by a running workload.
+fn full_onprem(dir: &std::path::Path, g: &Gateway, insecure: &str, image: &str) -> Agent {
     let (token, ca) = g.join_token("onprem", "10m");
     let onprem = Agent::spawn_configured(
         dir,
         "onprem-1",
-        &g,
+        g,
         &token,
         &ca,
         &format!("{insecure}[reserve]\ncpu = \"1500m\"\n"),
@@ -129,13 +122,25 @@ fn burst_and_scale_in(
         n["status"] == "ready"
     });
     assert_eq!(
-        g.call("POST", "/v1/workloads", Some(&sleeper("filler", &image)))
+        g.call("POST", "/v1/workloads", Some(&sleeper("filler", image)))
             .0,
         202
     );
     g.until("/v1/workloads/filler", "running on-prem", 60, |w| {
         w["allocations"][0]["state"] == "running" && w["allocations"][0]["node"] == "onprem-1"
     });
+    onprem
+}
+
+fn burst_and_scale_in(
+    dir: &std::path::Path,
+    slot: &NetSlot,
+    host: std::net::Ipv4Addr,
+    c: CloudUnderTest,
+) {
+    let site = cloud_site(c.site, c.kind, 2, c.instance_type, &c.settings);
+    let (_registry, image, insecure, g) = gateway_for_vms(dir, host, &[site], c.env.clone());
+    let onprem = full_onprem(dir, &g, &insecure, &image);
 
     // The VM simulator boots whatever the cloud is asked to launch.
     let sim = VmSimulator::start(c.launched.clone(), c.site, vm_cloud(dir, slot));
@@ -575,5 +580,63 @@ fn a_launched_instance_boots_as_a_real_vm_joins_and_runs_the_workload() {
         || sim.vms().1.contains(&id),
         || format!("{id} not powered off: {:?}", sim.vms()),
     );
+    drop(g);
+}
+
+#[test]
+fn a_batch_job_bursts_to_aws_in_moto_and_its_vm_scales_in_once_the_job_is_done() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let slot = NetSlot::take().unwrap();
+    let host = vm_host(dir.path(), &slot);
+    let (settings, aws) = aws_site(&moto);
+    let cloud = Arc::new(rt().block_on(AwsCloud::new("aws-us-east-1", aws, Vec::new())));
+    let site = cloud_site("aws-us-east-1", "aws", 2, "t3.medium", &settings);
+    let (_registry, image, insecure, g) = gateway_for_vms(dir.path(), host, &[site], Moto::env());
+    let onprem = full_onprem(dir.path(), &g, &insecure, &image);
+    let _sim = VmSimulator::start(cloud.clone(), "aws-us-east-1", vm_cloud(dir.path(), &slot));
+
+    // Two runs of 500m that succeed: they burst to one VM.
+    let job = format!(
+        "name: crunch\nkind: batch\nimage: {image}\ncommand: [\"sleep\", \"2\"]\nresources: {{cpu: 500m, memory: 64Mi}}\nbatch: {{completions: 2, parallelism: 2}}\n"
+    );
+    assert_eq!(g.call("POST", "/v1/workloads", Some(&job)).0, 202);
+    let w = g.until("/v1/workloads/crunch", "complete", 180, |w| {
+        w["job"]["state"] == "complete"
+    });
+    assert_eq!(w["job"]["succeeded"], 2, "{w}");
+    let runs = w["allocations"].as_array().cloned().unwrap_or_default();
+    assert!(
+        runs.iter()
+            .all(|a| a["site"] == "aws-us-east-1" && a["exit_code"] == 0),
+        "{w}"
+    );
+    let node = runs[0]["node"].as_str().unwrap().to_string();
+    let instances = rt()
+        .block_on(cloud.describe(TAG_SITE, "aws-us-east-1"))
+        .unwrap();
+    assert_eq!(instances.len(), 1, "{instances:?}");
+
+    // Done, the VM has no work: scaled in and terminated.
+    eventually(
+        60,
+        || g.call("GET", &format!("/v1/nodes/{node}"), None).0 == 404,
+        || format!("never scaled in: {}", g.log()),
+    );
+    let state = rt()
+        .block_on(cloud.describe(TAG_SITE, "aws-us-east-1"))
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == instances[0].id)
+        .map(|i| i.state);
+    assert!(
+        matches!(
+            state,
+            None | Some(InstanceState::Terminated | InstanceState::Stopping)
+        ),
+        "{state:?}"
+    );
+    assert_eq!(onprem.running().len(), 1);
     drop(g);
 }

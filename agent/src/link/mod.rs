@@ -139,8 +139,10 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
     }
 }
 
-/// Host CPU (millicores) and memory (bytes).
-pub fn host_capacity() -> v1::Resources {
+/// Host CPU (millicores) and memory (bytes), and the size of the
+/// filesystem that holds `state_dir` (images, layers, logs: what
+/// `resources.disk` reserves); 0 when it cannot be read.
+pub fn host_capacity(state_dir: &std::path::Path) -> v1::Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -151,10 +153,13 @@ pub fn host_capacity() -> v1::Resources {
         })
         .unwrap_or(0)
         * 1024;
+    let disk = nix::sys::statvfs::statvfs(state_dir)
+        .map(|v| v.blocks().saturating_mul(v.fragment_size()))
+        .unwrap_or(0);
     v1::Resources {
         cpu_millis: cpus * 1000,
         memory_bytes: mem,
-        disk_bytes: 0,
+        disk_bytes: disk,
     }
 }
 
@@ -175,12 +180,12 @@ async fn session(
     let channel = channel(&url, &id.ca_pem, Some((&id.cert_pem, &id.key_pem))).await?;
     let mut client = v1::session_client::SessionClient::new(channel.clone());
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
-    let capacity = host_capacity();
+    let capacity = host_capacity(&link.config.state_dir);
     let reserve = &link.config.reserve;
     let allocatable = v1::Resources {
         cpu_millis: capacity.cpu_millis.saturating_sub(reserve.cpu.millis()),
         memory_bytes: capacity.memory_bytes.saturating_sub(reserve.memory.bytes()),
-        disk_bytes: 0,
+        disk_bytes: capacity.disk_bytes.saturating_sub(reserve.disk.bytes()),
     };
     let register = v1::Register {
         agent_version: crate::VERSION.to_string(),

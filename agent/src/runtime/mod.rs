@@ -2,6 +2,8 @@
 //! starts each under its own shim ([`shim`]), supervises them (restart
 //! policies, stop timeouts), and re-adopts them after an agent restart.
 //!
+//! * `plan`: the rules of `create` (name, process, limits), without the
+//!   kernel, unit-tested.
 //! * [`spec`]: the resolved configuration of a container (`config.json`).
 //! * [`init`]: namespaces, root filesystem, `pivot_root`, hardening, exec.
 //! * [`caps`], [`seccomp`]: the default capability set and syscall filter.
@@ -29,6 +31,7 @@ pub mod health;
 pub mod init;
 pub mod logfile;
 pub mod logs;
+mod plan;
 pub mod records;
 pub mod seccomp;
 pub mod shim;
@@ -54,7 +57,7 @@ use cgroup::{ContainerCgroup, Usage};
 pub use exec::ExecOptions;
 use records::{ContainerRecord, Records, State};
 use shim::{EXIT, ExitRecord, RunState, STATE, StartReport, read_json, write_json};
-use spec::{ContainerSpec, Limits, ProcessSpec, Security};
+use spec::{ContainerSpec, Limits, Security};
 
 /// Everything that can go wrong in the runtime; each names the container,
 /// image or field.
@@ -354,122 +357,38 @@ impl Runtime {
     pub async fn create(&self, opts: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
         let image = self.images.get(&opts.image)?;
         let id = random_id();
-        let name = match &opts.name {
-            Some(n) => {
-                let ok = !n.is_empty()
-                    && n.len() <= 128
-                    && n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-                if !ok {
-                    return Err(RuntimeError::Invalid(format!(
-                        "name {n:?}: letters, digits, '_', '.' and '-' only"
-                    )));
-                }
-                if self
-                    .records
-                    .all()
-                    .map_err(internal)?
-                    .iter()
-                    .any(|r| &r.name == n)
-                {
-                    return Err(RuntimeError::Invalid(format!(
-                        "name {n:?} is already in use"
-                    )));
-                }
-                n.clone()
-            }
-            None => id[..12].to_string(),
+        let layers = self.images.lower_dirs(&image);
+        let taken: Vec<String> = match &opts.name {
+            Some(_) => self
+                .records
+                .all()
+                .map_err(internal)?
+                .into_iter()
+                .map(|r| r.name)
+                .collect(),
+            None => Vec::new(),
         };
-        if let Some(m) = opts.memory
-            && m.bytes() < 4 << 20
-        {
-            return Err(RuntimeError::Invalid(format!(
-                "memory {m}: the minimum is 4Mi"
-            )));
-        }
-        if let Some(c) = opts.cpus
-            && c.millis() == 0
-        {
-            return Err(RuntimeError::Invalid("cpus: must be more than 0".into()));
-        }
-        if let Some(h) = &opts.health {
-            h.check("health")
-                .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        }
-        if opts.log_max_bytes.is_some_and(|b| b < 4096) {
-            return Err(RuntimeError::Invalid(
-                "log max size: the minimum is 4k".into(),
-            ));
-        }
-        if opts.pids == Some(0) {
-            return Err(RuntimeError::Invalid("pids: must be at least 1".into()));
-        }
+        let plan::Planned {
+            name,
+            hostname,
+            process,
+            limits,
+            network,
+        } = plan::plan(
+            opts,
+            &id,
+            &image.config,
+            &user::Accounts::of_layers(&layers),
+            |n| taken.iter().any(|t| t == n),
+        )?;
         let security = Security {
             privileged: opts.privileged,
             cap_add: opts.cap_add.clone(),
             cap_drop: opts.cap_drop.clone(),
             allow_privilege_escalation: opts.allow_privilege_escalation,
         };
+        // Against what the agent itself holds.
         caps::effective_set(&security).map_err(|e| RuntimeError::Invalid(e.0))?;
-        let network = opts.network.unwrap_or(NetworkMode::Bridge);
-        if network != NetworkMode::Bridge && opts.ports.iter().any(|p| p.host.is_some()) {
-            return Err(RuntimeError::Invalid(format!(
-                "ports: publishing needs the bridge network (this container's is {})",
-                match network {
-                    NetworkMode::Host => "host",
-                    _ => "none",
-                }
-            )));
-        }
-
-        let layers = self.images.lower_dirs(&image);
-        let cfg = &image.config;
-        let mut args: Vec<String> = opts
-            .entrypoint
-            .clone()
-            .unwrap_or_else(|| cfg.entrypoint.clone());
-        if !opts.cmd.is_empty() {
-            args.extend(opts.cmd.iter().cloned());
-        } else if opts.entrypoint.is_none() {
-            args.extend(cfg.cmd.iter().cloned());
-        }
-        if args.is_empty() {
-            return Err(RuntimeError::Invalid(format!(
-                "image {}: no command given and the image has none",
-                opts.image
-            )));
-        }
-        let mut env: Vec<String> = cfg.env.clone();
-        merge_env(&mut env, &opts.env)?;
-        if !env.iter().any(|e| e.starts_with("PATH=")) {
-            env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-        }
-        let hostname = opts
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string());
-        env.push(format!("HOSTNAME={hostname}"));
-        let user_spec = opts.user.clone().unwrap_or_else(|| cfg.user.clone());
-        let (uid, gid, additional_gids) = user::resolve(&layers, &user_spec)
-            .map_err(|e| RuntimeError::Invalid(format!("user {user_spec:?}: {e}")))?;
-        if !env.iter().any(|e| e.starts_with("HOME=")) {
-            env.push(format!(
-                "HOME={}",
-                user::home(&layers, uid).unwrap_or_else(|| "/".into())
-            ));
-        }
-        let cwd = opts.workdir.clone().unwrap_or_else(|| {
-            if cfg.working_dir.is_empty() {
-                "/".into()
-            } else {
-                cfg.working_dir.clone()
-            }
-        });
-        if !cwd.starts_with('/') {
-            return Err(RuntimeError::Invalid(format!(
-                "workdir {cwd:?} must be absolute"
-            )));
-        }
         // Last, as the address is taken here (and given back on error).
         let net = match network {
             NetworkMode::Bridge => Some(
@@ -485,20 +404,9 @@ impl Runtime {
             image: opts.image.clone(),
             image_id: image.config_digest.to_string(),
             layers,
-            process: ProcessSpec {
-                args,
-                env,
-                cwd,
-                uid,
-                gid,
-                additional_gids,
-            },
+            process,
             hostname: hostname.clone(),
-            limits: Limits {
-                memory: opts.memory.map(|m| m.bytes()),
-                cpu_millis: opts.cpus.map(|c| c.millis()),
-                pids: opts.pids,
-            },
+            limits,
             security,
             network,
             net,
@@ -1007,9 +915,10 @@ impl Runtime {
             .ok_or_else(|| internal(format!("container {}: config.json is missing", record.id)))?;
         let mut process = spec.process.clone();
         process.args = opts.cmd.clone();
-        merge_env(&mut process.env, &opts.env)?;
+        plan::merge_env(&mut process.env, &opts.env)?;
         if let Some(u) = &opts.user {
-            let (uid, gid, additional_gids) = user::resolve(&spec.layers, u)
+            let (uid, gid, additional_gids) = user::Accounts::of_layers(&spec.layers)
+                .resolve(u)
                 .map_err(|e| RuntimeError::Invalid(format!("user {u:?}: {e}")))?;
             process.uid = uid;
             process.gid = gid;
@@ -1218,17 +1127,6 @@ impl Runtime {
 }
 
 /// Adds `KEY=VALUE` entries to an environment, replacing same keys.
-fn merge_env(env: &mut Vec<String>, extra: &[String]) -> Result<(), RuntimeError> {
-    for e in extra {
-        let Some((k, _)) = e.split_once('=') else {
-            return Err(RuntimeError::Invalid(format!("env {e:?} is not KEY=VALUE")));
-        };
-        env.retain(|x| x.split_once('=').map(|(xk, _)| xk) != Some(k));
-        env.push(e.clone());
-    }
-    Ok(())
-}
-
 /// Whether `pid` is still the shim of the container in `dir`.
 fn shim_alive(pid: i32, dir: &Path) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))

@@ -18,88 +18,115 @@ fn read_from_layers(layers: &[PathBuf], rel: &str) -> Option<String> {
     None
 }
 
-fn passwd(layers: &[PathBuf]) -> Vec<Vec<String>> {
-    read_from_layers(layers, "etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split(':').map(str::to_string).collect())
-        .filter(|f: &Vec<String>| f.len() >= 7)
-        .collect()
+/// The image's accounts: its `/etc/passwd` and `/etc/group` as its merged
+/// layers show them, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Accounts {
+    users: Vec<Vec<String>>,
+    groups: Vec<Vec<String>>,
 }
 
-fn groups(layers: &[PathBuf]) -> Vec<Vec<String>> {
-    read_from_layers(layers, "etc/group")
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split(':').map(str::to_string).collect())
-        .filter(|f: &Vec<String>| f.len() >= 3)
-        .collect()
+/// A user spec the image cannot resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("no user {0:?} in the image's /etc/passwd")]
+    NoUser(String),
+    #[error("bad {what} for {user:?} in /etc/passwd")]
+    BadId { what: &'static str, user: String },
+    #[error("no group {0:?} in the image's /etc/group")]
+    NoGroup(String),
 }
 
-/// (uid, gid, supplementary gids) for a user spec; `""` is root.
-pub fn resolve(layers: &[PathBuf], spec: &str) -> Result<(u32, u32, Vec<u32>), String> {
-    if spec.is_empty() {
-        return Ok((0, 0, Vec::new()));
+impl Accounts {
+    /// Reads them from the layers (topmost first).
+    pub fn of_layers(layers: &[PathBuf]) -> Self {
+        Self::parse(
+            &read_from_layers(layers, "etc/passwd").unwrap_or_default(),
+            &read_from_layers(layers, "etc/group").unwrap_or_default(),
+        )
     }
-    let (user, group) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let users = passwd(layers);
-    let (uid, default_gid, name) = match user.parse::<u32>() {
-        Ok(uid) => {
-            let entry = users.iter().find(|f| f[2] == user);
-            (
-                uid,
-                entry.and_then(|f| f[3].parse().ok()).unwrap_or(uid),
-                entry.map(|f| f[0].clone()),
-            )
-        }
-        Err(_) => {
-            let f = users
-                .iter()
-                .find(|f| f[0] == user)
-                .ok_or_else(|| format!("no user {user:?} in the image's /etc/passwd"))?;
-            let uid = f[2]
-                .parse()
-                .map_err(|_| format!("bad uid for {user:?} in /etc/passwd"))?;
-            let gid = f[3]
-                .parse()
-                .map_err(|_| format!("bad gid for {user:?} in /etc/passwd"))?;
-            (uid, gid, Some(user.to_string()))
-        }
-    };
-    let all_groups = groups(layers);
-    let gid = match group {
-        None => default_gid,
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => all_groups
-                .iter()
-                .find(|f| f[0] == g)
-                .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("no group {g:?} in the image's /etc/group"))?,
-        },
-    };
-    let supplementary = match &name {
-        Some(n) => all_groups
-            .iter()
-            .filter(|f| f.get(3).is_some_and(|m| m.split(',').any(|x| x == n)))
-            .filter_map(|f| f[2].parse().ok())
-            .filter(|g| *g != gid)
-            .collect(),
-        None => Vec::new(),
-    };
-    Ok((uid, gid, supplementary))
-}
 
-/// The user's home directory, if the image names one.
-pub fn home(layers: &[PathBuf], uid: u32) -> Option<String> {
-    passwd(layers)
-        .into_iter()
-        .find(|f| f[2] == uid.to_string())
-        .map(|f| f[5].clone())
-        .filter(|h| !h.is_empty())
+    /// From the two files' text.
+    pub fn parse(passwd: &str, group: &str) -> Self {
+        let fields = |text: &str, min: usize| -> Vec<Vec<String>> {
+            text.lines()
+                .map(|l| l.split(':').map(str::to_string).collect())
+                .filter(|f: &Vec<String>| f.len() >= min)
+                .collect()
+        };
+        Self {
+            users: fields(passwd, 7),
+            groups: fields(group, 3),
+        }
+    }
+
+    /// (uid, gid, supplementary gids) for a user spec (`name`, `uid`,
+    /// `uid:gid`, `name:group`); `""` is root.
+    pub fn resolve(&self, spec: &str) -> Result<(u32, u32, Vec<u32>), UserError> {
+        if spec.is_empty() {
+            return Ok((0, 0, Vec::new()));
+        }
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let (uid, default_gid, name) = match user.parse::<u32>() {
+            Ok(uid) => {
+                let entry = self.users.iter().find(|f| f[2] == user);
+                (
+                    uid,
+                    entry.and_then(|f| f[3].parse().ok()).unwrap_or(uid),
+                    entry.map(|f| f[0].clone()),
+                )
+            }
+            Err(_) => {
+                let f = self
+                    .users
+                    .iter()
+                    .find(|f| f[0] == user)
+                    .ok_or_else(|| UserError::NoUser(user.to_string()))?;
+                let bad = |what| UserError::BadId {
+                    what,
+                    user: user.to_string(),
+                };
+                let uid = f[2].parse().map_err(|_| bad("uid"))?;
+                let gid = f[3].parse().map_err(|_| bad("gid"))?;
+                (uid, gid, Some(user.to_string()))
+            }
+        };
+        let gid = match group {
+            None => default_gid,
+            Some(g) => match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => self
+                    .groups
+                    .iter()
+                    .find(|f| f[0] == g)
+                    .and_then(|f| f[2].parse().ok())
+                    .ok_or_else(|| UserError::NoGroup(g.to_string()))?,
+            },
+        };
+        let supplementary = match &name {
+            Some(n) => self
+                .groups
+                .iter()
+                .filter(|f| f.get(3).is_some_and(|m| m.split(',').any(|x| x == n)))
+                .filter_map(|f| f[2].parse().ok())
+                .filter(|g| *g != gid)
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok((uid, gid, supplementary))
+    }
+
+    /// The user's home directory, if the image names one.
+    pub fn home(&self, uid: u32) -> Option<String> {
+        self.users
+            .iter()
+            .find(|f| f[2] == uid.to_string())
+            .map(|f| f[5].clone())
+            .filter(|h| !h.is_empty())
+    }
 }
 
 #[cfg(test)]
@@ -123,16 +150,20 @@ mod tests {
             "root:x:0:\napp:x:1000:\nwheel:x:10:app\n",
         )
         .unwrap();
-        let layers = vec![top, base];
-        assert_eq!(resolve(&layers, "").unwrap(), (0, 0, vec![]));
-        assert_eq!(resolve(&layers, "app").unwrap(), (1000, 1000, vec![10]));
-        assert_eq!(resolve(&layers, "app:wheel").unwrap(), (1000, 10, vec![]));
-        assert_eq!(resolve(&layers, "1000:5").unwrap(), (1000, 5, vec![10]));
-        assert_eq!(resolve(&layers, "4242").unwrap(), (4242, 4242, vec![]));
+        let a = Accounts::of_layers(&[top, base]);
+        assert_eq!(a.resolve("").unwrap(), (0, 0, vec![]));
+        assert_eq!(a.resolve("app").unwrap(), (1000, 1000, vec![10]));
+        assert_eq!(a.resolve("app:wheel").unwrap(), (1000, 10, vec![]));
+        assert_eq!(a.resolve("1000:5").unwrap(), (1000, 5, vec![10]));
+        assert_eq!(a.resolve("4242").unwrap(), (4242, 4242, vec![]));
         assert_eq!(
-            resolve(&layers, "nobody").unwrap_err(),
+            a.resolve("nobody").unwrap_err().to_string(),
             "no user \"nobody\" in the image's /etc/passwd"
         );
-        assert_eq!(home(&layers, 1000).as_deref(), Some("/home/app"));
+        assert_eq!(
+            a.resolve("app:staff").unwrap_err().to_string(),
+            "no group \"staff\" in the image's /etc/group"
+        );
+        assert_eq!(a.home(1000).as_deref(), Some("/home/app"));
     }
 }

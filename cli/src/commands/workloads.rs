@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use skiff_gateway::api::WorkloadView;
 use skiff_gateway::control::{AllocationRecord, JobState};
 use skiff_proto::cluster::AllocationState;
-use skiff_proto::{Format as SpecFormat, WorkloadSpec, parse_workloads};
+use skiff_proto::{Format as SpecFormat, WorkloadKind, WorkloadSpec, parse_workloads};
 
 use super::{CliError, io};
 use crate::args::{OutputArgs, RunArgs, WaitArgs};
@@ -82,6 +82,12 @@ fn converged(v: &WorkloadView) -> bool {
         return job.state != JobState::Running;
     }
     let live: Vec<&AllocationRecord> = v.allocations.iter().filter(|a| a.is_live()).collect();
+    if v.spec.kind == WorkloadKind::System {
+        // A copy on every eligible node: each of them current and running.
+        return live
+            .iter()
+            .all(|a| a.workload_version == v.version && a.state == AllocationState::Running);
+    }
     let current = live
         .iter()
         .filter(|a| a.workload_version == v.version && a.state == AllocationState::Running)
@@ -248,11 +254,18 @@ pub async fn ps(client: &Client, o: OutputArgs) -> Result<ExitCode, CliError> {
 }
 
 /// A service's replica count; a batch job's completions so far, of those
-/// it needs (as `kubectl get jobs` shows them).
+/// it needs (as `kubectl get jobs` shows them); a system workload's
+/// copies, one per eligible node.
 fn desired(v: &WorkloadView) -> String {
     match (&v.job, v.spec.batch_rules()) {
         (Some(job), Some(rules)) => {
             format!("{}/{} {}", job.succeeded, rules.completions, job.state)
+        }
+        _ if v.spec.kind == WorkloadKind::System => {
+            format!(
+                "{} nodes",
+                v.allocations.iter().filter(|a| a.is_live()).count()
+            )
         }
         _ => v.spec.replicas.to_string(),
     }
@@ -305,6 +318,15 @@ pub async fn status(client: &Client, name: &str, o: OutputArgs) -> Result<ExitCo
                 println!("  {}", job.message);
             }
         }
+        _ if v.spec.kind == WorkloadKind::System => println!(
+            "{}  image {}  version {}  system: a copy on each of {}, {} running, {} pending",
+            v.spec.name,
+            v.spec.image,
+            v.version,
+            desired(&v),
+            v.running,
+            v.pending
+        ),
         _ => println!(
             "{}  image {}  version {}  {} desired, {} running, {} pending",
             v.spec.name, v.spec.image, v.version, v.spec.replicas, v.running, v.pending

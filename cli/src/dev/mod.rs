@@ -55,7 +55,7 @@ fn need(tool: &str, package: &str) -> Result<(), CliError> {
 
 /// The `[reserve]` that leaves an agent on this host 1 CPU and 1 GiB.
 fn reserve() -> String {
-    let host = skiff_agent::link::host_capacity();
+    let host = skiff_agent::link::host_capacity(Path::new("/"));
     let (cpu, mem) = (host.cpu_millis, host.memory_bytes);
     format!(
         "[reserve]\ncpu = \"{}m\"\nmemory = \"{}\"\n",

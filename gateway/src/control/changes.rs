@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use skiff_proto::WorkloadSpec;
+use skiff_proto::{WorkloadKind, WorkloadSpec};
 
 use super::{
     ApiTokenRecord, Control, ControlError, JoinTokenRecord, NodeRecord, Role, WorkloadRecord,
@@ -114,9 +114,14 @@ impl Control {
         let w = self.write(|st, b| {
             match st.workloads.get(name) {
                 None => return Err(no_workload(name)),
-                Some(w) if w.spec.batch_rules().is_some() => {
+                Some(w) if w.spec.kind == WorkloadKind::Batch => {
                     return Err(ControlError::Invalid(format!(
                         "replicas: {name} is a batch job; it runs batch.parallelism at a time (update its spec)"
+                    )));
+                }
+                Some(w) if w.spec.kind == WorkloadKind::System => {
+                    return Err(ControlError::Invalid(format!(
+                        "replicas: {name} is a system workload; it runs one copy on every eligible node"
                     )));
                 }
                 Some(_) => {}

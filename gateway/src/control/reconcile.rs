@@ -24,6 +24,7 @@ use super::{AllocationRecord, Explanation, JobStatus, PlannedLaunch, State};
 use crate::scheduler;
 
 mod jobs;
+mod system;
 
 /// Terminal (stopped, lost) allocations kept per workload: they show what
 /// happened; the oldest beyond go.
@@ -222,9 +223,12 @@ fn end_allocations(
         let (state, why) = if !s.workloads.contains_key(&a.workload) {
             (AllocationState::Stopped, "workload deleted")
         } else {
+            let system = s.workloads[&a.workload].spec.kind == skiff_proto::WorkloadKind::System;
             match node {
                 None => continue,
-                Some(Some(n)) if n.status != NodeStatus::Down && !n.draining => continue,
+                Some(Some(n)) if n.status != NodeStatus::Down && (!n.draining || system) => {
+                    continue;
+                }
                 Some(Some(n)) if n.status != NodeStatus::Down => {
                     (AllocationState::Stopped, "node draining")
                 }
@@ -246,6 +250,8 @@ fn end_allocations(
 struct Replica {
     id: String,
     placed: bool,
+    node: Option<String>,
+    pinned_to: Option<String>,
     created_ms: i64,
     version: u64,
     state: AllocationState,
@@ -255,7 +261,8 @@ struct Replica {
 /// ones first, then the newest), too few get new pending ones; an
 /// outdated replica is replaced one at a time, when every current one
 /// runs. A batch job has as many runs as it wants now (`jobs`: progress
-/// this pass changed), and no rolling update: a run ends by itself.
+/// this pass changed), and no rolling update: a run ends by itself. A
+/// system workload has a copy on every eligible node (`system`).
 fn keep_replicas(
     s: &State,
     now: i64,
@@ -268,6 +275,8 @@ fn keep_replicas(
         live.entry(a.workload.as_str()).or_default().push(Replica {
             id: a.id.clone(),
             placed: a.node.is_some(),
+            node: a.node.clone(),
+            pinned_to: a.pinned_to.clone(),
             created_ms: a.created_ms,
             version: a.workload_version,
             state: a.state,
@@ -275,9 +284,33 @@ fn keep_replicas(
     }
     let mut stop: Vec<(String, &'static str)> = Vec::new();
     let mut new: Vec<AllocationRecord> = Vec::new();
+    let pending =
+        |name: &str, w: &super::WorkloadRecord, pinned_to: Option<String>| AllocationRecord {
+            id: format!("{name}-{}", crate::pki::random_hex(4)),
+            workload: name.to_string(),
+            workload_version: w.version,
+            node: None,
+            site: None,
+            state: AllocationState::Pending,
+            exit_code: None,
+            message: String::new(),
+            address: String::new(),
+            restarts: 0,
+            created_ms: now,
+            updated_ms: now,
+            explanation: None,
+            done: false,
+            pinned_to,
+        };
     for (name, w) in &s.workloads {
         let mut live = live.remove(name.as_str()).unwrap_or_default();
         live.sort_by_key(|a| (a.placed, Reverse(a.created_ms)));
+        if w.spec.kind == skiff_proto::WorkloadKind::System {
+            let (stops, nodes) = system::copies(s, w, &live);
+            stop.extend(stops);
+            new.extend(nodes.into_iter().map(|n| pending(name, w, Some(n))));
+            continue;
+        }
         let (want, mut add) = match w.spec.batch_rules() {
             Some(rules) => {
                 let job = jobs
@@ -322,22 +355,7 @@ fn keep_replicas(
             }
         }
         for _ in 0..add {
-            new.push(AllocationRecord {
-                id: format!("{name}-{}", crate::pki::random_hex(4)),
-                workload: name.clone(),
-                workload_version: w.version,
-                node: None,
-                site: None,
-                state: AllocationState::Pending,
-                exit_code: None,
-                message: String::new(),
-                address: String::new(),
-                restarts: 0,
-                created_ms: now,
-                updated_ms: now,
-                explanation: None,
-                done: false,
-            });
+            new.push(pending(name, w, None));
         }
     }
     for (id, why) in stop {
@@ -430,6 +448,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
             Some(scheduler::Request {
                 id: a.id.clone(),
                 group: *group_of.get(a.workload.as_str())?,
+                node: a.pinned_to.clone(),
             })
         })
         .collect();
@@ -731,6 +750,7 @@ mod tests {
             updated_ms: 0,
             explanation: None,
             done: false,
+            pinned_to: None,
         }
     }
 
@@ -1088,6 +1108,114 @@ mod tests {
                 .values()
                 .filter(|a| a.state == AllocationState::Stopped)
                 .all(|a| a.message == "job failed")
+        );
+    }
+
+    /// A system workload `agent` (100m, 64Mi), with constraints.
+    fn system(constraints: &str) -> WorkloadRecord {
+        let spec = skiff_proto::parse_workloads(
+            &format!(
+                "name: agent\nkind: system\nimage: busybox\nresources: {{cpu: 100m, memory: 64Mi}}\nplacement: {{constraints: {constraints}}}\n"
+            ),
+            skiff_proto::Format::Yaml,
+        )
+        .unwrap()
+        .remove(0);
+        WorkloadRecord {
+            spec,
+            version: 1,
+            created_ms: 0,
+            updated_ms: 0,
+            job: None,
+        }
+    }
+
+    /// The nodes the system workload's live copies are placed on.
+    fn copies_on(s: &State) -> Vec<String> {
+        let mut v: Vec<String> = s
+            .allocations
+            .values()
+            .filter(|a| a.workload == "agent" && a.is_live())
+            .map(|a| {
+                if a.node.is_some() {
+                    assert_eq!(a.node, a.pinned_to, "{a:?}");
+                }
+                a.node
+                    .clone()
+                    .unwrap_or_else(|| format!("pending:{:?}", a.pinned_to))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn pass(s: &mut State) -> Changes {
+        let c = reconcile(s, NOW, &dc1()).unwrap();
+        let out = Changes {
+            allocations: c.allocations.clone(),
+            planned: c.planned.clone(),
+            events: c.events.clone(),
+            ..Changes::default()
+        };
+        apply(s, c);
+        out
+    }
+
+    #[test]
+    fn a_system_workload_has_a_copy_on_every_eligible_node_as_nodes_join_and_leave() {
+        let mut s = fleet(&[("n1", "ready"), ("n2", "ready")], 0, vec![]);
+        s.workloads.clear();
+        s.workloads
+            .insert("agent".into(), system(r#"["node.labels.role != edge"]"#));
+        pass(&mut s);
+        assert_eq!(copies_on(&s), ["n1", "n2"]);
+        assert!(pass(&mut s).allocations.is_empty(), "settled");
+
+        // A node that joins gets one; one that the constraint excludes,
+        // or that is cordoned, does not.
+        s.nodes.insert("n3".into(), node("n3", "ready"));
+        let mut edge = node("edge", "ready");
+        edge.labels.insert("role".into(), "edge".into());
+        s.nodes.insert("edge".into(), edge);
+        let mut cordoned = node("n4", "ready");
+        cordoned.unschedulable = true;
+        s.nodes.insert("n4".into(), cordoned);
+        let c = pass(&mut s);
+        assert_eq!(c.allocations.len(), 1, "only n3 changes: {c:?}");
+        assert_eq!(copies_on(&s), ["n1", "n2", "n3"]);
+
+        // Draining keeps it; a down node's is lost and not replaced
+        // elsewhere; a removed node's goes.
+        s.nodes.get_mut("n1").unwrap().draining = true;
+        s.nodes.get_mut("n2").unwrap().status = NodeStatus::Down;
+        s.nodes.remove("n3");
+        pass(&mut s);
+        assert_eq!(copies_on(&s), ["n1"]);
+        let lost: BTreeSet<String> = s
+            .allocations
+            .values()
+            .filter(|a| a.state == AllocationState::Lost)
+            .filter_map(|a| a.node.clone())
+            .collect();
+        assert_eq!(lost, BTreeSet::from(["n2".to_string(), "n3".to_string()]));
+
+        // Back, it gets a copy again; a node without room for one keeps
+        // it waiting there, and nothing is launched for it.
+        s.nodes.get_mut("n2").unwrap().status = NodeStatus::Ready;
+        let mut small = node("small", "ready");
+        small.allocatable.cpu = "50m".parse().unwrap();
+        s.nodes.insert("small".into(), small);
+        let c = pass(&mut s);
+        assert_eq!(copies_on(&s), ["n1", "n2", "pending:Some(\"small\")"]);
+        assert_eq!(c.planned, Some(Vec::new()));
+        let waiting = s
+            .allocations
+            .values()
+            .find(|a| a.pinned_to.as_deref() == Some("small") && a.is_live())
+            .unwrap();
+        assert!(
+            waiting.message.contains("1 insufficient cpu"),
+            "{waiting:?}"
         );
     }
 }

@@ -137,6 +137,9 @@ impl<'a> Scheduler<'a> {
     /// Returns whether it was placed.
     pub fn place_on_nodes(&mut self, requests: &[Request], r: usize) -> bool {
         let gi = requests[r].group;
+        if let Some(pin) = &requests[r].node {
+            return self.place_pinned(gi, r, pin);
+        }
         if let Some(node) = self.find_node(gi) {
             self.commit_node(gi, r, node);
             return true;
@@ -145,6 +148,34 @@ impl<'a> Scheduler<'a> {
             return true;
         }
         self.leftovers.push(r);
+        false
+    }
+
+    /// Places a request that may go to one node only, if it fits there;
+    /// otherwise it is unplaced, with that node's reason.
+    fn place_pinned(&mut self, gi: usize, r: usize, pin: &str) -> bool {
+        let filter = match self.fleet.index_of.get(pin).map(|&i| i as usize) {
+            Some(node) => {
+                let allowed = self.sites_for(gi);
+                match self.node_filter(gi, node, &allowed) {
+                    None => {
+                        self.commit_node(gi, r, node);
+                        return true;
+                    }
+                    Some(filter) => filter,
+                }
+            }
+            None => NodeFilter::Status("not joined".into()),
+        };
+        let mut explanation = Explanation {
+            nodes: 1,
+            ..Default::default()
+        };
+        explanation.excluded.insert(filter, 1);
+        self.plan.unplaced.push(Unplaced {
+            request: r,
+            explanation,
+        });
         false
     }
 
@@ -467,6 +498,51 @@ impl<'a> Scheduler<'a> {
         self.plan.launches = self.cloud.launches();
     }
 
+    /// Why group `gi` cannot go to node `i` (its first failing filter), or
+    /// `None` if it can; `allowed_sites` as [`Scheduler::sites_for`] gives
+    /// them.
+    fn node_filter(&self, gi: usize, i: usize, allowed_sites: &[usize]) -> Option<NodeFilter> {
+        let g = &self.groups[gi];
+        let st = &self.gs[gi];
+        let node = &self.fleet.nodes[i];
+        let site = self.fleet.site_of[i];
+        let attrs = &self.fleet.classes[self.fleet.class_of[i] as usize].attrs;
+        let free = &self.fleet.free[i];
+        Some(if !self.fleet.is_ready(i) {
+            NodeFilter::Status(node.status.to_string())
+        } else if !st.site_order.contains(&site) {
+            NodeFilter::SiteNotAllowed
+        } else if let Some(c) = attrs.first_failing(&g.constraints, Some(node.id.as_str())) {
+            NodeFilter::Constraint(c.to_string())
+        } else if !allowed_sites.contains(&site) {
+            NodeFilter::SpreadSkew
+        } else if !self.node_spread_ok(gi, i as u32) {
+            NodeFilter::DistinctNodes
+        } else if let Some(p) = g
+            .host_ports
+            .iter()
+            .find(|(p, pr)| self.fleet.ports[i].contains(&port_key(*p, *pr)))
+        {
+            NodeFilter::PortInUse(format!(
+                "{}/{}",
+                p.0,
+                if p.1 == skiff_proto::Protocol::Udp {
+                    "udp"
+                } else {
+                    "tcp"
+                }
+            ))
+        } else if free.cpu < st.demand.cpu {
+            NodeFilter::InsufficientCpu
+        } else if free.mem < st.demand.mem {
+            NodeFilter::InsufficientMemory
+        } else if free.disk < st.demand.disk {
+            NodeFilter::InsufficientDisk
+        } else {
+            return None;
+        })
+    }
+
     /// Why group `gi` fits nowhere: every node's first failing filter, and
     /// every allowed site's launch verdict.
     fn explain(&self, gi: usize) -> Explanation {
@@ -477,44 +553,10 @@ impl<'a> Scheduler<'a> {
             nodes: self.fleet.nodes.len(),
             ..Default::default()
         };
-        for (i, node) in self.fleet.nodes.iter().enumerate() {
-            let site = self.fleet.site_of[i];
-            let attrs = &self.fleet.classes[self.fleet.class_of[i] as usize].attrs;
-            let free = &self.fleet.free[i];
-            let filter = if !self.fleet.is_ready(i) {
-                NodeFilter::Status(node.status.to_string())
-            } else if !st.site_order.contains(&site) {
-                NodeFilter::SiteNotAllowed
-            } else if let Some(c) = attrs.first_failing(&g.constraints, Some(node.id.as_str())) {
-                NodeFilter::Constraint(c.to_string())
-            } else if !allowed_sites.contains(&site) {
-                NodeFilter::SpreadSkew
-            } else if !self.node_spread_ok(gi, i as u32) {
-                NodeFilter::DistinctNodes
-            } else if let Some(p) = g
-                .host_ports
-                .iter()
-                .find(|(p, pr)| self.fleet.ports[i].contains(&port_key(*p, *pr)))
-            {
-                NodeFilter::PortInUse(format!(
-                    "{}/{}",
-                    p.0,
-                    if p.1 == skiff_proto::Protocol::Udp {
-                        "udp"
-                    } else {
-                        "tcp"
-                    }
-                ))
-            } else if free.cpu < st.demand.cpu {
-                NodeFilter::InsufficientCpu
-            } else if free.mem < st.demand.mem {
-                NodeFilter::InsufficientMemory
-            } else if free.disk < st.demand.disk {
-                NodeFilter::InsufficientDisk
-            } else {
-                continue;
-            };
-            *e.excluded.entry(filter).or_default() += 1;
+        for i in 0..self.fleet.nodes.len() {
+            if let Some(filter) = self.node_filter(gi, i, &allowed_sites) {
+                *e.excluded.entry(filter).or_default() += 1;
+            }
         }
         for &s in &st.site_order {
             let why = self.cloud.why_not(s, g, &st.demand);

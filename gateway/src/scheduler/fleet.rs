@@ -123,6 +123,8 @@ pub(crate) struct Fleet<'a> {
     /// The node of each existing allocation.
     pub alloc_node: Vec<u32>,
     pub evicted: Vec<bool>,
+    /// Each node's index, by id.
+    pub index_of: HashMap<&'a str, u32>,
 }
 
 impl<'a> Fleet<'a> {
@@ -146,6 +148,7 @@ impl<'a> Fleet<'a> {
             allocs_on: vec![Vec::new(); n],
             alloc_node: Vec::with_capacity(snap.allocations.len()),
             evicted: vec![false; snap.allocations.len()],
+            index_of: HashMap::new(),
         };
         let mut class_ids: HashMap<Attrs, u32> = HashMap::new();
         for (i, node) in snap.nodes.iter().enumerate() {
@@ -197,6 +200,7 @@ impl<'a> Fleet<'a> {
             fleet.allocs_on[node].push(a as u32);
             fleet.alloc_node.push(node as u32);
         }
+        fleet.index_of = node_index;
         for i in 0..n {
             if snap.nodes[i].status == NodeStatus::Ready {
                 let c = fleet.class_of[i] as usize;

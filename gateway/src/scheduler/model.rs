@@ -138,6 +138,10 @@ impl Group {
 pub struct Request {
     pub id: String,
     pub group: usize,
+    /// The only node it may go to (a system workload's copy for that
+    /// node): placed there when it fits, otherwise left unplaced, never
+    /// on a VM and never by evicting anything.
+    pub node: Option<String>,
 }
 
 /// How to score nodes that fit.

@@ -118,6 +118,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                     requests.push(Request {
                         id: format!("w{gi}-{r}"),
                         group: gi,
+                        node: None,
                     });
                 }
                 gs.push(g);

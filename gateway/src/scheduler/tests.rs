@@ -82,6 +82,7 @@ pub(super) fn requests(group: usize, n: usize) -> Vec<Request> {
         .map(|i| Request {
             id: format!("g{group}-{i}"),
             group,
+            node: None,
         })
         .collect()
 }
@@ -468,4 +469,33 @@ fn bad_input_is_named() {
         .unwrap_err()
         .to_string();
     assert_eq!(e, "request g3-0: no group 3");
+}
+
+#[test]
+fn a_pinned_request_goes_to_its_node_or_waits_and_never_to_a_vm() {
+    let mut snap = burst_snapshot();
+    snap.nodes.push(node("roomy", "dc1", 8, 16));
+    let groups = [group("agent", 2000, 1)];
+    let pin = |id: &str, node: &str| Request {
+        id: id.into(),
+        group: 0,
+        node: Some(node.into()),
+    };
+    let reqs = [pin("a", "roomy"), pin("b", "full"), pin("c", "gone")];
+    let plan = run(&snap, &groups, &reqs);
+    // Only its node, though the full one leaves room elsewhere.
+    assert_eq!(landed(&plan, 3), [Some("roomy".to_string()), None, None]);
+    assert!(plan.launches.is_empty(), "{:?}", plan.launches);
+    let why: Vec<String> = plan
+        .unplaced
+        .iter()
+        .map(|u| format!("{} {}", reqs[u.request].id, u.explanation))
+        .collect();
+    assert_eq!(
+        why,
+        [
+            "b 0/1 nodes fit: 1 insufficient cpu",
+            "c 0/1 nodes fit: 1 node not joined"
+        ]
+    );
 }

@@ -190,6 +190,12 @@ pub fn workload_rules(schema: &mut Schema) {
         json!({ "not": batch }),
         json!({ "properties": { "batch": { "type": "null" } } }),
     );
+    // A system workload: one copy per node.
+    rule(
+        schema,
+        json!({ "required": ["kind"], "properties": { "kind": { "const": "system" } } }),
+        json!({ "properties": { "replicas": { "const": 1 } } }),
+    );
 }
 
 /// `host_ip` needs `host`.
