@@ -195,6 +195,14 @@ pub struct RunArgs {
     /// e.g. 8080:80, 127.0.0.1:5353:53/udp (repeatable; bridge network).
     #[arg(short = 'p', long = "publish")]
     publish: Vec<skiff_proto::PortSpec>,
+    /// Mount a host directory: HOST_DIR:CONTAINER_PATH[:ro], e.g.
+    /// /srv/data:/data:ro (repeatable; both paths absolute).
+    #[arg(short = 'v', long = "volume", value_parser = parse_bind)]
+    volume: Vec<crate::runtime::spec::Mount>,
+    /// Mount a tmpfs: CONTAINER_PATH[:SIZE], e.g. /tmp:64Mi (repeatable)
+    /// [default size: 64Mi].
+    #[arg(long, value_parser = parse_tmpfs)]
+    tmpfs: Vec<crate::runtime::spec::Mount>,
     /// Hostname inside the container [default: the id's first 12
     /// characters].
     #[arg(long)]
@@ -356,6 +364,52 @@ fn parse_restart(s: &str) -> Result<skiff_proto::RestartPolicy, String> {
             "{s:?} is not a restart policy (never, on-failure, always)"
         )),
     }
+}
+
+/// `HOST_DIR:CONTAINER_PATH[:ro|:rw]`.
+fn parse_bind(s: &str) -> Result<crate::runtime::spec::Mount, String> {
+    let mut parts = s.split(':');
+    let (Some(host), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(format!("{s:?} is not HOST_DIR:CONTAINER_PATH[:ro]"));
+    };
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(o) => return Err(format!("{o:?} is not ro or rw")),
+    };
+    if parts.next().is_some() {
+        return Err(format!("{s:?} is not HOST_DIR:CONTAINER_PATH[:ro]"));
+    }
+    if !host.starts_with('/') {
+        return Err(format!(
+            "{host:?}: the host directory must be an absolute path"
+        ));
+    }
+    skiff_proto::check_mount_path(target).map_err(|e| e.to_string())?;
+    Ok(crate::runtime::spec::Mount {
+        source: crate::runtime::spec::MountSource::Bind(host.into()),
+        target: target.to_string(),
+        read_only,
+        owned: false,
+    })
+}
+
+/// `CONTAINER_PATH[:SIZE]`.
+fn parse_tmpfs(s: &str) -> Result<crate::runtime::spec::Mount, String> {
+    let (target, size) = match s.split_once(':') {
+        Some((t, size)) => (t, parse_memory(size)?.bytes()),
+        None => (s, 64 << 20),
+    };
+    skiff_proto::check_mount_path(target).map_err(|e| e.to_string())?;
+    if size == 0 {
+        return Err("a tmpfs needs a size of more than 0".into());
+    }
+    Ok(crate::runtime::spec::Mount {
+        source: crate::runtime::spec::MountSource::Tmpfs { size },
+        target: target.to_string(),
+        read_only: false,
+        owned: false,
+    })
 }
 
 fn parse_network(s: &str) -> Result<skiff_proto::NetworkMode, String> {
@@ -847,6 +901,7 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         log_max_bytes: a.log_max_size.map(|b| b.bytes()),
         health,
         userns_remap: a.userns_remap,
+        mounts: a.volume.into_iter().chain(a.tmpfs).collect(),
     };
     let req = RunRequest {
         options,

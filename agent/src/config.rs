@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::images::ImagesConfig;
 use crate::net::NetworkConfig;
 use crate::runtime::RuntimeConfig;
+use crate::volumes::HostVolume;
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/skiff";
@@ -48,6 +49,9 @@ pub struct FileConfig {
     pub network: NetworkConfig,
     #[serde(default)]
     pub reserve: Reserve,
+    /// Host directories published to workloads by name.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, HostVolume>,
 }
 
 /// What the node keeps for itself: the gateway places work only in the
@@ -122,6 +126,8 @@ pub struct AgentConfig {
     pub runtime: RuntimeConfig,
     pub network: NetworkConfig,
     pub reserve: Reserve,
+    /// Host volumes, by name (`[volumes.NAME] path = "/srv/data"`).
+    pub volumes: BTreeMap<String, HostVolume>,
 }
 
 impl AgentConfig {
@@ -236,6 +242,7 @@ impl AgentConfig {
         network
             .validate()
             .map_err(|(key, reason)| bad(&key, reason))?;
+        crate::volumes::validate(&file.volumes).map_err(|(key, reason)| bad(&key, reason))?;
         let images = file.images;
         if images.concurrent_downloads == 0 || images.concurrent_downloads > 64 {
             return Err(bad(
@@ -270,6 +277,7 @@ impl AgentConfig {
             runtime,
             network,
             reserve: file.reserve,
+            volumes: file.volumes,
         })
     }
 }
@@ -388,6 +396,11 @@ mod tests {
                 "[network]\nsubnet = \"10.1.0.0\"\n",
                 "config network.subnet: invalid IP address syntax",
             ),
+            (
+                "[volumes.data]\npath = \"/nonexistent/skiff-data\"\n",
+                "config volumes.data.path: /nonexistent/skiff-data is not a directory",
+            ),
+            ("[volumes.data]\npaht = \"/srv\"\n", "unknown field `paht`"),
         ];
         for (text, want) in cases {
             let e = load(write(&dir, text, 0o600), Overrides::default()).unwrap_err();

@@ -20,6 +20,7 @@ pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod runtime;
+pub mod volumes;
 
 /// Version reported to the gateway at registration.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

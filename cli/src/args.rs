@@ -74,10 +74,14 @@ pub enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Delete workloads (their replicas are stopped).
+    /// Delete workloads (their replicas are stopped). Their local volumes
+    /// are kept, for a workload of the same name, unless --volumes.
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+        /// Also remove their local volumes and the data in them.
+        #[arg(long)]
+        volumes: bool,
     },
     /// Explain why a workload's pending replicas wait: the filters that
     /// excluded nodes, each site's reason for launching nothing, the VM
@@ -109,6 +113,9 @@ pub enum Command {
     /// Join tokens (for nodes) and API tokens (for people and tools).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Local volumes: the data a service's replicas keep on their nodes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Named gateways in the config file.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -200,6 +207,19 @@ pub struct ExecArgs {
     /// The command and its arguments (after `--`).
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// List local volumes: workload, replica slot, the node that holds
+    /// the data, state, age.
+    Ls(OutputArgs),
+    /// Remove local volumes and their data, by id (WORKLOAD.VOLUME.N);
+    /// refused while a placed replica mounts one.
+    Rm {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

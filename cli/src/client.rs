@@ -17,6 +17,7 @@ use skiff_gateway::api::{
     ApiTokenResponse, ApiTokenView, ExecEntry, ExecRequest, JoinTokenResponse, JoinTokenView,
     LogEntry, SiteView, VersionView, WorkloadView,
 };
+use skiff_gateway::control::volumes::VolumeRecord;
 use skiff_gateway::control::{AllocationRecord, Event, NodeRecord, Role};
 
 use crate::context::{Target, Token, Trust};
@@ -312,12 +313,22 @@ impl Client {
         .await
     }
 
-    pub async fn delete_workload(&self, name: &str) -> Result<(), ClientError> {
+    pub async fn delete_workload(&self, name: &str, volumes: bool) -> Result<(), ClientError> {
+        let q = if volumes { "?volumes=true" } else { "" };
         self.empty(
             reqwest::Method::DELETE,
-            &format!("/v1/workloads/{}", seg(name)),
+            &format!("/v1/workloads/{}{q}", seg(name)),
         )
         .await
+    }
+
+    pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, ClientError> {
+        self.get("/v1/volumes").await
+    }
+
+    pub async fn remove_volume(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(reqwest::Method::DELETE, &format!("/v1/volumes/{}", seg(id)))
+            .await
     }
 
     pub async fn allocations(

@@ -269,6 +269,7 @@ async fn session(
                             state: v1::AllocationState::Running as i32,
                             ..Default::default()
                         }).collect(),
+                        volumes: Vec::new(),
                     };
                     let _ = tx.send(v1::AgentMessage { kind: Some(v1::agent_message::Kind::Allocations(report)) }).await;
                 }

@@ -65,6 +65,7 @@ fn node(id: String, site: &str, cpu_cores: u64, mem_gib: u64) -> NodeInfo {
         arch: "amd64".into(),
         os: "linux".into(),
         price: 0,
+        host_volumes: Vec::new(),
     }
 }
 
@@ -80,6 +81,7 @@ fn group(name: String, cpu_millis: u64, mem: u64) -> Group {
         max_skew: 1,
         constraints: vec![],
         distinct_nodes: false,
+        host_volumes: Vec::new(),
     }
 }
 

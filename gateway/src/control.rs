@@ -26,6 +26,7 @@ pub mod leadership;
 pub mod reconcile;
 mod reload;
 pub mod vms;
+pub mod volumes;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::GatewayConfig;
@@ -130,6 +131,10 @@ pub struct AllocationRecord {
     /// node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_to: Option<String>,
+    /// Its replica slot, for a service with local volumes: it mounts
+    /// slot N's volumes (`WORKLOAD.VOLUME.N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u32>,
 }
 
 /// Why a pending allocation is not running yet.
@@ -198,6 +203,9 @@ pub struct NodeRecord {
     pub cert_not_after_ms: i64,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Host volumes its agent publishes, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_volumes: Vec<String>,
     #[schema(value_type = Object)]
     pub capacity: Capacity,
     #[schema(value_type = Object)]
@@ -290,6 +298,8 @@ pub struct State {
     pub api_tokens: BTreeMap<String, ApiTokenRecord>,
     /// Cloud VMs launched, not joined yet.
     pub vms: BTreeMap<String, VmRecord>,
+    /// Local volumes, by id.
+    pub volumes: BTreeMap<String, volumes::VolumeRecord>,
     /// Allocation ids in each node's desired state.
     desired: HashMap<String, BTreeSet<String>>,
     /// Bumped by every change (a write that wrote something or failed, a
@@ -482,6 +492,10 @@ fn apply_changes(s: &mut State, b: &mut Batch, c: reconcile::Changes) -> Applied
         b.put(Kind::Allocation, &id, &a);
         s.allocations.insert(id, a);
     }
+    for (id, v) in c.volumes {
+        b.put(Kind::Volume, &id, &v);
+        s.volumes.insert(id, v);
+    }
     for (name, job) in c.jobs {
         if let Some(w) = s.workloads.get_mut(&name) {
             w.job = Some(job);
@@ -534,6 +548,7 @@ impl State {
             Kind::JoinToken => set(&mut self.join_tokens, kind, key, value),
             Kind::ApiToken => set(&mut self.api_tokens, kind, key, value),
             Kind::Vm => set(&mut self.vms, kind, key, value),
+            Kind::Volume => set(&mut self.volumes, kind, key, value),
             Kind::Meta => Ok(()),
         }
     }
@@ -1029,11 +1044,25 @@ impl Control {
                 .filter_map(|id| s.allocations.get(id))
                 .filter_map(|a| {
                     let w = s.workloads.get(&a.workload)?;
+                    let local_volumes = a
+                        .instance
+                        .map(|k| {
+                            w.spec
+                                .volumes
+                                .iter()
+                                .filter(|v| v.local.is_some())
+                                .map(|v| {
+                                    (v.name.clone(), volumes::volume_id(&a.workload, &v.name, k))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     Some(v1::Allocation {
                         id: a.id.clone(),
                         workload: a.workload.clone(),
                         workload_version: a.workload_version,
                         spec: Some(v1::ContainerSpec::from(&w.spec.container_spec())),
+                        local_volumes,
                     })
                 })
                 .collect();
@@ -1041,6 +1070,7 @@ impl Control {
                 kind: Some(v1::gateway_message::Kind::DesiredState(v1::DesiredState {
                     generation,
                     allocations,
+                    remove_volumes: volumes::to_remove(s, node),
                 })),
             }
         })
@@ -1190,25 +1220,28 @@ impl Control {
     pub fn report(
         &self,
         node: &str,
-        statuses: &[skiff_proto::wire::v1::AllocationStatus],
+        report: &skiff_proto::wire::v1::AllocationStatusReport,
     ) -> Result<(), ControlError> {
-        self.report_many(&[(node.to_string(), statuses.to_vec())])
+        self.report_many(&[(node.to_string(), report.clone())])
     }
 
     /// [`Control::report`] for several nodes in one commit (a follower's
     /// batch of what its sessions reported).
     pub fn report_many(
         &self,
-        reports: &[(String, Vec<skiff_proto::wire::v1::AllocationStatus>)],
+        reports: &[(String, skiff_proto::wire::v1::AllocationStatusReport)],
     ) -> Result<(), ControlError> {
         let mut ignored = Vec::new();
         let mut changed = false;
         // Soft: agents report again on reconnect.
         let r = self.write_soft(|s, b| {
             let now = self.clock.now_ms();
+            for (node, r) in reports {
+                changed |= volumes::forget_removed(s, b, node, &r.volumes);
+            }
             for (node, st) in reports
                 .iter()
-                .flat_map(|(n, v)| v.iter().map(move |st| (n, st)))
+                .flat_map(|(n, r)| r.allocations.iter().map(move |st| (n, st)))
             {
                 let Some(a) = s.allocations.get_mut(&st.allocation_id) else {
                     continue;

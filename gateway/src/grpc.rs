@@ -47,14 +47,14 @@ impl AgentPort {
 
     /// Status reports, taken here when this gateway leads, else by the
     /// leader.
-    async fn report(&self, node: &str, statuses: &[v1::AllocationStatus]) {
+    async fn report(&self, node: &str, report: &v1::AllocationStatusReport) {
         if let Some(l) = self.leader() {
-            return l.report(node, statuses).await;
+            return l.report(node, report).await;
         }
-        match self.control.report(node, statuses) {
+        match self.control.report(node, report) {
             Err(e) if self.lost_lead(&e) => {
                 if let Some(l) = self.leader() {
-                    l.report(node, statuses).await;
+                    l.report(node, report).await;
                 }
             }
             Err(e) => tracing::error!(node, error = %e, "store allocation status"),
@@ -220,7 +220,11 @@ impl v1::session_server::Session for AgentPort {
             })
             .await;
         // What it runs now; then its desired state (which may stop some).
-        self.report(&node, &reg.allocations).await;
+        let report = v1::AllocationStatusReport {
+            allocations: reg.allocations.clone(),
+            volumes: reg.volumes.clone(),
+        };
+        self.report(&node, &report).await;
         let _ = tx.send(c.desired_state(&node)).await;
         c.wake();
         let c2 = Arc::clone(&c);
@@ -237,7 +241,7 @@ impl v1::session_server::Session for AgentPort {
                         c2.metrics.heartbeat_delay_seconds.observe(delay);
                     }
                     Some(agent_message::Kind::Allocations(r)) => {
-                        port.report(&node2, &r.allocations).await;
+                        port.report(&node2, &r).await;
                     }
                     Some(agent_message::Kind::NodeStatus(_)) => {}
                     Some(agent_message::Kind::Register(_)) | None => {}

@@ -54,7 +54,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     ) -> Result<v1::Registered, ControlError>;
     /// Status reports (retried while no gateway leads; agents send them
     /// all again when they reconnect).
-    async fn report(&self, node: &str, statuses: &[v1::AllocationStatus]);
+    async fn report(&self, node: &str, report: &v1::AllocationStatusReport);
     async fn renewed(
         &self,
         node: &str,

@@ -32,7 +32,8 @@ pub use image::{ImageRef, is_tag};
 pub use parse::{Format, integral_json, parse_workloads};
 pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{
-    BatchSpec, ContainerSpec, ExecProbe, HealthSpec, HttpProbe, MAX_BACKOFF, MAX_REPLICAS,
-    NetworkMode, Placement, PortSpec, Protocol, Resources, RestartPolicy, Spread, TcpProbe,
-    WorkloadKind, WorkloadSpec, is_valid_name,
+    BatchSpec, ContainerSpec, ExecProbe, HealthSpec, HttpProbe, LocalVolume, MAX_BACKOFF,
+    MAX_REPLICAS, MountPathError, MountSpec, NetworkMode, OnNodeLoss, Placement, PortSpec,
+    Protocol, Resources, RestartPolicy, Spread, TcpProbe, TmpfsVolume, VolumeSpec, WorkloadKind,
+    WorkloadSpec, check_mount_path, is_valid_name,
 };

@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use crate::cluster::{AllocationState, Capacity};
 use crate::{
-    ByteSize, ContainerSpec, Cpu, Duration, ExecProbe, HealthSpec, HttpProbe, NetworkMode,
-    PortSpec, Protocol, Resources, RestartPolicy, TcpProbe,
+    ByteSize, ContainerSpec, Cpu, Duration, ExecProbe, HealthSpec, HttpProbe, LocalVolume,
+    MountSpec, NetworkMode, PortSpec, Protocol, Resources, RestartPolicy, TcpProbe, TmpfsVolume,
+    VolumeSpec,
 };
 
 /// Generated messages and services of `skiff.agent.v1`.
@@ -146,6 +147,39 @@ impl From<&ContainerSpec> for v1::ContainerSpec {
             health: c.health.as_ref().map(health_to_wire),
             network: network as i32,
             stop_timeout_ms: c.stop_timeout.as_millis(),
+            volumes: c
+                .volumes
+                .iter()
+                .map(|v| {
+                    use v1::volume::Kind;
+                    v1::Volume {
+                        name: v.name.clone(),
+                        kind: if let Some(h) = &v.host {
+                            Some(Kind::Host(h.clone()))
+                        } else if let Some(t) = v.tmpfs {
+                            Some(Kind::Tmpfs(v1::TmpfsVolume {
+                                size_bytes: t.size.bytes(),
+                            }))
+                        } else {
+                            v.local.map(|l| {
+                                Kind::Local(v1::LocalVolume {
+                                    recreate_on_node_loss: l.on_node_loss
+                                        == crate::OnNodeLoss::Recreate,
+                                })
+                            })
+                        },
+                    }
+                })
+                .collect(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|m| v1::Mount {
+                    volume: m.volume.clone(),
+                    path: m.path.clone(),
+                    read_only: m.read_only,
+                })
+                .collect(),
         }
     }
 }
@@ -282,8 +316,68 @@ impl TryFrom<&v1::ContainerSpec> for ContainerSpec {
                 ));
             }
         };
+        let volumes = c
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                use v1::volume::Kind;
+                let mut out = VolumeSpec {
+                    name: v.name.clone(),
+                    host: None,
+                    local: None,
+                    tmpfs: None,
+                };
+                match &v.kind {
+                    Some(Kind::Host(h)) => out.host = Some(h.clone()),
+                    Some(Kind::Local(l)) => {
+                        out.local = Some(LocalVolume {
+                            on_node_loss: if l.recreate_on_node_loss {
+                                crate::OnNodeLoss::Recreate
+                            } else {
+                                crate::OnNodeLoss::Wait
+                            },
+                        });
+                    }
+                    Some(Kind::Tmpfs(t)) => {
+                        out.tmpfs = Some(TmpfsVolume {
+                            size: ByteSize::from_bytes(t.size_bytes),
+                        });
+                    }
+                    None => {
+                        return Err(wire_err(
+                            format!("volumes[{i}]"),
+                            "no kind (host, local or tmpfs)",
+                        ));
+                    }
+                }
+                Ok(out)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mounts = c
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                crate::check_mount_path(&m.path)
+                    .map_err(|why| wire_err(format!("mounts[{i}].path"), why.to_string()))?;
+                if !volumes.iter().any(|v| v.name == m.volume) {
+                    return Err(wire_err(
+                        format!("mounts[{i}].volume"),
+                        format!("no volume {:?}", m.volume),
+                    ));
+                }
+                Ok(MountSpec {
+                    volume: m.volume.clone(),
+                    path: m.path.clone(),
+                    read_only: m.read_only,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ContainerSpec {
             image,
+            volumes,
+            mounts,
             command: c.command.clone(),
             args: c.args.clone(),
             env: c.env.clone().into_iter().collect::<BTreeMap<_, _>>(),

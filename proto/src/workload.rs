@@ -73,6 +73,12 @@ pub struct WorkloadSpec {
     /// How a batch job runs to completion (`kind: batch` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSpec>,
+    /// Storage its containers mount (see `mounts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeSpec>,
+    /// Where each container mounts which volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
     /// A probe that tells whether a replica is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
@@ -172,6 +178,80 @@ impl Default for BatchSpec {
             deadline: None,
         }
     }
+}
+
+/// A workload's volume: exactly one of `host`, `local` or `tmpfs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::spec::one_volume_kind)]
+pub struct VolumeSpec {
+    /// What `mounts` call it: lowercase letters, digits and '-'.
+    #[schemars(schema_with = "crate::schema::spec::name")]
+    pub name: String,
+    /// A directory the node publishes under this name (its agent config's
+    /// `[volumes.NAME] path = ...`); only nodes that publish it take the
+    /// workload. Never a path: the spec cannot reach anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::spec::name_or_null")]
+    pub host: Option<String>,
+    /// A directory the agent makes and keeps under its state directory,
+    /// the workload's own on that node: its data survives restarts of the
+    /// container and the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalVolume>,
+    /// Memory-backed, gone with the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs: Option<TmpfsVolume>,
+}
+
+/// A local volume: each replica has its own (`WORKLOAD.VOLUME.N` for
+/// replica slot N), on the node it was first placed on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalVolume {
+    /// When the node that holds it is down: `wait` (the default) keeps the
+    /// replica pending until the node is back, so it never starts empty
+    /// elsewhere; `recreate` starts it elsewhere with a new, empty volume.
+    #[serde(default, skip_serializing_if = "OnNodeLoss::is_wait")]
+    pub on_node_loss: OnNodeLoss,
+}
+
+/// What a replica whose local volume's node is down does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNodeLoss {
+    #[default]
+    Wait,
+    Recreate,
+}
+
+impl OnNodeLoss {
+    fn is_wait(&self) -> bool {
+        *self == OnNodeLoss::Wait
+    }
+}
+
+/// A tmpfs volume and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TmpfsVolume {
+    /// At most this much (memory, counted against the container's limit).
+    #[schemars(schema_with = "crate::schema::spec::tmpfs_size")]
+    pub size: ByteSize,
+}
+
+/// A volume mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    /// One of `volumes`, by name.
+    pub volume: String,
+    /// Where, in the container: an absolute path, not `/` and not under
+    /// `/proc`, `/sys` or `/dev`.
+    #[schemars(schema_with = "crate::schema::spec::mount_path")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// Longest wait between a batch job's runs after failures.
@@ -430,6 +510,8 @@ pub enum Spread {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub image: ImageRef,
+    pub volumes: Vec<VolumeSpec>,
+    pub mounts: Vec<MountSpec>,
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -453,6 +535,48 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 const NAME_RULE: &str = "lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters";
+
+/// Paths a volume may not be mounted at (or under).
+const KERNEL_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Why a path cannot be a mount point.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountPathError {
+    #[error("{0:?} is not an absolute path")]
+    Relative(String),
+    #[error("a volume cannot be mounted at /")]
+    Root,
+    #[error("{0:?} is not a normal path (no //, . or ..)")]
+    NotNormal(String),
+    #[error("{0:?} is under {1}, which the runtime owns")]
+    Kernel(String, &'static str),
+}
+
+/// A mount path: absolute, normal (no `.`, `..` or empty components, no
+/// NUL), not `/`, not under the kernel's filesystems.
+pub fn check_mount_path(p: &str) -> Result<(), MountPathError> {
+    if !p.starts_with('/') {
+        return Err(MountPathError::Relative(p.into()));
+    }
+    let t = p.strip_suffix('/').unwrap_or(p);
+    if t.is_empty() {
+        return Err(MountPathError::Root);
+    }
+    if p.contains('\0')
+        || t[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(MountPathError::NotNormal(p.into()));
+    }
+    if let Some(k) = KERNEL_PATHS
+        .iter()
+        .find(|k| t == **k || t.starts_with(&format!("{k}/")))
+    {
+        return Err(MountPathError::Kernel(p.into(), k));
+    }
+    Ok(())
+}
 
 fn check_port(errs: &mut Collector, path: String, port: u32) {
     if !(1..=65535).contains(&port) {
@@ -541,6 +665,7 @@ impl WorkloadSpec {
         }
         self.validate_ports(root, &mut errs);
         self.validate_kind(root, &mut errs);
+        self.validate_volumes(root, &mut errs);
         if let Some(h) = &self.health {
             h.validate(&p("health"), &mut errs);
         }
@@ -610,6 +735,64 @@ impl WorkloadSpec {
         (self.kind == WorkloadKind::Batch).then(|| self.batch.unwrap_or_default())
     }
 
+    fn validate_volumes(&self, root: &str, errs: &mut Collector) {
+        let mut names = BTreeSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let path = format!("{root}.volumes[{i}]");
+            if !is_valid_name(&v.name) {
+                errs.push(
+                    format!("{path}.name"),
+                    format!("{:?} is not a valid name ({NAME_RULE})", v.name),
+                );
+            } else if !names.insert(v.name.as_str()) {
+                errs.push(format!("{path}.name"), format!("{} appears twice", v.name));
+            }
+            let kinds = [v.host.is_some(), v.local.is_some(), v.tmpfs.is_some()];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                errs.push(path.clone(), "exactly one of host, local or tmpfs");
+            }
+            if let Some(h) = v.host.as_ref().filter(|h| !is_valid_name(h)) {
+                errs.push(
+                    format!("{path}.host"),
+                    format!("{h:?} is not a volume name the node publishes ({NAME_RULE})"),
+                );
+            }
+            if v.local.is_some() && self.kind != WorkloadKind::Service {
+                errs.push(
+                    format!("{path}.local"),
+                    format!("local volumes are for services; a {} workload can mount host or tmpfs volumes", self.kind),
+                );
+            }
+            if let Some(t) = v
+                .tmpfs
+                .filter(|t| t.size.bytes() == 0 || t.size > MAX_MEMORY)
+            {
+                errs.push(
+                    format!("{path}.tmpfs.size"),
+                    format!("{} is not between 1 byte and {MAX_MEMORY}", t.size),
+                );
+            }
+        }
+        let mut paths = BTreeSet::new();
+        for (i, m) in self.mounts.iter().enumerate() {
+            let path = format!("{root}.mounts[{i}]");
+            if !names.contains(m.volume.as_str()) {
+                errs.push(
+                    format!("{path}.volume"),
+                    format!("no volume {:?} in volumes", m.volume),
+                );
+            }
+            if let Err(why) = check_mount_path(&m.path) {
+                errs.push(format!("{path}.path"), why.to_string());
+            } else if !paths.insert(m.path.strip_suffix('/').unwrap_or(&m.path)) {
+                errs.push(
+                    format!("{path}.path"),
+                    format!("{} is mounted twice", m.path),
+                );
+            }
+        }
+    }
+
     fn validate_kind(&self, root: &str, errs: &mut Collector) {
         let p = |field: &str| format!("{root}.{field}");
         if self.kind != WorkloadKind::Batch && self.batch.is_some() {
@@ -670,6 +853,8 @@ impl WorkloadSpec {
     pub fn container_spec(&self) -> ContainerSpec {
         ContainerSpec {
             image: self.image.clone(),
+            volumes: self.volumes.clone(),
+            mounts: self.mounts.clone(),
             command: self.command.clone(),
             args: self.args.clone(),
             env: self.env.clone(),

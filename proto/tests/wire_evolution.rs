@@ -123,7 +123,9 @@ fn older_receivers_skip_fields_they_do_not_know() {
                 image: "busybox".into(),
                 ..Default::default()
             }),
+            local_volumes: [("pg".to_string(), "web.pg.0".to_string())].into(),
         }],
+        remove_volumes: vec!["web.pg.1".into()],
     };
     let bytes = with_unknown_field(state.encode_to_vec(), 1000);
     let decoded = v1::DesiredState::decode(bytes.as_slice()).unwrap();

@@ -305,6 +305,7 @@ fn an_agent_cannot_report_for_another_node() {
                 kind: Some(v1::agent_message::Kind::Allocations(
                     v1::AllocationStatusReport {
                         allocations: vec![forged],
+                        volumes: Vec::new(),
                     },
                 )),
             },

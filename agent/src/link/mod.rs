@@ -105,6 +105,7 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
     let rec = reconcile::Reconciler::new(
         Arc::clone(&link.runtime),
         Arc::clone(&link.images),
+        crate::volumes::NodeVolumes::new(link.config.volumes.clone(), &link.config.state_dir),
         &link.identity.node_id,
         &link.identity.site,
     );
@@ -216,6 +217,9 @@ async fn session(
         applied_generation: desired.borrow().as_ref().map_or(0, |d| d.generation),
         allocations: reconcile::statuses(&link.runtime),
         instance_id: String::new(),
+        host_volumes: link.config.volumes.keys().cloned().collect(),
+        volumes: crate::volumes::NodeVolumes::new(Default::default(), &link.config.state_dir)
+            .held(),
     };
     tx.send(AgentMessage {
         kind: Some(agent_message::Kind::Register(register)),

@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::images::ImageStore;
 use crate::runtime::records::{ContainerRecord, State};
-use crate::runtime::{RunOptions, Runtime};
+use crate::runtime::{RunOptions, Runtime, RuntimeError};
+use crate::volumes::{NodeVolumes, VolumeError};
 
 /// The label naming a container's allocation.
 pub const ALLOCATION_LABEL: &str = "skiff.allocation";
@@ -24,6 +25,7 @@ const WORKLOAD_LABEL: &str = "skiff.workload";
 pub struct Reconciler {
     runtime: Arc<Runtime>,
     images: Arc<ImageStore>,
+    volumes: NodeVolumes,
     /// This node's id and site, given to every container as `SKIFF_NODE`
     /// and `SKIFF_SITE` (with `SKIFF_ALLOCATION` and `SKIFF_WORKLOAD`).
     node: String,
@@ -31,6 +33,25 @@ pub struct Reconciler {
     /// Why an allocation could not start (pull or create failed), and
     /// when it is tried again.
     failures: BTreeMap<String, (String, std::time::Instant)>,
+}
+
+/// Why an allocation could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("the allocation has no container spec")]
+    NoSpec,
+    #[error("{0}")]
+    Spec(#[from] skiff_proto::wire::WireError),
+    #[error("pull {image}: {source}")]
+    Pull {
+        image: String,
+        #[source]
+        source: crate::images::ImageError,
+    },
+    #[error("{0}")]
+    Volume(#[from] VolumeError),
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
 }
 
 /// Time before an allocation that could not start is tried again.
@@ -82,10 +103,17 @@ pub fn statuses(runtime: &Runtime) -> Vec<v1::AllocationStatus> {
 }
 
 impl Reconciler {
-    pub fn new(runtime: Arc<Runtime>, images: Arc<ImageStore>, node: &str, site: &str) -> Self {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        images: Arc<ImageStore>,
+        volumes: NodeVolumes,
+        node: &str,
+        site: &str,
+    ) -> Self {
         Self {
             runtime,
             images,
+            volumes,
             node: node.to_string(),
             site: site.to_string(),
             failures: BTreeMap::new(),
@@ -99,7 +127,7 @@ impl Reconciler {
         mut desired: watch::Receiver<Option<v1::DesiredState>>,
         reports: mpsc::Sender<v1::AllocationStatusReport>,
     ) {
-        let mut last: Vec<v1::AllocationStatus> = Vec::new();
+        let mut last = v1::AllocationStatusReport::default();
         loop {
             let want = desired.borrow_and_update().clone();
             if let Some(want) = want {
@@ -116,13 +144,12 @@ impl Reconciler {
                     });
                 }
             }
-            if now != last {
-                let report = v1::AllocationStatusReport {
-                    allocations: now.clone(),
-                };
-                if reports.try_send(report).is_ok() {
-                    last = now;
-                }
+            let report = v1::AllocationStatusReport {
+                allocations: now,
+                volumes: self.volumes.held(),
+            };
+            if report != last && reports.try_send(report.clone()).is_ok() {
+                last = report;
             }
             tokio::select! {
                 r = desired.changed() => if r.is_err() { return },
@@ -152,6 +179,7 @@ impl Reconciler {
             })
             .collect();
         futures::future::join_all(stale).await;
+        self.remove_volumes(want);
         let now = std::time::Instant::now();
         for a in &want.allocations {
             let waiting = self.failures.get(&a.id).is_some_and(|(_, at)| *at > now);
@@ -164,18 +192,41 @@ impl Reconciler {
                 }
                 Err(e) => {
                     tracing::warn!(allocation = %a.id, error = %e, "could not start; trying again in 10 s");
-                    self.failures.insert(a.id.clone(), (e, now + RETRY));
+                    self.failures
+                        .insert(a.id.clone(), (e.to_string(), now + RETRY));
                 }
             }
         }
     }
 
-    async fn start(&self, a: &v1::Allocation) -> Result<(), String> {
-        let spec = a
-            .spec
-            .as_ref()
-            .ok_or("the allocation has no container spec")?;
-        let spec = skiff_proto::ContainerSpec::try_from(spec).map_err(|e| e.to_string())?;
+    /// Deletes the local volumes the gateway asked to, unless a wanted
+    /// allocation still mounts one.
+    fn remove_volumes(&self, want: &v1::DesiredState) {
+        for id in &want.remove_volumes {
+            let used = want
+                .allocations
+                .iter()
+                .any(|a| a.local_volumes.values().any(|v| v == id));
+            if used {
+                continue;
+            }
+            match self.volumes.remove_local(id) {
+                Ok(()) => tracing::debug!(volume = %id, "local volume removed"),
+                Err(e) => tracing::warn!(volume = %id, error = %e, "remove local volume"),
+            }
+        }
+    }
+
+    async fn start(&self, a: &v1::Allocation) -> Result<(), StartError> {
+        let spec = a.spec.as_ref().ok_or(StartError::NoSpec)?;
+        let spec = skiff_proto::ContainerSpec::try_from(spec)?;
+        let local: BTreeMap<String, String> = a
+            .local_volumes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        // Before the pull: a volume the node cannot give fails at once.
+        let mounts = self.volumes.mounts(&spec, &local)?;
         let image = spec.image.to_string();
         if self.images.get(&image).is_err() {
             tracing::info!(allocation = %a.id, %image, "pulling");
@@ -183,8 +234,12 @@ impl Reconciler {
             self.images
                 .pull(&spec.image, tx)
                 .await
-                .map_err(|e| format!("pull {image}: {e}"))?;
+                .map_err(|source| StartError::Pull {
+                    image: image.clone(),
+                    source,
+                })?;
         }
+        self.volumes.make_local(&local)?;
         let mut labels = BTreeMap::new();
         labels.insert(ALLOCATION_LABEL.to_string(), a.id.clone());
         labels.insert(WORKLOAD_LABEL.to_string(), a.workload.clone());
@@ -212,16 +267,13 @@ impl Reconciler {
             ports: spec.ports.clone(),
             labels,
             health: spec.health.clone(),
+            mounts,
             ..RunOptions::default()
         };
-        let record = self
-            .runtime
-            .create(&opts)
-            .await
-            .map_err(|e| e.to_string())?;
+        let record = self.runtime.create(&opts).await?;
         if let Err(e) = self.runtime.start(&record.id).await {
             let _ = self.runtime.remove(&record.id, true).await;
-            return Err(e.to_string());
+            return Err(e.into());
         }
         tracing::info!(allocation = %a.id, workload = %a.workload, "started");
         Ok(())

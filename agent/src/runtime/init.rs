@@ -338,7 +338,99 @@ fn mount_rootfs(
             ),
         )?;
     }
+    mount_volumes(rootfs, &spec.mounts)
+}
+
+/// The container's volumes, each at its target in the root filesystem
+/// (made as directories when missing, never through a symbolic link the
+/// image put there).
+fn mount_volumes(rootfs: &Path, mounts: &[super::spec::Mount]) -> Result<(), InitError> {
+    use super::spec::MountSource;
+    for m in mounts {
+        let what = format!("volume at {}", m.target);
+        skiff_proto::check_mount_path(&m.target).map_err(|e| InitError(format!("{what}: {e}")))?;
+        let target = mkdir_p_in_root(rootfs, &m.target)?;
+        match &m.source {
+            MountSource::Bind(src) => {
+                step(
+                    &what,
+                    mount(
+                        Some(src),
+                        &target,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    ),
+                )?;
+                if m.read_only {
+                    step(
+                        &format!("{what}: read-only"),
+                        mount(
+                            None::<&str>,
+                            &target,
+                            None::<&str>,
+                            MsFlags::MS_BIND
+                                | MsFlags::MS_REMOUNT
+                                | MsFlags::MS_RDONLY
+                                | MsFlags::MS_REC,
+                            None::<&str>,
+                        ),
+                    )?;
+                }
+            }
+            MountSource::Tmpfs { size } => {
+                let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+                if m.read_only {
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                let opts = format!("size={size},mode=1777");
+                step(
+                    &what,
+                    mount(
+                        Some("tmpfs"),
+                        &target,
+                        Some("tmpfs"),
+                        flags,
+                        Some(opts.as_str()),
+                    ),
+                )?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// `path` (absolute, normal) made as directories under `rootfs`; each
+/// component that exists must be a directory, not a symbolic link.
+fn mkdir_p_in_root(rootfs: &Path, path: &str) -> Result<PathBuf, InitError> {
+    let mut at = rootfs.to_path_buf();
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(InitError(format!(
+                    "volume at {path}: {} in the image is a symbolic link",
+                    at.strip_prefix(rootfs)
+                        .map_or(at.as_path(), |p| p)
+                        .display()
+                )));
+            }
+            Ok(_) => {
+                return Err(InitError(format!(
+                    "volume at {path}: /{} in the image is not a directory",
+                    at.strip_prefix(rootfs)
+                        .map_or(at.as_path(), |p| p)
+                        .display()
+                )));
+            }
+            Err(_) => step(
+                &format!("volume at {path}: mkdir"),
+                std::fs::create_dir(&at),
+            )?,
+        }
+    }
+    Ok(at)
 }
 
 /// Nothing mounted from here on may propagate back to the host.

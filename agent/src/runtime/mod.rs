@@ -143,6 +143,9 @@ pub struct RunOptions {
     /// host.
     #[serde(default)]
     pub userns_remap: bool,
+    /// Volumes to mount.
+    #[serde(default)]
+    pub mounts: Vec<spec::Mount>,
 }
 
 /// How a container ended, as `wait` returns it.
@@ -389,6 +392,7 @@ impl Runtime {
         };
         // Against what the agent itself holds.
         caps::effective_set(&security).map_err(|e| RuntimeError::Invalid(e.0))?;
+        give_volumes(&opts.mounts, process.uid, process.gid)?;
         // Last, as the address is taken here (and given back on error).
         let net = match network {
             NetworkMode::Bridge => Some(
@@ -417,6 +421,7 @@ impl Runtime {
             labels: opts.labels.clone(),
             health: opts.health.clone(),
             userns: opts.userns_remap.then_some(self.userns_range),
+            mounts: opts.mounts.clone(),
         };
         let dir = self.dir(&id);
         let result = (|| -> Result<ContainerRecord, RuntimeError> {
@@ -1127,6 +1132,24 @@ impl Runtime {
 }
 
 /// Adds `KEY=VALUE` entries to an environment, replacing same keys.
+/// Gives each empty local volume directory to the container's user.
+fn give_volumes(mounts: &[spec::Mount], uid: u32, gid: u32) -> Result<(), RuntimeError> {
+    for m in mounts.iter().filter(|m| m.owned) {
+        let spec::MountSource::Bind(dir) = &m.source else {
+            continue;
+        };
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .map_err(|e| {
+                RuntimeError::Invalid(format!("volume at {}: {}: {e}", m.target, dir.display()))
+            })?;
+        if empty {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(internal)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `pid` is still the shim of the container in `dir`.
 fn shim_alive(pid: i32, dir: &Path) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))

@@ -91,4 +91,36 @@ pub struct ContainerSpec {
     /// User-namespace remapping, when asked for.
     #[serde(default)]
     pub userns: Option<IdRange>,
+    /// Volumes mounted into the root filesystem, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+/// A volume in the container: what is mounted, where, and whether the
+/// container may write to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    pub source: MountSource,
+    /// An absolute path in the container (checked by
+    /// [`skiff_proto::check_mount_path`]); made if the image lacks it, but
+    /// never through a symbolic link.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+    /// A local volume's directory: while it is empty it is given to the
+    /// container's user, so that a non-root process can write its data.
+    #[serde(default)]
+    pub owned: bool,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountSource {
+    /// A host directory (a published host volume, a local volume's).
+    Bind(PathBuf),
+    /// A memory-backed filesystem of at most `size` bytes, writable by
+    /// everyone (mode 1777, as Docker's).
+    Tmpfs { size: u64 },
 }

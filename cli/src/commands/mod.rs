@@ -6,6 +6,7 @@ mod contexts;
 mod fleet;
 mod streams;
 mod tokens;
+mod volumes;
 mod workloads;
 
 use std::process::ExitCode;
@@ -103,7 +104,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             output,
         } => workloads::scale(&client, &name, replicas, output).await,
         C::Restart { name, wait } => workloads::restart(&client, &name, &wait).await,
-        C::Rm { names } => workloads::rm(&client, &names).await,
+        C::Rm { names, volumes } => workloads::rm(&client, &names, volumes).await,
         C::Explain { name, output } => workloads::explain(&client, &name, output).await,
         C::Logs(a) => streams::logs(&client, &a).await,
         C::Exec(a) => streams::exec(&client, &a).await,
@@ -115,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         C::Sites(o) => fleet::sites(&client, o).await,
         C::Version(o) => fleet::version(&client, o).await,
         C::Token(t) => tokens::run(&client, &t).await,
+        C::Volume(v) => volumes::run(&client, &v).await,
         C::Validate { .. } | C::Schema | C::Completion { .. } | C::Context(_) | C::Dev(_) => {
             unreachable!("handled above")
         }

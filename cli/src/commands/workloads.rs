@@ -399,10 +399,11 @@ pub async fn restart(client: &Client, name: &str, w: &WaitArgs) -> Result<ExitCo
     wait(client, &[name.to_string()], w).await
 }
 
-pub async fn rm(client: &Client, names: &[String]) -> Result<ExitCode, CliError> {
+pub async fn rm(client: &Client, names: &[String], volumes: bool) -> Result<ExitCode, CliError> {
     let mut code = ExitCode::SUCCESS;
     for n in names {
-        match client.delete_workload(n).await {
+        match client.delete_workload(n, volumes).await {
+            Ok(()) if volumes => println!("{n}: deleted, with its volumes"),
             Ok(()) => println!("{n}: deleted"),
             Err(e @ ClientError::Api { .. }) => {
                 eprintln!("skiff: {e}");

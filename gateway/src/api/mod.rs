@@ -18,6 +18,7 @@ mod nodes;
 mod streams;
 pub mod tls;
 mod tokens;
+mod volumes;
 mod workloads;
 
 use std::collections::BTreeMap;
@@ -157,6 +158,13 @@ pub fn routes() -> Vec<Route> {
             At(ReadOnly),
             get(workloads::allocations),
         ),
+        route(M::GET, "/v1/volumes", At(ReadOnly), get(volumes::list)),
+        route(
+            M::DELETE,
+            "/v1/volumes/{id}",
+            At(Operator),
+            delete(volumes::remove),
+        ),
         route(M::GET, "/v1/nodes", At(ReadOnly), get(nodes::list)),
         route(M::GET, "/v1/nodes/{id}", At(ReadOnly), get(nodes::get)),
         route(
@@ -234,11 +242,11 @@ pub fn routes() -> Vec<Route> {
         workloads::list, workloads::create, workloads::get, workloads::update, workloads::delete,
         workloads::scale, workloads::restart, streams::logs, streams::exec, workloads::allocations,
         nodes::list, nodes::get, nodes::remove, nodes::cordon, nodes::uncordon, nodes::drain,
-        fleet::sites, fleet::events,
+        fleet::sites, fleet::events, volumes::list, volumes::remove,
         tokens::create_join_token, tokens::list_join_tokens, tokens::revoke_join_token,
         tokens::create_api_token, tokens::list_api_tokens, tokens::revoke_api_token,
     ),
-    components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord, crate::control::JobStatus, crate::control::JobState,
+    components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord, crate::control::JobStatus, crate::control::JobState, crate::control::volumes::VolumeRecord,
         crate::control::Explanation, SiteView, crate::control::Event, crate::control::PlannedLaunch,
         VersionView, LogEntry, ExecEntry, ExecRequest,
         JoinTokenRequest, JoinTokenResponse, JoinTokenView, ApiTokenRequest, ApiTokenResponse,

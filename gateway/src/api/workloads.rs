@@ -174,14 +174,26 @@ pub(super) async fn restart(
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DeleteQuery {
+    /// Also remove its local volumes and their data (kept by default: a
+    /// workload of the same name takes them again).
+    #[serde(default)]
+    pub volumes: bool,
+}
+
 /// Deletes a workload; its replicas are stopped.
-#[utoipa::path(delete, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path)),
-    responses((status = 202, description = "Deleted; its replicas are being stopped"), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/v1/workloads/{name}", tag = "workloads", params(("name" = String, Path), DeleteQuery),
+    responses((status = 202, description = "Deleted; its replicas are being stopped"),
+        (status = 400, description = "A bad query string", body = ApiError), (status = 404, body = ApiError)))]
 pub(super) async fn delete(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    q: Result<Query<DeleteQuery>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
-    s.control.delete_workload(&name)?;
+    let q = query(q)?;
+    s.control.delete_workload(&name, q.volumes)?;
     Ok(StatusCode::ACCEPTED)
 }
 

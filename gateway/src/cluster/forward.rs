@@ -146,15 +146,13 @@ fn apply(c: &Cluster, change: AgentChange) -> Result<String, ControlError> {
             .and_then(|r| control.register(&node, &r))
             .map(|m| b64(&m)),
         AgentChange::Report { node, statuses } => unb64::<v1::AllocationStatusReport>(&statuses)
-            .and_then(|r| control.report(&node, &r.allocations))
+            .and_then(|r| control.report(&node, &r))
             .map(|()| String::new()),
         AgentChange::Reports { reports } => reports
             .iter()
-            .map(|(node, statuses)| {
-                unb64::<v1::AllocationStatusReport>(statuses).map(|r| (node.clone(), r.allocations))
-            })
+            .map(|(node, r)| unb64::<v1::AllocationStatusReport>(r).map(|r| (node.clone(), r)))
             .collect::<Result<Vec<_>, _>>()
-            .and_then(|all: Vec<(String, Vec<v1::AllocationStatus>)>| control.report_many(&all))
+            .and_then(|all| control.report_many(&all))
             .map(|()| String::new()),
         AgentChange::Renewed {
             node,
@@ -329,17 +327,7 @@ impl Cluster {
                 continue;
             }
             let change = AgentChange::Reports {
-                reports: batch
-                    .iter()
-                    .map(|(n, st)| {
-                        (
-                            n.clone(),
-                            b64(&v1::AllocationStatusReport {
-                                allocations: st.clone(),
-                            }),
-                        )
-                    })
-                    .collect(),
+                reports: batch.iter().map(|(n, r)| (n.clone(), b64(r))).collect(),
             };
             if let Err(e) = self.send(&change).await {
                 if self.control.is_leader() {
@@ -499,13 +487,13 @@ impl Peers for Cluster {
         unb64(&m)
     }
 
-    async fn report(&self, node: &str, statuses: &[v1::AllocationStatus]) {
+    async fn report(&self, node: &str, report: &v1::AllocationStatusReport) {
         // Batched: the next flush sends every node's reports in one
         // request, which the leader commits at once.
         self.reports
             .lock()
             .expect("lock")
-            .push((node.to_string(), statuses.to_vec()));
+            .push((node.to_string(), report.clone()));
     }
 
     async fn renewed(

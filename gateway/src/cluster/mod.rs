@@ -52,7 +52,7 @@ pub struct Cluster {
     /// When a follower last read who leads (unix ms), its leader gone.
     leader_checked_ms: std::sync::atomic::AtomicI64,
     /// Status reports waiting for the next batch to the leader.
-    reports: std::sync::Mutex<Vec<(String, Vec<skiff_proto::wire::v1::AllocationStatus>)>>,
+    reports: std::sync::Mutex<Vec<(String, skiff_proto::wire::v1::AllocationStatusReport)>>,
 }
 
 /// A cluster failure at start.

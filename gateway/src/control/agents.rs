@@ -62,6 +62,7 @@ impl Control {
                 cert_hash: sha256_hex(&cert),
                 cert_not_after_ms: not_after,
                 labels: Default::default(),
+                host_volumes: Vec::new(),
                 capacity: Default::default(),
                 allocatable: Default::default(),
                 os: String::new(),
@@ -108,6 +109,9 @@ impl Control {
             r.capacity = reg.capacity.unwrap_or_default().into();
             r.allocatable = reg.allocatable.unwrap_or_default().into();
             r.labels = reg.labels.clone().into_iter().collect();
+            r.host_volumes = reg.host_volumes.clone();
+            r.host_volumes.sort();
+            r.host_volumes.dedup();
             if let Some(p) = &reg.platform {
                 r.os = p.os.clone();
                 r.arch = p.architecture.clone();

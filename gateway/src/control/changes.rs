@@ -168,14 +168,29 @@ impl Control {
         Ok(w)
     }
 
-    /// Forgets a workload; its allocations are stopped.
-    pub fn delete_workload(&self, name: &str) -> Result<(), ControlError> {
-        self.write(|st, b| {
+    /// Forgets a workload; its allocations are stopped. Its local volumes
+    /// are kept (a workload of the same name takes them again) unless
+    /// `volumes`: then they are removed with their data.
+    pub fn delete_workload(&self, name: &str, volumes: bool) -> Result<(), ControlError> {
+        let nodes = self.write(|st, b| {
             st.workloads.remove(name).ok_or_else(|| no_workload(name))?;
             b.delete(Kind::Workload, name);
-            Ok(())
+            Ok(if volumes {
+                super::volumes::remove_workload_volumes(st, b, name)
+            } else {
+                Default::default()
+            })
         })?;
-        self.event("workload", name, "deleted");
+        self.event(
+            "workload",
+            name,
+            if volumes {
+                "deleted with its volumes"
+            } else {
+                "deleted"
+            },
+        );
+        self.push(&nodes);
         self.wake();
         Ok(())
     }

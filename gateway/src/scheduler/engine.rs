@@ -73,7 +73,12 @@ impl<'a> Scheduler<'a> {
                 _ => None,
             })
             .collect();
-        let fleet = Fleet::new(snap, &site_index, &label_keys, opts.seed)?;
+        let volume_names: BTreeSet<&str> = groups
+            .iter()
+            .flat_map(|g| &g.host_volumes)
+            .map(String::as_str)
+            .collect();
+        let fleet = Fleet::new(snap, &site_index, &label_keys, &volume_names, opts.seed)?;
         let mut cloud = Cloud::new(snap, &site_index)?;
         let mut group_of_workload = HashMap::new();
         let mut gs = Vec::with_capacity(groups.len());
@@ -514,6 +519,8 @@ impl<'a> Scheduler<'a> {
             NodeFilter::SiteNotAllowed
         } else if let Some(c) = attrs.first_failing(&g.constraints, Some(node.id.as_str())) {
             NodeFilter::Constraint(c.to_string())
+        } else if let Some(v) = attrs.missing_volume(&g.host_volumes) {
+            NodeFilter::NoHostVolume(v.to_string())
         } else if !allowed_sites.contains(&site) {
             NodeFilter::SpreadSkew
         } else if !self.node_spread_ok(gi, i as u32) {
@@ -633,7 +640,8 @@ impl GroupState {
                         .cloned()
                         .collect::<Vec<_>>(),
                     None,
-                );
+                )
+                && class.attrs.missing_volume(&g.host_volumes).is_none();
             if ok {
                 classes[class.site].push(ci as u32);
                 eligible_nodes += class.index.len();

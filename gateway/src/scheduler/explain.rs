@@ -11,6 +11,8 @@ pub enum NodeFilter {
     SiteNotAllowed,
     /// The constraint, as written.
     Constraint(String),
+    /// The host volume, by name, that it does not publish.
+    NoHostVolume(String),
     InsufficientCpu,
     InsufficientMemory,
     InsufficientDisk,
@@ -28,6 +30,7 @@ impl fmt::Display for NodeFilter {
             NodeFilter::Status(s) => write!(f, "node {s}"),
             NodeFilter::SiteNotAllowed => f.write_str("site not allowed"),
             NodeFilter::Constraint(c) => write!(f, "fails {c}"),
+            NodeFilter::NoHostVolume(v) => write!(f, "do not publish host volume {v}"),
             NodeFilter::InsufficientCpu => f.write_str("insufficient cpu"),
             NodeFilter::InsufficientMemory => f.write_str("insufficient memory"),
             NodeFilter::InsufficientDisk => f.write_str("insufficient disk"),

@@ -72,9 +72,19 @@ pub(crate) struct Attrs {
     pub arch: String,
     pub os: String,
     pub labels: BTreeMap<String, String>,
+    /// The host volumes it publishes (of those the pass's groups ask for).
+    pub volumes: BTreeSet<String>,
 }
 
 impl Attrs {
+    /// The first of `wanted` host volumes it does not publish.
+    pub fn missing_volume<'w>(&self, wanted: &'w [String]) -> Option<&'w str> {
+        wanted
+            .iter()
+            .find(|v| !self.volumes.contains(*v))
+            .map(String::as_str)
+    }
+
     /// Whether every constraint holds; `name` is the node's name if known.
     pub fn satisfies(&self, constraints: &[Constraint], name: Option<&str>) -> bool {
         constraints.iter().all(|c| {
@@ -128,11 +138,13 @@ pub(crate) struct Fleet<'a> {
 }
 
 impl<'a> Fleet<'a> {
-    /// Builds the working state; `label_keys` are the labels constraints use.
+    /// Builds the working state; `label_keys` are the labels constraints
+    /// use, `volume_names` the host volumes groups ask for.
     pub fn new(
         snap: &'a Snapshot,
         site_index: &HashMap<&str, usize>,
         label_keys: &BTreeSet<&str>,
+        volume_names: &BTreeSet<&str>,
         seed: u64,
     ) -> Result<Self, PlanError> {
         let n = snap.nodes.len();
@@ -170,6 +182,12 @@ impl<'a> Fleet<'a> {
                     .iter()
                     .filter(|(k, _)| label_keys.contains(k.as_str()))
                     .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                volumes: node
+                    .host_volumes
+                    .iter()
+                    .filter(|v| volume_names.contains(v.as_str()))
+                    .cloned()
                     .collect(),
             };
             let next = class_ids.len() as u32;

@@ -53,6 +53,8 @@ fn type_attrs(site: &super::model::SiteInfo, t: &InstanceType) -> Attrs {
         arch: t.arch.clone(),
         os: "linux".into(),
         labels,
+        // A new VM's agent publishes no host volumes.
+        volumes: Default::default(),
     }
 }
 
@@ -155,6 +157,7 @@ impl Cloud {
             !site.types[t].held
                 && Res::of(&site.types[t].allocatable).fits(demand)
                 && site.attrs[t].satisfies(&g.constraints, None)
+                && site.attrs[t].missing_volume(&g.host_volumes).is_none()
         })
     }
 
@@ -174,6 +177,9 @@ impl Cloud {
         }
         if site.types.is_empty() {
             return "no instance types configured".into();
+        }
+        if let Some(v) = g.host_volumes.first() {
+            return format!("a new VM publishes no host volume {v}");
         }
         if !site
             .types
@@ -226,6 +232,9 @@ impl Scheduler<'_> {
             && st.ports.iter().all(|p| !vm.ports.contains(p))
             && (!g.distinct_nodes || !vm.groups.contains_key(&gi))
             && self.cloud.sites[vm.site].attrs[vm.ty].satisfies(&g.constraints, None)
+            && self.cloud.sites[vm.site].attrs[vm.ty]
+                .missing_volume(&g.host_volumes)
+                .is_none()
     }
 
     /// Places group `gi`'s request on a launching VM, or on a new one.

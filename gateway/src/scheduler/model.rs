@@ -55,6 +55,8 @@ pub struct NodeInfo {
     pub os: String,
     /// Price of the node per hour (0 for on-prem), counted against the budget.
     pub price: MicrosPerHour,
+    /// Host volumes its agent publishes, by name.
+    pub host_volumes: Vec<String>,
 }
 
 /// A VM launched but not joined yet: capacity on the way.
@@ -103,6 +105,8 @@ pub struct Group {
     pub max_skew: u32,
     pub constraints: Vec<Constraint>,
     pub distinct_nodes: bool,
+    /// Host volumes (by name) a node must publish to take it.
+    pub host_volumes: Vec<String>,
 }
 
 impl Group {
@@ -129,6 +133,7 @@ impl Group {
             spread: spec.placement.spread,
             max_skew: spec.placement.max_skew(),
             constraints: spec.placement.constraints.clone(),
+            host_volumes: spec.volumes.iter().filter_map(|v| v.host.clone()).collect(),
         }
     }
 }

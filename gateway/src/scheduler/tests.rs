@@ -41,6 +41,7 @@ pub(super) fn node(id: &str, site: &str, cores: u64, mem_gib: u64) -> NodeInfo {
         arch: "amd64".into(),
         os: "linux".into(),
         price: 0,
+        host_volumes: Vec::new(),
     }
 }
 
@@ -56,6 +57,7 @@ pub(super) fn group(name: &str, cpu_millis: u64, mem_gib: u64) -> Group {
         max_skew: 1,
         constraints: Vec::new(),
         distinct_nodes: false,
+        host_volumes: Vec::new(),
     }
 }
 
@@ -497,5 +499,29 @@ fn a_pinned_request_goes_to_its_node_or_waits_and_never_to_a_vm() {
             "b 0/1 nodes fit: 1 insufficient cpu",
             "c 0/1 nodes fit: 1 node not joined"
         ]
+    );
+}
+
+#[test]
+fn host_volumes_go_only_to_nodes_that_publish_them_and_never_launch_a_vm() {
+    let mut snap = burst_snapshot();
+    let mut with = node("with-data", "dc1", 8, 16);
+    with.host_volumes = vec!["data".into(), "logs".into()];
+    snap.nodes.push(with);
+    snap.nodes.push(node("plain", "dc1", 64, 256));
+    let mut g = group("db", 1000, 1);
+    g.host_volumes = vec!["data".into()];
+    let plan = run(&snap, &[g.clone()], &requests(0, 1));
+    assert_eq!(landed(&plan, 1), [Some("with-data".to_string())]);
+    // A volume no node publishes: it waits, with the reason, and no VM
+    // is launched for it (a new VM publishes nothing).
+    g.host_volumes = vec!["backups".into()];
+    let plan = run(&snap, &[g], &requests(0, 1));
+    assert!(plan.launches.is_empty(), "{:?}", plan.launches);
+    let why = plan.unplaced[0].explanation.to_string();
+    assert!(
+        why.contains("do not publish host volume backups")
+            && why.contains("aws: a new VM publishes no host volume backups"),
+        "{why}"
     );
 }

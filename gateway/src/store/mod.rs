@@ -30,10 +30,12 @@ pub enum Kind {
     Meta,
     /// Cloud VMs launched and not joined yet.
     Vm,
+    /// Local volumes and the nodes that hold them.
+    Volume,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Workload,
         Kind::Allocation,
         Kind::Node,
@@ -41,6 +43,7 @@ impl Kind {
         Kind::ApiToken,
         Kind::Meta,
         Kind::Vm,
+        Kind::Volume,
     ];
 
     /// Its name in a store (a redb table, an etcd key segment, an export).
@@ -53,6 +56,7 @@ impl Kind {
             Kind::ApiToken => "api_tokens",
             Kind::Meta => "meta",
             Kind::Vm => "vms",
+            Kind::Volume => "volumes",
         }
     }
 

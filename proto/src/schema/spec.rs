@@ -71,6 +71,30 @@ pub fn memory(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A tmpfs volume's size: more than 0, at most `MAX_MEMORY`.
+pub fn tmpfs_size(_: &mut SchemaGenerator) -> Schema {
+    let [string, number] = quantity(&byte_units(), 1, Some(0), MAX_MEMORY.bytes());
+    json_schema!({
+        "description": format!("Bytes with an optional suffix, more than 0 and at most {MAX_MEMORY}."),
+        "oneOf": [string, number]
+    })
+}
+
+/// A name as [`name`] has it, or none.
+pub fn name_or_null(generator: &mut SchemaGenerator) -> Schema {
+    let some = name(generator);
+    json_schema!({ "anyOf": [some, { "type": "null" }] })
+}
+
+/// Where a volume is mounted: see [`crate::check_mount_path`].
+pub fn mount_path(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": "^(?!/(?:proc|sys|dev)(?:/|$))(?!.*/\\.{1,2}(?:/|$))(?:/[^/\\u0000]+)+/?$",
+        "description": "An absolute path in the container, without //, . or .. components: not /, and not under /proc, /sys or /dev."
+    })
+}
+
 /// Any size up to `MAX_DISK`, or none.
 pub fn disk(_: &mut SchemaGenerator) -> Schema {
     let [string, number] = quantity(&byte_units(), 1, None, MAX_DISK.bytes());
@@ -196,6 +220,12 @@ pub fn workload_rules(schema: &mut Schema) {
         json!({ "required": ["kind"], "properties": { "kind": { "const": "system" } } }),
         json!({ "properties": { "replicas": { "const": 1 } } }),
     );
+    // Local volumes are a service's (one per replica slot).
+    rule(
+        schema,
+        json!({ "required": ["kind"], "properties": { "kind": { "enum": ["batch", "system"] } } }),
+        json!({ "properties": { "volumes": { "items": { "properties": { "local": { "type": "null" } } } } } }),
+    );
 }
 
 /// `host_ip` needs `host`.
@@ -213,6 +243,19 @@ pub fn one_probe(schema: &mut Schema) {
     schema.insert(
         "oneOf".into(),
         json!([given("http"), given("tcp"), given("exec")]),
+    );
+}
+
+/// Exactly one of `host`, `local` and `tmpfs`.
+pub fn one_volume_kind(schema: &mut Schema) {
+    let given = |p: &str, ty: &str| json!({ "required": [p], "properties": { p: { "type": ty } } });
+    schema.insert(
+        "oneOf".into(),
+        json!([
+            given("host", "string"),
+            given("local", "object"),
+            given("tmpfs", "object")
+        ]),
     );
 }
 
@@ -496,6 +539,30 @@ mod tests {
             agree(json!({
                 "name": "web", "image": "busybox", "replicas": replicas, "priority": priority,
                 "network": network, "ports": [port], "health": health, "placement": placement,
+            }))?;
+        }
+
+        #[test]
+        fn volumes_and_mounts(
+            name in "[a-z0-9-]{0,3}|[A-Z_]{1,2}",
+            host in prop::option::of("[a-z0-9-]{0,3}|[A-Z/.]{1,3}"),
+            local in any::<bool>(),
+            tmpfs in prop::option::of(quantity()),
+            path in "(/[a-z.]{0,3}){0,3}/?|[a-z]{1,3}|/(proc|sys|dev)(/[a-z]{0,2})?|/a\\u{0}",
+            read_only in any::<bool>(),
+            kind in prop::sample::select(vec!["service", "batch", "system"]),
+            recreate in any::<bool>(),
+        ) {
+            let mut volume = json!({ "name": name });
+            if let Some(h) = host { volume["host"] = json!(h); }
+            if local {
+                volume["local"] = if recreate { json!({ "on_node_loss": "recreate" }) } else { json!({}) };
+            }
+            if let Some(size) = tmpfs { volume["tmpfs"] = json!({ "size": size }); }
+            // (A mount names a volume there is: no schema can say so.)
+            agree(json!({
+                "name": "db", "image": "busybox", "kind": kind, "volumes": [volume],
+                "mounts": [{ "volume": name, "path": path, "read_only": read_only }],
             }))?;
         }
 

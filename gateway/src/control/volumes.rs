@@ -1,0 +1,135 @@
+//! Local volumes as the gateway keeps them: one record per volume and
+//! replica slot (`WORKLOAD.VOLUME.N`), naming the node whose agent holds
+//! its data. A replica of slot N is pinned to that node (see
+//! `reconcile/volumes.rs`); removing a workload keeps its records unless
+//! asked; `DELETE /v1/volumes/{id}` marks one for removal, the node's
+//! desired state asks its agent to delete the data, and the record goes
+//! once the agent no longer reports it.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Control, ControlError, State};
+use crate::store::{Batch, Kind};
+
+/// A local volume and the node that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeRecord {
+    /// `WORKLOAD.VOLUME.N`: also its directory's name on the node.
+    pub id: String,
+    pub workload: String,
+    /// Its name in the workload's `volumes`.
+    pub volume: String,
+    /// The replica slot it belongs to.
+    pub instance: u32,
+    pub node: String,
+    pub site: String,
+    pub created_ms: i64,
+    /// Asked to be removed: the node's agent deletes the data, then the
+    /// record goes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
+}
+
+/// The id of a workload's local volume for replica slot `instance`.
+pub fn volume_id(workload: &str, volume: &str, instance: u32) -> String {
+    format!("{workload}.{volume}.{instance}")
+}
+
+/// The ids of the volumes `node`'s agent is to delete.
+pub(crate) fn to_remove(s: &State, node: &str) -> Vec<String> {
+    s.volumes
+        .values()
+        .filter(|v| v.removing && v.node == node)
+        .map(|v| v.id.clone())
+        .collect()
+}
+
+/// A node reported the local volumes it holds: records being removed
+/// that it no longer holds go. Whether any went.
+pub(crate) fn forget_removed(s: &mut State, b: &mut Batch, node: &str, held: &[String]) -> bool {
+    let held: BTreeSet<&str> = held.iter().map(String::as_str).collect();
+    let gone: Vec<String> = s
+        .volumes
+        .values()
+        .filter(|v| v.removing && v.node == node && !held.contains(v.id.as_str()))
+        .map(|v| v.id.clone())
+        .collect();
+    for id in &gone {
+        s.volumes.remove(id);
+        b.delete(Kind::Volume, id);
+    }
+    !gone.is_empty()
+}
+
+/// Marks volume `id` for removal (or forgets it at once when its node is
+/// gone); the node to tell, if any.
+fn mark_removing(s: &mut State, b: &mut Batch, id: &str) -> Option<String> {
+    let v = s.volumes.get_mut(id)?;
+    if !s.nodes.contains_key(&v.node) {
+        s.volumes.remove(id);
+        b.delete(Kind::Volume, id);
+        return None;
+    }
+    v.removing = true;
+    b.put(Kind::Volume, id, v);
+    let node = v.node.clone();
+    let n = s.nodes.get_mut(&node).expect("checked");
+    n.generation += 1;
+    b.put(Kind::Node, &node, n);
+    Some(node)
+}
+
+impl Control {
+    /// Every local volume, by id.
+    pub fn volumes(&self) -> Vec<VolumeRecord> {
+        self.read(|s| s.volumes.values().cloned().collect())
+    }
+
+    /// Removes a local volume and its data, unless a running replica
+    /// mounts it.
+    pub fn remove_volume(&self, id: &str) -> Result<(), ControlError> {
+        let node = self.write(|s, b| {
+            let v = s
+                .volumes
+                .get(id)
+                .ok_or_else(|| ControlError::NotFound(format!("no volume {id}")))?;
+            if let Some(a) = s.allocations.values().find(|a| {
+                a.is_live()
+                    && a.node.is_some()
+                    && a.workload == v.workload
+                    && a.instance == Some(v.instance)
+            }) {
+                return Err(ControlError::Conflict(format!(
+                    "volume {id} is in use by allocation {} (scale {} down or remove it first)",
+                    a.id, v.workload
+                )));
+            }
+            Ok(mark_removing(s, b, id))
+        })?;
+        self.event("volume", id, "removing");
+        self.push(&node.into_iter().collect());
+        self.wake();
+        Ok(())
+    }
+}
+
+/// Marks every local volume of `workload` for removal (a workload
+/// deleted with its volumes): its agents delete them once its
+/// replicas are stopped.
+pub(crate) fn remove_workload_volumes(
+    s: &mut State,
+    b: &mut Batch,
+    workload: &str,
+) -> BTreeSet<String> {
+    let ids: Vec<String> = s
+        .volumes
+        .values()
+        .filter(|v| v.workload == workload && !v.removing)
+        .map(|v| v.id.clone())
+        .collect();
+    ids.iter()
+        .filter_map(|id| mark_removing(s, b, id))
+        .collect()
+}
