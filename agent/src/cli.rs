@@ -391,6 +391,7 @@ fn parse_bind(s: &str) -> Result<crate::runtime::spec::Mount, String> {
         target: target.to_string(),
         read_only,
         owned: false,
+        secret: false,
     })
 }
 
@@ -409,6 +410,7 @@ fn parse_tmpfs(s: &str) -> Result<crate::runtime::spec::Mount, String> {
         target: target.to_string(),
         read_only: false,
         owned: false,
+        secret: false,
     })
 }
 

@@ -20,6 +20,7 @@ pub mod link;
 pub mod metrics;
 pub mod net;
 pub mod runtime;
+pub mod secrets;
 pub mod volumes;
 
 /// Version reported to the gateway at registration.

@@ -94,6 +94,13 @@ impl NodeVolumes {
         }
     }
 
+    /// The agent's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.local_root
+            .parent()
+            .map_or_else(|| self.local_root.clone(), Path::to_path_buf)
+    }
+
     /// The directory of local volume `id`.
     pub fn local_dir(&self, id: &str) -> PathBuf {
         self.local_root.join(id)
@@ -150,6 +157,7 @@ impl NodeVolumes {
                     target: m.path.clone(),
                     read_only,
                     owned,
+                    secret: false,
                 })
             })
             .collect()

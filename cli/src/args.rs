@@ -116,6 +116,10 @@ pub enum Command {
     /// Local volumes: the data a service's replicas keep on their nodes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Secrets: encrypted at rest in the gateway, given only to the
+    /// containers whose spec names them (`secrets:`), never shown again.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Named gateways in the config file.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -207,6 +211,38 @@ pub struct ExecArgs {
     /// The command and its arguments (after `--`).
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create a secret from files and literals.
+    Create(SecretArgs),
+    /// Replace a secret's data (a rotation): running containers see the
+    /// new files; variables change when a container is replaced.
+    Update(SecretArgs),
+    /// List secrets: keys, version, age (never values).
+    Ls(OutputArgs),
+    /// Delete secrets no workload uses.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("data").required(true).multiple(true).args(["from_file", "from_literal"])))]
+pub struct SecretArgs {
+    pub name: String,
+    /// A key from a file: `PATH` (the key is the file's name) or
+    /// `KEY=PATH`. Repeatable.
+    #[arg(long, value_name = "[KEY=]PATH")]
+    pub from_file: Vec<String>,
+    /// A key from the command line: `KEY=VALUE` (it shows in the shell's
+    /// history and in ps; prefer --from-file). Repeatable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub from_literal: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,7 @@ use skiff_gateway::api::{
     ApiTokenResponse, ApiTokenView, ExecEntry, ExecRequest, JoinTokenResponse, JoinTokenView,
     LogEntry, SiteView, VersionView, WorkloadView,
 };
+use skiff_gateway::control::secrets::SecretView;
 use skiff_gateway::control::volumes::VolumeRecord;
 use skiff_gateway::control::{AllocationRecord, Event, NodeRecord, Role};
 
@@ -318,6 +319,46 @@ impl Client {
         self.empty(
             reqwest::Method::DELETE,
             &format!("/v1/workloads/{}{q}", seg(name)),
+        )
+        .await
+    }
+
+    /// Creates (`create`) or rotates a secret; `data` is key → value.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        data: &std::collections::BTreeMap<String, Vec<u8>>,
+        create: bool,
+    ) -> Result<SecretView, ClientError> {
+        use base64::Engine as _;
+        let data: std::collections::BTreeMap<&str, String> = data
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    base64::engine::general_purpose::STANDARD.encode(v),
+                )
+            })
+            .collect();
+        if create {
+            let body = serde_json::json!({ "name": name, "data": data });
+            self.post("/v1/secrets", &body).await
+        } else {
+            let body = serde_json::json!({ "data": data });
+            let path = format!("/v1/secrets/{}", seg(name));
+            self.json(self.request(reqwest::Method::PUT, &path).json(&body))
+                .await
+        }
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SecretView>, ClientError> {
+        self.get("/v1/secrets").await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(
+            reqwest::Method::DELETE,
+            &format!("/v1/secrets/{}", seg(name)),
         )
         .await
     }

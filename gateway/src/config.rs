@@ -168,6 +168,10 @@ pub struct FileConfig {
     /// forwarded to the leader there); default: `listen`'s address, over
     /// TLS when it is not loopback.
     pub peer_url: Option<String>,
+    /// The 32-byte key secrets are encrypted with at rest (a file of mode
+    /// 0600). Default: `STATE_DIR/secrets.key`, made on first use with the
+    /// embedded store; over etcd every gateway must be given the same one.
+    pub secrets_key_file: Option<PathBuf>,
     /// State on etcd, shared by several gateways (instead of the embedded
     /// database in `state_dir`).
     pub etcd: Option<EtcdConfig>,
@@ -240,6 +244,7 @@ impl Default for FileConfig {
             api_key_file: None,
             name: None,
             peer_url: None,
+            secrets_key_file: None,
             etcd: None,
             sites: vec![SiteConfig {
                 name: "default".into(),
@@ -288,6 +293,10 @@ pub struct GatewayConfig {
     pub name: String,
     /// Its REST API, as the other gateways reach it.
     pub peer_url: String,
+    /// Where the secrets key is (see `FileConfig::secrets_key_file`), and
+    /// whether it is the default one the gateway may make.
+    pub secrets_key_file: PathBuf,
+    pub secrets_key_given: bool,
     /// State on etcd; `None`: the embedded database.
     pub etcd: Option<EtcdConfig>,
     pub sites: Vec<SiteConfig>,
@@ -447,16 +456,21 @@ impl GatewayConfig {
                 format!("https://{host}:{}", listen.port())
             }
         };
+        let state_dir: PathBuf = o
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
         Ok(Self {
             api_tls,
             name,
             peer_url,
             etcd: file.etcd,
-            state_dir: o
-                .state_dir
-                .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            secrets_key_given: file.secrets_key_file.is_some(),
+            secrets_key_file: file
+                .secrets_key_file
+                .unwrap_or_else(|| state_dir.join("secrets.key")),
+            state_dir,
             listen,
             agent_listen: o
                 .agent_listen
@@ -482,7 +496,8 @@ impl GatewayConfig {
 /// `SKIFF_GATEWAY_DOWN_AFTER=3s` sets `down_after`; `ADVERTISE` is a
 /// comma-separated list. (Sites are declared in the file only.)
 const ENV_PREFIX: &str = "SKIFF_GATEWAY_";
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
+    "secrets_key_file",
     "name",
     "peer_url",
     "state_dir",

@@ -25,6 +25,7 @@ mod commits;
 pub mod leadership;
 pub mod reconcile;
 mod reload;
+pub mod secrets;
 pub mod vms;
 pub mod volumes;
 
@@ -300,6 +301,8 @@ pub struct State {
     pub vms: BTreeMap<String, VmRecord>,
     /// Local volumes, by id.
     pub volumes: BTreeMap<String, volumes::VolumeRecord>,
+    /// Secrets, by name (their data sealed).
+    pub secrets: BTreeMap<String, secrets::SecretRecord>,
     /// Allocation ids in each node's desired state.
     desired: HashMap<String, BTreeSet<String>>,
     /// Bumped by every change (a write that wrote something or failed, a
@@ -402,6 +405,8 @@ pub struct Control {
     reloads: reload::Reloads,
     /// What time it is (a test's own clock, or the system's).
     pub clock: Arc<dyn Clock>,
+    /// The key secrets are sealed with, once loaded.
+    secret_box: std::sync::OnceLock<crate::secrets::SecretBox>,
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kind: Kind, key: &str, b: &[u8]) -> Result<T, StoreError> {
@@ -454,6 +459,7 @@ impl Control {
             commits: commits::Commits::default(),
             reloads: reload::Reloads::default(),
             clock,
+            secret_box: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -549,6 +555,7 @@ impl State {
             Kind::ApiToken => set(&mut self.api_tokens, kind, key, value),
             Kind::Vm => set(&mut self.vms, kind, key, value),
             Kind::Volume => set(&mut self.volumes, kind, key, value),
+            Kind::Secret => set(&mut self.secrets, kind, key, value),
             Kind::Meta => Ok(()),
         }
     }
@@ -582,6 +589,7 @@ impl Control {
                 )));
             }
             self.check_fleet_replicas(st, &name, spec.live_at_most())?;
+            secrets::check_spec(st, &spec)?;
             let now = self.clock.now_ms();
             let w = WorkloadRecord {
                 job: spec.batch_rules().map(|_| JobStatus::default()),
@@ -1034,6 +1042,11 @@ impl Control {
     /// The desired state of `node` as a wire message.
     pub fn desired_state(&self, node: &str) -> skiff_proto::wire::v1::GatewayMessage {
         use skiff_proto::wire::v1;
+        // Only when some workload reads a secret is the key loaded.
+        let keys = self
+            .read(|s| !s.secrets.is_empty())
+            .then(|| self.secret_box().ok())
+            .flatten();
         self.read(|s| {
             let generation = s.nodes.get(node).map_or(0, |n| n.generation);
             let allocations = s
@@ -1063,6 +1076,7 @@ impl Control {
                         workload_version: a.workload_version,
                         spec: Some(v1::ContainerSpec::from(&w.spec.container_spec())),
                         local_volumes,
+                        secrets: secrets::data_for(s, keys, &w.spec),
                     })
                 })
                 .collect();

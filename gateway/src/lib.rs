@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod peers;
 pub mod pki;
 pub mod scheduler;
+pub mod secrets;
 pub mod state_cmd;
 pub mod state_io;
 pub mod store;

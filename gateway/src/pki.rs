@@ -8,7 +8,7 @@
 //! node certificates are issued from a CSR, with the node id as the common
 //! name, and the node's identity on a session is its certificate alone.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,17 +60,7 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 fn write_private(path: &Path, data: &str) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| err(tmp.display(), e))?;
-    std::io::Write::write_all(&mut f, data.as_bytes()).map_err(|e| err(tmp.display(), e))?;
-    f.sync_all().map_err(|e| err(tmp.display(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path.display(), e))
+    skiff_proto::config::write_private(path, data.as_bytes()).map_err(|e| err(path.display(), e))
 }
 
 fn now() -> time::OffsetDateTime {

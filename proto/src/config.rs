@@ -44,6 +44,25 @@ pub fn from_toml<T: DeserializeOwned>(table: toml::Table, source: &str) -> Resul
     })
 }
 
+/// Writes `data` to `path` as a private file (mode 0600), atomically: a
+/// new file, flushed, renamed over the old one. Keys, tokens, contexts.
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

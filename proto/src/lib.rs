@@ -34,6 +34,6 @@ pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{
     BatchSpec, ContainerSpec, ExecProbe, HealthSpec, HttpProbe, LocalVolume, MAX_BACKOFF,
     MAX_REPLICAS, MountPathError, MountSpec, NetworkMode, OnNodeLoss, Placement, PortSpec,
-    Protocol, Resources, RestartPolicy, Spread, TcpProbe, TmpfsVolume, VolumeSpec, WorkloadKind,
-    WorkloadSpec, check_mount_path, is_valid_name,
+    Protocol, Resources, RestartPolicy, SecretRef, Spread, TcpProbe, TmpfsVolume, VolumeSpec,
+    WorkloadKind, WorkloadSpec, check_mount_path, is_secret_key, is_valid_name,
 };

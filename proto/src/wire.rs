@@ -180,7 +180,26 @@ impl From<&ContainerSpec> for v1::ContainerSpec {
                     read_only: m.read_only,
                 })
                 .collect(),
+            secrets: c
+                .secrets
+                .iter()
+                .map(|s| v1::SecretRef {
+                    name: s.name.clone(),
+                    path: s.path.clone().unwrap_or_default(),
+                    env: s.env.clone().into_iter().collect(),
+                })
+                .collect(),
         }
+    }
+}
+
+impl std::fmt::Debug for v1::SecretData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretData")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -374,10 +393,20 @@ impl TryFrom<&v1::ContainerSpec> for ContainerSpec {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let secrets = c
+            .secrets
+            .iter()
+            .map(|s| crate::SecretRef {
+                name: s.name.clone(),
+                path: (!s.path.is_empty()).then(|| s.path.clone()),
+                env: s.env.clone().into_iter().collect(),
+            })
+            .collect();
         Ok(ContainerSpec {
             image,
             volumes,
             mounts,
+            secrets,
             command: c.command.clone(),
             args: c.args.clone(),
             env: c.env.clone().into_iter().collect::<BTreeMap<_, _>>(),

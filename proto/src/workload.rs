@@ -79,6 +79,9 @@ pub struct WorkloadSpec {
     /// Where each container mounts which volume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
+    /// Secrets its containers read, as files and environment variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
     /// A probe that tells whether a replica is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
@@ -252,6 +255,40 @@ pub struct MountSpec {
     pub path: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+}
+
+/// A secret (made with `skiff secret create NAME`) in the container: a
+/// directory with one file per key, and/or environment variables from its
+/// keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(transform = crate::schema::spec::secret_used)]
+pub struct SecretRef {
+    /// The secret, by name.
+    #[schemars(schema_with = "crate::schema::spec::name")]
+    pub name: String,
+    /// A directory in the container holding one read-only file per key,
+    /// the container's user's; a rotated secret's files change in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::spec::mount_path_or_null")]
+    pub path: Option<String>,
+    /// Environment variables set from its keys: `VARIABLE: key` (read
+    /// when the container starts).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::spec::secret_env")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Whether `key` can name a secret's key (and its file): letters, digits,
+/// `.`, `_` and `-`, not `.` or `..`, at most 253 characters.
+pub fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// Longest wait between a batch job's runs after failures.
@@ -512,6 +549,7 @@ pub struct ContainerSpec {
     pub image: ImageRef,
     pub volumes: Vec<VolumeSpec>,
     pub mounts: Vec<MountSpec>,
+    pub secrets: Vec<SecretRef>,
     pub command: Vec<String>,
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -735,6 +773,55 @@ impl WorkloadSpec {
         (self.kind == WorkloadKind::Batch).then(|| self.batch.unwrap_or_default())
     }
 
+    fn validate_secrets<'a>(
+        &'a self,
+        root: &str,
+        errs: &mut Collector,
+        paths: &mut BTreeSet<&'a str>,
+    ) {
+        let mut names = BTreeSet::new();
+        for (i, s) in self.secrets.iter().enumerate() {
+            let path = format!("{root}.secrets[{i}]");
+            if !is_valid_name(&s.name) {
+                errs.push(
+                    format!("{path}.name"),
+                    format!("{:?} is not a valid secret name ({NAME_RULE})", s.name),
+                );
+            } else if !names.insert(s.name.as_str()) {
+                errs.push(format!("{path}.name"), format!("{} appears twice", s.name));
+            }
+            if s.path.is_none() && s.env.is_empty() {
+                errs.push(path.clone(), "needs path, env or both");
+            }
+            if let Some(p) = &s.path {
+                if let Err(why) = check_mount_path(p) {
+                    errs.push(format!("{path}.path"), why.to_string());
+                } else if !paths.insert(p.strip_suffix('/').unwrap_or(p)) {
+                    errs.push(format!("{path}.path"), format!("{p} is mounted twice"));
+                }
+            }
+            for (var, key) in &s.env {
+                if var.is_empty() || var.contains('=') || var.contains('\0') {
+                    errs.push(
+                        format!("{path}.env.{var}"),
+                        format!("{var:?} is not a valid variable name"),
+                    );
+                } else if self.env.contains_key(var) {
+                    errs.push(
+                        format!("{path}.env.{var}"),
+                        format!("{var} is also set in env"),
+                    );
+                }
+                if !is_secret_key(key) {
+                    errs.push(
+                        format!("{path}.env.{var}"),
+                        format!("{key:?} is not a secret key (letters, digits, '.', '_', '-')"),
+                    );
+                }
+            }
+        }
+    }
+
     fn validate_volumes(&self, root: &str, errs: &mut Collector) {
         let mut names = BTreeSet::new();
         for (i, v) in self.volumes.iter().enumerate() {
@@ -774,6 +861,7 @@ impl WorkloadSpec {
             }
         }
         let mut paths = BTreeSet::new();
+        self.validate_secrets(root, errs, &mut paths);
         for (i, m) in self.mounts.iter().enumerate() {
             let path = format!("{root}.mounts[{i}]");
             if !names.contains(m.volume.as_str()) {
@@ -855,6 +943,7 @@ impl WorkloadSpec {
             image: self.image.clone(),
             volumes: self.volumes.clone(),
             mounts: self.mounts.clone(),
+            secrets: self.secrets.clone(),
             command: self.command.clone(),
             args: self.args.clone(),
             env: self.env.clone(),

@@ -124,12 +124,23 @@ fn older_receivers_skip_fields_they_do_not_know() {
                 ..Default::default()
             }),
             local_volumes: [("pg".to_string(), "web.pg.0".to_string())].into(),
+            secrets: vec![v1::SecretData {
+                name: "db".into(),
+                version: 2,
+                data: [("password".to_string(), b"hunter2".to_vec())].into(),
+            }],
         }],
         remove_volumes: vec!["web.pg.1".into()],
     };
     let bytes = with_unknown_field(state.encode_to_vec(), 1000);
     let decoded = v1::DesiredState::decode(bytes.as_slice()).unwrap();
     assert_eq!(decoded, state);
+    // A secret's value never shows in Debug output.
+    let shown = format!("{state:?}");
+    assert!(
+        shown.contains("password") && !shown.contains("hunter2") && !shown.contains("104, 117"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
 use skiff_e2e::{Agent, Gateway, eventually};
 use skiff_test_support::tools::require_root;
 
@@ -64,7 +63,7 @@ fn a_local_volume_keeps_its_data_through_restarts_a_kill_9_and_a_partition_and_i
     let dir = tempfile::tempdir().unwrap();
     let (_registry, image) = skiff_e2e::busybox_registry(dir.path());
     let g = Gateway::start(&dir.path().join("gw"), CONFIG);
-    let mut agents = vec![
+    let mut agents = [
         Agent::joined(dir.path(), "node-a", &g),
         Agent::joined(dir.path(), "node-b", &g),
     ];

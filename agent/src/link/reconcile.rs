@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use crate::images::ImageStore;
 use crate::runtime::records::{ContainerRecord, State};
 use crate::runtime::{RunOptions, Runtime, RuntimeError};
+use crate::secrets::NodeSecrets;
 use crate::volumes::{NodeVolumes, VolumeError};
 
 /// The label naming a container's allocation.
@@ -26,6 +27,7 @@ pub struct Reconciler {
     runtime: Arc<Runtime>,
     images: Arc<ImageStore>,
     volumes: NodeVolumes,
+    secrets: NodeSecrets,
     /// This node's id and site, given to every container as `SKIFF_NODE`
     /// and `SKIFF_SITE` (with `SKIFF_ALLOCATION` and `SKIFF_WORKLOAD`).
     node: String,
@@ -50,6 +52,8 @@ enum StartError {
     },
     #[error("{0}")]
     Volume(#[from] VolumeError),
+    #[error("{0}")]
+    Secret(#[from] crate::secrets::SecretError),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
 }
@@ -113,6 +117,7 @@ impl Reconciler {
         Self {
             runtime,
             images,
+            secrets: NodeSecrets::new(&volumes.state_dir()),
             volumes,
             node: node.to_string(),
             site: site.to_string(),
@@ -175,15 +180,22 @@ impl Reconciler {
                     if let Err(e) = rt.remove(&container, true).await {
                         tracing::warn!(allocation = %id, error = %e, "remove");
                     }
+                    id
                 }
             })
             .collect();
-        futures::future::join_all(stale).await;
+        for id in futures::future::join_all(stale).await {
+            self.secrets.remove(&id);
+        }
         self.remove_volumes(want);
         let now = std::time::Instant::now();
         for a in &want.allocations {
             let waiting = self.failures.get(&a.id).is_some_and(|(_, at)| *at > now);
-            if have.contains_key(&a.id) || waiting {
+            if have.contains_key(&a.id) {
+                self.rotate(a);
+                continue;
+            }
+            if waiting {
                 continue;
             }
             match self.start(a).await {
@@ -217,7 +229,23 @@ impl Reconciler {
         }
     }
 
-    async fn start(&self, a: &v1::Allocation) -> Result<(), StartError> {
+    /// A running allocation's rotated secrets, into its files.
+    fn rotate(&mut self, a: &v1::Allocation) {
+        let Some(spec) = a
+            .spec
+            .as_ref()
+            .and_then(|s| skiff_proto::ContainerSpec::try_from(s).ok())
+        else {
+            return;
+        };
+        match self.secrets.rotate(a, &spec) {
+            Ok(true) => tracing::info!(allocation = %a.id, "secrets rotated"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(allocation = %a.id, error = %e, "rotate secrets"),
+        }
+    }
+
+    async fn start(&mut self, a: &v1::Allocation) -> Result<(), StartError> {
         let spec = a.spec.as_ref().ok_or(StartError::NoSpec)?;
         let spec = skiff_proto::ContainerSpec::try_from(spec)?;
         let local: BTreeMap<String, String> = a
@@ -240,6 +268,9 @@ impl Reconciler {
                 })?;
         }
         self.volumes.make_local(&local)?;
+        let mut mounts = mounts;
+        let secrets = self.secrets.give(a, &spec)?;
+        mounts.extend(secrets.mounts);
         let mut labels = BTreeMap::new();
         labels.insert(ALLOCATION_LABEL.to_string(), a.id.clone());
         labels.insert(WORKLOAD_LABEL.to_string(), a.workload.clone());
@@ -258,6 +289,7 @@ impl Reconciler {
                     format!("SKIFF_ALLOCATION={}", a.id),
                     format!("SKIFF_WORKLOAD={}", a.workload),
                 ])
+                .chain(secrets.env)
                 .collect(),
             memory: Some(spec.resources.memory),
             cpus: Some(spec.resources.cpu),

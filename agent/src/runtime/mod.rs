@@ -1134,6 +1134,18 @@ impl Runtime {
 /// Adds `KEY=VALUE` entries to an environment, replacing same keys.
 /// Gives each empty local volume directory to the container's user.
 fn give_volumes(mounts: &[spec::Mount], uid: u32, gid: u32) -> Result<(), RuntimeError> {
+    for m in mounts.iter().filter(|m| m.secret) {
+        let spec::MountSource::Bind(dir) = &m.source else {
+            continue;
+        };
+        let give = |p: &Path| std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(internal);
+        for e in std::fs::read_dir(dir).map_err(internal)?.flatten() {
+            give(&e.path())?;
+        }
+        give(dir)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).map_err(internal)?;
+    }
     for m in mounts.iter().filter(|m| m.owned) {
         let spec::MountSource::Bind(dir) = &m.source else {
             continue;

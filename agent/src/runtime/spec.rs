@@ -112,6 +112,10 @@ pub struct Mount {
     /// container's user, so that a non-root process can write its data.
     #[serde(default)]
     pub owned: bool,
+    /// A secret's directory: it and its files are given to the
+    /// container's user (0500, 0400), whatever they hold.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 /// What a [`Mount`] mounts.

@@ -4,6 +4,7 @@
 
 mod contexts;
 mod fleet;
+mod secrets;
 mod streams;
 mod tokens;
 mod volumes;
@@ -117,6 +118,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         C::Version(o) => fleet::version(&client, o).await,
         C::Token(t) => tokens::run(&client, &t).await,
         C::Volume(v) => volumes::run(&client, &v).await,
+        C::Secret(c) => secrets::run(&client, &c).await,
         C::Validate { .. } | C::Schema | C::Completion { .. } | C::Context(_) | C::Dev(_) => {
             unreachable!("handled above")
         }

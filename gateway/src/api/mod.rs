@@ -15,6 +15,7 @@ mod body;
 mod error;
 mod fleet;
 mod nodes;
+mod secrets;
 mod streams;
 pub mod tls;
 mod tokens;
@@ -158,6 +159,20 @@ pub fn routes() -> Vec<Route> {
             At(ReadOnly),
             get(workloads::allocations),
         ),
+        route(M::GET, "/v1/secrets", At(ReadOnly), get(secrets::list)),
+        route(M::POST, "/v1/secrets", At(Operator), post(secrets::create)),
+        route(
+            M::PUT,
+            "/v1/secrets/{name}",
+            At(Operator),
+            put(secrets::update),
+        ),
+        route(
+            M::DELETE,
+            "/v1/secrets/{name}",
+            At(Operator),
+            delete(secrets::delete),
+        ),
         route(M::GET, "/v1/volumes", At(ReadOnly), get(volumes::list)),
         route(
             M::DELETE,
@@ -243,10 +258,11 @@ pub fn routes() -> Vec<Route> {
         workloads::scale, workloads::restart, streams::logs, streams::exec, workloads::allocations,
         nodes::list, nodes::get, nodes::remove, nodes::cordon, nodes::uncordon, nodes::drain,
         fleet::sites, fleet::events, volumes::list, volumes::remove,
+        secrets::list, secrets::create, secrets::update, secrets::delete,
         tokens::create_join_token, tokens::list_join_tokens, tokens::revoke_join_token,
         tokens::create_api_token, tokens::list_api_tokens, tokens::revoke_api_token,
     ),
-    components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord, crate::control::JobStatus, crate::control::JobState, crate::control::volumes::VolumeRecord,
+    components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord, crate::control::JobStatus, crate::control::JobState, crate::control::volumes::VolumeRecord, crate::control::secrets::SecretView, secrets::SecretCreate, secrets::SecretUpdate,
         crate::control::Explanation, SiteView, crate::control::Event, crate::control::PlannedLaunch,
         VersionView, LogEntry, ExecEntry, ExecRequest,
         JoinTokenRequest, JoinTokenResponse, JoinTokenView, ApiTokenRequest, ApiTokenResponse,
@@ -296,6 +312,8 @@ fn add_spec_schemas(doc: &mut serde_json::Value) {
         schemas[name] = def;
     }
     schemas["WorkloadSpec"] = spec;
+    schemas["SecretCreate"] = secrets::request_schema(true);
+    schemas["SecretUpdate"] = secrets::request_schema(false);
 }
 
 /// Fills in what `utoipa` cannot know from the handlers alone (see

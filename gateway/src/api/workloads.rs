@@ -87,7 +87,8 @@ pub(super) async fn list(State(s): State<AppState>) -> Json<Vec<WorkloadView>> {
     responses(
         (status = 202, description = "Stored; its replicas are being placed", body = WorkloadView),
         (status = 400, description = "The spec is invalid (the field named)", body = ApiError),
-        (status = 409, description = "A workload of that name exists, or the fleet would have more than max_fleet_replicas", body = ApiError)))]
+        (status = 404, description = "A secret it names does not exist", body = ApiError),
+        (status = 409, description = "A workload of that name exists, the fleet would have more than max_fleet_replicas, or a secret lacks a key it reads", body = ApiError)))]
 pub(super) async fn create(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -117,8 +118,8 @@ pub(super) async fn get(
     responses(
         (status = 202, body = WorkloadView),
         (status = 400, description = "The spec is invalid, or names another workload", body = ApiError),
-        (status = 404, body = ApiError),
-        (status = 409, description = "The fleet would have more than max_fleet_replicas", body = ApiError)))]
+        (status = 404, description = "No such workload, or a secret it names does not exist", body = ApiError),
+        (status = 409, description = "The fleet would have more than max_fleet_replicas, or a secret lacks a key it reads", body = ApiError)))]
 pub(super) async fn update(
     State(s): State<AppState>,
     Path(name): Path<String>,

@@ -70,6 +70,7 @@ impl Control {
                 return Err(no_workload(&name));
             }
             self.check_fleet_replicas(st, &name, spec.live_at_most())?;
+            super::secrets::check_spec(st, &spec)?;
             let w = st
                 .workloads
                 .get_mut(&name)

@@ -32,10 +32,12 @@ pub enum Kind {
     Vm,
     /// Local volumes and the nodes that hold them.
     Volume,
+    /// Secrets, their data sealed.
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Workload,
         Kind::Allocation,
         Kind::Node,
@@ -44,6 +46,7 @@ impl Kind {
         Kind::Meta,
         Kind::Vm,
         Kind::Volume,
+        Kind::Secret,
     ];
 
     /// Its name in a store (a redb table, an etcd key segment, an export).
@@ -57,6 +60,7 @@ impl Kind {
             Kind::Meta => "meta",
             Kind::Vm => "vms",
             Kind::Volume => "volumes",
+            Kind::Secret => "secrets",
         }
     }
 

@@ -95,6 +95,33 @@ pub fn mount_path(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A mount path, or none.
+pub fn mount_path_or_null(generator: &mut SchemaGenerator) -> Schema {
+    let some = mount_path(generator);
+    json_schema!({ "anyOf": [some, { "type": "null" }] })
+}
+
+/// A secret's environment variables: names as `env`'s, values its keys.
+pub fn secret_env(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "propertyNames": { "pattern": "^[^=\\x00]+$" },
+        "additionalProperties": { "type": "string", "pattern": "^(?!\\.{1,2}$)[A-Za-z0-9._-]{1,253}$" },
+        "description": "VARIABLE: key of the secret (read when the container starts)."
+    })
+}
+
+/// A secret is used as files (`path`), variables (`env`) or both.
+pub fn secret_used(schema: &mut Schema) {
+    schema.insert(
+        "anyOf".into(),
+        json!([
+            { "required": ["path"], "properties": { "path": { "type": "string" } } },
+            { "required": ["env"], "properties": { "env": { "minProperties": 1 } } }
+        ]),
+    );
+}
+
 /// Any size up to `MAX_DISK`, or none.
 pub fn disk(_: &mut SchemaGenerator) -> Schema {
     let [string, number] = quantity(&byte_units(), 1, None, MAX_DISK.bytes());
@@ -564,6 +591,19 @@ mod tests {
                 "name": "db", "image": "busybox", "kind": kind, "volumes": [volume],
                 "mounts": [{ "volume": name, "path": path, "read_only": read_only }],
             }))?;
+        }
+
+        #[test]
+        fn secrets(
+            name in "[a-z0-9-]{0,3}|[A-Z_]{1,2}",
+            path in prop::option::of("(/[a-z.]{0,3}){0,2}/?|[a-z]{1,3}|/proc"),
+            var in prop::option::of("[A-Z=]{0,2}"),
+            key in "[a-z.]{0,3}|[/ ]",
+        ) {
+            let mut secret = json!({ "name": name });
+            if let Some(p) = path { secret["path"] = json!(p); }
+            if let Some(v) = var { secret["env"] = json!({ v: key }); }
+            agree(json!({ "name": "app", "image": "busybox", "secrets": [secret] }))?;
         }
 
         #[test]
