@@ -95,7 +95,12 @@ pub enum Command {
     Nodes(OutputArgs),
     /// Take a node out of service: no new work, its replicas replaced
     /// elsewhere.
-    Drain { node: String },
+    Drain {
+        node: String,
+        /// Also stop its system workloads' copies (they stay by default).
+        #[arg(long)]
+        system: bool,
+    },
     /// Stop placing new work on a node (what runs there stays).
     Cordon { node: String },
     /// Place work on a node again.

@@ -196,6 +196,10 @@ pub struct NodeRecord {
     /// Being emptied: its allocations are replaced elsewhere.
     #[serde(default)]
     pub draining: bool,
+    /// Drained with its system workloads' copies too (`drain --system`);
+    /// otherwise they stay, as a DaemonSet's pods do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain_system: bool,
     /// The container subnet it was given.
     #[schema(value_type = String)]
     pub subnet: Ipv4Net,

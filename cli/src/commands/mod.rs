@@ -111,7 +111,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         C::Exec(a) => streams::exec(&client, &a).await,
         C::Events { follow, output } => streams::events(&client, follow, output).await,
         C::Nodes(o) => fleet::nodes(&client, o).await,
-        C::Drain { node } => fleet::node_action(&client, &node, "drain").await,
+        C::Drain { node, system } => {
+            let action = if system { "drain?system=true" } else { "drain" };
+            fleet::node_action(&client, &node, action).await
+        }
         C::Cordon { node } => fleet::node_action(&client, &node, "cordon").await,
         C::Uncordon { node } => fleet::node_action(&client, &node, "uncordon").await,
         C::Sites(o) => fleet::sites(&client, o).await,

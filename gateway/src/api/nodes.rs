@@ -48,14 +48,31 @@ pub(super) async fn uncordon(
     Ok(Json(s.control.set_node(&id, NodeAction::Uncordon)?))
 }
 
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DrainQuery {
+    /// Also stop its system workloads' copies (they stay by default, as a
+    /// DaemonSet's pods do).
+    #[serde(default)]
+    pub system: bool,
+}
+
 /// The node takes no new work, and its allocations are replaced elsewhere.
-#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes", params(("id" = String, Path)),
-    responses((status = 200, body = NodeRecord), (status = 404, body = ApiError)))]
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes", params(("id" = String, Path), DrainQuery),
+    responses((status = 200, body = NodeRecord), (status = 400, description = "A bad query string", body = ApiError),
+        (status = 404, body = ApiError)))]
 pub(super) async fn drain(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    q: Result<axum::extract::Query<DrainQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<NodeRecord>> {
-    Ok(Json(s.control.set_node(&id, NodeAction::Drain)?))
+    let q = super::body::query(q)?;
+    let action = if q.system {
+        NodeAction::DrainAll
+    } else {
+        NodeAction::Drain
+    };
+    Ok(Json(s.control.set_node(&id, action)?))
 }
 
 /// Removes a node: its session ends and its certificate opens no new one

@@ -58,6 +58,7 @@ impl Control {
                 status: NodeStatus::Down,
                 unschedulable: false,
                 draining: false,
+                drain_system: false,
                 subnet,
                 cert_hash: sha256_hex(&cert),
                 cert_not_after_ms: not_after,

@@ -34,8 +34,11 @@ pub enum NodeAction {
     Cordon,
     /// Takes work again (and stops draining).
     Uncordon,
-    /// Takes no new work and its allocations are replaced elsewhere.
+    /// Takes no new work and its allocations are replaced elsewhere
+    /// (its system workloads' copies stay).
     Drain,
+    /// Drain, and stop its system workloads' copies too.
+    DrainAll,
 }
 
 impl NodeAction {
@@ -44,6 +47,7 @@ impl NodeAction {
             NodeAction::Cordon => "cordoned",
             NodeAction::Uncordon => "uncordoned",
             NodeAction::Drain => "drained",
+            NodeAction::DrainAll => "drained, with its system workloads",
         }
     }
 }
@@ -208,10 +212,12 @@ impl Control {
                 NodeAction::Uncordon => {
                     n.unschedulable = false;
                     n.draining = false;
+                    n.drain_system = false;
                 }
-                NodeAction::Drain => {
+                NodeAction::Drain | NodeAction::DrainAll => {
                     n.unschedulable = true;
                     n.draining = true;
+                    n.drain_system = action == NodeAction::DrainAll;
                 }
             }
             b.put(Kind::Node, id, n);

@@ -230,7 +230,10 @@ fn end_allocations(
             let system = s.workloads[&a.workload].spec.kind == skiff_proto::WorkloadKind::System;
             match node {
                 None => continue,
-                Some(Some(n)) if n.status != NodeStatus::Down && (!n.draining || system) => {
+                Some(Some(n))
+                    if n.status != NodeStatus::Down
+                        && (!n.draining || (system && !n.drain_system)) =>
+                {
                     continue;
                 }
                 Some(Some(n)) if n.status != NodeStatus::Down => {

@@ -553,6 +553,13 @@ fn a_system_workload_has_a_copy_on_every_eligible_node_as_nodes_join_and_leave()
         waiting.message.contains("1 insufficient cpu"),
         "{waiting:?}"
     );
+
+    // Drained with --system, its copy stops too (and none comes back
+    // while it drains).
+    s.nodes.get_mut("n1").unwrap().drain_system = true;
+    pass(&mut s);
+    pass(&mut s);
+    assert_eq!(copies_on(&s), ["n2", "pending:Some(\"small\")"]);
 }
 
 /// A service `db` of `replicas` with a local volume `data`.
