@@ -3,7 +3,6 @@
 //! itself (the key never leaves the node). Kept under `STATE/pki/`:
 //! `node.key` (0600), `node.crt`, `ca.crt`, `node.json`.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -213,19 +212,6 @@ async fn fetch_ca(url: &str, pin: &str) -> Result<Vec<u8>, String> {
         .ok_or_else(|| format!("gateway {url}: no CA in its chain"))
 }
 
-fn write_private(path: &Path, data: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    std::io::Write::write_all(&mut f, data.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// Joins the gateway at `url` with `token`, pinning the CA `ca_hash`;
 /// keeps and returns the identity.
 pub async fn join(
@@ -306,7 +292,7 @@ fn save(state_dir: &Path, url: &str, id: &Identity) -> Result<(), String> {
     let dir = pki_dir(state_dir);
     let io = |e: std::io::Error| format!("{}: {e}", dir.display());
     std::fs::create_dir_all(&dir).map_err(io)?;
-    write_private(&dir.join("node.key"), &id.key_pem).map_err(io)?;
+    skiff_proto::config::write_private(&dir.join("node.key"), id.key_pem.as_bytes()).map_err(io)?;
     std::fs::write(dir.join("node.crt"), &id.cert_pem).map_err(io)?;
     std::fs::write(dir.join("ca.crt"), &id.ca_pem).map_err(io)?;
     let node = NodeFile {

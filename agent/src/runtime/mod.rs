@@ -1131,8 +1131,8 @@ impl Runtime {
     }
 }
 
-/// Adds `KEY=VALUE` entries to an environment, replacing same keys.
-/// Gives each empty local volume directory to the container's user.
+/// Gives secrets' directories and files, and each empty local volume
+/// directory, to the container's user.
 fn give_volumes(mounts: &[spec::Mount], uid: u32, gid: u32) -> Result<(), RuntimeError> {
     for m in mounts.iter().filter(|m| m.secret) {
         let spec::MountSource::Bind(dir) = &m.source else {
