@@ -19,6 +19,7 @@ pub mod images;
 pub mod link;
 pub mod metrics;
 pub mod net;
+pub mod quota;
 pub mod runtime;
 pub mod secrets;
 pub mod volumes;

@@ -35,6 +35,12 @@ pub enum VolumeError {
     BadId { volume: String, id: String },
     #[error("mount of {0:?}: no such volume")]
     Unknown(String),
+    #[error("local volume {id}: its size limit")]
+    Quota {
+        id: String,
+        #[source]
+        source: crate::quota::QuotaError,
+    },
     #[error("local volume {path}")]
     Io {
         path: PathBuf,
@@ -164,13 +170,46 @@ impl NodeVolumes {
     }
 
     /// Makes the local volumes' directories that do not exist yet (mode
-    /// 0755, root's until a container's user is given an empty one).
-    pub fn make_local(&self, local: &BTreeMap<String, String>) -> Result<(), VolumeError> {
-        for id in local.values().filter(|id| is_volume_id(id)) {
+    /// 0755, root's until a container's user is given an empty one), and
+    /// holds each to its `size` where the filesystem can ([`crate::quota`];
+    /// where it cannot, [`NodeVolumes::quota_missing`] told the gateway).
+    pub fn make_local(
+        &self,
+        spec: &ContainerSpec,
+        local: &BTreeMap<String, String>,
+    ) -> Result<(), VolumeError> {
+        let mut quotas = None;
+        for (name, id) in local.iter().filter(|(_, id)| is_volume_id(id)) {
             let path = self.local_dir(id);
-            std::fs::create_dir_all(&path).map_err(|source| VolumeError::Io { path, source })?;
+            std::fs::create_dir_all(&path).map_err(|source| VolumeError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let size = spec
+                .volumes
+                .iter()
+                .find(|v| &v.name == name)
+                .and_then(|v| v.local?.size);
+            let Some(size) = size else { continue };
+            if *quotas.get_or_insert_with(|| self.quota_missing().is_none()) {
+                crate::quota::limit(&path, size.bytes()).map_err(|source| VolumeError::Quota {
+                    id: id.clone(),
+                    source,
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Why local volumes cannot be held to a size on this node (their
+    /// filesystem has no project quotas); none when they can.
+    pub fn quota_missing(&self) -> Option<String> {
+        if let Err(source) = std::fs::create_dir_all(&self.local_root) {
+            return Some(format!("{}: {source}", self.local_root.display()));
+        }
+        crate::quota::probe(&self.local_root)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// The local volumes this node holds (their ids).
@@ -350,10 +389,28 @@ mod tests {
             ("a".to_string(), "db.a.0".to_string()),
             ("b".to_string(), "db.b.0".to_string()),
         ]);
-        n.make_local(&local).unwrap();
+        // A size is held where the filesystem can, and is no error where
+        // it cannot (the gateway was told).
+        let s = spec(
+            vec![
+                VolumeSpec {
+                    local: Some(LocalVolume {
+                        size: Some(skiff_proto::ByteSize::from_bytes(1 << 20)),
+                        ..LocalVolume::default()
+                    }),
+                    ..vol("a")
+                },
+                VolumeSpec {
+                    local: Some(LocalVolume::default()),
+                    ..vol("b")
+                },
+            ],
+            vec![],
+        );
+        n.make_local(&s, &local).unwrap();
         std::fs::write(n.local_dir("db.a.0").join("f"), "x").unwrap();
         // Made again: the data stays.
-        n.make_local(&local).unwrap();
+        n.make_local(&s, &local).unwrap();
         assert!(n.local_dir("db.a.0").join("f").exists());
         assert_eq!(n.held(), vec!["db.a.0", "db.b.0"]);
         n.remove_local("db.a.0").unwrap();

@@ -355,3 +355,100 @@ fn devices_outside_the_allow_list_cannot_be_used() {
         "{stderr}"
     );
 }
+
+/// A filesystem for local volumes: in the VM (`SKIFF_TEST_QUOTA_IMAGE`,
+/// an ext4 image made with `-O project,quota` by scripts/vm-test) loop-
+/// mounted with `prjquota`, unmounted on drop; elsewhere a directory on
+/// the host's own filesystem, whatever it has.
+struct VolumeFs {
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl VolumeFs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = match std::env::var("SKIFF_TEST_QUOTA_IMAGE") {
+            Ok(image) => {
+                let out = std::process::Command::new("mount")
+                    .args(["-o", "loop,prjquota", &image])
+                    .arg(dir.path())
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "mount {image}: {}", text(&out.stderr));
+                true
+            }
+            Err(_) => false,
+        };
+        Self { dir, mounted }
+    }
+}
+
+impl Drop for VolumeFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn a_local_volume_is_held_to_its_size_where_the_filesystem_has_project_quotas() {
+    let (_d, agent, img) = setup();
+    let fs = VolumeFs::new();
+    let node = skiff_agent::volumes::NodeVolumes::new(Default::default(), fs.dir.path());
+    let spec = skiff_proto::parse_workloads(
+        "name: db\nimage: busybox\nvolumes: [{name: data, local: {size: 8Mi}}]\nmounts: [{volume: data, path: /data}]\n",
+        skiff_proto::Format::Yaml,
+    )
+    .unwrap()
+    .remove(0)
+    .container_spec();
+    let local = std::collections::BTreeMap::from([("data".to_string(), "db.data.0".to_string())]);
+    node.make_local(&spec, &local).unwrap();
+    let volume = node.local_dir("db.data.0");
+    let bind = format!("{}:/data", volume.display());
+    let write = |count: u32| {
+        let out = agent.cli(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            &bind,
+            &img,
+            "sh",
+            "-c",
+            &format!("mkdir -p /data/sub; dd if=/dev/zero of=/data/sub/f bs=1M count={count} 2>&1; echo dd=$?; rm /data/sub/f"),
+        ]);
+        text(&out.stdout)
+    };
+    let enforce = std::env::var("SKIFF_TEST_EXPECT_QUOTA").is_ok_and(|v| v == "1");
+    match node.quota_missing() {
+        None => {
+            eprintln!("{}: project quotas", fs.dir.path().display());
+            // Within the limit: written. Past it: the container's writes
+            // fail with EDQUOT, also in a directory made in the volume.
+            let within = write(4);
+            assert!(within.contains("dd=0"), "{within}");
+            let past = write(16);
+            assert!(past.contains("Disk quota exceeded"), "{past}");
+            assert!(past.contains("dd=1"), "{past}");
+        }
+        Some(why) => {
+            // Said in one line (the agent registers it; `skiff volume ls`
+            // shows the size as not enforced), and no error: the volume is
+            // made and usable, unlimited.
+            assert!(
+                !enforce,
+                "SKIFF_TEST_EXPECT_QUOTA=1 but {} has none: {why}",
+                fs.dir.path().display()
+            );
+            eprintln!("no project quotas: {why}");
+            assert!(why.contains("without project quotas"), "{why}");
+            assert!(!why.contains('\n'), "{why}");
+            let past = write(16);
+            assert!(past.contains("dd=0"), "{past}");
+        }
+    }
+}

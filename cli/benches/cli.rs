@@ -10,95 +10,26 @@
 //!   server, which logs it) to the line on the operator's stdout (30
 //!   lines; target under 100 ms at the median).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const SKIFF: &str = env!("CARGO_BIN_EXE_skiff");
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-struct Dev {
-    child: Child,
-    out: std::path::PathBuf,
-    config: std::path::PathBuf,
-}
-
-impl Dev {
-    fn start(dir: &Path, demo: bool) -> Dev {
-        let out = dir.join("dev.out");
-        let config = dir.join("skiff.toml");
-        let log = std::fs::File::create(&out).unwrap();
-        let mut cmd = Command::new(SKIFF);
-        cmd.arg("dev");
-        if demo {
-            cmd.arg("--demo");
-        }
-        let child = cmd
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--listen", "127.0.0.1:7079"])
-            .env("SKIFF_CONFIG", &config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Dev { child, out, config }
-    }
-
-    fn wait_for(&self, what: &str, secs: u64) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-            if text.contains(what) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "skiff dev never said {what:?}: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn skiff(&self) -> Command {
-        let mut c = Command::new(SKIFF);
-        c.env("SKIFF_CONFIG", &self.config).env("NO_COLOR", "1");
-        c
-    }
-
-    fn stop(mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let _ = self.child.wait();
-    }
-}
+use common::{Dev, env_or, median, percentile};
 
 fn main() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "the CLI benchmark needs root"
     );
-    let runs: usize = std::env::var("SKIFF_BENCH_RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
+    let runs = env_or("SKIFF_BENCH_RUNS", 3);
 
     // skiff dev --demo: command to first burst replica running.
     let mut burst = Vec::new();
     for _ in 0..runs {
         let dir = tempfile::tempdir().unwrap();
-        let dev = Dev::start(dir.path(), true);
+        let dev = Dev::start(dir.path(), true, &[]);
         let text = dev.wait_for("first burst replica running", 300);
         let secs: f64 = text
             .lines()
@@ -116,7 +47,7 @@ fn main() {
 
     // One more fleet for ps and logs -f.
     let dir = tempfile::tempdir().unwrap();
-    let dev = Dev::start(dir.path(), true);
+    let dev = Dev::start(dir.path(), true, &[]);
     let text = dev.wait_for("demo: all 6 replicas running", 300);
     let image = text
         .lines()

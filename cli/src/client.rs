@@ -18,7 +18,7 @@ use skiff_gateway::api::{
     LogEntry, SiteView, VersionView, WorkloadView,
 };
 use skiff_gateway::control::secrets::SecretView;
-use skiff_gateway::control::volumes::VolumeRecord;
+use skiff_gateway::control::volumes::VolumeView;
 use skiff_gateway::control::{AllocationRecord, Event, NodeRecord, Role};
 
 use crate::context::{Target, Token, Trust};
@@ -363,7 +363,7 @@ impl Client {
         .await
     }
 
-    pub async fn volumes(&self) -> Result<Vec<VolumeRecord>, ClientError> {
+    pub async fn volumes(&self) -> Result<Vec<VolumeView>, ClientError> {
         self.get("/v1/volumes").await
     }
 

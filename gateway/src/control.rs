@@ -211,6 +211,10 @@ pub struct NodeRecord {
     /// Host volumes its agent publishes, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_volumes: Vec<String>,
+    /// Why its agent cannot hold local volumes to their `size` (its state
+    /// directory's filesystem has no project quotas); none when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_quota_missing: Option<String>,
     #[schema(value_type = Object)]
     pub capacity: Capacity,
     #[schema(value_type = Object)]

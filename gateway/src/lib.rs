@@ -18,8 +18,8 @@
 
 pub mod api;
 pub mod autoscale;
-#[cfg(feature = "etcd")]
 pub mod clock;
+#[cfg(feature = "etcd")]
 pub mod cluster;
 pub mod config;
 pub mod control;

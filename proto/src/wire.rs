@@ -165,6 +165,7 @@ impl From<&ContainerSpec> for v1::ContainerSpec {
                                 Kind::Local(v1::LocalVolume {
                                     recreate_on_node_loss: l.on_node_loss
                                         == crate::OnNodeLoss::Recreate,
+                                    size_bytes: l.size.map_or(0, ByteSize::bytes),
                                 })
                             })
                         },
@@ -351,6 +352,7 @@ impl TryFrom<&v1::ContainerSpec> for ContainerSpec {
                     Some(Kind::Host(h)) => out.host = Some(h.clone()),
                     Some(Kind::Local(l)) => {
                         out.local = Some(LocalVolume {
+                            size: (l.size_bytes > 0).then(|| ByteSize::from_bytes(l.size_bytes)),
                             on_node_loss: if l.recreate_on_node_loss {
                                 crate::OnNodeLoss::Recreate
                             } else {

@@ -212,6 +212,13 @@ pub struct VolumeSpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalVolume {
+    /// At most this much data, held by a project quota where the node's
+    /// filesystem has them (XFS, or ext4 with the `project` and `quota`
+    /// features, mounted with `prjquota`); counted against the node's disk
+    /// in placement either way. None: no limit, nothing counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::spec::local_size")]
+    pub size: Option<ByteSize>,
     /// When the node that holds it is down: `wait` (the default) keeps the
     /// replica pending until the node is back, so it never starts empty
     /// elsewhere; `recreate` starts it elsewhere with a new, empty volume.
@@ -842,6 +849,16 @@ impl WorkloadSpec {
                 errs.push(
                     format!("{path}.host"),
                     format!("{h:?} is not a volume name the node publishes ({NAME_RULE})"),
+                );
+            }
+            if let Some(size) = v
+                .local
+                .and_then(|l| l.size)
+                .filter(|s| s.bytes() == 0 || *s > MAX_DISK)
+            {
+                errs.push(
+                    format!("{path}.local.size"),
+                    format!("{size} is not between 1 byte and {MAX_DISK}"),
                 );
             }
             if v.local.is_some() && self.kind != WorkloadKind::Service {

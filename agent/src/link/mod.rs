@@ -188,6 +188,7 @@ async fn session(
         memory_bytes: capacity.memory_bytes.saturating_sub(reserve.memory.bytes()),
         disk_bytes: capacity.disk_bytes.saturating_sub(reserve.disk.bytes()),
     };
+    let node_volumes = crate::volumes::NodeVolumes::new(Default::default(), &link.config.state_dir);
     let register = v1::Register {
         agent_version: crate::VERSION.to_string(),
         platform: Some(v1::Platform {
@@ -218,8 +219,8 @@ async fn session(
         allocations: reconcile::statuses(&link.runtime),
         instance_id: String::new(),
         host_volumes: link.config.volumes.keys().cloned().collect(),
-        volumes: crate::volumes::NodeVolumes::new(Default::default(), &link.config.state_dir)
-            .held(),
+        volumes: node_volumes.held(),
+        volume_quota_missing: node_volumes.quota_missing().unwrap_or_default(),
     };
     tx.send(AgentMessage {
         kind: Some(agent_message::Kind::Register(register)),

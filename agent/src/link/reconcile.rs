@@ -267,7 +267,7 @@ impl Reconciler {
                     source,
                 })?;
         }
-        self.volumes.make_local(&local)?;
+        self.volumes.make_local(&spec, &local)?;
         let mut mounts = mounts;
         let secrets = self.secrets.give(a, &spec)?;
         mounts.extend(secrets.mounts);

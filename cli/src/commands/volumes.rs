@@ -6,6 +6,17 @@ use super::{CliError, io};
 use crate::args::VolumeCommand;
 use crate::client::{Client, ClientError};
 use crate::output::{Out, age, table};
+use skiff_gateway::control::volumes::VolumeView;
+use skiff_proto::ByteSize;
+
+/// Its size limit, and whether its node holds it to it.
+fn size(v: &VolumeView) -> String {
+    match (v.size_bytes, &v.size_not_enforced) {
+        (None, _) => "-".into(),
+        (Some(b), None) => ByteSize::from_bytes(b).to_string(),
+        (Some(b), Some(_)) => format!("{} (not enforced)", ByteSize::from_bytes(b)),
+    }
+}
 
 pub async fn run(client: &Client, cmd: &VolumeCommand) -> Result<ExitCode, CliError> {
     match cmd {
@@ -19,19 +30,27 @@ pub async fn run(client: &Client, cmd: &VolumeCommand) -> Result<ExitCode, CliEr
                 .iter()
                 .map(|v| {
                     vec![
-                        v.id.clone(),
-                        v.workload.clone(),
-                        v.instance.to_string(),
-                        v.node.clone(),
-                        v.site.clone(),
-                        if v.removing { "removing" } else { "kept" }.into(),
-                        age(v.created_ms),
+                        v.record.id.clone(),
+                        v.record.workload.clone(),
+                        v.record.instance.to_string(),
+                        v.record.node.clone(),
+                        v.record.site.clone(),
+                        size(v),
+                        if v.record.removing {
+                            "removing"
+                        } else {
+                            "kept"
+                        }
+                        .into(),
+                        age(v.record.created_ms),
                     ]
                 })
                 .collect();
             table(
                 &out,
-                &["ID", "WORKLOAD", "SLOT", "NODE", "SITE", "STATE", "AGE"],
+                &[
+                    "ID", "WORKLOAD", "SLOT", "NODE", "SITE", "SIZE", "STATE", "AGE",
+                ],
                 &rows,
             )
             .map_err(io("stdout"))?;

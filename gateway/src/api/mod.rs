@@ -262,7 +262,7 @@ pub fn routes() -> Vec<Route> {
         tokens::create_join_token, tokens::list_join_tokens, tokens::revoke_join_token,
         tokens::create_api_token, tokens::list_api_tokens, tokens::revoke_api_token,
     ),
-    components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord, crate::control::JobStatus, crate::control::JobState, crate::control::volumes::VolumeRecord, crate::control::secrets::SecretView, secrets::SecretCreate, secrets::SecretUpdate,
+    components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord, crate::control::JobStatus, crate::control::JobState, crate::control::volumes::VolumeRecord, crate::control::volumes::VolumeView, crate::control::secrets::SecretView, secrets::SecretCreate, secrets::SecretUpdate,
         crate::control::Explanation, SiteView, crate::control::Event, crate::control::PlannedLaunch,
         VersionView, LogEntry, ExecEntry, ExecRequest,
         JoinTokenRequest, JoinTokenResponse, JoinTokenView, ApiTokenRequest, ApiTokenResponse,

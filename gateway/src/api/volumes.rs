@@ -6,13 +6,13 @@ use axum::http::StatusCode;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use crate::control::volumes::VolumeRecord;
+use crate::control::volumes::VolumeView;
 
-/// Every local volume: its workload, replica slot and the node that holds
-/// its data.
+/// Every local volume: its workload, replica slot, the node that holds
+/// its data, and its size limit.
 #[utoipa::path(get, path = "/v1/volumes", tag = "volumes",
-    responses((status = 200, body = [VolumeRecord])))]
-pub(super) async fn list(State(s): State<AppState>) -> Json<Vec<VolumeRecord>> {
+    responses((status = 200, body = [VolumeView])))]
+pub(super) async fn list(State(s): State<AppState>) -> Json<Vec<VolumeView>> {
     Json(s.control.volumes())
 }
 

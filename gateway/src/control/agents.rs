@@ -64,6 +64,7 @@ impl Control {
                 cert_not_after_ms: not_after,
                 labels: Default::default(),
                 host_volumes: Vec::new(),
+                volume_quota_missing: None,
                 capacity: Default::default(),
                 allocatable: Default::default(),
                 os: String::new(),
@@ -113,6 +114,8 @@ impl Control {
             r.host_volumes = reg.host_volumes.clone();
             r.host_volumes.sort();
             r.host_volumes.dedup();
+            r.volume_quota_missing =
+                Some(reg.volume_quota_missing.clone()).filter(|w| !w.is_empty());
             if let Some(p) = &reg.platform {
                 r.os = p.os.clone();
                 r.arch = p.architecture.clone();

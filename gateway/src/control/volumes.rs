@@ -81,10 +81,44 @@ fn mark_removing(s: &mut State, b: &mut Batch, id: &str) -> Option<String> {
     Some(node)
 }
 
+/// A local volume as `GET /v1/volumes` shows it: the record, with its
+/// size limit from the workload's spec and whether its node enforces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VolumeView {
+    #[serde(flatten)]
+    pub record: VolumeRecord,
+    /// The spec's `local.size`, in bytes (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Why its node does not hold it to that size (the node's filesystem
+    /// has no project quotas); absent when it does, or there is no size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_not_enforced: Option<String>,
+}
+
+pub(crate) fn view(s: &State, r: &VolumeRecord) -> VolumeView {
+    let size_bytes = s.workloads.get(&r.workload).and_then(|w| {
+        w.spec
+            .volumes
+            .iter()
+            .find(|v| v.name == r.volume)
+            .and_then(|v| v.local?.size)
+            .map(|b| b.bytes())
+    });
+    let size_not_enforced = size_bytes
+        .and_then(|_| s.nodes.get(&r.node))
+        .and_then(|n| n.volume_quota_missing.clone());
+    VolumeView {
+        record: r.clone(),
+        size_bytes,
+        size_not_enforced,
+    }
+}
+
 impl Control {
-    /// Every local volume, by id.
-    pub fn volumes(&self) -> Vec<VolumeRecord> {
-        self.read(|s| s.volumes.values().cloned().collect())
+    /// Every local volume, by id, with its size limit.
+    pub fn volumes(&self) -> Vec<VolumeView> {
+        self.read(|s| s.volumes.values().map(|r| view(s, r)).collect())
     }
 
     /// Removes a local volume and its data, unless a running replica

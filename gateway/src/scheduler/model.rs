@@ -109,6 +109,16 @@ pub struct Group {
     pub host_volumes: Vec<String>,
 }
 
+/// The disk a replica's local volumes may fill: the sum of their sizes
+/// (one without a size counts nothing).
+fn local_volume_bytes(spec: &WorkloadSpec) -> u64 {
+    spec.volumes
+        .iter()
+        .filter_map(|v| v.local?.size)
+        .map(|s| s.bytes())
+        .sum()
+}
+
 impl Group {
     /// The placement rules of a workload spec.
     pub fn from_spec(spec: &WorkloadSpec) -> Self {
@@ -123,7 +133,7 @@ impl Group {
             demand: Capacity::new(
                 r.cpu.millis(),
                 r.memory.bytes(),
-                r.disk.map_or(0, |d| d.bytes()),
+                r.disk.map_or(0, |d| d.bytes()) + local_volume_bytes(spec),
             ),
             priority: spec.priority,
             distinct_nodes: spec.placement.distinct_nodes || !host_ports.is_empty(),

@@ -80,6 +80,15 @@ pub fn tmpfs_size(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// A local volume's size: more than 0, at most `MAX_DISK`, or none.
+pub fn local_size(_: &mut SchemaGenerator) -> Schema {
+    let [string, number] = quantity(&byte_units(), 1, Some(0), MAX_DISK.bytes());
+    json_schema!({
+        "description": format!("Bytes with an optional suffix, more than 0 and at most {MAX_DISK}; held by a project quota where the node's filesystem has them. Default: no limit."),
+        "anyOf": [string, number, { "type": "null" }]
+    })
+}
+
 /// A name as [`name`] has it, or none.
 pub fn name_or_null(generator: &mut SchemaGenerator) -> Schema {
     let some = name(generator);
@@ -579,11 +588,13 @@ mod tests {
             read_only in any::<bool>(),
             kind in prop::sample::select(vec!["service", "batch", "system"]),
             recreate in any::<bool>(),
+            local_size in prop::option::of(quantity()),
         ) {
             let mut volume = json!({ "name": name });
             if let Some(h) = host { volume["host"] = json!(h); }
             if local {
                 volume["local"] = if recreate { json!({ "on_node_loss": "recreate" }) } else { json!({}) };
+                if let Some(size) = local_size { volume["local"]["size"] = json!(size); }
             }
             if let Some(size) = tmpfs { volume["tmpfs"] = json!({ "size": size }); }
             // (A mount names a volume there is: no schema can say so.)

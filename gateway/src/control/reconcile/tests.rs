@@ -672,3 +672,45 @@ fn with_on_node_loss_recreate_a_replica_starts_elsewhere_with_a_new_volume() {
     assert_eq!(s.volumes["db.data.0"].node, moved);
     assert_eq!(s.volumes["db.data.0"].created_ms, NOW + 1);
 }
+
+#[test]
+fn a_sized_local_volume_counts_against_node_disk_and_shows_whether_its_node_enforces_it() {
+    let mut s = fleet(&[("n1", "ready"), ("n2", "ready")], 0, vec![]);
+    for (id, disk) in [("n1", "2Gi"), ("n2", "4Gi")] {
+        let n = s.nodes.get_mut(id).unwrap();
+        n.allocatable.disk = disk.parse().unwrap();
+        n.capacity.disk = disk.parse().unwrap();
+    }
+    s.nodes.get_mut("n2").unwrap().volume_quota_missing =
+        Some("/var/lib/skiff/volumes is on ext4 without project quotas".into());
+    let mut w = db(1, "wait");
+    w.spec.volumes[0].local = Some(skiff_proto::LocalVolume {
+        size: Some("3Gi".parse().unwrap()),
+        ..Default::default()
+    });
+    s.workloads.insert("db".into(), w);
+    let c = reconcile(&s, NOW, &dc1()).unwrap();
+    apply(&mut s, c);
+    // Only n2 has 3Gi of disk for it.
+    assert_eq!(live_db(&s)[0].node.as_deref(), Some("n2"));
+    let v = crate::control::volumes::view(&s, &s.volumes["db.data.0"]);
+    assert_eq!(v.size_bytes, Some(3 << 30));
+    assert_eq!(
+        v.size_not_enforced.as_deref(),
+        Some("/var/lib/skiff/volumes is on ext4 without project quotas")
+    );
+    // A second replica fits nowhere: n2's disk is taken by the first.
+    s.workloads.get_mut("db").unwrap().spec.replicas = 2;
+    let c = reconcile(&s, NOW + 1, &dc1()).unwrap();
+    apply(&mut s, c);
+    let pending: Vec<_> = live_db(&s)
+        .into_iter()
+        .filter(|a| a.node.is_none())
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert!(
+        pending[0].message.contains("insufficient disk"),
+        "{}",
+        pending[0].message
+    );
+}
