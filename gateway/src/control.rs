@@ -215,6 +215,11 @@ pub struct NodeRecord {
     /// directory's filesystem has no project quotas); none when it can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_quota_missing: Option<String>,
+    /// Local volumes it still holds whose slot was recreated on another
+    /// node (`on_node_loss: recreate` while it was down): its agent
+    /// deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_volumes: Vec<String>,
     #[schema(value_type = Object)]
     pub capacity: Capacity,
     #[schema(value_type = Object)]
@@ -1264,6 +1269,9 @@ impl Control {
                 for (node, r) in reports {
                     changed |= volumes::forget_removed(s, b, node, &r.volumes);
                 }
+            }
+            for (node, r) in reports {
+                changed |= volumes::note_stale(s, b, node, &r.volumes);
             }
             for (node, st) in reports
                 .iter()

@@ -65,6 +65,7 @@ impl Control {
                 labels: Default::default(),
                 host_volumes: Vec::new(),
                 volume_quota_missing: None,
+                stale_volumes: Vec::new(),
                 capacity: Default::default(),
                 allocatable: Default::default(),
                 os: String::new(),

@@ -37,13 +37,39 @@ pub fn volume_id(workload: &str, volume: &str, instance: u32) -> String {
     format!("{workload}.{volume}.{instance}")
 }
 
-/// The ids of the volumes `node`'s agent is to delete.
+/// The ids of the volumes `node`'s agent is to delete: those being
+/// removed, and its stale copies of volumes recreated elsewhere.
 pub(crate) fn to_remove(s: &State, node: &str) -> Vec<String> {
+    let stale = s.nodes.get(node).map(|n| n.stale_volumes.as_slice());
     s.volumes
         .values()
         .filter(|v| v.removing && v.node == node)
         .map(|v| v.id.clone())
+        .chain(stale.unwrap_or_default().iter().cloned())
         .collect()
+}
+
+/// A node reported the local volumes it holds: those whose record names
+/// another node (their slot was recreated there while this one was down)
+/// are stale here, and its agent is told to delete them. A volume with no
+/// record at all is left alone: the gateway may have lost it (a restored
+/// backup), and data is not deleted on a guess. Whether the node changed.
+pub(crate) fn note_stale(s: &mut State, b: &mut Batch, node: &str, held: &[String]) -> bool {
+    let stale: Vec<String> = held
+        .iter()
+        .filter(|id| s.volumes.get(id.as_str()).is_some_and(|v| v.node != node))
+        .cloned()
+        .collect();
+    let Some(n) = s.nodes.get_mut(node) else {
+        return false;
+    };
+    if n.stale_volumes == stale {
+        return false;
+    }
+    n.stale_volumes = stale;
+    n.generation += 1;
+    b.put(Kind::Node, node, n);
+    true
 }
 
 /// A node reported the local volumes it holds: records being removed

@@ -671,6 +671,32 @@ fn with_on_node_loss_recreate_a_replica_starts_elsewhere_with_a_new_volume() {
     assert_ne!(moved, holder);
     assert_eq!(s.volumes["db.data.0"].node, moved);
     assert_eq!(s.volumes["db.data.0"].created_ms, NOW + 1);
+    // The old node returns holding its copy: that copy is stale, and its
+    // agent is told to delete it (the new node keeps the live one).
+    s.nodes.get_mut(&holder).unwrap().status = NodeStatus::Ready;
+    let mut b = crate::store::Batch::default();
+    let held = vec!["db.data.0".to_string()];
+    assert!(crate::control::volumes::note_stale(
+        &mut s, &mut b, &holder, &held
+    ));
+    assert_eq!(crate::control::volumes::to_remove(&s, &holder), held);
+    assert!(!crate::control::volumes::note_stale(
+        &mut s, &mut b, &moved, &held
+    ));
+    assert!(crate::control::volumes::to_remove(&s, &moved).is_empty());
+    // Deleted: nothing more to ask. A volume with no record is never
+    // taken for a stale one.
+    assert!(crate::control::volumes::note_stale(
+        &mut s,
+        &mut b,
+        &holder,
+        &[]
+    ));
+    assert!(crate::control::volumes::to_remove(&s, &holder).is_empty());
+    let unknown = vec!["old.data.0".to_string()];
+    assert!(!crate::control::volumes::note_stale(
+        &mut s, &mut b, &holder, &unknown
+    ));
 }
 
 #[test]
