@@ -246,6 +246,26 @@ pub struct NodeRecord {
     pub scale_in: Option<String>,
 }
 
+impl NodeRecord {
+    /// Its status as the API and the CLI show it, and placement reads it:
+    /// a live node being drained is `draining`, a cordoned one
+    /// `cordoned` (the stored `status` is liveness only: ready or down).
+    pub fn shown_status(&self) -> NodeStatus {
+        match (self.status, self.draining, self.unschedulable) {
+            (NodeStatus::Down, _, _) => NodeStatus::Down,
+            (_, true, _) => NodeStatus::Draining,
+            (_, false, true) => NodeStatus::Cordoned,
+            (s, false, false) => s,
+        }
+    }
+
+    /// The record as the API returns it: its status is [`Self::shown_status`].
+    pub fn shown(mut self) -> Self {
+        self.status = self.shown_status();
+        self
+    }
+}
+
 /// A join token as stored (by the hash of its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTokenRecord {

@@ -499,8 +499,9 @@ fn scale_update_drain_events_and_metrics() {
     std::thread::sleep(Duration::from_millis(300));
 
     // Everything on node-a first (node-b cordoned).
-    let (code, _) = g.call("POST", "/v1/nodes/node-b/cordon", None);
+    let (code, n) = g.call("POST", "/v1/nodes/node-b/cordon", None);
     assert_eq!(code, 200);
+    assert_eq!(n["status"], "cordoned", "{n}");
     g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 2)));
     g.until("/v1/workloads/web", "2 running", 60, |w| {
         running(w).len() == 2
@@ -553,8 +554,22 @@ fn scale_update_drain_events_and_metrics() {
     // Drained: node-a's replicas move to node-b.
     let (code, _) = g.call("POST", "/v1/nodes/node-b/uncordon", None);
     assert_eq!(code, 200);
-    let (code, _) = g.call("POST", "/v1/nodes/node-a/drain", None);
+    let (code, n) = g.call("POST", "/v1/nodes/node-a/drain", None);
     assert_eq!(code, 200);
+    assert_eq!(n["status"], "draining", "{n}");
+    // Shown so in the list too, not as the `ready` it also is.
+    let (_, nodes) = g.call("GET", "/v1/nodes", None);
+    let a_shown = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "node-a")
+        .cloned();
+    assert_eq!(
+        a_shown.map(|n| n["status"].clone()),
+        Some("draining".into()),
+        "{nodes}"
+    );
     g.until("/v1/workloads/web", "all on node-b", 60, |w| {
         let r = running(w);
         r.len() == 3 && r.iter().all(|a| a["node"] == "node-b")

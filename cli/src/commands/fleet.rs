@@ -13,11 +13,7 @@ use crate::output::{Out, age, bar, bytes, cpu, table};
 /// A node's status as an operator reads it: `draining` and `cordoned` say
 /// more than the `ready` they also are.
 pub fn node_status(n: &NodeRecord) -> String {
-    match (n.status, n.draining, n.unschedulable) {
-        (skiff_proto::cluster::NodeStatus::Ready, true, _) => "draining".into(),
-        (skiff_proto::cluster::NodeStatus::Ready, false, true) => "cordoned".into(),
-        (s, _, _) => s.to_string(),
-    }
+    n.shown_status().to_string()
 }
 
 pub async fn nodes(client: &Client, o: OutputArgs) -> Result<ExitCode, CliError> {

@@ -13,7 +13,10 @@ use crate::control::changes::NodeAction;
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
     responses((status = 200, body = [NodeRecord])))]
 pub(super) async fn list(State(s): State<AppState>) -> Json<Vec<NodeRecord>> {
-    Json(s.control.read(|st| st.nodes.values().cloned().collect()))
+    Json(
+        s.control
+            .read(|st| st.nodes.values().map(|n| n.clone().shown()).collect()),
+    )
 }
 
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = String, Path)),
@@ -24,7 +27,7 @@ pub(super) async fn get(
 ) -> ApiResult<Json<NodeRecord>> {
     s.control
         .read(|st| st.nodes.get(&id).cloned())
-        .map(Json)
+        .map(|n| Json(n.shown()))
         .ok_or_else(|| ApiError::not_found(format!("no node {id}")))
 }
 
@@ -35,7 +38,7 @@ pub(super) async fn cordon(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<NodeRecord>> {
-    Ok(Json(s.control.set_node(&id, NodeAction::Cordon)?))
+    Ok(Json(s.control.set_node(&id, NodeAction::Cordon)?.shown()))
 }
 
 /// The node takes work again.
@@ -45,7 +48,7 @@ pub(super) async fn uncordon(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<NodeRecord>> {
-    Ok(Json(s.control.set_node(&id, NodeAction::Uncordon)?))
+    Ok(Json(s.control.set_node(&id, NodeAction::Uncordon)?.shown()))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -72,7 +75,7 @@ pub(super) async fn drain(
     } else {
         NodeAction::Drain
     };
-    Ok(Json(s.control.set_node(&id, action)?))
+    Ok(Json(s.control.set_node(&id, action)?.shown()))
 }
 
 /// Removes a node: its session ends and its certificate opens no new one

@@ -417,15 +417,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
         .map(|n| scheduler::NodeInfo {
             id: n.id.clone(),
             site: n.site.clone(),
-            status: if n.status == NodeStatus::Down {
-                NodeStatus::Down
-            } else if n.draining {
-                NodeStatus::Draining
-            } else if n.unschedulable {
-                NodeStatus::Cordoned
-            } else {
-                n.status
-            },
+            status: n.shown_status(),
             allocatable: n.allocatable,
             labels: n.labels.clone(),
             arch: n.arch.clone(),
