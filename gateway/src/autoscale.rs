@@ -40,7 +40,14 @@ pub struct Autoscaler {
     pub providers: BTreeMap<String, Arc<dyn CloudProvider>>,
     /// This gateway's id, in every instance's `skiff:cluster` tag.
     pub cluster: String,
+    /// When the clouds were last searched for instances of this cluster
+    /// that nothing records ([`Autoscaler::sweep`]).
+    swept: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the clouds are searched for unrecorded instances (and at a
+/// gateway's first pass as leader).
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
 
 /// Most launch calls in flight for one site and type.
 const LAUNCH_CONCURRENCY: usize = 16;
@@ -84,6 +91,7 @@ impl Autoscaler {
             pki,
             providers,
             cluster,
+            swept: std::sync::Mutex::new(None),
         }
     }
 
@@ -111,6 +119,7 @@ impl Autoscaler {
         if !self.control.is_leader() {
             return;
         }
+        self.sweep().await;
         self.settle().await;
         self.scale_in().await;
         let Some(planned) = self.control.take_fresh_plan() else {
@@ -265,6 +274,73 @@ impl Autoscaler {
             return Err(LaunchError::Record(e));
         }
         Ok(vm)
+    }
+
+    /// Instances tagged with this cluster that no VM record and no node
+    /// knows are terminated: a gateway that stopped between a cloud's
+    /// launch answer and its record of the VM (a crash, a lost lease) left
+    /// them, and nothing else would ever retire them. Runs at the first
+    /// pass as leader and every [`SWEEP_EVERY`]; no launch of this
+    /// gateway is in flight meanwhile (a pass launches after it), and a
+    /// former leader's launch could not be recorded (its writes are
+    /// fenced), so an unknown instance is never one about to be known.
+    async fn sweep(&self) {
+        let now = self.control.clock.now();
+        {
+            let mut last = self.swept.lock().expect("lock");
+            if last.is_some_and(|t| now.duration_since(t) < SWEEP_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        for (site, provider) in &self.providers {
+            let found = match provider.describe(TAG_CLUSTER, &self.cluster).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(%site, error = %e, "list this cluster's instances (tried again later)");
+                    continue;
+                }
+            };
+            let orphans: Vec<String> = self.control.read(|s| {
+                found
+                    .iter()
+                    .filter(|i| {
+                        !matches!(
+                            i.state,
+                            skiff_cloud::InstanceState::Terminated
+                                | skiff_cloud::InstanceState::Stopping
+                        )
+                    })
+                    .filter(|i| {
+                        let node = i.tags.get(TAG_NODE);
+                        !s.vms.contains_key(&i.id)
+                            && !node.is_some_and(|n| s.nodes.contains_key(n))
+                            && !s
+                                .nodes
+                                .values()
+                                .any(|n| n.instance_id.as_deref() == Some(i.id.as_str()))
+                    })
+                    .map(|i| i.id.clone())
+                    .collect()
+            });
+            if orphans.is_empty() {
+                continue;
+            }
+            match terminate_owned(provider.as_ref(), &self.cluster, &orphans).await {
+                Ok(_) => {
+                    for id in &orphans {
+                        self.control.event(
+                            "site",
+                            site,
+                            format!("terminated {id}: tagged for this cluster but never recorded (a gateway stopped between its launch and its record)"),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%site, error = %e, "terminate unrecorded instances (tried again later)")
+                }
+            }
+        }
     }
 
     /// VMs whose node joined are done; those past their join timeout are
@@ -825,5 +901,46 @@ mod tests {
             a.control.read(|s| s.nodes["busy"].draining),
             "its work is moved first"
         );
+    }
+
+    #[tokio::test]
+    async fn an_instance_launched_but_never_recorded_is_terminated_and_known_ones_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, cloud) = setup(dir.path(), "5m");
+        let launch = |cluster: &str| LaunchRequest {
+            site: "aws-us-east-1".into(),
+            instance_type: "m.large".into(),
+            count: 1,
+            user_data: Secret(String::new()),
+            tags: BTreeMap::from([(TAG_CLUSTER.to_string(), cluster.to_string())]),
+            spot: false,
+        };
+        // A gateway died between the launch answer and the record; another
+        // instance is a joined node's; a third belongs to another cluster.
+        let orphan = cloud.launch(&launch("cluster-1")).await.unwrap().remove(0);
+        let joined = cloud.launch(&launch("cluster-1")).await.unwrap().remove(0);
+        let foreign = cloud.launch(&launch("cluster-2")).await.unwrap().remove(0);
+        cloud_node(&a.control, "joined", &joined.id, None);
+        let mut rx = a.control.events.subscribe();
+        a.tick().await;
+        let state = |id: &str| {
+            cloud
+                .instances()
+                .into_iter()
+                .find(|i| i.id == id)
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(&orphan.id), skiff_cloud::InstanceState::Terminated);
+        assert_eq!(state(&joined.id), skiff_cloud::InstanceState::Pending);
+        assert_eq!(state(&foreign.id), skiff_cloud::InstanceState::Pending);
+        let events: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.message)
+            .collect();
+        let said = format!(
+            "terminated {}: tagged for this cluster but never recorded",
+            orphan.id
+        );
+        assert!(events.iter().any(|e| e.contains(&said)), "{events:?}");
     }
 }
