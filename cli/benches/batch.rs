@@ -129,7 +129,7 @@ fn main() {
     // The same count of run --rm on the dev fleet's node, which has the
     // image in its store now.
     let agent = dev.state.join("bin/skiff-agent");
-    let socket = dev.state.join("agent/agent.sock");
+    let socket = dev.state.join("agent.sock");
     let mut peer = Vec::new();
     for _ in 0..runs {
         peer.push(throughput(completions, parallelism, |_| {

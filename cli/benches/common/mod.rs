@@ -88,7 +88,15 @@ impl Dev {
         c
     }
 
-    pub fn stop(mut self) {
+    /// Ctrl-C, and waits for `skiff dev` to clean up.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A benchmark that panics half-way leaves no fleet behind either.
+impl Drop for Dev {
+    fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = self.child.wait();
