@@ -24,8 +24,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    CloudError, CloudProvider, Instance, InstanceState, InstanceType, LaunchRequest, TAG_NODE,
-    TAG_SITE,
+    CloudError, CloudProvider, Instance, InstanceState, InstanceType, LaunchRequest, TAG_CLUSTER,
+    TAG_NODE, TAG_SITE,
 };
 
 const COMPUTE_API: &str = "2024-11-01";
@@ -687,6 +687,41 @@ impl CloudProvider for AzureCloud {
             self.delete_one(id).await?;
         }
         Ok(())
+    }
+
+    /// NICs tagged with `cluster` that no VM holds and that are not being
+    /// made or deleted.
+    async fn sweep(&self, cluster: &str) -> Result<Vec<String>, CloudError> {
+        let mut orphans = Vec::new();
+        let mut url = Some(self.rg_url("Microsoft.Network/networkInterfaces", NETWORK_API));
+        while let Some(u) = url.take() {
+            let v: Value = self
+                .call(reqwest::Method::GET, &u, None)
+                .await?
+                .json()
+                .await
+                .map_err(net)?;
+            for nic in v["value"].as_array().into_iter().flatten() {
+                let p = &nic["properties"];
+                if nic["tags"][TAG_CLUSTER].as_str() == Some(cluster)
+                    && p["virtualMachine"].is_null()
+                    && p["provisioningState"].as_str() == Some("Succeeded")
+                    && let Some(name) = nic["name"].as_str()
+                {
+                    orphans.push(name.to_string());
+                }
+            }
+            url = v["nextLink"].as_str().map(str::to_string);
+        }
+        for name in &orphans {
+            let url = self.rg_url(
+                &format!("Microsoft.Network/networkInterfaces/{name}"),
+                NETWORK_API,
+            );
+            let resp = self.call(reqwest::Method::DELETE, &url, None).await?;
+            self.finish(resp).await?;
+        }
+        Ok(orphans)
     }
 }
 

@@ -150,6 +150,15 @@ pub trait CloudProvider: Send + Sync + std::fmt::Debug {
     async fn describe(&self, tag: &str, value: &str) -> Result<Vec<Instance>, CloudError>;
     /// Terminates the instances (callers use [`terminate_owned`]).
     async fn terminate(&self, ids: &[String]) -> Result<(), CloudError>;
+    /// Deletes what `cluster`'s launches left half-made, resources that
+    /// belong to no instance (Azure: a NIC made for a VM that never was,
+    /// when a gateway stopped between the two); returns their ids. Called
+    /// with no launch of the cluster in flight. Nothing, where a launch is
+    /// one call.
+    async fn sweep(&self, cluster: &str) -> Result<Vec<String>, CloudError> {
+        let _ = cluster;
+        Ok(Vec::new())
+    }
 }
 
 /// How [`with_retry`] backs off.

@@ -323,6 +323,20 @@ impl Autoscaler {
                     .map(|i| i.id.clone())
                     .collect()
             });
+            match provider.sweep(&self.cluster).await {
+                Ok(left) => {
+                    for what in left {
+                        self.control.event(
+                            "site",
+                            site,
+                            format!("deleted {what}: made for a VM of this cluster that was never created"),
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%site, error = %e, "delete what half-made launches left (tried again later)")
+                }
+            }
             if orphans.is_empty() {
                 continue;
             }

@@ -433,6 +433,7 @@ enum Route {
     GetVm(Res),
     PutVm(Res),
     DeleteVm(Res),
+    ListNics(Res),
     GetNic(Res),
     PutNic(Res),
     DeleteNic(Res),
@@ -452,6 +453,8 @@ impl Route {
             "subscriptions/*/resourcegroups/*/providers/microsoft.compute/virtualmachines/*";
         const NIC: &str =
             "subscriptions/*/resourcegroups/*/providers/microsoft.network/networkinterfaces/*";
+        const NICS: &str =
+            "subscriptions/*/resourcegroups/*/providers/microsoft.network/networkinterfaces";
         const NIC_OP: &str = "subscriptions/*/resourcegroups/*/providers/microsoft.network/networkinterfaces/*/operationresults/*";
         let segs: Vec<String> = path.split('/').skip(1).map(|s| decode(s, false)).collect();
         let lower: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
@@ -479,6 +482,7 @@ impl Route {
             "GET" if is(VM) => Route::GetVm(res()),
             "PUT" if is(VM) => Route::PutVm(res()),
             "DELETE" if is(VM) => Route::DeleteVm(res()),
+            "GET" if is(NICS) => Route::ListNics(res()),
             "GET" if is(NIC) => Route::GetNic(res()),
             "PUT" if is(NIC) => Route::PutNic(res()),
             "DELETE" if is(NIC) => Route::DeleteNic(res()),
@@ -496,7 +500,11 @@ impl Route {
             Route::DeleteVm(_) => ArmOp::DeleteVm,
             Route::PutNic(_) => ArmOp::CreateNic,
             Route::DeleteNic(_) => ArmOp::DeleteNic,
-            Route::GetNic(_) | Route::OpStatus(_) | Route::NicOpResult | Route::Unknown => {
+            Route::ListNics(_)
+            | Route::GetNic(_)
+            | Route::OpStatus(_)
+            | Route::NicOpResult
+            | Route::Unknown => {
                 return None;
             }
         })
@@ -519,6 +527,7 @@ impl Route {
             | Route::DeleteVm(_) => Some(COMPUTE_API),
             Route::OpStatus(true)
             | Route::NicOpResult
+            | Route::ListNics(_)
             | Route::GetNic(_)
             | Route::PutNic(_)
             | Route::DeleteNic(_) => Some(NETWORK_API),
@@ -652,6 +661,16 @@ impl Inner {
             },
             Route::PutVm(r) => self.put_vm(r, req.body, async_failure),
             Route::DeleteVm(r) => self.delete_vm(r, async_failure),
+            Route::ListNics(r) => {
+                let (sub, rg) = (r.sub.to_ascii_lowercase(), r.rg.to_ascii_lowercase());
+                let value: Vec<Value> = self
+                    .nics
+                    .iter()
+                    .filter(|(k, _)| k.0 == sub && k.1 == rg)
+                    .map(|(_, nic)| self.nic_body(nic))
+                    .collect();
+                Reply::json(200, json!({ "value": value }))
+            }
             Route::GetNic(r) => match self.nics.get(&r.key()) {
                 Some(nic) => Reply::json(200, self.nic_body(nic)),
                 None => arm_error(

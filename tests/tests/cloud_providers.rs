@@ -254,6 +254,51 @@ fn azure_launches_pages_and_cleans_up_after_an_allocation_failure() {
         matches!(&e, CloudError::Capacity(m) if m.contains("SkuNotAvailable")),
         "{e:?}"
     );
+    // A launch whose VM was refused and whose NIC could not be deleted
+    // either (as when a gateway stops between the two): the sweep deletes
+    // that NIC, and only it (the running VMs' NICs stay).
+    arm.fail_next(
+        ArmOp::CreateVm,
+        ArmFailure::Status {
+            status: 409,
+            code: "OperationNotAllowed".into(),
+            message: "Operation could not be completed as it results in exceeding approved quota."
+                .into(),
+            retry_after: None,
+        },
+    );
+    arm.fail_next(
+        ArmOp::DeleteNic,
+        ArmFailure::Status {
+            status: 500,
+            code: "InternalServerError".into(),
+            message: "An error occurred.".into(),
+            retry_after: None,
+        },
+    );
+    assert!(
+        rt.block_on(cloud.launch(&request(
+            "azure-westeurope",
+            "Standard_D2s_v5",
+            "az-7",
+            "c1"
+        )))
+        .is_err()
+    );
+    assert!(
+        arm.nics().iter().any(|n| n == "az-7-nic"),
+        "{:?}",
+        arm.nics()
+    );
+    assert_eq!(
+        rt.block_on(cloud.sweep("c2")).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        rt.block_on(cloud.sweep("c1")).unwrap(),
+        vec!["az-7-nic".to_string()]
+    );
+    assert_eq!(arm.nics().len(), 3, "{:?}", arm.nics());
     // Terminated: VM, NIC and disk gone.
     let ids: Vec<String> = vms.iter().map(|v| v.id.clone()).collect();
     rt.block_on(terminate_owned(&cloud, "c1", &ids)).unwrap();
