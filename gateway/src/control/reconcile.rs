@@ -199,7 +199,7 @@ pub fn prepare(s: &State, now: i64, sites: &[scheduler::SiteInfo]) -> Pass {
         draft.forget(s, &id);
     }
     let jobs = jobs::count_runs(s, now, &mut draft, &mut events);
-    keep_replicas(s, now, &jobs, &mut draft, &mut touched);
+    keep_replicas(s, now, sites, &jobs, &mut draft, &mut touched);
     volumes::repin(s, now, &mut draft);
     let input = placement_input(s, &draft, sites);
     Pass {
@@ -265,8 +265,42 @@ struct Replica {
     state: AllocationState,
 }
 
+/// Which of a workload's live replicas go first when there are too many
+/// ([`keep_replicas`]): pending ones, then by cost, the replica on the
+/// least preferred site (its place in `placement.prefer`), then on the
+/// most expensive one (`cost_rank`: the cloud before on-prem), then one
+/// whose going empties a VM the gateway launched (so it can scale in),
+/// then the newest. The smallest key goes first.
+fn stop_order(
+    s: &State,
+    sites: &[scheduler::SiteInfo],
+    w: &super::WorkloadRecord,
+    on_node: &HashMap<&str, usize>,
+    a: &Replica,
+) -> (bool, Reverse<usize>, Reverse<u32>, bool, Reverse<i64>) {
+    let node = a.node.as_deref().and_then(|n| s.nodes.get(n));
+    let site = node.map(|n| n.site.as_str());
+    let prefer = &w.spec.placement.prefer;
+    let preference = site
+        .and_then(|site| prefer.iter().position(|p| p == site))
+        .unwrap_or(prefer.len());
+    let cost = site
+        .and_then(|site| sites.iter().find(|i| i.name == site))
+        .map_or(0, |i| i.cost_rank);
+    let empties_vm = node
+        .is_some_and(|n| n.instance_id.is_some() && on_node.get(n.id.as_str()).copied() == Some(1));
+    (
+        a.placed,
+        Reverse(preference),
+        Reverse(cost),
+        !empties_vm,
+        Reverse(a.created_ms),
+    )
+}
+
 /// Replica counts and rolling updates: too many replicas stop (pending
-/// ones first, then the newest), too few get new pending ones; an
+/// ones first, then the costliest, see [`stop_order`]), too few get new
+/// pending ones; an
 /// outdated replica is replaced one at a time, when every current one
 /// runs. A batch job has as many runs as it wants now (`jobs`: progress
 /// this pass changed), and no rolling update: a run ends by itself. A
@@ -274,12 +308,18 @@ struct Replica {
 fn keep_replicas(
     s: &State,
     now: i64,
+    sites: &[scheduler::SiteInfo],
     jobs: &BTreeMap<String, JobStatus>,
     draft: &mut Draft,
     touched: &mut BTreeSet<String>,
 ) {
     let mut live: HashMap<&str, Vec<Replica>> = HashMap::new();
+    // Live allocations per node, of every workload.
+    let mut on_node: HashMap<&str, usize> = HashMap::new();
     for a in draft.all(s).filter(|a| a.is_live()) {
+        if let Some(n) = a.node.as_deref() {
+            *on_node.entry(n).or_default() += 1;
+        }
         live.entry(a.workload.as_str()).or_default().push(Replica {
             id: a.id.clone(),
             placed: a.node.is_some(),
@@ -321,6 +361,13 @@ fn keep_replicas(
             new.extend(nodes.into_iter().map(|n| pending(name, w, Some(n))));
             continue;
         }
+        // Some are to stop: the costliest first (only then is it worth
+        // looking at their nodes and sites).
+        let surplus = |want: usize, live: &mut Vec<Replica>| {
+            if live.len() > want {
+                live.sort_by_cached_key(|a| stop_order(s, sites, w, &on_node, a));
+            }
+        };
         let (want, mut add) = match w.spec.batch_rules() {
             Some(rules) => {
                 let job = jobs
@@ -329,6 +376,7 @@ fn keep_replicas(
                     .cloned()
                     .unwrap_or_default();
                 let (want, may_add) = jobs::runs_wanted(&rules, &job, now);
+                surplus(want, &mut live);
                 let extra = live.len().saturating_sub(want);
                 let why = jobs::why_stopped(&job);
                 stop.extend(live[..extra].iter().map(|a| (a.id.clone(), why)));
@@ -343,6 +391,7 @@ fn keep_replicas(
             }
             None => {
                 let want = w.spec.replicas as usize;
+                surplus(want, &mut live);
                 (want, want.saturating_sub(live.len()))
             }
         };

@@ -740,3 +740,77 @@ fn a_sized_local_volume_counts_against_node_disk_and_shows_whether_its_node_enfo
         pending[0].message
     );
 }
+
+#[test]
+fn scaling_down_stops_cloud_replicas_first_and_the_one_that_empties_a_launched_vm() {
+    // dc1 on-prem (n1), a cloud site with two launched VMs: c1 runs one
+    // replica and another workload's, c2 runs one replica alone. The
+    // cloud replicas are the oldest: newest-first would stop on-prem ones.
+    let mut sites = dc1();
+    sites.push(scheduler::SiteInfo {
+        name: "cloud".into(),
+        kind: SiteKind::Aws,
+        cost_rank: 10,
+        ..sites[0].clone()
+    });
+    let mut s = fleet(
+        &[("n1", "ready"), ("c1", "ready"), ("c2", "ready")],
+        4,
+        vec![],
+    );
+    for id in ["c1", "c2"] {
+        let n = s.nodes.get_mut(id).unwrap();
+        n.site = "cloud".into();
+        n.instance_id = Some(format!("i-{id}"));
+    }
+    let placed = |id: &str, node: &str, site: &str, created: i64| AllocationRecord {
+        site: Some(site.into()),
+        created_ms: created,
+        ..alloc(id, Some(node), AllocationState::Running, 1)
+    };
+    for a in [
+        placed("on-c1", "c1", "cloud", 1),
+        placed("on-c2", "c2", "cloud", 2),
+        placed("on-n1-a", "n1", "dc1", 3),
+        placed("on-n1-b", "n1", "dc1", 4),
+        AllocationRecord {
+            workload: "other".into(),
+            ..placed("other-c1", "c1", "cloud", 0)
+        },
+    ] {
+        s.allocations.insert(a.id.clone(), a);
+    }
+    s.workloads.insert("other".into(), {
+        let mut o = workload(1, 1);
+        o.spec.name = "other".into();
+        o
+    });
+    let live = |s: &State| -> BTreeSet<String> {
+        s.allocations
+            .values()
+            .filter(|a| a.workload == "web" && a.is_live())
+            .map(|a| a.id.clone())
+            .collect()
+    };
+    // One fewer: the replica alone on c2 goes (its VM can scale in).
+    s.workloads.get_mut("web").unwrap().spec.replicas = 3;
+    let c = reconcile(&s, NOW, &sites).unwrap();
+    apply(&mut s, c);
+    assert_eq!(
+        live(&s),
+        BTreeSet::from(["on-c1".into(), "on-n1-a".into(), "on-n1-b".into()])
+    );
+    // Then the other cloud one, though on-prem ones are newer.
+    s.workloads.get_mut("web").unwrap().spec.replicas = 2;
+    let c = reconcile(&s, NOW + 1, &sites).unwrap();
+    apply(&mut s, c);
+    assert_eq!(
+        live(&s),
+        BTreeSet::from(["on-n1-a".into(), "on-n1-b".into()])
+    );
+    // On one site, the newest goes.
+    s.workloads.get_mut("web").unwrap().spec.replicas = 1;
+    let c = reconcile(&s, NOW + 2, &sites).unwrap();
+    apply(&mut s, c);
+    assert_eq!(live(&s), BTreeSet::from(["on-n1-a".into()]));
+}
