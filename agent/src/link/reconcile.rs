@@ -156,8 +156,12 @@ impl Reconciler {
             if report != last && reports.try_send(report.clone()).is_ok() {
                 last = report;
             }
+            // A new desired state, a container that started or exited
+            // (reported as it happens), or a look every 500 ms (health,
+            // restarts with back-off).
             tokio::select! {
                 r = desired.changed() => if r.is_err() { return },
+                () = self.runtime.changed() => {}
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }

@@ -197,6 +197,9 @@ pub struct Runtime {
     userns_range: spec::IdRange,
     net: NodeNet,
     cgroup_parent: String,
+    /// Told whenever a container's record changes (it starts, exits, is
+    /// removed): [`Runtime::changed`].
+    changed: tokio::sync::Notify,
 }
 
 /// The `[runtime]` section of the agent's configuration.
@@ -299,6 +302,7 @@ impl Runtime {
             userns_range,
             net,
             cgroup_parent: config.cgroup_parent.clone(),
+            changed: tokio::sync::Notify::new(),
         });
         rt.adopt().await?;
         warm::WarmPool::remove_stale(&rt.cgroup_parent);
@@ -511,10 +515,22 @@ impl Runtime {
     }
 
     fn update(&self, record: &ContainerRecord) {
-        let _ = self.records.put(record, false);
+        if let Err(e) = self.records.put(record, false) {
+            // The live state stays right; the record on disk catches up
+            // at the next change, or adoption reads the container's state.
+            tracing::warn!(container = %record.name, error = %e, "write the container's record");
+        }
         if let Some(l) = self.live.lock().expect("lock").get(&record.id) {
             l.tx.send_replace(record.clone());
         }
+        self.changed.notify_one();
+    }
+
+    /// Returns once some container's record changed since the last call
+    /// returned (at once if one did meanwhile): the node's reconciler
+    /// waits on it to report an exit as it happens. One waiter.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// Starts a created (or exited) container.
@@ -892,6 +908,7 @@ impl Runtime {
         if let Some(l) = self.live.lock().expect("lock").remove(&record.id) {
             l.tx.send_replace(record.clone());
         }
+        self.changed.notify_one();
         self.health.lock().expect("lock").remove(&record.id);
         tracing::info!(container = %record.name, "removed");
         Ok(())
