@@ -454,7 +454,7 @@ pub struct ServeArgs {
     /// on the first start only, the node keeps its certificate after.
     /// Prefer the environment variable: flags show in `ps`.
     #[arg(long, env = "SKIFF_AGENT_JOIN_TOKEN", hide_env_values = true)]
-    join_token: Option<String>,
+    join_token: Option<crate::config::SecretString>,
     /// The gateway CA's hash, sha256:HEX (printed with the join token):
     /// the agent trusts a gateway only if its CA has this hash.
     #[arg(long, env = "SKIFF_AGENT_CA_HASH")]
@@ -1010,4 +1010,19 @@ async fn pull(client: &Client, reference: &str, for_run: bool) -> anyhow::Result
     }
     eprintln!("skiff-agent: the agent closed the pull without a result");
     Ok(ExitCode::FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn the_serve_flags_never_print_the_join_token() {
+        let token = "skiff-join-0123456789abcdef";
+        let cli =
+            super::Cli::try_parse_from(["skiff-agent", "serve", "--join-token", token]).unwrap();
+        let printed = format!("{cli:?}");
+        assert!(!printed.contains(token), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+    }
 }

@@ -22,7 +22,7 @@ pub const DEFAULT_SOCKET: &str = "/run/skiff/agent.sock";
 /// Config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/skiff/agent.toml";
 
-pub use skiff_proto::config::ConfigError;
+pub use skiff_proto::config::{ConfigError, SecretString};
 
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::new(key, reason)
@@ -38,7 +38,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub gateway: Option<String>,
-    pub join_token: Option<String>,
+    pub join_token: Option<SecretString>,
     pub ca_hash: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
@@ -85,32 +85,19 @@ pub struct Overrides {
     pub name: Option<String>,
     pub labels: Vec<String>,
     pub gateway: Option<String>,
-    pub join_token: Option<String>,
+    pub join_token: Option<SecretString>,
     pub ca_hash: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How to reach the gateway.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayLink {
     /// The fleet's gateways, in the order tried (`gateway` is one URL, or
     /// several comma-separated); never empty, each `https://`.
     pub urls: Vec<String>,
-    pub join_token: Option<String>,
+    pub join_token: Option<SecretString>,
     pub ca_hash: String,
-}
-
-impl std::fmt::Debug for GatewayLink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewayLink")
-            .field("urls", &self.urls)
-            .field(
-                "join_token",
-                &self.join_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("ca_hash", &self.ca_hash)
-            .finish()
-    }
 }
 
 /// The agent's validated configuration.
@@ -418,5 +405,40 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         let c = load(write(&dir, text, 0o600), Overrides::default()).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn no_config_type_prints_the_join_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = "skiff-join-0123456789abcdef";
+        let text = format!(
+            "gateway = \"https://gw:7071\"\njoin_token = \"{token}\"\nca_hash = \"sha256:{}\"\n",
+            "ab".repeat(32)
+        );
+        let path = write(&dir, &text, 0o600);
+        let file: FileConfig = skiff_proto::config::from_toml(
+            skiff_proto::config::toml_table(&text, "agent.toml").unwrap(),
+            "agent.toml",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            join_token: Some(SecretString::new(token)),
+            ..Overrides::default()
+        };
+        let config = load(path, overrides.clone()).unwrap();
+        let link = config.gateway.clone().expect("a gateway");
+        assert_eq!(
+            link.join_token.as_ref().map(SecretString::expose),
+            Some(token)
+        );
+        for printed in [
+            format!("{file:?}"),
+            format!("{overrides:?}"),
+            format!("{config:?}"),
+            format!("{link:?}"),
+        ] {
+            assert!(!printed.contains(token), "{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
     }
 }

@@ -109,13 +109,23 @@ impl Pki {
         };
         let ca_der = pem_der(&ca_cert_pem).ok_or_else(|| err(cert_path.display(), "not PEM"))?;
         let token_path = state_dir.join("admin.token");
+        // Made on the first start only: one that is there but cannot be
+        // read (or is empty) is an error, never silently replaced, which
+        // would lock out every client that holds the old one.
         let admin_token = match std::fs::read_to_string(&token_path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => {
+            Ok(_) => {
+                return Err(err(
+                    token_path.display(),
+                    "empty (remove it to have a new admin token made)",
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let t = format!("skiff-admin-{}", random_hex(24));
                 write_private(&token_path, &format!("{t}\n"))?;
                 t
             }
+            Err(e) => return Err(err(token_path.display(), e)),
         };
         let mut pki = Self {
             ca_key,
@@ -230,6 +240,29 @@ pub fn admin_token_path(state_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_admin_token_that_cannot_be_read_is_an_error_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = admin_token_path(dir.path());
+        // Unreadable (a directory where the file should be; root reads
+        // any file mode).
+        std::fs::create_dir_all(&path).unwrap();
+        let e = Pki::open(dir.path(), &[])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
+        assert!(path.is_dir(), "left as it was");
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, "\n").unwrap();
+        let e = Pki::open(dir.path(), &[])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("empty"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "\n");
+    }
 
     #[test]
     fn the_ca_survives_a_restart_and_signs_node_certificates() {

@@ -63,8 +63,55 @@ pub fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()>
     std::fs::rename(&tmp, path)
 }
 
+/// A credential read from a file, a flag or the environment (a join
+/// token): its value is there to use, never to print. `Debug` and
+/// `Display` show `<redacted>`, so a config or flags struct that derives
+/// `Debug` can be logged whole.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, to send where it is needed.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Display for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for SecretString {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_secret_string_never_prints_its_value() {
+        let s = super::SecretString::new("skiff-join-abc123");
+        assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
+        assert_eq!(s.expose(), "skiff-join-abc123");
+        let parsed: super::SecretString = "skiff-join-x".parse().unwrap();
+        assert_eq!(parsed.expose(), "skiff-join-x");
+    }
+
     use super::*;
 
     #[derive(Debug, serde::Deserialize)]

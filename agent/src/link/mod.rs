@@ -82,7 +82,8 @@ pub async fn identity(
     }
     let token = gw
         .join_token
-        .as_deref()
+        .as_ref()
+        .map(crate::config::SecretString::expose)
         .ok_or("join_token: required for the first start with a gateway")?;
     let mut errors = Vec::new();
     for url in &urls {
