@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use skiff_test_support::bench::throughput;
 use skiff_test_support::images::OciImage;
 use skiff_test_support::net::NetSlot;
 use skiff_test_support::procs::ChildGuard;
@@ -133,26 +134,6 @@ fn time(f: impl FnOnce()) -> f64 {
     let t = Instant::now();
     f();
     t.elapsed().as_secs_f64()
-}
-
-/// `count` jobs over `parallel` threads; returns jobs per second.
-fn throughput(count: usize, parallel: usize, job: impl Fn(usize) + Sync) -> f64 {
-    let next = AtomicUsize::new(0);
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..parallel {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        break;
-                    }
-                    job(i);
-                }
-            });
-        }
-    });
-    count as f64 / t.elapsed().as_secs_f64()
 }
 
 /// Resident and proportional set size of a process, in KiB.

@@ -14,34 +14,13 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Dev, env_or, median};
+use skiff_test_support::bench::throughput;
 use skiff_test_support::images::OciImage;
 use skiff_test_support::tools::{require, require_root};
-
-/// `count` jobs over `parallel` threads; returns jobs per second.
-fn throughput(count: usize, parallel: usize, job: impl Fn(usize) + Sync) -> f64 {
-    let next = AtomicUsize::new(0);
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..parallel {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        break;
-                    }
-                    job(i);
-                }
-            });
-        }
-    });
-    count as f64 / t.elapsed().as_secs_f64()
-}
 
 fn job_spec(name: &str, image: &str, completions: usize, parallelism: usize) -> String {
     format!(
@@ -94,19 +73,7 @@ fn main() {
     for run in 0..runs {
         let name = format!("batch-{run}");
         let t = Instant::now();
-        let mut p = dev
-            .skiff()
-            .args(["run", "--detach", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        p.stdin
-            .take()
-            .unwrap()
-            .write_all(job_spec(&name, &image, completions, parallelism).as_bytes())
-            .unwrap();
-        assert!(p.wait().unwrap().success(), "skiff run {name}");
+        dev.submit(&job_spec(&name, &image, completions, parallelism));
         let job = loop {
             let job = job_state(&dev, &name);
             if job["state"] != "running" {

@@ -107,15 +107,7 @@ fn main() {
         let spec = format!(
             "name: w{i}\nimage: {image}\nreplicas: 1\nresources: {{ cpu: 4, memory: 4Mi }}\nplacement: {{ sites: [local] }}\n"
         );
-        let mut p = dev
-            .skiff()
-            .args(["run", "--detach", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        p.stdin.take().unwrap().write_all(spec.as_bytes()).unwrap();
-        assert!(p.wait().unwrap().success());
+        dev.submit(&spec);
     }
     let mut ps = Vec::new();
     let mut rows = 0;

@@ -556,6 +556,23 @@ impl AzureCloud {
         self.finish(resp).await
     }
 
+    /// Every item of an ARM list, following `nextLink` across pages.
+    async fn list(&self, first: String) -> Result<Vec<Value>, CloudError> {
+        let mut items = Vec::new();
+        let mut url = Some(first);
+        while let Some(u) = url.take() {
+            let v: Value = self
+                .call(reqwest::Method::GET, &u, None)
+                .await?
+                .json()
+                .await
+                .map_err(net)?;
+            items.extend(v["value"].as_array().into_iter().flatten().cloned());
+            url = v["nextLink"].as_str().map(str::to_string);
+        }
+        Ok(items)
+    }
+
     fn instance(&self, v: &Value) -> Option<Instance> {
         let tags: BTreeMap<String, String> = v["tags"]
             .as_object()
@@ -661,25 +678,14 @@ impl CloudProvider for AzureCloud {
     }
 
     async fn describe(&self, tag: &str, value: &str) -> Result<Vec<Instance>, CloudError> {
-        let mut found = Vec::new();
-        let mut url = Some(self.rg_url("Microsoft.Compute/virtualMachines", COMPUTE_API));
-        while let Some(u) = url.take() {
-            let v: Value = self
-                .call(reqwest::Method::GET, &u, None)
-                .await?
-                .json()
-                .await
-                .map_err(net)?;
-            for vm in v["value"].as_array().into_iter().flatten() {
-                if vm["tags"][tag].as_str() == Some(value)
-                    && let Some(i) = self.instance(vm)
-                {
-                    found.push(i);
-                }
-            }
-            url = v["nextLink"].as_str().map(str::to_string);
-        }
-        Ok(found)
+        let vms = self
+            .list(self.rg_url("Microsoft.Compute/virtualMachines", COMPUTE_API))
+            .await?;
+        Ok(vms
+            .iter()
+            .filter(|vm| vm["tags"][tag].as_str() == Some(value))
+            .filter_map(|vm| self.instance(vm))
+            .collect())
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), CloudError> {
@@ -692,27 +698,19 @@ impl CloudProvider for AzureCloud {
     /// NICs tagged with `cluster` that no VM holds and that are not being
     /// made or deleted.
     async fn sweep(&self, cluster: &str) -> Result<Vec<String>, CloudError> {
-        let mut orphans = Vec::new();
-        let mut url = Some(self.rg_url("Microsoft.Network/networkInterfaces", NETWORK_API));
-        while let Some(u) = url.take() {
-            let v: Value = self
-                .call(reqwest::Method::GET, &u, None)
-                .await?
-                .json()
-                .await
-                .map_err(net)?;
-            for nic in v["value"].as_array().into_iter().flatten() {
+        let nics = self
+            .list(self.rg_url("Microsoft.Network/networkInterfaces", NETWORK_API))
+            .await?;
+        let orphans: Vec<String> = nics
+            .iter()
+            .filter(|nic| {
                 let p = &nic["properties"];
-                if nic["tags"][TAG_CLUSTER].as_str() == Some(cluster)
+                nic["tags"][TAG_CLUSTER].as_str() == Some(cluster)
                     && p["virtualMachine"].is_null()
                     && p["provisioningState"].as_str() == Some("Succeeded")
-                    && let Some(name) = nic["name"].as_str()
-                {
-                    orphans.push(name.to_string());
-                }
-            }
-            url = v["nextLink"].as_str().map(str::to_string);
-        }
+            })
+            .filter_map(|nic| Some(nic["name"].as_str()?.to_string()))
+            .collect();
         for name in &orphans {
             let url = self.rg_url(
                 &format!("Microsoft.Network/networkInterfaces/{name}"),

@@ -842,6 +842,11 @@ mod tests {
         assert_eq!(a.control.read(|s| s.vms.len()), 0);
     }
 
+    fn state_of(cloud: &FakeCloud, id: &str) -> skiff_cloud::InstanceState {
+        let found = cloud.instances().into_iter().find(|i| i.id == id);
+        found.expect("an instance of the fake cloud").state
+    }
+
     fn cloud_node(c: &Control, id: &str, instance: &str, phase: Option<&str>) {
         c.write(|s, b| {
             let n: crate::control::NodeRecord = serde_json::from_value(serde_json::json!({
@@ -896,14 +901,7 @@ mod tests {
             "cluster-1".into(),
         );
         again.tick().await;
-        let state = |id: &str| {
-            cloud
-                .instances()
-                .into_iter()
-                .find(|i| i.id == id)
-                .unwrap()
-                .state
-        };
+        let state = |id: &str| state_of(&cloud, id);
         assert_eq!(state(&vms[0].id), skiff_cloud::InstanceState::Terminated);
         assert!(a.control.read(|s| !s.nodes.contains_key("idle")));
         assert_eq!(
@@ -937,14 +935,7 @@ mod tests {
         cloud_node(&a.control, "joined", &joined.id, None);
         let mut rx = a.control.events.subscribe();
         a.tick().await;
-        let state = |id: &str| {
-            cloud
-                .instances()
-                .into_iter()
-                .find(|i| i.id == id)
-                .unwrap()
-                .state
-        };
+        let state = |id: &str| state_of(&cloud, id);
         assert_eq!(state(&orphan.id), skiff_cloud::InstanceState::Terminated);
         assert_eq!(state(&joined.id), skiff_cloud::InstanceState::Pending);
         assert_eq!(state(&foreign.id), skiff_cloud::InstanceState::Pending);

@@ -241,6 +241,13 @@ pub fn admin_token_path(state_dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn refused(dir: &Path) -> String {
+        match Pki::open(dir, &[]) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
     fn an_admin_token_that_cannot_be_read_is_an_error_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -248,18 +255,12 @@ mod tests {
         // Unreadable (a directory where the file should be; root reads
         // any file mode).
         std::fs::create_dir_all(&path).unwrap();
-        let e = Pki::open(dir.path(), &[])
-            .err()
-            .expect("refused")
-            .to_string();
+        let e = refused(dir.path());
         assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
         assert!(path.is_dir(), "left as it was");
         std::fs::remove_dir(&path).unwrap();
         std::fs::write(&path, "\n").unwrap();
-        let e = Pki::open(dir.path(), &[])
-            .err()
-            .expect("refused")
-            .to_string();
+        let e = refused(dir.path());
         assert!(e.contains("empty"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "\n");
     }

@@ -88,6 +88,20 @@ impl Dev {
         c
     }
 
+    /// `skiff run --detach -f -` of `spec`; panics unless it is accepted.
+    pub fn submit(&self, spec: &str) {
+        use std::io::Write;
+        let mut p = self
+            .skiff()
+            .args(["run", "--detach", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(spec.as_bytes()).unwrap();
+        assert!(p.wait().unwrap().success(), "skiff run -f -: {spec}");
+    }
+
     /// Ctrl-C, and waits for `skiff dev` to clean up.
     pub fn stop(self) {
         drop(self);

@@ -13,6 +13,7 @@
 //! * [`images`]: small OCI images built from `busybox-static` with `umoci`,
 //!   as an OCI layout, an `oci-archive` and a `docker-archive`, pushed to a
 //!   registry with `skopeo`.
+//! * [`bench`]: what benchmarks share (jobs per second over threads).
 //! * [`corpus`]: images as people have them, made by `umoci insert`,
 //!   `buildah`, `mmdebstrap` and GNU tar.
 //!
@@ -20,6 +21,7 @@
 //! on drop. The tools come from Debian packages that `scripts/test`
 //! installs; [`tools::require`] fails with that hint when one is missing.
 
+pub mod bench;
 pub mod corpus;
 pub mod images;
 pub mod layout;
