@@ -617,7 +617,11 @@ impl Runtime {
         };
         self.warm.refill_soon(&self.cgroup_parent);
         match report {
-            StartReport::Started { pid, shim_pid } => {
+            StartReport::Started {
+                pid,
+                shim_pid,
+                started_unix_ms,
+            } => {
                 let m = crate::metrics::get();
                 m.starts.get_or_create(&crate::metrics::ok()).inc();
                 if warmed {
@@ -627,7 +631,13 @@ impl Runtime {
                 record.state = State::Running;
                 record.pid = Some(pid);
                 record.shim_pid = Some(shim_pid);
-                record.started_ms = Some(shim::now_ms());
+                // The shim's time, which adoption reads again (an older
+                // shim does not say: now, then).
+                record.started_ms = Some(if started_unix_ms > 0 {
+                    started_unix_ms
+                } else {
+                    shim::now_ms()
+                });
                 record.finished_ms = None;
                 record.exit_code = None;
                 record.reason = None;

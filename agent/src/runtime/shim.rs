@@ -30,8 +30,17 @@ use super::spec::ContainerSpec;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StartReport {
-    Started { pid: i32, shim_pid: i32 },
-    Failed { error: String },
+    Started {
+        pid: i32,
+        shim_pid: i32,
+        /// When it started, as the run state (`state.json`) says: the one
+        /// time the record and a later adoption both give.
+        #[serde(default)]
+        started_unix_ms: i64,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 /// How a container ended (`exit.json`).
@@ -608,13 +617,14 @@ fn finish(
     }
 
     let shim_pid = std::process::id() as i32;
+    let started_unix_ms = now_ms();
     write_json(
         dir,
         STATE,
         &RunState {
             pid: pid.as_raw(),
             shim_pid,
-            started_unix_ms: now_ms(),
+            started_unix_ms,
             oom_kills_before: oom_before,
         },
     )
@@ -622,6 +632,7 @@ fn finish(
     report(&StartReport::Started {
         pid: pid.as_raw(),
         shim_pid,
+        started_unix_ms,
     });
     // The agent has its answer; later messages go to shim.log.
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
