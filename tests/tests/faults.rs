@@ -67,6 +67,52 @@ fn containers_of(a: &Agent, name: &str) -> BTreeMap<String, (String, i64)> {
         .collect()
 }
 
+/// What each scenario starts from: a registry with the busybox image, a
+/// gateway, and an agent joined for each of `nodes`.
+struct Fleet {
+    g: Gateway,
+    agents: Vec<Agent>,
+    image: String,
+    _registry: skiff_test_support::registry::Registry,
+    _dir: tempfile::TempDir,
+}
+
+fn fleet(nodes: &[&str]) -> Fleet {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, image) = skiff_e2e::busybox_registry(dir.path());
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let agents = nodes
+        .iter()
+        .map(|n| Agent::joined(dir.path(), n, &g))
+        .collect();
+    Fleet {
+        g,
+        agents,
+        image,
+        _registry: registry,
+        _dir: dir,
+    }
+}
+
+/// Submits `replicas` sleepers named `web` and waits until all run.
+fn run_web(g: &Gateway, image: &str, replicas: u32) {
+    assert_eq!(
+        g.call(
+            "POST",
+            "/v1/workloads",
+            Some(&sleeper("web", image, replicas))
+        )
+        .0,
+        202
+    );
+    eventually(
+        120,
+        || running_count(g, "web") == replicas as usize,
+        || format!("{:?}\n{}", live(g, "web"), g.log()),
+    );
+}
+
 fn signal(a: &Agent, sig: nix::sys::signal::Signal) {
     let pid = a.process.as_ref().expect("running").pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signal the agent");
@@ -78,23 +124,11 @@ fn node_status(g: &Gateway, node: &str) -> Value {
 
 #[test]
 fn an_agent_killed_with_20_containers_adopts_them_all_again_none_restarted_none_duplicated() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let (_registry, image) = skiff_e2e::busybox_registry(dir.path());
-    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
-    let mut agent = Agent::joined(dir.path(), "node-a", &g);
-    assert_eq!(
-        g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 20)))
-            .0,
-        202
-    );
-    eventually(
-        120,
-        || running_count(&g, "web") == 20,
-        || format!("{:?}\n{}", live(&g, "web"), g.log()),
-    );
-    let allocations = live(&g, "web");
-    let before = containers_of(&agent, "web");
+    let mut f = fleet(&["node-a"]);
+    let (g, agent) = (&f.g, &mut f.agents[0]);
+    run_web(g, &f.image, 20);
+    let allocations = live(g, "web");
+    let before = containers_of(agent, "web");
     assert_eq!(before.len(), 20, "{before:?}");
 
     agent.kill9();
@@ -104,17 +138,17 @@ fn an_agent_killed_with_20_containers_adopts_them_all_again_none_restarted_none_
     eventually(
         30,
         || {
-            node_status(&g, "node-a") == "ready"
-                && running_count(&g, "web") == 20
-                && containers_of(&agent, "web").len() == 20
+            node_status(g, "node-a") == "ready"
+                && running_count(g, "web") == 20
+                && containers_of(agent, "web").len() == 20
         },
-        || format!("{:?}\n{}", live(&g, "web"), agent.log()),
+        || format!("{:?}\n{}", live(g, "web"), agent.log()),
     );
     let adopted = t.elapsed();
     // The same containers, started when they were, and the same
     // allocations: nothing restarted, replaced or duplicated.
-    assert_eq!(containers_of(&agent, "web"), before);
-    let after = live(&g, "web");
+    assert_eq!(containers_of(agent, "web"), before);
+    let after = live(g, "web");
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
         allocations.keys().collect::<Vec<_>>()
@@ -134,24 +168,11 @@ fn an_agent_killed_with_20_containers_adopts_them_all_again_none_restarted_none_
 
 #[test]
 fn a_hung_agent_is_down_its_replicas_run_elsewhere_and_on_sigcont_the_stale_copies_stop() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let (_registry, image) = skiff_e2e::busybox_registry(dir.path());
-    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
-    let a = Agent::joined(dir.path(), "node-a", &g);
-    let b = Agent::joined(dir.path(), "node-b", &g);
+    let f = fleet(&["node-a", "node-b"]);
+    let (g, a, b) = (&f.g, &f.agents[0], &f.agents[1]);
     // Everything on node-a first.
     assert_eq!(g.call("POST", "/v1/nodes/node-b/cordon", None).0, 200);
-    assert_eq!(
-        g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 3)))
-            .0,
-        202
-    );
-    eventually(
-        60,
-        || running_count(&g, "web") == 3,
-        || format!("{:?}\n{}", live(&g, "web"), g.log()),
-    );
+    run_web(g, &f.image, 3);
     assert_eq!(g.call("POST", "/v1/nodes/node-b/uncordon", None).0, 200);
 
     // A hung host: the agent stops answering (nothing may ask it while it
@@ -164,21 +185,19 @@ fn a_hung_agent_is_down_its_replicas_run_elsewhere_and_on_sigcont_the_stale_copi
         .collect();
     assert_eq!(pids.len(), 3, "{:?}", a.containers());
     let t = Instant::now();
-    signal(&a, nix::sys::signal::Signal::SIGSTOP);
-    eventually(30, || node_status(&g, "node-a") == "down", || g.log());
+    signal(a, nix::sys::signal::Signal::SIGSTOP);
+    eventually(30, || node_status(g, "node-a") == "down", || g.log());
     let detected = t.elapsed();
     eventually(
         60,
-        || containers_of(&b, "web").len() == 3 && running_count(&g, "web") == 3,
-        || format!("{:?}\n{}", live(&g, "web"), g.log()),
+        || containers_of(b, "web").len() == 3 && running_count(g, "web") == 3,
+        || format!("{:?}\n{}", live(g, "web"), g.log()),
     );
     let replaced = t.elapsed();
     assert!(
-        live(&g, "web")
-            .values()
-            .all(|(node, _, _)| node == "node-b"),
+        live(g, "web").values().all(|(node, _, _)| node == "node-b"),
         "{:?}",
-        live(&g, "web")
+        live(g, "web")
     );
     // Meanwhile the hung node's copies still run: 6 copies of 3.
     assert!(
@@ -189,18 +208,18 @@ fn a_hung_agent_is_down_its_replicas_run_elsewhere_and_on_sigcont_the_stale_copi
 
     // It wakes: its stale copies are stopped, the count is exact again.
     let woke = Instant::now();
-    signal(&a, nix::sys::signal::Signal::SIGCONT);
+    signal(a, nix::sys::signal::Signal::SIGCONT);
     eventually(
         60,
-        || containers_of(&a, "web").is_empty() && node_status(&g, "node-a") == "ready",
+        || containers_of(a, "web").is_empty() && node_status(g, "node-a") == "ready",
         || format!("{:?}\n{}", a.containers(), a.log()),
     );
     let converged = woke.elapsed();
     // Copies above the desired count: from the replacements running until
     // the stale ones stopped (the hang itself is most of it).
     let above = t.elapsed().saturating_sub(replaced);
-    assert_eq!(containers_of(&b, "web").len(), 3);
-    assert_eq!(running_count(&g, "web"), 3);
+    assert_eq!(containers_of(b, "web").len(), 3);
+    assert_eq!(running_count(g, "web"), 3);
     println!(
         "scenario hung-agent: detect_down_s={:.2} replacements_running_s={:.2} \
          copies_above_desired=3 for_s={:.2} stale_stopped_after_sigcont_s={:.2}",
@@ -213,34 +232,21 @@ fn a_hung_agent_is_down_its_replicas_run_elsewhere_and_on_sigcont_the_stale_copi
 
 #[test]
 fn a_silence_shorter_than_the_grace_reschedules_nothing() {
-    require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let (_registry, image) = skiff_e2e::busybox_registry(dir.path());
-    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
-    let a = Agent::joined(dir.path(), "node-a", &g);
-    let b = Agent::joined(dir.path(), "node-b", &g);
-    assert_eq!(
-        g.call("POST", "/v1/workloads", Some(&sleeper("web", &image, 4)))
-            .0,
-        202
-    );
-    eventually(
-        60,
-        || running_count(&g, "web") == 4,
-        || format!("{:?}\n{}", live(&g, "web"), g.log()),
-    );
-    let allocations = live(&g, "web");
-    let (on_a, on_b) = (containers_of(&a, "web"), containers_of(&b, "web"));
+    let f = fleet(&["node-a", "node-b"]);
+    let (g, a, b) = (&f.g, &f.agents[0], &f.agents[1]);
+    run_web(g, &f.image, 4);
+    let allocations = live(g, "web");
+    let (on_a, on_b) = (containers_of(a, "web"), containers_of(b, "web"));
     // Silent for half the 2 s grace.
-    signal(&a, nix::sys::signal::Signal::SIGSTOP);
+    signal(a, nix::sys::signal::Signal::SIGSTOP);
     std::thread::sleep(Duration::from_millis(1000));
-    signal(&a, nix::sys::signal::Signal::SIGCONT);
+    signal(a, nix::sys::signal::Signal::SIGCONT);
     // Several heartbeats later: the same allocations and containers.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(node_status(&g, "node-a"), "ready");
-    assert_eq!(live(&g, "web"), allocations);
-    assert_eq!(containers_of(&a, "web"), on_a);
-    assert_eq!(containers_of(&b, "web"), on_b);
+    assert_eq!(node_status(g, "node-a"), "ready");
+    assert_eq!(live(g, "web"), allocations);
+    assert_eq!(containers_of(a, "web"), on_a);
+    assert_eq!(containers_of(b, "web"), on_b);
     let (_, events) = g.call("GET", "/v1/events", None);
     let down = events
         .as_array()
