@@ -155,8 +155,7 @@ pub trait CloudProvider: Send + Sync + std::fmt::Debug {
     /// when a gateway stopped between the two); returns their ids. Called
     /// with no launch of the cluster in flight. Nothing, where a launch is
     /// one call.
-    async fn sweep(&self, cluster: &str) -> Result<Vec<String>, CloudError> {
-        let _ = cluster;
+    async fn sweep(&self, _cluster: &str) -> Result<Vec<String>, CloudError> {
         Ok(Vec::new())
     }
 }

@@ -374,7 +374,11 @@ struct Ready {
 async fn launch(runtime: &Arc<Runtime>, r: Ready) -> Result<(), StartError> {
     let record = runtime.create(&r.opts).await?;
     if let Err(e) = runtime.start(&record.id).await {
-        let _ = runtime.remove(&record.id, true).await;
+        // The start's error is the one to report; a container left here
+        // is not desired and goes at the next pass.
+        if let Err(removal) = runtime.remove(&record.id, true).await {
+            tracing::warn!(allocation = %r.id, error = %removal, "remove a container that did not start");
+        }
         return Err(e.into());
     }
     tracing::info!(allocation = %r.id, workload = %r.workload, "started");
