@@ -899,6 +899,7 @@ async fn run(client: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
             .next()
             .unwrap_or(false),
         labels: Default::default(),
+        namespace: None,
         auto_remove: a.rm,
         log_max_bytes: a.log_max_size.map(|b| b.bytes()),
         health,

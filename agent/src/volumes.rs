@@ -76,12 +76,15 @@ pub fn validate(volumes: &BTreeMap<String, HostVolume>) -> Result<(), (String, S
     Ok(())
 }
 
-/// Whether `id` names a local volume (`WORKLOAD.VOLUME.INSTANCE`): never
-/// a path, so it cannot leave the volumes directory.
+/// Whether `id` names a local volume (`[NAMESPACE.]WORKLOAD.VOLUME.INSTANCE`):
+/// never a path, so it cannot leave the volumes directory.
 pub fn is_volume_id(id: &str) -> bool {
     let parts: Vec<&str> = id.split('.').collect();
-    matches!(parts.as_slice(), [w, v, n]
-        if is_valid_name(w) && is_valid_name(v) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    let (names, n) = match parts.as_slice() {
+        [names @ .., n] if names.len() == 2 || names.len() == 3 => (names, n),
+        _ => return false,
+    };
+    names.iter().all(|p| is_valid_name(p)) && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// What the node offers.
@@ -378,6 +381,10 @@ mod tests {
             VolumeError::NoId { .. }
         ));
         assert!(is_volume_id("db.pg.12"));
+        assert!(is_volume_id("team-a.db.pg.0"));
+        for bad in ["../x.y.0", "a.b.c.d.0", "db.pg", "db..pg.0", "db.pg.x"] {
+            assert!(!is_volume_id(bad), "{bad}");
+        }
     }
 
     #[test]

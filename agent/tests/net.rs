@@ -240,22 +240,25 @@ async fn published_ports_reach_a_container_from_everywhere() {
     );
     let nat = node.nat(tag);
     nat.0
-        .apply(&[
-            PortMapping {
-                host_ip: None,
-                host_port: tcp_port,
-                proto: Proto::Tcp,
-                container_ip: server_ip,
-                container_port: 8080,
-            },
-            PortMapping {
-                host_ip: None,
-                host_port: udp_port,
-                proto: Proto::Udp,
-                container_ip: server_ip,
-                container_port: 9000,
-            },
-        ])
+        .apply(
+            &[
+                PortMapping {
+                    host_ip: None,
+                    host_port: tcp_port,
+                    proto: Proto::Tcp,
+                    container_ip: server_ip,
+                    container_port: 8080,
+                },
+                PortMapping {
+                    host_ip: None,
+                    host_port: udp_port,
+                    proto: Proto::Udp,
+                    container_ip: server_ip,
+                    container_port: 9000,
+                },
+            ],
+            &Default::default(),
+        )
         .unwrap();
 
     // From another host: the container sees that host's address.

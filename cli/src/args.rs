@@ -29,6 +29,20 @@ pub struct Cli {
     /// Use this context of the config file instead of the current one.
     #[arg(long, global = true, env = "SKIFF_CONTEXT", value_name = "NAME")]
     pub context: Option<String>,
+    /// The namespace of workloads, secrets, volumes and events [default:
+    /// `default`, or for a token bound to namespaces, its first].
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "SKIFF_NAMESPACE",
+        value_name = "NAME"
+    )]
+    pub namespace: Option<String>,
+    /// On lists (ps, secret ls, volume ls, events): every namespace the
+    /// token may see, with a NAMESPACE column.
+    #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -125,6 +139,11 @@ pub enum Command {
     /// containers whose spec names them (`secrets:`), never shown again.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Namespaces: tenants' spaces, each with a quota, a policy (where
+    /// and what it may run, who may reach it) and its use. Fleet admins
+    /// make and change them.
+    #[command(subcommand)]
+    Namespace(NamespaceCommand),
     /// Named gateways in the config file.
     #[command(subcommand)]
     Context(ContextCommand),
@@ -184,7 +203,7 @@ pub struct LogsArgs {
     #[arg(short, long)]
     pub follow: bool,
     /// Only the last N lines of each replica.
-    #[arg(short = 'n', long, value_name = "N")]
+    #[arg(long, value_name = "N")]
     pub tail: Option<u32>,
     /// Only lines since a time: a duration ago (10m, 1h) or an RFC 3339
     /// time (2026-12-01T10:00:00Z).
@@ -251,6 +270,81 @@ pub struct SecretArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Make a namespace. Without flags: no quota, every site and
+    /// registry, nothing from the host (no host network, host volumes,
+    /// privileged containers or added capabilities).
+    Create(NamespaceArgs),
+    /// Change what the flags give of a namespace's quota and policy
+    /// (`default`'s too); the rest stays.
+    Set(NamespaceArgs),
+    /// List namespaces: quota and use.
+    Ls(OutputArgs),
+    /// Show one namespace: quota, use, policy.
+    Show {
+        name: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Delete empty namespaces (no workloads, secrets or volumes left);
+    /// tokens bound only to one are revoked.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NamespaceArgs {
+    pub name: String,
+    /// Quota: most CPU its workloads reserve together (`10`, `2500m`).
+    #[arg(long, value_name = "CPU")]
+    pub cpu: Option<skiff_proto::Cpu>,
+    /// Quota: most memory (`64Gi`).
+    #[arg(long, value_name = "BYTES")]
+    pub memory: Option<skiff_proto::ByteSize>,
+    /// Quota: most disk, scratch and local volumes (`500Gi`).
+    #[arg(long, value_name = "BYTES")]
+    pub disk: Option<skiff_proto::ByteSize>,
+    /// Quota: most replicas.
+    #[arg(long, value_name = "N")]
+    pub allocations: Option<u32>,
+    /// Quota: most its bursts may spend on cloud VMs per hour (`2.50`).
+    #[arg(long, value_name = "PRICE")]
+    pub cloud_spend: Option<String>,
+    /// Policy: the only sites it may run in (repeatable, or comma-separated).
+    #[arg(long = "site", value_delimiter = ',', value_name = "SITE")]
+    pub sites: Vec<String>,
+    /// Policy: a label its nodes must have, KEY=VALUE (repeatable).
+    #[arg(long = "node-label", value_name = "KEY=VALUE")]
+    pub node_labels: Vec<String>,
+    /// Policy: an image prefix it may run (repeatable).
+    #[arg(long = "registry", value_name = "PREFIX")]
+    pub registries: Vec<String>,
+    /// Policy: allow `network: host`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_host_network: Option<bool>,
+    /// Policy: allow host volumes.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_host_volumes: Option<bool>,
+    /// Policy: allow `security.privileged`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_privileged: Option<bool>,
+    /// Policy: a capability `security.cap_add` may name (repeatable; ALL: any).
+    #[arg(long = "allow-cap", value_name = "CAP")]
+    pub allow_capabilities: Vec<String>,
+    /// Policy: the highest priority its workloads may have.
+    #[arg(long, value_name = "N")]
+    pub max_priority: Option<u32>,
+    /// Policy: another namespace whose containers may connect to this
+    /// one's (repeatable).
+    #[arg(long = "allow-from", value_name = "NAMESPACE")]
+    pub allow_from: Vec<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// List local volumes: workload, replica slot, the node that holds
     /// the data, state, age.
@@ -293,6 +387,11 @@ pub struct TokenCreateArgs {
     /// The API token's name.
     #[arg(long, requires = "role", default_value = "cli")]
     pub name: String,
+    /// Bind the API token to these namespaces (comma-separated): it sees
+    /// nothing else. Without it, a fleet token (only a fleet admin makes
+    /// one).
+    #[arg(long, requires = "role", value_delimiter = ',', value_name = "NS,...")]
+    pub namespaces: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

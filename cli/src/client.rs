@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skiff_gateway::api::{
     ApiTokenResponse, ApiTokenView, ExecEntry, ExecRequest, JoinTokenResponse, JoinTokenView,
-    LogEntry, SiteView, VersionView, WorkloadView,
+    LogEntry, NamespaceView, SiteView, VersionView, WorkloadView,
 };
 use skiff_gateway::control::secrets::SecretView;
 use skiff_gateway::control::volumes::VolumeView;
@@ -73,6 +73,9 @@ pub struct Client {
     current: Arc<AtomicUsize>,
     token: Option<Token>,
     http: reqwest::Client,
+    /// The namespace of namespaced requests (`*` on lists: every one the
+    /// token sees); none: the gateway's default for the token.
+    namespace: Option<String>,
 }
 
 /// What a streamed answer yields: items until the end, or an error.
@@ -119,7 +122,21 @@ impl Client {
             current: Arc::new(AtomicUsize::new(0)),
             token: target.token.clone(),
             http,
+            namespace: None,
         })
+    }
+
+    /// The same client, for namespace `ns` (`*`: every namespace, on lists).
+    pub fn in_namespace(&self, ns: Option<&str>) -> Client {
+        Client {
+            namespace: ns.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// Whether lists show every namespace (`-A`).
+    pub fn all_namespaces(&self) -> bool {
+        self.namespace.as_deref() == Some("*")
     }
 
     /// The gateway answering now.
@@ -133,6 +150,18 @@ impl Client {
             .request(method, format!("{}{path}", self.address()));
         if let Some(Token(t)) = &self.token {
             r = r.bearer_auth(t);
+        }
+        let namespaced = [
+            "/v1/workloads",
+            "/v1/allocations",
+            "/v1/secrets",
+            "/v1/volumes",
+            "/v1/events",
+        ]
+        .iter()
+        .any(|p| path.starts_with(p));
+        if let (true, Some(ns)) = (namespaced, &self.namespace) {
+            r = r.query(&[("namespace", ns)]);
         }
         r
     }
@@ -431,14 +460,66 @@ impl Client {
         .await
     }
 
+    /// An API token; bound to `namespaces` (none: a fleet token).
     pub async fn create_api_token(
         &self,
         name: &str,
         role: Role,
+        namespaces: &[String],
     ) -> Result<ApiTokenResponse, ClientError> {
         self.post(
             "/v1/api-tokens",
-            &serde_json::json!({ "name": name, "role": role }),
+            &serde_json::json!({ "name": name, "role": role, "namespaces": namespaces }),
+        )
+        .await
+    }
+
+    pub async fn namespaces(&self) -> Result<Vec<NamespaceView>, ClientError> {
+        self.get("/v1/namespaces").await
+    }
+
+    pub async fn namespace(&self, name: &str) -> Result<NamespaceView, ClientError> {
+        self.get(&format!("/v1/namespaces/{}", seg(name))).await
+    }
+
+    /// Makes namespace `name` with a quota and policy (JSON, as the API
+    /// takes them).
+    pub async fn create_namespace(
+        &self,
+        name: &str,
+        quota: &serde_json::Value,
+        policy: &serde_json::Value,
+    ) -> Result<NamespaceView, ClientError> {
+        self.post(
+            "/v1/namespaces",
+            &serde_json::json!({ "name": name, "quota": quota, "policy": policy }),
+        )
+        .await
+    }
+
+    /// Replaces what is given of a namespace's quota and policy.
+    pub async fn update_namespace(
+        &self,
+        name: &str,
+        quota: Option<&serde_json::Value>,
+        policy: Option<&serde_json::Value>,
+    ) -> Result<NamespaceView, ClientError> {
+        let mut body = serde_json::Map::new();
+        if let Some(q) = quota {
+            body.insert("quota".into(), q.clone());
+        }
+        if let Some(p) = policy {
+            body.insert("policy".into(), p.clone());
+        }
+        let path = format!("/v1/namespaces/{}", seg(name));
+        self.json(self.request(reqwest::Method::PUT, &path).json(&body))
+            .await
+    }
+
+    pub async fn delete_namespace(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(
+            reqwest::Method::DELETE,
+            &format!("/v1/namespaces/{}", seg(name)),
         )
         .await
     }

@@ -82,6 +82,7 @@ fn group(name: String, cpu_millis: u64, mem: u64) -> Group {
         constraints: vec![],
         distinct_nodes: false,
         host_volumes: Vec::new(),
+        budget: None,
     }
 }
 

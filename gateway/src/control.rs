@@ -23,6 +23,7 @@ pub mod agents;
 pub mod changes;
 mod commits;
 pub mod leadership;
+pub mod namespaces;
 pub mod reconcile;
 mod reload;
 pub mod secrets;
@@ -136,6 +137,10 @@ pub struct AllocationRecord {
     /// slot N's volumes (`WORKLOAD.VOLUME.N`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<u32>,
+    /// Its workload's namespace, as reads show it (then `workload` is the
+    /// workload's name in it); not stored: the id starts with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// Why a pending allocation is not running yet.
@@ -177,6 +182,21 @@ impl From<&scheduler::Explanation> for Explanation {
 }
 
 impl AllocationRecord {
+    /// As the API shows it: its workload by name, with its namespace.
+    pub fn shown(&self) -> AllocationRecord {
+        let (ns, name) = skiff_proto::namespace::split(&self.workload);
+        AllocationRecord {
+            workload: name.to_string(),
+            namespace: Some(ns.to_string()),
+            ..self.clone()
+        }
+    }
+
+    /// Its workload's namespace.
+    pub fn namespace(&self) -> &str {
+        skiff_proto::namespace::split(&self.workload).0
+    }
+
     /// Counts toward the workload's replicas, and is on its node.
     pub fn is_live(&self) -> bool {
         !self.done && !matches!(self.state, AllocationState::Stopped | AllocationState::Lost)
@@ -238,6 +258,9 @@ pub struct NodeRecord {
     /// The cloud instance it runs on (nodes the autoscaler launched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// The instance type of that instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
     /// Since when it has had no work (launched nodes only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since_ms: Option<i64>,
@@ -296,6 +319,18 @@ pub struct ApiTokenRecord {
     pub name: String,
     pub role: Role,
     pub created_ms: i64,
+    /// The namespaces it is bound to, its role in each; empty: a fleet
+    /// token (every namespace, nodes, sites and tokens).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+impl ApiTokenRecord {
+    /// Bound to some of `namespaces` and nothing else (never a fleet
+    /// token).
+    pub fn is_within(&self, namespaces: &[String]) -> bool {
+        !self.namespaces.is_empty() && self.namespaces.iter().all(|n| namespaces.contains(n))
+    }
 }
 
 /// What an API token may do.
@@ -334,8 +369,11 @@ pub struct State {
     pub vms: BTreeMap<String, VmRecord>,
     /// Local volumes, by id.
     pub volumes: BTreeMap<String, volumes::VolumeRecord>,
-    /// Secrets, by name (their data sealed).
+    /// Secrets, by key (`[NAMESPACE.]NAME`; their data sealed).
     pub secrets: BTreeMap<String, secrets::SecretRecord>,
+    /// Namespaces made with `POST /v1/namespaces` (and `default`, once an
+    /// admin stores its quota or policy).
+    pub namespaces: BTreeMap<String, namespaces::NamespaceRecord>,
     /// Allocation ids in each node's desired state.
     desired: HashMap<String, BTreeSet<String>>,
     /// Bumped by every change (a write that wrote something or failed, a
@@ -353,8 +391,14 @@ pub struct Event {
     pub time_ms: i64,
     /// `workload`, `allocation`, `node`.
     pub kind: String,
+    /// A workload's or secret's name (in `namespace`); otherwise the id.
     pub id: String,
     pub message: String,
+    /// The namespace of a workload, allocation, secret or volume event;
+    /// absent on the fleet's own (nodes, sites, tokens): only fleet
+    /// tokens see those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// VMs the placement engine asks for, by site and type.
@@ -389,6 +433,9 @@ pub enum ControlError {
     Invalid(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// A namespace's quota or policy refuses it (the rule named).
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The placement engine refused the state it was given (a bug: the
@@ -589,6 +636,7 @@ impl State {
             Kind::Vm => set(&mut self.vms, kind, key, value),
             Kind::Volume => set(&mut self.volumes, kind, key, value),
             Kind::Secret => set(&mut self.secrets, kind, key, value),
+            Kind::Namespace => set(&mut self.namespaces, kind, key, value),
             Kind::Meta => Ok(()),
         }
     }
@@ -614,13 +662,15 @@ impl Control {
     /// Stores a new workload (durably, before returning) and asks for a
     /// pass; a name in use is a conflict.
     pub fn create_workload(&self, spec: WorkloadSpec) -> Result<WorkloadRecord, ControlError> {
-        let name = spec.name.clone();
+        let name = spec.key();
         let w = self.write(|st, b| {
             if st.workloads.contains_key(&name) {
                 return Err(ControlError::Conflict(format!(
-                    "workload {name} exists (update it with PUT /v1/workloads/{name})"
+                    "workload {} exists in namespace {} (update it with PUT /v1/workloads/{})",
+                    spec.name, spec.namespace, spec.name
                 )));
             }
+            namespaces::check_spec(st, &spec)?;
             self.check_fleet_replicas(st, &name, spec.live_at_most())?;
             secrets::check_spec(st, &spec)?;
             let now = self.clock.now_ms();
@@ -650,9 +700,9 @@ impl Control {
     ) -> Result<(), ControlError> {
         let others: u64 = st
             .workloads
-            .values()
-            .filter(|w| w.spec.name != workload)
-            .map(|w| u64::from(w.spec.live_at_most()))
+            .iter()
+            .filter(|(k, _)| k.as_str() != workload)
+            .map(|(_, w)| u64::from(w.spec.live_at_most()))
             .sum();
         let total = others + u64::from(replicas);
         let limit = u64::from(self.config.max_fleet_replicas);
@@ -848,11 +898,17 @@ impl Control {
     pub fn event(&self, kind: &str, id: &str, message: impl Into<String>) {
         let message = message.into();
         tracing::info!(kind, id, %message, "event");
+        let namespace = skiff_proto::namespace::of_event(kind, id).map(str::to_string);
+        let shown = match kind {
+            "workload" | "secret" => skiff_proto::namespace::split(id).1,
+            _ => id,
+        };
         let event = Event {
             time_ms: now_ms(),
             kind: kind.into(),
-            id: id.into(),
+            id: shown.into(),
             message,
+            namespace,
         };
         // Kept and sent under one lock: a subscriber that read the recent
         // ones under it misses nothing and sees nothing twice.
@@ -1110,7 +1166,18 @@ impl Control {
                         spec: Some(v1::ContainerSpec::from(&w.spec.container_spec())),
                         local_volumes,
                         secrets: secrets::data_for(s, keys, &w.spec),
+                        namespace: w.spec.namespace.clone(),
                     })
+                })
+                .collect::<Vec<_>>();
+            let here: BTreeSet<&str> = allocations.iter().map(|a| a.namespace.as_str()).collect();
+            let network_policies = here
+                .into_iter()
+                .map(|ns| v1::NamespaceNetwork {
+                    namespace: ns.to_string(),
+                    allow_from: namespaces::get(s, ns)
+                        .map(|r| r.policy.allow_from.clone())
+                        .unwrap_or_default(),
                 })
                 .collect();
             v1::GatewayMessage {
@@ -1118,6 +1185,7 @@ impl Control {
                     generation,
                     allocations,
                     remove_volumes: volumes::to_remove(s, node),
+                    network_policies,
                 })),
             }
         })

@@ -74,6 +74,7 @@ pub(crate) fn status(e: ControlError) -> Status {
         ControlError::Conflict(m) => Status::already_exists(m),
         ControlError::Invalid(m) => Status::invalid_argument(m),
         ControlError::Unauthenticated(m) => Status::unauthenticated(m),
+        ControlError::Forbidden(m) => Status::permission_denied(m),
         ControlError::Store(
             e
             @ (crate::store::StoreError::Unavailable { .. } | crate::store::StoreError::NotLeader),

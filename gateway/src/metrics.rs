@@ -153,3 +153,84 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabel {
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabel {
+    pub namespace: String,
+    pub resource: String,
+}
+
+/// One namespace's figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceRow {
+    pub namespace: String,
+    pub reserved: crate::control::namespaces::Usage,
+    pub in_use: crate::control::namespaces::Usage,
+    /// Quota limits by resource (`cpu_millis`, `memory_bytes`, …).
+    pub quota: Vec<(&'static str, u64)>,
+    /// Millionths per hour.
+    pub spend: u64,
+}
+
+/// Per-namespace series (OpenMetrics text, without `# EOF`), made at each
+/// scrape from the namespaces the caller may see: a namespace's name never
+/// reaches a scraper without a token for it.
+pub fn encode_namespaces(rows: &[NamespaceRow]) -> String {
+    let mut registry = Registry::with_prefix("skiff_namespace");
+    let reserved = Family::<QuotaLabel, Gauge>::default();
+    let in_use = Family::<QuotaLabel, Gauge>::default();
+    let quota = Family::<QuotaLabel, Gauge>::default();
+    let spend = Family::<NamespaceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(
+        "reserved",
+        "What a namespace's workloads reserve (replicas times one's demand)",
+        reserved.clone(),
+    );
+    registry.register(
+        "in_use",
+        "What a namespace's live allocations hold",
+        in_use.clone(),
+    );
+    registry.register("quota", "A namespace's quota", quota.clone());
+    registry.register(
+        "cloud_spend_per_hour",
+        "The price per hour of the cloud capacity a namespace holds",
+        spend.clone(),
+    );
+    for r in rows {
+        let label = |resource: &str| QuotaLabel {
+            namespace: r.namespace.clone(),
+            resource: resource.to_string(),
+        };
+        for (family, u) in [(&reserved, &r.reserved), (&in_use, &r.in_use)] {
+            for (res, v) in [
+                ("cpu_millis", u.cpu_millis),
+                ("memory_bytes", u.memory_bytes),
+                ("disk_bytes", u.disk_bytes),
+                ("allocations", u.allocations),
+            ] {
+                family
+                    .get_or_create(&label(res))
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        }
+        for (res, v) in &r.quota {
+            quota
+                .get_or_create(&label(res))
+                .set(i64::try_from(*v).unwrap_or(i64::MAX));
+        }
+        spend
+            .get_or_create(&NamespaceLabel {
+                namespace: r.namespace.clone(),
+            })
+            .set(r.spend as f64 / 1e6);
+    }
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out.strip_suffix("# EOF\n").unwrap_or(&out).to_string()
+}

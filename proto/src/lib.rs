@@ -19,6 +19,7 @@ mod constraint;
 mod duration;
 mod error;
 mod image;
+pub mod namespace;
 mod parse;
 mod quantity;
 pub mod schema;
@@ -34,6 +35,7 @@ pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{
     BatchSpec, ContainerSpec, ExecProbe, HealthSpec, HttpProbe, LocalVolume, MAX_BACKOFF,
     MAX_REPLICAS, MountPathError, MountSpec, NetworkMode, OnNodeLoss, Placement, PortSpec,
-    Protocol, Resources, RestartPolicy, SecretRef, Spread, TcpProbe, TmpfsVolume, VolumeSpec,
-    WorkloadKind, WorkloadSpec, check_mount_path, is_secret_key, is_valid_name,
+    Protocol, Resources, RestartPolicy, SecretRef, SecuritySpec, Spread, TcpProbe, TmpfsVolume,
+    VolumeSpec, WorkloadKind, WorkloadSpec, check_mount_path, is_capability_name, is_secret_key,
+    is_valid_name,
 };

@@ -125,6 +125,10 @@ impl From<&ContainerSpec> for v1::ContainerSpec {
             NetworkMode::None => v1::NetworkMode::None,
         };
         Self {
+            security: (!c.security.is_default()).then(|| v1::Security {
+                privileged: c.security.privileged,
+                cap_add: c.security.cap_add.clone(),
+            }),
             image: c.image.to_string(),
             command: c.command.clone(),
             args: c.args.clone(),
@@ -418,6 +422,14 @@ impl TryFrom<&v1::ContainerSpec> for ContainerSpec {
             health: c.health.as_ref().map(health_from_wire).transpose()?,
             network,
             stop_timeout: Duration::from_millis(c.stop_timeout_ms),
+            security: c
+                .security
+                .as_ref()
+                .map(|s| crate::SecuritySpec {
+                    privileged: s.privileged,
+                    cap_add: s.cap_add.clone(),
+                })
+                .unwrap_or_default(),
         })
     }
 }

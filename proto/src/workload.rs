@@ -34,6 +34,14 @@ pub struct WorkloadSpec {
     /// Unique name: lowercase letters, digits and '-', at most 63 characters.
     #[schemars(schema_with = "crate::schema::spec::name")]
     pub name: String,
+    /// The namespace it belongs to (`default` unless given; the API's
+    /// `?namespace=` and the CLI's `-n` set it when the spec does not).
+    #[serde(
+        default = "default_namespace",
+        skip_serializing_if = "is_default_namespace"
+    )]
+    #[schemars(schema_with = "crate::schema::spec::namespace")]
+    pub namespace: String,
     /// `service` (the default): replicas kept running; `batch`: runs to
     /// completion (see `batch`); `system`: one copy on every eligible node.
     #[serde(default, skip_serializing_if = "WorkloadKind::is_service")]
@@ -98,10 +106,46 @@ pub struct WorkloadSpec {
     /// How long `stop` waits after SIGTERM before SIGKILL.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Duration,
+    /// What its containers may do beyond Skiff's hardened default.
+    #[serde(default, skip_serializing_if = "SecuritySpec::is_default")]
+    pub security: SecuritySpec,
+}
+
+/// Privileges beyond the default (Docker's default capabilities, a
+/// seccomp filter, no new privileges).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    /// Every capability, no seccomp filter, the host's devices (as
+    /// `docker run --privileged`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Capabilities added to the default set (`NET_ADMIN`, `SYS_TIME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::spec::capabilities")]
+    pub cap_add: Vec<String>,
+}
+
+impl SecuritySpec {
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// Whether `name` is written as a capability (`NET_ADMIN`, `CAP_NET_ADMIN`).
+pub fn is_capability_name(name: &str) -> bool {
+    let n = name.strip_prefix("CAP_").unwrap_or(name);
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
 }
 
 fn one() -> u32 {
     1
+}
+fn default_namespace() -> String {
+    crate::namespace::DEFAULT.to_string()
+}
+fn is_default_namespace(ns: &str) -> bool {
+    ns == crate::namespace::DEFAULT
 }
 fn default_backoff_limit() -> u32 {
     6
@@ -566,6 +610,7 @@ pub struct ContainerSpec {
     pub health: Option<HealthSpec>,
     pub network: NetworkMode,
     pub stop_timeout: Duration,
+    pub security: SecuritySpec,
 }
 
 /// Whether `name` is a valid workload, site or node name (an RFC 1123 label).
@@ -630,6 +675,11 @@ fn check_port(errs: &mut Collector, path: String, port: u32) {
 }
 
 impl WorkloadSpec {
+    /// Its key in the fleet's state ([`crate::namespace::qualify`]).
+    pub fn key(&self) -> String {
+        crate::namespace::qualify(&self.namespace, &self.name)
+    }
+
     /// Checks everything the types cannot; `root` prefixes every path (`spec`).
     pub fn validate(&self, root: &str) -> Result<(), SpecErrors> {
         let mut errs = Collector::default();
@@ -639,6 +689,20 @@ impl WorkloadSpec {
             errs.push(
                 p("name"),
                 format!("{:?} is not a valid name ({NAME_RULE})", self.name),
+            );
+        }
+        for (i, c) in self.security.cap_add.iter().enumerate() {
+            if !is_capability_name(c) {
+                errs.push(
+                    format!("{root}.security.cap_add[{i}]"),
+                    format!("{c:?} is not a capability name (e.g. NET_ADMIN)"),
+                );
+            }
+        }
+        if !is_valid_name(&self.namespace) {
+            errs.push(
+                p("namespace"),
+                format!("{:?} is not a valid name ({NAME_RULE})", self.namespace),
             );
         }
         if self.replicas > MAX_REPLICAS {
@@ -970,6 +1034,7 @@ impl WorkloadSpec {
             health: self.health.clone(),
             network: self.network,
             stop_timeout: self.stop_timeout,
+            security: self.security.clone(),
         }
     }
 }

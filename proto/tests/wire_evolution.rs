@@ -129,8 +129,13 @@ fn older_receivers_skip_fields_they_do_not_know() {
                 version: 2,
                 data: [("password".to_string(), b"hunter2".to_vec())].into(),
             }],
+            namespace: "team-a".into(),
         }],
         remove_volumes: vec!["web.pg.1".into()],
+        network_policies: vec![v1::NamespaceNetwork {
+            namespace: "team-a".into(),
+            allow_from: vec!["team-b".into()],
+        }],
     };
     let bytes = with_unknown_field(state.encode_to_vec(), 1000);
     let decoded = v1::DesiredState::decode(bytes.as_slice()).unwrap();

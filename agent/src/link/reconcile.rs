@@ -22,6 +22,17 @@ use crate::volumes::{NodeVolumes, VolumeError};
 /// The label naming a container's allocation.
 pub const ALLOCATION_LABEL: &str = "skiff.allocation";
 const WORKLOAD_LABEL: &str = "skiff.workload";
+/// Its workload's fleet namespace.
+const NAMESPACE_LABEL: &str = "skiff.namespace";
+
+/// The namespace the gateway names (empty from an older gateway: `default`).
+fn namespace_of(ns: &str) -> String {
+    if ns.is_empty() {
+        skiff_proto::namespace::DEFAULT.to_string()
+    } else {
+        ns.to_string()
+    }
+}
 
 #[derive(Debug)]
 pub struct Reconciler {
@@ -170,6 +181,14 @@ impl Reconciler {
     }
 
     async fn apply(&mut self, want: &v1::DesiredState) {
+        let allow_from = want
+            .network_policies
+            .iter()
+            .map(|p| (namespace_of(&p.namespace), p.allow_from.clone()))
+            .collect();
+        if let Err(e) = self.runtime.set_allow_from(allow_from).await {
+            tracing::warn!(error = %e, "namespace network rules");
+        }
         let have = managed(&self.runtime);
         let wanted: BTreeSet<&str> = want.allocations.iter().map(|a| a.id.as_str()).collect();
         self.failures.retain(|id, _| wanted.contains(id.as_str()));
@@ -321,6 +340,7 @@ impl Reconciler {
         let mut labels = BTreeMap::new();
         labels.insert(ALLOCATION_LABEL.to_string(), a.id.clone());
         labels.insert(WORKLOAD_LABEL.to_string(), a.workload.clone());
+        labels.insert(NAMESPACE_LABEL.to_string(), namespace_of(&a.namespace));
         let opts = RunOptions {
             image,
             name: Some(a.id.clone()),
@@ -335,6 +355,7 @@ impl Reconciler {
                     format!("SKIFF_SITE={}", self.site),
                     format!("SKIFF_ALLOCATION={}", a.id),
                     format!("SKIFF_WORKLOAD={}", a.workload),
+                    format!("SKIFF_NAMESPACE={}", namespace_of(&a.namespace)),
                 ])
                 .chain(secrets.env)
                 .collect(),
@@ -347,6 +368,9 @@ impl Reconciler {
             labels,
             health: spec.health.clone(),
             mounts,
+            privileged: spec.security.privileged,
+            cap_add: spec.security.cap_add.clone(),
+            namespace: Some(namespace_of(&a.namespace)),
             ..RunOptions::default()
         };
         Ok(Ready {

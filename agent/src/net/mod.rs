@@ -124,6 +124,10 @@ pub struct Attachment {
     pub mtu: u32,
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The fleet namespace of its workload (none: a container run on the
+    /// node by hand, in no namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// The host end of a container's veth pair: `sk` and the id's first 12
@@ -161,6 +165,10 @@ pub struct NodeNet {
     /// Held while the table is rewritten, so the last rewrite always has
     /// the latest ports.
     applying: tokio::sync::Mutex<()>,
+    /// Running containers in a namespace, and who may reach whom.
+    isolation: Mutex<nat::Isolation>,
+    /// Running containers' (namespace, address), by id.
+    members: Mutex<BTreeMap<String, (String, std::net::Ipv4Addr)>>,
 }
 
 impl NodeNet {
@@ -180,6 +188,8 @@ impl NodeNet {
             ready: tokio::sync::Mutex::new(None),
             published: Mutex::new(BTreeMap::new()),
             applying: tokio::sync::Mutex::new(()),
+            isolation: Mutex::new(nat::Isolation::default()),
+            members: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -214,8 +224,9 @@ impl NodeNet {
         {
             let _one_at_a_time = self.applying.lock().await;
             let ports = self.all_published();
+            let isolation = self.isolation();
             let nat = self.nat.clone();
-            tokio::task::spawn_blocking(move || nat.apply(&ports))
+            tokio::task::spawn_blocking(move || nat.apply(&ports, &isolation))
                 .await
                 .map_err(|e| NetError::Invalid(e.to_string()))??;
         }
@@ -231,6 +242,7 @@ impl NodeNet {
         id: &str,
         ports: &[skiff_proto::PortSpec],
         durable: bool,
+        namespace: Option<String>,
     ) -> Result<Attachment, NetError> {
         let mtu = self.ensure().await?;
         let address = self.ipam.allocate(id, durable)?;
@@ -276,6 +288,7 @@ impl NodeNet {
             gateway: self.ipam.gateway(),
             mtu,
             ports: mappings,
+            namespace,
         })
     }
 
@@ -295,27 +308,68 @@ impl NodeNet {
             .collect()
     }
 
+    /// The isolation rules' input now.
+    fn isolation(&self) -> nat::Isolation {
+        let mut iso = self.isolation.lock().expect("lock").clone();
+        iso.members.clear();
+        for (ns, addr) in self.members.lock().expect("lock").values() {
+            iso.members.entry(ns.clone()).or_default().insert(*addr);
+        }
+        iso
+    }
+
     async fn apply(&self) -> Result<(), NetError> {
         self.ensure().await?;
         let _one_at_a_time = self.applying.lock().await;
         let ports = self.all_published();
+        let isolation = self.isolation();
         let nat = self.nat.clone();
-        tokio::task::spawn_blocking(move || nat.apply(&ports))
+        tokio::task::spawn_blocking(move || nat.apply(&ports, &isolation))
             .await
             .map_err(|e| NetError::Invalid(e.to_string()))??;
         Ok(())
+    }
+
+    /// Which other namespaces may reach each namespace's containers (from
+    /// the gateway's desired state); the rules are rewritten if it changed.
+    pub async fn set_allow_from(
+        &self,
+        allow_from: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), NetError> {
+        let changed = {
+            let mut iso = self.isolation.lock().expect("lock");
+            let changed = iso.allow_from != allow_from;
+            iso.allow_from = allow_from;
+            changed
+        };
+        let any = !self.members.lock().expect("lock").is_empty();
+        if changed && any {
+            self.apply().await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether membership of container `id` changes: `Some` joins it.
+    fn set_member(&self, id: &str, a: Option<&Attachment>) -> bool {
+        let mut members = self.members.lock().expect("lock");
+        match a.and_then(|a| Some((a.namespace.clone()?, a.address))) {
+            Some(m) => members.insert(id.to_string(), m.clone()) != Some(m),
+            None => members.remove(id).is_some(),
+        }
     }
 
     /// Makes the container's published ports live (before it starts, so
     /// they answer as soon as it listens). Checks them again: the host may
     /// have changed since create.
     pub async fn publish(&self, id: &str, name: &str, a: &Attachment) -> Result<(), NetError> {
+        let joined = self.set_member(id, Some(a));
         if a.ports.is_empty() {
-            return Ok(());
+            return if joined { self.apply().await } else { Ok(()) };
         }
         {
             let published = self.published.lock().expect("lock");
-            if published.get(id).is_some_and(|(_, p)| p == &a.ports) {
+            if !joined && published.get(id).is_some_and(|(_, p)| p == &a.ports) {
                 return Ok(());
             }
         }
@@ -335,7 +389,12 @@ impl NodeNet {
     /// Takes the container's published ports down (it stopped).
     pub async fn unpublish(&self, id: &str) -> Result<(), NetError> {
         let had = self.published.lock().expect("lock").remove(id).is_some();
-        if had { self.apply().await } else { Ok(()) }
+        let left = self.set_member(id, None);
+        if had || left {
+            self.apply().await
+        } else {
+            Ok(())
+        }
     }
 
     /// Everything of a removed container: its ports and its address. Its
@@ -369,6 +428,13 @@ impl NodeNet {
             for (id, name, a, running) in containers {
                 if *running && !a.ports.is_empty() {
                     published.insert(id.clone(), (name.clone(), a.ports.clone()));
+                }
+            }
+            let mut members = self.members.lock().expect("lock");
+            members.clear();
+            for (id, _, a, running) in containers {
+                if let (true, Some(ns)) = (*running, &a.namespace) {
+                    members.insert(id.clone(), (ns.clone(), a.address));
                 }
             }
         }

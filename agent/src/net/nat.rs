@@ -9,17 +9,22 @@
 //!   loopback included (`output`);
 //! * hairpin and loopback: a container reaching a published port of the
 //!   node, and `127.0.0.1:port`, are masqueraded so the answer comes back
-//!   the way it went.
+//!   the way it went;
+//! * namespace isolation: in the `forward` hook (bridged traffic passes it
+//!   through `br_netfilter`), a new connection from a container of one
+//!   namespace to one of another is dropped unless the destination's
+//!   namespace lets the source's in. Replies of allowed connections and
+//!   published ports (DNAT) pass.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nftables::batch::Batch;
 use nftables::expr::{
     CT, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix,
+    Prefix, SetItem,
 };
 use nftables::schema::{Chain, NfListObject, Rule, Table};
 use nftables::stmt::{Match, NAT, NATFamily, Operator, Statement};
@@ -53,6 +58,48 @@ fn table(name: &str) -> Table<'static> {
         name: name.to_string().into(),
         handle: None,
     }
+}
+
+/// Who is in which namespace on this node, and who may reach whom.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Isolation {
+    /// Running containers' addresses, by namespace.
+    pub members: BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    /// Per namespace, the other namespaces whose containers may open
+    /// connections to its own.
+    pub allow_from: BTreeMap<String, Vec<String>>,
+}
+
+impl Isolation {
+    /// Per namespace with containers here: its addresses, and the
+    /// addresses of other namespaces' containers here that it keeps out
+    /// (none: no rule).
+    pub fn rules(&self) -> Vec<(&str, &BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>)> {
+        let mut out = Vec::new();
+        for (ns, own) in &self.members {
+            let allowed = self.allow_from.get(ns);
+            let denied: BTreeSet<Ipv4Addr> = self
+                .members
+                .iter()
+                .filter(|(other, _)| *other != ns)
+                .filter(|(other, _)| allowed.is_none_or(|a| !a.contains(other)))
+                .flat_map(|(_, addrs)| addrs.iter().copied())
+                .collect();
+            if !denied.is_empty() {
+                out.push((ns.as_str(), own, denied));
+            }
+        }
+        out
+    }
+}
+
+fn addr_set(addrs: &BTreeSet<Ipv4Addr>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        addrs
+            .iter()
+            .map(|a| SetItem::Element(Expression::String(a.to_string().into())))
+            .collect(),
+    ))
 }
 
 /// `tcp` or `udp`.
@@ -155,13 +202,15 @@ impl Nat {
     /// Creates (or re-creates, after an agent restart) the table with the
     /// egress rules only, and turns on IPv4 forwarding.
     pub fn ensure(&self) -> Result<(), NatError> {
-        self.apply(&[])
+        self.apply(&[], &Isolation::default())
     }
 
-    /// Replaces the table with the egress rules and `ports`, in one
-    /// transaction; turns on IPv4 forwarding (and, on the bridge, routing
-    /// of loopback-sourced packets, for `127.0.0.1:port`).
-    pub fn apply(&self, ports: &[PortMapping]) -> Result<(), NatError> {
+    /// Replaces the table with the egress rules, `ports` and the
+    /// namespace isolation rules, in one transaction; turns on IPv4
+    /// forwarding (and, on the bridge, routing of loopback-sourced
+    /// packets, for `127.0.0.1:port`, and the netfilter hooks of bridged
+    /// traffic, for isolation).
+    pub fn apply(&self, ports: &[PortMapping], isolation: &Isolation) -> Result<(), NatError> {
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
         let _ = std::fs::write(
             format!("/proc/sys/net/ipv4/conf/{}/route_localnet", self.bridge),
@@ -266,6 +315,68 @@ impl Nat {
                 ));
             }
         }
+        let rules = isolation.rules();
+        if !rules.is_empty() {
+            // Docker needs the same: bridged IPv4 through iptables' hooks.
+            let _ = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1");
+            batch.add(NfListObject::Chain(Chain {
+                family: NfFamily::IP,
+                table: t.to_string().into(),
+                name: "isolate".into(),
+                _type: Some(NfChainType::Filter),
+                hook: Some(NfHook::Forward),
+                prio: Some(0),
+                ..Chain::default()
+            }));
+            let ct = |key: &'static str| {
+                Expression::Named(NamedExpression::CT(CT {
+                    key: key.into(),
+                    family: None,
+                    dir: None,
+                }))
+            };
+            batch.add(rule(
+                t,
+                "isolate",
+                vec![
+                    matches(
+                        ct("state"),
+                        Expression::List(vec![
+                            Expression::String("established".into()),
+                            Expression::String("related".into()),
+                        ]),
+                        Operator::IN,
+                    ),
+                    Statement::Accept(None),
+                ],
+                "skiff: replies".into(),
+            ));
+            batch.add(rule(
+                t,
+                "isolate",
+                vec![
+                    matches(
+                        ct("status"),
+                        Expression::String("dnat".into()),
+                        Operator::IN,
+                    ),
+                    Statement::Accept(None),
+                ],
+                "skiff: published ports".into(),
+            ));
+            for (ns, own, denied) in rules {
+                batch.add(rule(
+                    t,
+                    "isolate",
+                    vec![
+                        matches(field("ip", "daddr"), addr_set(own), Operator::EQ),
+                        matches(field("ip", "saddr"), addr_set(&denied), Operator::EQ),
+                        Statement::Drop(None),
+                    ],
+                    format!("skiff: namespace {ns} keeps others out"),
+                ));
+            }
+        }
         nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError {
             what: "set up the skiff table",
             source,
@@ -281,5 +392,44 @@ impl Nat {
             what: "remove the skiff table",
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 88, 0, last)
+    }
+
+    #[test]
+    fn each_namespace_keeps_the_others_out_unless_it_lets_one_in() {
+        let mut iso = Isolation::default();
+        iso.members.insert("a".into(), [ip(2), ip(3)].into());
+        iso.members.insert("b".into(), [ip(4)].into());
+        iso.members.insert("c".into(), [ip(5)].into());
+        iso.allow_from.insert("b".into(), vec!["a".into()]);
+        let rules = iso.rules();
+        let of = |ns: &str| {
+            rules
+                .iter()
+                .find(|(n, ..)| *n == ns)
+                .map(|(_, own, denied)| ((*own).clone(), denied.clone()))
+        };
+        assert_eq!(
+            of("a"),
+            Some(([ip(2), ip(3)].into(), [ip(4), ip(5)].into()))
+        );
+        // b lets a in: only c is kept out.
+        assert_eq!(of("b"), Some(([ip(4)].into(), [ip(5)].into())));
+        assert_eq!(
+            of("c"),
+            Some(([ip(5)].into(), [ip(2), ip(3), ip(4)].into()))
+        );
+        // One namespace alone on a node needs no rule.
+        let mut alone = Isolation::default();
+        alone.members.insert("a".into(), [ip(2)].into());
+        assert!(alone.rules().is_empty());
     }
 }

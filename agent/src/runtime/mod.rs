@@ -131,6 +131,10 @@ pub struct RunOptions {
     pub allow_privilege_escalation: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The fleet namespace of its workload: containers of other namespaces
+    /// on this node cannot open connections to it (see `net::nat`).
+    #[serde(default)]
+    pub namespace: Option<String>,
     /// Remove the container when it exits.
     #[serde(default)]
     pub auto_remove: bool,
@@ -359,6 +363,14 @@ impl Runtime {
         })
     }
 
+    /// Which other fleet namespaces may reach each namespace's containers.
+    pub async fn set_allow_from(
+        &self,
+        allow_from: BTreeMap<String, Vec<String>>,
+    ) -> Result<(), RuntimeError> {
+        Ok(self.net.set_allow_from(allow_from).await?)
+    }
+
     /// Creates a container (not started): resolves the image and user,
     /// prepares its directory and cgroup. Bad input leaves nothing behind.
     pub async fn create(&self, opts: &RunOptions) -> Result<ContainerRecord, RuntimeError> {
@@ -401,7 +413,7 @@ impl Runtime {
         let net = match network {
             NetworkMode::Bridge => Some(
                 self.net
-                    .prepare(&id, &opts.ports, !opts.auto_remove)
+                    .prepare(&id, &opts.ports, !opts.auto_remove, opts.namespace.clone())
                     .await?,
             ),
             _ => None,

@@ -4,6 +4,7 @@
 
 mod contexts;
 mod fleet;
+mod namespaces;
 mod secrets;
 mod streams;
 mod tokens;
@@ -94,7 +95,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         C::Dev(args) => return crate::dev::run(args).await,
         _ => {}
     }
-    let client = client(&cli)?;
+    let ns = if cli.all_namespaces {
+        Some("*")
+    } else {
+        cli.namespace.as_deref()
+    };
+    let client = client(&cli)?.in_namespace(ns);
     match cli.command {
         C::Run(a) => workloads::run(&client, &a).await,
         C::Ps(o) => workloads::ps(&client, o).await,
@@ -122,6 +128,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         C::Token(t) => tokens::run(&client, &t).await,
         C::Volume(v) => volumes::run(&client, &v).await,
         C::Secret(c) => secrets::run(&client, &c).await,
+        C::Namespace(c) => namespaces::run(&client, &c).await,
         C::Validate { .. } | C::Schema | C::Completion { .. } | C::Context(_) | C::Dev(_) => {
             unreachable!("handled above")
         }

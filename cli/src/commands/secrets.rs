@@ -68,18 +68,23 @@ pub async fn run(client: &Client, cmd: &SecretCommand) -> Result<ExitCode, CliEr
             if out.structured(&secrets).map_err(io("stdout"))? {
                 return Ok(ExitCode::SUCCESS);
             }
+            let all = client.all_namespaces();
             let rows: Vec<Vec<String>> = secrets
                 .iter()
                 .map(|s| {
-                    vec![
-                        s.name.clone(),
-                        s.keys.join(","),
-                        s.version.to_string(),
-                        age(s.updated_ms),
-                    ]
+                    all.then(|| s.namespace.clone())
+                        .into_iter()
+                        .chain([
+                            s.name.clone(),
+                            s.keys.join(","),
+                            s.version.to_string(),
+                            age(s.updated_ms),
+                        ])
+                        .collect()
                 })
                 .collect();
-            table(&out, &["NAME", "KEYS", "VERSION", "UPDATED"], &rows).map_err(io("stdout"))?;
+            let header = ["NAMESPACE", "NAME", "KEYS", "VERSION", "UPDATED"];
+            table(&out, &header[usize::from(!all)..], &rows).map_err(io("stdout"))?;
             Ok(ExitCode::SUCCESS)
         }
         SecretCommand::Rm { names } => {

@@ -40,7 +40,9 @@ pub async fn run(client: &Client, cmd: &TokenCommand) -> Result<ExitCode, CliErr
                     );
                 }
             } else if let Some(r) = &a.role {
-                let t = client.create_api_token(&a.name, role(r)?).await?;
+                let t = client
+                    .create_api_token(&a.name, role(r)?, &a.namespaces)
+                    .await?;
                 if out.structured(&t).map_err(io("stdout"))? {
                     return Ok(ExitCode::SUCCESS);
                 }

@@ -223,33 +223,41 @@ pub async fn ps(client: &Client, o: OutputArgs) -> Result<ExitCode, CliError> {
     if out.structured(&list).map_err(io("stdout"))? {
         return Ok(ExitCode::SUCCESS);
     }
+    let all = client.all_namespaces();
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|v| {
-            vec![
-                v.spec.name.clone(),
-                v.spec.image.to_string(),
-                desired(v),
-                v.running.to_string(),
-                v.pending.to_string(),
-                if v.sites.is_empty() {
-                    "-".into()
-                } else {
-                    v.sites.join(",")
-                },
-                v.version.to_string(),
-                age(v.created_ms),
-            ]
+            let ns = all.then(|| v.spec.namespace.clone());
+            ns.into_iter()
+                .chain([
+                    v.spec.name.clone(),
+                    v.spec.image.to_string(),
+                    desired(v),
+                    v.running.to_string(),
+                    v.pending.to_string(),
+                    if v.sites.is_empty() {
+                        "-".into()
+                    } else {
+                        v.sites.join(",")
+                    },
+                    v.version.to_string(),
+                    age(v.created_ms),
+                ])
+                .collect()
         })
         .collect();
-    table(
-        &out,
-        &[
-            "NAME", "IMAGE", "DESIRED", "RUNNING", "PENDING", "SITES", "VERSION", "AGE",
-        ],
-        &rows,
-    )
-    .map_err(io("stdout"))?;
+    let header = [
+        "NAMESPACE",
+        "NAME",
+        "IMAGE",
+        "DESIRED",
+        "RUNNING",
+        "PENDING",
+        "SITES",
+        "VERSION",
+        "AGE",
+    ];
+    table(&out, &header[usize::from(!all)..], &rows).map_err(io("stdout"))?;
     Ok(ExitCode::SUCCESS)
 }
 

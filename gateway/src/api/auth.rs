@@ -14,13 +14,27 @@ use crate::control::Role;
 use crate::pki::sha256_hex;
 
 /// The authenticated caller, for handlers that want it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub role: Role,
+    /// The namespaces a tenant's token is bound to; empty: a fleet token.
+    pub namespaces: Vec<String>,
 }
 
-/// The role of the bearer token in `headers`.
-pub(super) fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Role, ApiError> {
+impl Caller {
+    /// A fleet token: every namespace, and the fleet's own routes.
+    pub fn is_fleet(&self) -> bool {
+        self.namespaces.is_empty()
+    }
+
+    /// Whether it may see namespace `ns` at all.
+    pub fn sees(&self, ns: &str) -> bool {
+        self.is_fleet() || self.namespaces.iter().any(|n| n == ns)
+    }
+}
+
+/// The caller of the bearer token in `headers`.
+pub(super) fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -28,25 +42,43 @@ pub(super) fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Role, Ap
         .map(str::trim)
         .ok_or_else(|| ApiError::unauthenticated("an Authorization: Bearer token is required"))?;
     if constant_time_eq(token.as_bytes(), s.pki.admin_token.as_bytes()) {
-        return Ok(Role::Admin);
+        return Ok(Caller {
+            role: Role::Admin,
+            namespaces: Vec::new(),
+        });
     }
     let hash = sha256_hex(token.as_bytes());
     s.control
-        .read(|st| st.api_tokens.get(&hash).map(|t| t.role))
+        .read(|st| {
+            st.api_tokens.get(&hash).map(|t| Caller {
+                role: t.role,
+                namespaces: t.namespaces.clone(),
+            })
+        })
         .ok_or_else(|| ApiError::unauthenticated("unknown token"))
 }
 
 /// The layer of every route that needs a role: 401 without a known token,
-/// 403 with one whose role is below `min`.
+/// 403 with one whose role is below `min`, or a namespace's token on a
+/// route of the fleet's own (`fleet`).
 pub(super) async fn require(
-    State((s, min)): State<(AppState, Role)>,
+    State((s, min, fleet)): State<(AppState, Role, bool)>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let role = match authenticate(&s, req.headers()) {
-        Ok(role) => role,
+    let caller = match authenticate(&s, req.headers()) {
+        Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    if fleet && !caller.is_fleet() {
+        return ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "this needs a fleet token (the token is bound to namespaces)",
+        )
+        .into_response();
+    }
+    let role = caller.role;
     if role < min {
         return ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -55,7 +87,7 @@ pub(super) async fn require(
         )
         .into_response();
     }
-    req.extensions_mut().insert(Caller { role });
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 

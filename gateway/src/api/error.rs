@@ -62,6 +62,7 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             ControlError::Invalid(m) => ApiError::bad(m),
             ControlError::Unauthenticated(m) => ApiError::unauthenticated(m),
+            ControlError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             ControlError::Store(
                 e @ (crate::store::StoreError::Unavailable { .. }
                 | crate::store::StoreError::NotLeader),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,7 @@ use skiff_proto::cluster::NodeStatus;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Caller;
 use super::body::query;
 use super::error::ApiError;
 use crate::control::{AllocationRecord, Event, NodeRecord, PlannedLaunch};
@@ -36,12 +37,20 @@ pub struct SiteView {
 }
 
 /// Every configured site: its nodes' capacity, what runs there, and the
-/// VMs planned for it.
+/// VMs planned for it. A namespace's token sees the capacity and only
+/// its own namespaces' use (and no planned launches).
 #[utoipa::path(get, path = "/v1/sites", tag = "fleet",
     responses((status = 200, body = [SiteView])))]
-pub(super) async fn sites(State(s): State<AppState>) -> Json<Vec<SiteView>> {
+pub(super) async fn sites(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<SiteView>> {
     let cfg = &s.control.config;
-    let planned = s.control.planned_launches();
+    let planned = if caller.is_fleet() {
+        s.control.planned_launches()
+    } else {
+        Vec::new()
+    };
     Json(s.control.read(|st| {
         cfg.sites
             .iter()
@@ -53,6 +62,7 @@ pub(super) async fn sites(State(s): State<AppState>) -> Json<Vec<SiteView>> {
                     .values()
                     .filter(|a| a.site.as_deref() == Some(site.name.as_str()))
                     .filter(|a| !a.state.is_terminal())
+                    .filter(|a| caller.sees(a.namespace()))
                     .collect();
                 let demand = |f: &dyn Fn(&WorkloadSpec) -> u64| -> u64 {
                     live.iter()
@@ -90,6 +100,10 @@ pub(super) struct EventsQuery {
     /// Keep the stream open for new events (default). With `false`, the
     /// stream ends after the recent events.
     pub follow: Option<bool>,
+    /// Only this namespace's events. Without it: every event the token
+    /// may see (a fleet token's include the fleet's own: nodes, sites,
+    /// tokens; a namespace's token sees its namespaces' only).
+    pub namespace: Option<String>,
 }
 
 /// Server-sent events, one JSON `Event` in each `data:` (the SSE event
@@ -101,11 +115,23 @@ pub(super) struct EventsQuery {
         (status = 400, description = "A bad query string", body = ApiError)))]
 pub(super) async fn events(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     use tokio_stream::StreamExt;
     let q = query(q)?;
+    if let Some(ns) = &q.namespace {
+        super::scope::visible(&s, &caller, ns)?;
+    }
+    let only = q.namespace.clone();
+    let shows = move |e: &Event| match (&only, &e.namespace) {
+        (Some(want), Some(ns)) => want == ns,
+        (Some(_), None) => false,
+        (None, Some(ns)) => caller.sees(ns),
+        (None, None) => caller.is_fleet(),
+    };
     let (recent, rx) = s.control.subscribe_events();
+    let recent: Vec<Event> = recent.into_iter().filter(|e| shows(e)).collect();
     let sse = |e: Event| {
         Ok::<_, std::convert::Infallible>(
             SseEvent::default()
@@ -118,6 +144,7 @@ pub(super) async fn events(
         if q.follow.unwrap_or(true) {
             let live = tokio_stream::wrappers::BroadcastStream::new(rx)
                 .filter_map(|e| e.ok())
+                .filter(move |e| shows(e))
                 .map(sse);
             Box::pin(history.chain(live))
         } else {
@@ -186,17 +213,72 @@ pub(super) async fn gateways(State(s): State<AppState>) -> Json<Vec<crate::peers
     }
 }
 
-/// `GET /metrics`: Prometheus metrics (OpenMetrics text).
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text). The fleet's
+/// without a token; with one, also the `skiff_namespace_*` series of the
+/// namespaces it may see (a bad token is refused).
 #[utoipa::path(get, path = "/metrics", tag = "fleet",
     responses((status = 200, description = "Prometheus metrics",
-        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
-pub(super) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 401, description = "A token the gateway does not know", body = ApiError)))]
+pub(super) async fn metrics(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let caller = match headers.contains_key(axum::http::header::AUTHORIZATION) {
+        true => Some(super::auth::authenticate(&s, &headers)?),
+        false => None,
+    };
     s.control.update_gauges();
-    (
+    let mut text = s.control.metrics.encode();
+    if let Some(caller) = caller {
+        let rows = namespace_rows(&s, &caller);
+        let extra = crate::metrics::encode_namespaces(&rows);
+        if let Some(at) = text.rfind("# EOF") {
+            text.insert_str(at, &extra);
+        }
+    }
+    Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.control.metrics.encode(),
-    )
+        text,
+    ))
+}
+
+fn namespace_rows(s: &AppState, caller: &Caller) -> Vec<crate::metrics::NamespaceRow> {
+    use crate::control::namespaces;
+    let prices = namespaces::prices(&s.control.config);
+    s.control.read(|st| {
+        let spend = namespaces::spend_by_namespace(st, &prices);
+        let mut names: Vec<String> = st.namespaces.keys().cloned().collect();
+        if !st.namespaces.contains_key(skiff_proto::namespace::DEFAULT) {
+            names.push(skiff_proto::namespace::DEFAULT.to_string());
+        }
+        names
+            .into_iter()
+            .filter(|n| caller.sees(n))
+            .filter_map(|n| {
+                let rec = namespaces::get(st, &n)?;
+                let q = &rec.quota;
+                let quota = [
+                    ("cpu_millis", q.cpu.map(|c| c.millis())),
+                    ("memory_bytes", q.memory.map(|m| m.bytes())),
+                    ("disk_bytes", q.disk.map(|d| d.bytes())),
+                    ("allocations", q.allocations.map(u64::from)),
+                    ("cloud_spend_micros_per_hour", namespaces::spend_limit(&rec)),
+                ]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+                Some(crate::metrics::NamespaceRow {
+                    reserved: namespaces::declared(st, &n, None),
+                    in_use: namespaces::in_use(st, &n),
+                    quota,
+                    spend: spend.get(&n).copied().unwrap_or(0),
+                    namespace: n,
+                })
+            })
+            .collect()
+    })
 }

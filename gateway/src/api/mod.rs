@@ -14,7 +14,9 @@ pub(crate) mod auth;
 mod body;
 mod error;
 mod fleet;
+mod namespaces;
 mod nodes;
+mod scope;
 mod secrets;
 mod streams;
 pub mod tls;
@@ -34,6 +36,7 @@ use utoipa::OpenApi;
 pub use auth::Caller;
 pub use error::ApiError;
 pub use fleet::{SiteView, VersionView};
+pub use namespaces::{NamespaceRequest, NamespaceUpdate, NamespaceView};
 pub use streams::{ExecEntry, ExecRequest, LogEntry};
 pub use tokens::{
     ApiTokenRequest, ApiTokenResponse, ApiTokenView, JoinTokenRequest, JoinTokenResponse,
@@ -60,8 +63,20 @@ pub struct AppState {
 pub enum Access {
     /// Anyone who reaches the port.
     Public,
-    /// A token whose role is at least this one.
+    /// A token whose role is at least this one (a namespace's token
+    /// sees only its namespaces).
     At(Role),
+    /// A fleet token (bound to no namespace) whose role is at least this.
+    Fleet(Role),
+}
+
+impl Access {
+    fn role(self) -> Option<Role> {
+        match self {
+            Access::Public => None,
+            Access::At(r) | Access::Fleet(r) => Some(r),
+        }
+    }
 }
 
 /// One route of the API.
@@ -97,7 +112,7 @@ fn route(
 
 /// Every route, with who may call it.
 pub fn routes() -> Vec<Route> {
-    use Access::{At, Public};
+    use Access::{At, Fleet, Public};
     use Method as M;
     use Role::{Admin, Operator, ReadOnly};
     vec![
@@ -180,52 +195,87 @@ pub fn routes() -> Vec<Route> {
             At(Operator),
             delete(volumes::remove),
         ),
-        route(M::GET, "/v1/nodes", At(ReadOnly), get(nodes::list)),
-        route(M::GET, "/v1/nodes/{id}", At(ReadOnly), get(nodes::get)),
+        route(M::GET, "/v1/nodes", Fleet(ReadOnly), get(nodes::list)),
+        route(M::GET, "/v1/nodes/{id}", Fleet(ReadOnly), get(nodes::get)),
         route(
             M::DELETE,
             "/v1/nodes/{id}",
-            At(Admin),
+            Fleet(Admin),
             delete(nodes::remove),
         ),
         route(
             M::POST,
             "/v1/nodes/{id}/cordon",
-            At(Operator),
+            Fleet(Operator),
             post(nodes::cordon),
         ),
         route(
             M::POST,
             "/v1/nodes/{id}/uncordon",
-            At(Operator),
+            Fleet(Operator),
             post(nodes::uncordon),
         ),
         route(
             M::POST,
             "/v1/nodes/{id}/drain",
-            At(Operator),
+            Fleet(Operator),
             post(nodes::drain),
         ),
         route(M::GET, "/v1/sites", At(ReadOnly), get(fleet::sites)),
-        route(M::GET, "/v1/gateways", At(ReadOnly), get(fleet::gateways)),
-        route(M::GET, "/v1/state", At(Admin), get(fleet::state)),
+        route(
+            M::GET,
+            "/v1/namespaces",
+            At(ReadOnly),
+            get(namespaces::list),
+        ),
+        route(
+            M::POST,
+            "/v1/namespaces",
+            Fleet(Admin),
+            post(namespaces::create),
+        ),
+        route(
+            M::GET,
+            "/v1/namespaces/{name}",
+            At(ReadOnly),
+            get(namespaces::get),
+        ),
+        route(
+            M::PUT,
+            "/v1/namespaces/{name}",
+            Fleet(Admin),
+            put(namespaces::update),
+        ),
+        route(
+            M::DELETE,
+            "/v1/namespaces/{name}",
+            Fleet(Admin),
+            delete(namespaces::delete),
+        ),
+        route(
+            M::GET,
+            "/v1/gateways",
+            Fleet(ReadOnly),
+            get(fleet::gateways),
+        ),
+        route(M::GET, "/v1/state", Fleet(Admin), get(fleet::state)),
         route(M::GET, "/v1/events", At(ReadOnly), get(fleet::events)),
         route(
             M::POST,
             "/v1/join-tokens",
-            At(Admin),
+            Fleet(Admin),
             post(tokens::create_join_token),
         ),
         route(
             M::GET,
             "/v1/join-tokens",
-            At(Admin),
+            Fleet(Admin),
             get(tokens::list_join_tokens),
         ),
         route(
             M::DELETE,
             "/v1/join-tokens/{id}",
-            At(Admin),
+            Fleet(Admin),
             delete(tokens::revoke_join_token),
         ),
         route(
@@ -258,11 +308,13 @@ pub fn routes() -> Vec<Route> {
         workloads::scale, workloads::restart, streams::logs, streams::exec, workloads::allocations,
         nodes::list, nodes::get, nodes::remove, nodes::cordon, nodes::uncordon, nodes::drain,
         fleet::sites, fleet::events, volumes::list, volumes::remove,
+        namespaces::list, namespaces::create, namespaces::get, namespaces::update, namespaces::delete,
         secrets::list, secrets::create, secrets::update, secrets::delete,
         tokens::create_join_token, tokens::list_join_tokens, tokens::revoke_join_token,
         tokens::create_api_token, tokens::list_api_tokens, tokens::revoke_api_token,
     ),
     components(schemas(ApiError, crate::peers::GatewayView, WorkloadView, crate::control::NodeRecord, crate::control::AllocationRecord, crate::control::JobStatus, crate::control::JobState, crate::control::volumes::VolumeRecord, crate::control::volumes::VolumeView, crate::control::secrets::SecretView, secrets::SecretCreate, secrets::SecretUpdate,
+        crate::control::namespaces::NamespaceRecord, crate::control::namespaces::Quota, crate::control::namespaces::Policy, crate::control::namespaces::Usage, namespaces::NamespaceView, namespaces::NamespaceRequest, namespaces::NamespaceUpdate,
         crate::control::Explanation, SiteView, crate::control::Event, crate::control::PlannedLaunch,
         VersionView, LogEntry, ExecEntry, ExecRequest,
         JoinTokenRequest, JoinTokenResponse, JoinTokenView, ApiTokenRequest, ApiTokenResponse,
@@ -342,19 +394,30 @@ fn finish(mut doc: serde_json::Value) -> serde_json::Value {
             continue;
         };
         let mut add = serde_json::Map::new();
-        let security = match r.access {
-            Access::Public => serde_json::json!([]),
-            Access::At(role) => {
+        let security = match r.access.role() {
+            None => serde_json::json!([]),
+            Some(role) => {
                 add.insert(
                     "401".into(),
                     described("No token, or one the gateway does not know"),
                 );
-                if role > Role::ReadOnly {
-                    add.insert(
+                let fleet = matches!(r.access, Access::Fleet(_));
+                match (role > Role::ReadOnly, fleet) {
+                    (true, true) => add.insert(
+                        "403".into(),
+                        described(&format!(
+                            "The token's role is below {role}, or it is bound to namespaces"
+                        )),
+                    ),
+                    (true, false) => add.insert(
                         "403".into(),
                         described(&format!("The token's role is below {role}")),
-                    );
-                }
+                    ),
+                    (false, true) => {
+                        add.insert("403".into(), described("The token is bound to namespaces"))
+                    }
+                    (false, false) => None,
+                };
                 serde_json::json!([{"bearer": []}])
             }
         };
@@ -420,10 +483,10 @@ pub fn router(state: AppState) -> axum::Router {
     let max_body = state.control.config.max_body;
     let mut by_path: BTreeMap<&'static str, MethodRouter<AppState>> = BTreeMap::new();
     for r in routes() {
-        let handler = match r.access {
-            Access::Public => r.handler,
-            Access::At(role) => r.handler.route_layer(axum::middleware::from_fn_with_state(
-                (state.clone(), role),
+        let handler = match r.access.role() {
+            None => r.handler,
+            Some(role) => r.handler.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), role, matches!(r.access, Access::Fleet(_))),
                 auth::require,
             )),
         };
@@ -566,9 +629,9 @@ mod tests {
         assert_eq!(documented, served);
         for r in routes() {
             let op = &doc["paths"][r.path][r.method.as_str().to_ascii_lowercase()];
-            match r.access {
-                Access::Public => assert_eq!(op["security"], serde_json::json!([]), "{}", r.path),
-                Access::At(role) => {
+            match r.access.role() {
+                None => assert_eq!(op["security"], serde_json::json!([]), "{}", r.path),
+                Some(role) => {
                     assert_eq!(
                         op["security"][0]["bearer"],
                         serde_json::json!([]),
@@ -583,7 +646,7 @@ mod tests {
                     );
                     assert_eq!(
                         op["responses"]["403"].is_object(),
-                        role > Role::ReadOnly,
+                        role > Role::ReadOnly || matches!(r.access, Access::Fleet(_)),
                         "{} {}",
                         r.method,
                         r.path

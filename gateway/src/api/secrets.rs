@@ -7,13 +7,16 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use base64::Engine as _;
 use serde::Deserialize;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
+use super::scope::{self, NamespaceQuery};
 use crate::control::secrets::SecretView;
 use crate::secrets::SecretData;
 
@@ -109,51 +112,72 @@ fn read(body: &[u8], with_name: bool) -> ApiResult<(Option<String>, SecretData)>
 }
 
 /// Every secret: names, keys, versions (never values).
-#[utoipa::path(get, path = "/v1/secrets", tag = "secrets",
-    responses((status = 200, body = [SecretView])))]
-pub(super) async fn list(State(s): State<AppState>) -> Json<Vec<SecretView>> {
-    Json(s.control.secrets())
+#[utoipa::path(get, path = "/v1/secrets", tag = "secrets", params(NamespaceQuery),
+    responses((status = 200, body = [SecretView]), (status = 404, description = "No such namespace", body = ApiError)))]
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ns: Result<Query<NamespaceQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<SecretView>>> {
+    let many = scope::many(&s, &caller, ns)?;
+    let mut v = s.control.secrets();
+    v.retain(|x| many.has(&x.namespace));
+    Ok(Json(v))
 }
 
 /// Creates a secret, encrypted at rest.
-#[utoipa::path(post, path = "/v1/secrets", tag = "secrets", request_body = SecretCreate,
+#[utoipa::path(post, path = "/v1/secrets", tag = "secrets", request_body = SecretCreate, params(NamespaceQuery),
     responses((status = 201, body = SecretView), (status = 400, body = ApiError),
         (status = 409, description = "The name is taken", body = ApiError),
         (status = 503, description = "No secrets key (over etcd: secrets_key_file)", body = ApiError)))]
 pub(super) async fn create(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ns: Result<Query<NamespaceQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<SecretView>)> {
+    let scope = scope::one(&s, &caller, ns)?;
     let (name, data) = read(&body?, true)?;
     let name = name.ok_or_else(|| ApiError::bad("name: required"))?;
-    let v = s.control.put_secret(&name, data, true)?;
+    if !skiff_proto::is_valid_name(&name) {
+        return Err(ApiError::bad(format!(
+            "name: {name:?} is not a valid secret name (lowercase letters, digits and '-')"
+        )));
+    }
+    let v = s.control.put_secret(&scope.key(&name)?, data, true)?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
 /// Replaces a secret's data (a rotation): a new version, which reaches
 /// running containers' files.
-#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)),
+#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path), NamespaceQuery),
     request_body = SecretUpdate,
     responses((status = 200, body = SecretView), (status = 400, body = ApiError), (status = 404, body = ApiError),
         (status = 409, description = "A workload reads a key the new data lacks", body = ApiError),
         (status = 503, description = "No secrets key (over etcd: secrets_key_file)", body = ApiError)))]
 pub(super) async fn update(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    ns: Result<Query<NamespaceQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SecretView>> {
+    let key = scope::one(&s, &caller, ns)?.key(&name)?;
     let (_, data) = read(&body?, false)?;
-    Ok(Json(s.control.put_secret(&name, data, false)?))
+    Ok(Json(s.control.put_secret(&key, data, false)?))
 }
 
 /// Deletes a secret no workload uses.
-#[utoipa::path(delete, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path), NamespaceQuery),
     responses((status = 204, description = "Deleted"), (status = 404, body = ApiError),
         (status = 409, description = "A workload uses it", body = ApiError)))]
 pub(super) async fn delete(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    ns: Result<Query<NamespaceQuery>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
-    s.control.delete_secret(&name)?;
+    let key = scope::one(&s, &caller, ns)?.key(&name)?;
+    s.control.delete_secret(&key)?;
     Ok(StatusCode::NO_CONTENT)
 }

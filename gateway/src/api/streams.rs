@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::Response;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -18,8 +18,10 @@ use tokio::sync::{broadcast, mpsc};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Caller;
 use super::body::{json_body, query};
 use super::error::{ApiError, ApiResult};
+use super::scope::{self, NamespaceQuery};
 use crate::control::{AllocationRecord, Control};
 use crate::peers::Peers;
 use crate::streams::StreamError;
@@ -110,7 +112,7 @@ fn ndjson<T: Serialize + Send + 'static>(rx: mpsc::Receiver<T>) -> Response {
 /// The logs of a workload's allocations, interleaved as they come, one
 /// JSON `LogEntry` per line.
 #[utoipa::path(get, path = "/v1/workloads/{name}/logs", tag = "workloads",
-    params(("name" = String, Path), LogsQuery),
+    params(("name" = String, Path), LogsQuery, NamespaceQuery),
     responses(
         (status = 200, description = "Newline-delimited JSON, one LogEntry per line",
             content_type = "application/x-ndjson", body = LogEntry),
@@ -118,9 +120,12 @@ fn ndjson<T: Serialize + Send + 'static>(rx: mpsc::Receiver<T>) -> Response {
         (status = 404, description = "No such workload, or no such allocation of it", body = ApiError)))]
 pub(super) async fn logs(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    ns: Result<Query<NamespaceQuery>, QueryRejection>,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
+    let name = scope::one(&s, &caller, ns)?.key(&name)?;
     let q = query(q)?;
     if q.tail.is_some_and(|t| t > MAX_TAIL) {
         return Err(ApiError::bad(format!("tail: at most {MAX_TAIL}")));
@@ -326,7 +331,7 @@ pub struct ExecEntry {
 /// Runs a command in one of a workload's running containers (not
 /// interactive), streaming its output and then its exit code.
 #[utoipa::path(post, path = "/v1/workloads/{name}/exec", tag = "workloads",
-    params(("name" = String, Path)), request_body = ExecRequest,
+    params(("name" = String, Path), NamespaceQuery), request_body = ExecRequest,
     responses(
         (status = 200, description = "Newline-delimited JSON, one ExecEntry per line",
             content_type = "application/x-ndjson", body = ExecEntry),
@@ -335,9 +340,12 @@ pub struct ExecEntry {
         (status = 503, description = "The node does not answer", body = ApiError)))]
 pub(super) async fn exec(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
+    ns: Result<Query<NamespaceQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let name = scope::one(&s, &caller, ns)?.key(&name)?;
     let req: ExecRequest = json_body(&body?)?;
     if req.command.is_empty() {
         return Err(ApiError::bad("command: at least one element"));

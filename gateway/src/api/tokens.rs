@@ -7,12 +7,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::auth::Caller;
 use super::body::json_body;
 use super::error::{ApiError, ApiResult};
 use crate::control::Role;
@@ -159,6 +160,11 @@ pub struct ApiTokenRequest {
     #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     pub role: Role,
+    /// The namespaces it is bound to, with `role` in each. Empty (the
+    /// default): a fleet token, which only a fleet admin makes. A
+    /// namespace admin makes tokens bound to its own namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -168,6 +174,8 @@ pub struct ApiTokenResponse {
     pub id: String,
     pub name: String,
     pub role: Role,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// An API token as listed (no secret).
@@ -177,17 +185,36 @@ pub struct ApiTokenView {
     pub name: String,
     pub role: Role,
     pub created_ms: i64,
+    /// Empty: a fleet token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// An API token with a role.
 #[utoipa::path(post, path = "/v1/api-tokens", tag = "tokens", request_body = ApiTokenRequest,
-    responses((status = 201, body = ApiTokenResponse), (status = 400, body = ApiError)))]
+    responses((status = 201, body = ApiTokenResponse), (status = 400, body = ApiError),
+        (status = 404, description = "A namespace it names does not exist (or is not the caller's)", body = ApiError)))]
 pub(super) async fn create_api_token(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<ApiTokenResponse>)> {
     let req: ApiTokenRequest = json_body(&body?)?;
-    let t = s.control.issue_api_token(&req.name, req.role)?;
+    if !caller.is_fleet() {
+        if req.namespaces.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "namespaces: a namespace's token makes tokens bound to its namespaces only",
+            ));
+        }
+        for ns in &req.namespaces {
+            super::scope::visible(&s, &caller, ns)?;
+        }
+    }
+    let t = s
+        .control
+        .issue_api_token(&req.name, req.role, req.namespaces)?;
     Ok((
         StatusCode::CREATED,
         Json(ApiTokenResponse {
@@ -195,6 +222,7 @@ pub(super) async fn create_api_token(
             id: t.id,
             name: t.record.name,
             role: t.record.role,
+            namespaces: t.record.namespaces,
         }),
     ))
 }
@@ -202,15 +230,20 @@ pub(super) async fn create_api_token(
 /// API tokens, oldest first (the admin token is not one of them).
 #[utoipa::path(get, path = "/v1/api-tokens", tag = "tokens",
     responses((status = 200, body = [ApiTokenView])))]
-pub(super) async fn list_api_tokens(State(s): State<AppState>) -> Json<Vec<ApiTokenView>> {
+pub(super) async fn list_api_tokens(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Json<Vec<ApiTokenView>> {
     let mut v: Vec<ApiTokenView> = s.control.read(|st| {
         st.api_tokens
             .iter()
+            .filter(|(_, t)| caller.is_fleet() || t.is_within(&caller.namespaces))
             .map(|(hash, t)| ApiTokenView {
                 id: token_id(hash).to_string(),
                 name: t.name.clone(),
                 role: t.role,
                 created_ms: t.created_ms,
+                namespaces: t.namespaces.clone(),
             })
             .collect()
     });
@@ -226,8 +259,10 @@ pub(super) async fn list_api_tokens(State(s): State<AppState>) -> Json<Vec<ApiTo
         (status = 409, description = "The prefix names several tokens", body = ApiError)))]
 pub(super) async fn revoke_api_token(
     State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    s.control.revoke_api_token(&id)?;
+    let within = (!caller.is_fleet()).then_some(caller.namespaces.as_slice());
+    s.control.revoke_api_token(&id, within)?;
     Ok(StatusCode::NO_CONTENT)
 }

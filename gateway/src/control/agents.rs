@@ -75,6 +75,7 @@ impl Control {
                 joined_ms: now,
                 generation: 1,
                 instance_id: None,
+                instance_type: None,
                 idle_since_ms: None,
                 scale_in: None,
             };

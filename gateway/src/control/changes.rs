@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use skiff_proto::{WorkloadKind, WorkloadSpec};
 
+use super::namespaces::NamespaceRecord;
 use super::{
     ApiTokenRecord, Control, ControlError, JoinTokenRecord, NodeRecord, Role, WorkloadRecord,
 };
@@ -60,19 +61,26 @@ pub struct Issued<T> {
     pub record: T,
 }
 
-fn no_workload(name: &str) -> ControlError {
-    ControlError::NotFound(format!("no workload {name}"))
+/// A workload (by key) that is not there, named as its user knows it.
+fn no_workload(key: &str) -> ControlError {
+    match skiff_proto::namespace::split(key) {
+        (skiff_proto::namespace::DEFAULT, name) => {
+            ControlError::NotFound(format!("no workload {name}"))
+        }
+        (ns, name) => ControlError::NotFound(format!("no workload {name} in namespace {ns}")),
+    }
 }
 
 impl Control {
     /// Replaces a workload's spec; a change of what runs (anything but the
     /// replica count) makes a new version, which rolls the replicas.
     pub fn update_workload(&self, spec: WorkloadSpec) -> Result<WorkloadRecord, ControlError> {
-        let name = spec.name.clone();
+        let name = spec.key();
         let w = self.write(|st, b| {
             if !st.workloads.contains_key(&name) {
                 return Err(no_workload(&name));
             }
+            super::namespaces::check_spec(st, &spec)?;
             self.check_fleet_replicas(st, &name, spec.live_at_most())?;
             super::secrets::check_spec(st, &spec)?;
             let w = st
@@ -129,7 +137,11 @@ impl Control {
                         "replicas: {name} is a system workload; it runs one copy on every eligible node"
                     )));
                 }
-                Some(_) => {}
+                Some(w) => {
+                    let mut scaled = w.spec.clone();
+                    scaled.replicas = replicas;
+                    super::namespaces::check_spec(st, &scaled)?;
+                }
             }
             self.check_fleet_replicas(st, name, replicas)?;
             let w = st
@@ -286,25 +298,40 @@ impl Control {
         Ok(())
     }
 
-    /// An API token named `name` with `role`.
+    /// An API token named `name` with `role`, bound to `namespaces`
+    /// (none: a fleet token).
     pub fn issue_api_token(
         &self,
         name: &str,
         role: Role,
+        namespaces: Vec<String>,
     ) -> Result<Issued<ApiTokenRecord>, ControlError> {
         if !skiff_proto::is_valid_name(name) {
             return Err(ControlError::Invalid(format!(
                 "name: {name:?} is not a valid name"
             )));
         }
+        let mut namespaces = namespaces;
+        namespaces.sort();
+        namespaces.dedup();
         let secret = format!("{API_TOKEN_PREFIX}{}", random_hex(24));
         let hash = sha256_hex(secret.as_bytes());
         let record = ApiTokenRecord {
             name: name.to_string(),
             role,
             created_ms: self.clock.now_ms(),
+            namespaces,
         };
         self.write(|st, b| {
+            if let Some(ns) = record
+                .namespaces
+                .iter()
+                .find(|n| super::namespaces::get(st, n).is_none())
+            {
+                return Err(ControlError::NotFound(format!(
+                    "namespaces: no namespace {ns}"
+                )));
+            }
             b.put(Kind::ApiToken, &hash, &record);
             st.api_tokens.insert(hash.clone(), record.clone());
             Ok(())
@@ -315,15 +342,126 @@ impl Control {
     }
 
     /// Revokes the API token whose id is `id` (or starts with it): it
-    /// authenticates nothing from now on.
-    pub fn revoke_api_token(&self, id: &str) -> Result<(), ControlError> {
+    /// authenticates nothing from now on. `within`: only one bound to
+    /// these namespaces alone (a namespace admin's), others are not found.
+    pub fn revoke_api_token(
+        &self,
+        id: &str,
+        within: Option<&[String]>,
+    ) -> Result<(), ControlError> {
         let hash = self.write(|st, b| {
-            let hash = unique(st.api_tokens.keys(), id, "API token")?;
+            let hashes = st
+                .api_tokens
+                .iter()
+                .filter(|(_, t)| within.is_none_or(|w| t.is_within(w)))
+                .map(|(h, _)| h);
+            let hash = unique(hashes, id, "API token")?;
             st.api_tokens.remove(&hash);
             b.delete(Kind::ApiToken, &hash);
             Ok(hash)
         })?;
         self.event("api-token", token_id(&hash), "revoked");
+        Ok(())
+    }
+
+    /// Stores namespace `rec` (`create`: a new one; otherwise replaces the
+    /// quota and policy of one that exists, or of `default`). A lower
+    /// quota stops nothing that runs: it refuses what would add more.
+    pub fn put_namespace(
+        &self,
+        mut rec: NamespaceRecord,
+        create: bool,
+    ) -> Result<NamespaceRecord, ControlError> {
+        let sites: Vec<String> = self.config.sites.iter().map(|s| s.name.clone()).collect();
+        let name = rec.name.clone();
+        let rec = self.write(|st, b| {
+            super::namespaces::check_record(&rec, &sites, &st.namespaces)?;
+            let old = super::namespaces::get(st, &name).map(|r| r.created_ms);
+            match (old, create) {
+                (Some(_), true) => {
+                    return Err(ControlError::Conflict(format!("namespace {name} exists")));
+                }
+                (None, false) => {
+                    return Err(ControlError::NotFound(format!("no namespace {name}")));
+                }
+                _ => {}
+            }
+            rec.created_ms = match old {
+                Some(t) if t > 0 => t,
+                _ => self.clock.now_ms(),
+            };
+            b.put(Kind::Namespace, &name, &rec);
+            st.namespaces.insert(name.clone(), rec.clone());
+            Ok(rec)
+        })?;
+        self.event(
+            "namespace",
+            &name,
+            if create { "created" } else { "updated" },
+        );
+        // Placement rules and network rules follow the policy.
+        let nodes: std::collections::BTreeSet<String> =
+            self.read(|st| st.nodes.keys().cloned().collect());
+        self.push(&nodes);
+        self.wake();
+        Ok(rec)
+    }
+
+    /// Deletes an empty namespace (no workloads, secrets or volumes left:
+    /// nothing is lost by accident). Tokens bound only to it are revoked;
+    /// others lose it.
+    pub fn delete_namespace(&self, name: &str) -> Result<(), ControlError> {
+        use skiff_proto::namespace::{DEFAULT, of_volume, split};
+        if name == DEFAULT {
+            return Err(ControlError::Invalid(
+                "namespace default cannot be deleted".into(),
+            ));
+        }
+        self.write(|st, b| {
+            if !st.namespaces.contains_key(name) {
+                return Err(ControlError::NotFound(format!("no namespace {name}")));
+            }
+            let left = |what: &str, n: usize| {
+                ControlError::Conflict(format!(
+                    "namespace {name} still has {n} {what} (delete them first)"
+                ))
+            };
+            let workloads = super::namespaces::workloads_in(st, name).count();
+            if workloads > 0 {
+                return Err(left("workloads", workloads));
+            }
+            let secrets = st.secrets.keys().filter(|k| split(k).0 == name).count();
+            if secrets > 0 {
+                return Err(left("secrets", secrets));
+            }
+            let volumes = st.volumes.keys().filter(|k| of_volume(k) == name).count();
+            if volumes > 0 {
+                return Err(left("volumes", volumes));
+            }
+            st.namespaces.remove(name);
+            b.delete(Kind::Namespace, name);
+            let bound: Vec<String> = st
+                .api_tokens
+                .iter()
+                .filter(|(_, t)| t.namespaces.iter().any(|n| n == name))
+                .map(|(h, _)| h.clone())
+                .collect();
+            for h in bound {
+                let Some(t) = st.api_tokens.get_mut(&h) else {
+                    continue;
+                };
+                t.namespaces.retain(|n| n != name);
+                if t.namespaces.is_empty() {
+                    // Never a fleet token by accident.
+                    st.api_tokens.remove(&h);
+                    b.delete(Kind::ApiToken, &h);
+                } else {
+                    b.put(Kind::ApiToken, &h, t);
+                }
+            }
+            Ok(())
+        })?;
+        self.event("namespace", name, "deleted");
         Ok(())
     }
 }
@@ -372,13 +510,13 @@ mod tests {
         let e = c.revoke_join_token(&t.id).unwrap_err();
         assert_eq!(e.to_string(), format!("no join token {}", t.id));
 
-        let a = c.issue_api_token("ci", Role::ReadOnly).unwrap();
+        let a = c.issue_api_token("ci", Role::ReadOnly, Vec::new()).unwrap();
         assert!(a.secret.starts_with(API_TOKEN_PREFIX));
         assert!(matches!(
-            c.revoke_api_token("zz"),
+            c.revoke_api_token("zz", None),
             Err(ControlError::NotFound(_))
         ));
-        c.revoke_api_token(&a.id).unwrap();
+        c.revoke_api_token(&a.id, None).unwrap();
         assert!(c.read(|s| s.api_tokens.is_empty()));
     }
 

@@ -351,6 +351,7 @@ fn keep_replicas(
             done: false,
             pinned_to,
             instance: None,
+            namespace: None,
         };
     for (name, w) in &s.workloads {
         let mut live = live.remove(name.as_str()).unwrap_or_default();
@@ -477,9 +478,16 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
         .collect();
     let mut groups = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
+    // Namespaces' rules: where they may run, and what they may spend.
+    let budgets = super::namespaces::budgets(s, sites);
     for (name, w) in &s.workloads {
         group_of.insert(name, groups.len());
-        groups.push(scheduler::Group::from_spec(&w.spec));
+        let mut g = scheduler::Group::from_spec(&w.spec);
+        if let Some(ns) = s.namespaces.get(&w.spec.namespace) {
+            super::namespaces::restrict(&mut g, ns);
+            g.budget = budgets.iter().position(|b| b.namespace == ns.name);
+        }
+        groups.push(g);
     }
     let allocations = draft
         .all(s)
@@ -540,6 +548,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
             nodes,
             allocations,
             launching,
+            budgets,
         },
         groups,
         requests,

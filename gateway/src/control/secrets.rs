@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
+use skiff_proto::namespace::{qualify, split};
 use skiff_proto::wire::v1;
 use skiff_proto::{WorkloadSpec, is_secret_key, is_valid_name};
 
@@ -21,6 +22,7 @@ pub const MAX_SECRET_BYTES: usize = 512 << 10;
 /// A secret as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRecord {
+    /// Its key (`[NAMESPACE.]NAME`), also what its data is sealed to.
     pub name: String,
     pub version: u64,
     pub keys: Vec<String>,
@@ -34,6 +36,7 @@ pub struct SecretRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretView {
     pub name: String,
+    pub namespace: String,
     /// Bumped by every update (rotation).
     pub version: u64,
     pub keys: Vec<String>,
@@ -43,8 +46,10 @@ pub struct SecretView {
 
 impl From<&SecretRecord> for SecretView {
     fn from(r: &SecretRecord) -> Self {
+        let (namespace, name) = split(&r.name);
         Self {
-            name: r.name.clone(),
+            name: name.to_string(),
+            namespace: namespace.to_string(),
             version: r.version,
             keys: r.keys.clone(),
             created_ms: r.created_ms,
@@ -57,12 +62,15 @@ impl From<&SecretRecord> for SecretView {
 /// variables read (else 409).
 pub(crate) fn check_spec(s: &State, spec: &WorkloadSpec) -> Result<(), ControlError> {
     for (i, r) in spec.secrets.iter().enumerate() {
-        let secret = s.secrets.get(&r.name).ok_or_else(|| {
-            ControlError::NotFound(format!(
-                "spec.secrets[{i}].name: no secret {} (skiff secret create {} ...)",
-                r.name, r.name
-            ))
-        })?;
+        let secret = s
+            .secrets
+            .get(&qualify(&spec.namespace, &r.name))
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "spec.secrets[{i}].name: no secret {} (skiff secret create {} ...)",
+                    r.name, r.name
+                ))
+            })?;
         if let Some((var, key)) = r.env.iter().find(|(_, k)| !secret.keys.contains(k)) {
             return Err(ControlError::Conflict(format!(
                 "spec.secrets[{i}].env.{var}: secret {} has no key {key}",
@@ -73,16 +81,22 @@ pub(crate) fn check_spec(s: &State, spec: &WorkloadSpec) -> Result<(), ControlEr
     Ok(())
 }
 
+/// Whether `spec` reads the secret of key `key`.
+fn uses(spec: &WorkloadSpec, key: &str) -> bool {
+    let (ns, name) = split(key);
+    spec.namespace == ns && spec.secrets.iter().any(|r| r.name == name)
+}
+
 /// The nodes running (or given) allocations of workloads that use secret
-/// `name`.
-fn nodes_using(s: &State, name: &str) -> BTreeSet<String> {
+/// `key`.
+fn nodes_using(s: &State, key: &str) -> BTreeSet<String> {
     s.allocations
         .values()
         .filter(|a| a.is_live())
         .filter(|a| {
             s.workloads
                 .get(&a.workload)
-                .is_some_and(|w| w.spec.secrets.iter().any(|r| r.name == name))
+                .is_some_and(|w| uses(&w.spec, key))
         })
         .filter_map(|a| a.node.clone())
         .collect()
@@ -99,7 +113,7 @@ pub(crate) fn data_for(
     spec.secrets
         .iter()
         .filter_map(|r| {
-            let rec = s.secrets.get(&r.name)?;
+            let rec = s.secrets.get(&qualify(&spec.namespace, &r.name))?;
             let data = match keys.map(|k| k.open(&rec.name, &rec.sealed)) {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
@@ -112,7 +126,8 @@ pub(crate) fn data_for(
                 }
             };
             Some(v1::SecretData {
-                name: rec.name.clone(),
+                // As the spec (and so the agent) names it.
+                name: r.name.clone(),
                 version: rec.version,
                 data: data.0.into_iter().collect(),
             })
@@ -120,7 +135,8 @@ pub(crate) fn data_for(
         .collect()
 }
 
-fn check_data(name: &str, data: &SecretData) -> Result<(), ControlError> {
+fn check_data(key: &str, data: &SecretData) -> Result<(), ControlError> {
+    let name = split(key).1;
     if !is_valid_name(name) {
         return Err(ControlError::Invalid(format!(
             "name: {name:?} is not a valid secret name (lowercase letters, digits and '-')"
@@ -161,7 +177,7 @@ impl Control {
         self.read(|s| s.secrets.values().map(SecretView::from).collect())
     }
 
-    /// Creates secret `name` (`create`), or replaces its data (a rotation:
+    /// Creates secret `name` (a key: `[NAMESPACE.]NAME`; `create`), or replaces its data (a rotation:
     /// a new version, sent to the nodes that use it).
     pub fn put_secret(
         &self,
@@ -170,7 +186,10 @@ impl Control {
         create: bool,
     ) -> Result<SecretView, ControlError> {
         if !create && !self.read(|s| s.secrets.contains_key(name)) {
-            return Err(ControlError::NotFound(format!("no secret {name}")));
+            return Err(ControlError::NotFound(format!(
+                "no secret {}",
+                split(name).1
+            )));
         }
         check_data(name, &data)?;
         let sealed = self
@@ -184,20 +203,25 @@ impl Control {
             match (old, create) {
                 (Some(_), true) => {
                     return Err(ControlError::Conflict(format!(
-                        "secret {name} exists (update it with skiff secret update)"
+                        "secret {} exists (update it with skiff secret update)",
+                        split(name).1
                     )));
                 }
                 (None, false) => {
-                    return Err(ControlError::NotFound(format!("no secret {name}")));
+                    return Err(ControlError::NotFound(format!(
+                        "no secret {}",
+                        split(name).1
+                    )));
                 }
                 _ => {}
             }
             // A key a workload's variable reads stays.
-            for w in s.workloads.values() {
-                for r in w.spec.secrets.iter().filter(|r| r.name == name) {
+            let plain = split(name).1;
+            for w in s.workloads.values().filter(|w| uses(&w.spec, name)) {
+                for r in w.spec.secrets.iter().filter(|r| r.name == plain) {
                     if let Some(key) = r.env.values().find(|k| !keys.contains(k)) {
                         return Err(ControlError::Conflict(format!(
-                            "workload {} reads key {key} of secret {name}",
+                            "workload {} reads key {key} of secret {plain}",
                             w.spec.name
                         )));
                     }
@@ -237,16 +261,16 @@ impl Control {
     pub fn delete_secret(&self, name: &str) -> Result<(), ControlError> {
         self.write(|s, b| {
             if !s.secrets.contains_key(name) {
-                return Err(ControlError::NotFound(format!("no secret {name}")));
+                return Err(ControlError::NotFound(format!(
+                    "no secret {}",
+                    split(name).1
+                )));
             }
-            if let Some(w) = s
-                .workloads
-                .values()
-                .find(|w| w.spec.secrets.iter().any(|r| r.name == name))
-            {
+            if let Some(w) = s.workloads.values().find(|w| uses(&w.spec, name)) {
                 return Err(ControlError::Conflict(format!(
-                    "workload {} uses secret {name}",
-                    w.spec.name
+                    "workload {} uses secret {}",
+                    w.spec.name,
+                    split(name).1
                 )));
             }
             s.secrets.remove(name);

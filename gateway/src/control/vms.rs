@@ -54,6 +54,7 @@ impl Control {
         self.write(|s, b| {
             if let Some(n) = s.nodes.get_mut(&vm.node) {
                 n.instance_id = Some(vm.id.clone());
+                n.instance_type = Some(vm.instance_type.clone());
                 b.put(Kind::Node, &vm.node, n);
             }
             s.vms.remove(&vm.id);

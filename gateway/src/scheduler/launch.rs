@@ -43,6 +43,8 @@ pub(crate) struct Cloud {
     sites: Vec<CloudSite>,
     vms: Vec<Vm>,
     launches: Vec<Launch>,
+    /// Namespaces' spend limits, spent down as VMs are opened for them.
+    budgets: Vec<super::model::SpendLimit>,
 }
 
 fn type_attrs(site: &super::model::SiteInfo, t: &InstanceType) -> Attrs {
@@ -114,6 +116,7 @@ impl Cloud {
             sites,
             vms,
             launches: Vec::new(),
+            budgets: snap.budgets.clone(),
         })
     }
 
@@ -145,6 +148,13 @@ impl Cloud {
             && site.budget.is_none_or(|b| site.spend + price <= b)
     }
 
+    /// Whether group `g`'s namespace may spend `price` more.
+    fn tenant_may_spend(&self, g: &Group, price: u64) -> bool {
+        g.budget
+            .and_then(|b| self.budgets.get(b))
+            .is_none_or(|b| b.spend + price <= b.limit)
+    }
+
     /// Types of site `s` that could take one replica of `g`.
     fn usable_types<'a>(
         &'a self,
@@ -164,9 +174,10 @@ impl Cloud {
     /// Whether site `s` could launch a VM for one replica of `g` at all.
     pub fn could_launch(&self, s: usize, g: &Group, demand: &Res) -> bool {
         self.sites[s].can_launch
-            && self
-                .usable_types(s, g, demand)
-                .any(|t| self.room_for_one_more(s, self.sites[s].types[t].price))
+            && self.usable_types(s, g, demand).any(|t| {
+                let price = self.sites[s].types[t].price;
+                self.room_for_one_more(s, price) && self.tenant_may_spend(g, price)
+            })
     }
 
     /// Why site `s` launches nothing for `g`, in words.
@@ -216,11 +227,22 @@ impl Cloud {
                 money(site.spend)
             );
         }
+        if let Some(b) = g.budget.and_then(|b| self.budgets.get(b))
+            && b.spend + cheapest > b.limit
+        {
+            return format!(
+                "namespace {}'s cloud spend limit {}/h reached ({}/h in use)",
+                b.namespace,
+                money(b.limit),
+                money(b.spend)
+            );
+        }
         "spread skew keeps replicas elsewhere".into()
     }
 }
 
-fn money(micros: u64) -> String {
+/// Millionths per hour as a price (`0.096000`).
+pub fn money(micros: u64) -> String {
     format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
@@ -301,7 +323,9 @@ impl Scheduler<'_> {
             let mut best: Option<(u128, u128, u64, usize)> = None; // price, value, tie
             for t in self.cloud.usable_types(s, g, &demand) {
                 let ty = &site.types[t];
-                if !self.cloud.room_for_one_more(s, ty.price) {
+                if !self.cloud.room_for_one_more(s, ty.price)
+                    || !self.cloud.tenant_may_spend(g, ty.price)
+                {
                     continue;
                 }
                 let value = self.fill_value(s, t, requests, window, tc, tm);
@@ -319,6 +343,9 @@ impl Scheduler<'_> {
                 }
             }
             if let Some((_, _, price, t)) = best {
+                if let Some(b) = g.budget.and_then(|b| self.cloud.budgets.get_mut(b)) {
+                    b.spend += price;
+                }
                 let site = &mut self.cloud.sites[s];
                 site.nodes += 1;
                 site.spend += price;

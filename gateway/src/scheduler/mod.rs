@@ -33,9 +33,11 @@ mod model;
 pub use engine::Scheduler;
 pub use error::PlanError;
 pub use explain::{Explanation, NodeFilter};
+pub use launch::money;
 pub use model::{
     Eviction, ExistingAllocation, Group, InstanceType, Launch, LaunchingVm, MicrosPerHour,
-    NodeInfo, Options, Placement, Plan, Policy, Request, SiteInfo, Snapshot, Target, Unplaced,
+    NodeInfo, Options, Placement, Plan, Policy, Request, SiteInfo, Snapshot, SpendLimit, Target,
+    Unplaced,
 };
 
 /// Places `requests` (replicas of `groups`) on the fleet in `snapshot`.

@@ -88,6 +88,17 @@ pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
     pub allocations: Vec<ExistingAllocation>,
     pub launching: Vec<LaunchingVm>,
+    /// Cloud spend limits of namespaces (a group names its own by index).
+    pub budgets: Vec<SpendLimit>,
+}
+
+/// A namespace's cloud spend: the most its pending work may launch VMs
+/// for, and what it spends now (millionths per hour).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpendLimit {
+    pub namespace: String,
+    pub limit: MicrosPerHour,
+    pub spend: MicrosPerHour,
 }
 
 /// Placement rules shared by the replicas of one workload.
@@ -107,6 +118,9 @@ pub struct Group {
     pub distinct_nodes: bool,
     /// Host volumes (by name) a node must publish to take it.
     pub host_volumes: Vec<String>,
+    /// Its namespace's spend limit (an index into `Snapshot::budgets`):
+    /// a new VM for it must fit there too.
+    pub budget: Option<usize>,
 }
 
 /// The disk a replica's local volumes may fill: the sum of their sizes
@@ -129,7 +143,7 @@ impl Group {
             .filter_map(|p| p.host.map(|h| (h as u16, p.protocol)))
             .collect();
         Self {
-            workload: spec.name.clone(),
+            workload: spec.key(),
             demand: Capacity::new(
                 r.cpu.millis(),
                 r.memory.bytes(),
@@ -144,6 +158,7 @@ impl Group {
             max_skew: spec.placement.max_skew(),
             constraints: spec.placement.constraints.clone(),
             host_volumes: spec.volumes.iter().filter_map(|v| v.host.clone()).collect(),
+            budget: None,
         }
     }
 }

@@ -131,6 +131,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                     nodes: snap_nodes,
                     allocations,
                     launching: vec![],
+                    budgets: vec![],
                 },
                 groups: gs,
                 requests,

@@ -58,6 +58,7 @@ pub(super) fn group(name: &str, cpu_millis: u64, mem_gib: u64) -> Group {
         constraints: Vec::new(),
         distinct_nodes: false,
         host_volumes: Vec::new(),
+        budget: None,
     }
 }
 

@@ -34,10 +34,12 @@ pub enum Kind {
     Volume,
     /// Secrets, their data sealed.
     Secret,
+    /// Namespaces, with their quotas and policies.
+    Namespace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Workload,
         Kind::Allocation,
         Kind::Node,
@@ -47,6 +49,7 @@ impl Kind {
         Kind::Vm,
         Kind::Volume,
         Kind::Secret,
+        Kind::Namespace,
     ];
 
     /// Its name in a store (a redb table, an etcd key segment, an export).
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Vm => "vms",
             Kind::Volume => "volumes",
             Kind::Secret => "secrets",
+            Kind::Namespace => "namespaces",
         }
     }
 

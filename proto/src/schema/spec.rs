@@ -23,6 +23,25 @@ pub fn name(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Capability names.
+pub fn capabilities(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": { "type": "string", "pattern": "^(CAP_)?[A-Z_]+$" },
+        "description": "Capabilities added to the default set (`NET_ADMIN`, `SYS_TIME`)."
+    })
+}
+
+/// A namespace's name (`default` when absent).
+pub fn namespace(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": NAME_PATTERN,
+        "default": "default",
+        "description": "The namespace it belongs to: lowercase letters, digits and '-', at most 63 characters (`default` when absent)."
+    })
+}
+
 /// A quantity written in `units` (size in the base unit) or as a number of
 /// `scale` base units: above `low` when given, at most `max`.
 fn quantity(

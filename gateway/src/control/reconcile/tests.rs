@@ -86,6 +86,7 @@ fn alloc(id: &str, node: Option<&str>, state: AllocationState, version: u64) -> 
         done: false,
         pinned_to: None,
         instance: None,
+        namespace: None,
     }
 }
 

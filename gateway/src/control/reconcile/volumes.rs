@@ -43,7 +43,7 @@ fn holder<'a>(s: &'a State, w: &WorkloadRecord, instance: u32) -> Option<&'a Vol
     let (names, _) = local(w);
     names.iter().find_map(|v| {
         s.volumes
-            .get(&volume_id(&w.spec.name, v, instance))
+            .get(&volume_id(&w.spec.key(), v, instance))
             .filter(|r| !r.removing)
     })
 }
