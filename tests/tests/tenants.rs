@@ -1,0 +1,369 @@
+//! Tenants end to end, as root: two namespaces with their own tokens on a
+//! real gateway and agent, real containers. Every route of the API (from
+//! the gateway's own OpenAPI document) is tried with one tenant's token
+//! against the other's namespace; quotas and policies refuse with the rule
+//! named; a container of one namespace cannot open a TCP connection to
+//! another's on the same node, and can to its own.
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use skiff_e2e::{Agent, Gateway, eventually};
+use skiff_test_support::tools::require_root;
+
+const CONFIG: &str = "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\n";
+
+/// A REST call with `token` and a JSON or YAML body.
+fn call(g: &Gateway, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    g.call_as(Some(token), method, path, body.map(str::as_bytes))
+}
+
+fn ok(g: &Gateway, token: &str, method: &str, path: &str, body: Option<&str>) -> Value {
+    let (code, v) = call(g, token, method, path, body);
+    assert!((200..300).contains(&code), "{method} {path}: {code} {v}");
+    v
+}
+
+fn api_token(g: &Gateway, name: &str, role: &str, namespaces: &[&str]) -> (String, String) {
+    let v = ok(
+        g,
+        &g.admin_token(),
+        "POST",
+        "/v1/api-tokens",
+        Some(&json!({"name": name, "role": role, "namespaces": namespaces}).to_string()),
+    );
+    (
+        v["token"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// An httpd answering `ok` on 8080, with a local volume (so the namespace
+/// has one) and, given `host_port`, published there.
+fn web(image: &str, host_port: Option<u16>) -> String {
+    let ports = host_port.map_or(String::new(), |p| {
+        format!("ports: [{{container: 8080, host: {p}}}]\n")
+    });
+    format!(
+        "name: web\nimage: {image}\nstop_timeout: 1s\nresources: {{cpu: 100m, memory: 16Mi}}\n{ports}\
+         command: [\"sh\", \"-c\", \"mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n\
+         volumes: [{{name: data, local: {{}}}}]\nmounts: [{{volume: data, path: /data}}]\n"
+    )
+}
+
+fn sleeper(name: &str, image: &str) -> String {
+    format!(
+        "name: {name}\nimage: {image}\nstop_timeout: 1s\nresources: {{cpu: 100m, memory: 16Mi}}\n\
+         command: [\"sleep\", \"3600\"]\n"
+    )
+}
+
+/// Runs `cmd` in `workload` (of the token's namespace): its exit code.
+fn exec(g: &Gateway, token: &str, workload: &str, cmd: &[&str]) -> i64 {
+    let (code, v) = call(
+        g,
+        token,
+        "POST",
+        &format!("/v1/workloads/{workload}/exec"),
+        Some(&json!({ "command": cmd }).to_string()),
+    );
+    assert_eq!(code, 200, "exec {workload}: {v}");
+    let text = match &v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let code = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|e| e["exit_code"].as_i64())
+        .unwrap_or_else(|| panic!("exec {workload}: no exit code in {text}"));
+    if code != 0 {
+        eprintln!("exec {workload} {cmd:?}: {text}");
+    }
+    code
+}
+
+/// The address of `workload`'s running replica, as the token sees it.
+fn address(g: &Gateway, token: &str, workload: &str) -> String {
+    let mut addr = String::new();
+    eventually(
+        60,
+        || {
+            let (_, w) = call(g, token, "GET", &format!("/v1/workloads/{workload}"), None);
+            let a = &w["allocations"][0];
+            addr = a["address"].as_str().unwrap_or_default().to_string();
+            a["state"] == "running" && !addr.is_empty()
+        },
+        || format!("{workload} never ran\n{}", g.log()),
+    );
+    addr
+}
+
+/// Whether a connection from `client` to `addr:8080` gets `ok` back.
+fn reaches(g: &Gateway, token: &str, client: &str, addr: &str) -> bool {
+    exec(
+        g,
+        token,
+        client,
+        // (busybox's own `wget -T` crashes: `timeout` bounds it instead.)
+        &[
+            "busybox",
+            "timeout",
+            "3",
+            "wget",
+            "-qO-",
+            &format!("http://{addr}:8080/"),
+        ],
+    ) == 0
+}
+
+#[test]
+fn two_tenants_cannot_see_change_or_reach_each_other_and_quotas_and_policies_refuse_by_rule() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (_registry, image) = skiff_e2e::busybox_registry(dir.path());
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let _agent = Agent::joined(dir.path(), "node-a", &g);
+    let admin = g.admin_token();
+    ok(
+        &g,
+        &admin,
+        "POST",
+        "/v1/namespaces",
+        Some(r#"{"name": "team-a", "quota": {"cpu": "1", "allocations": 4}}"#),
+    );
+    ok(
+        &g,
+        &admin,
+        "POST",
+        "/v1/namespaces",
+        Some(r#"{"name": "team-b"}"#),
+    );
+    // Each tenant is an admin of its own namespace: the strongest tenant.
+    let (a, a_id) = api_token(&g, "team-a", "admin", &["team-a"]);
+    let (b, _) = api_token(&g, "team-b", "admin", &["team-b"]);
+
+    // Same names in both: names are unique within a namespace.
+    let port = skiff_e2e::free_port();
+    for (t, spec) in [
+        (&a, web(&image, None)),
+        (&a, sleeper("client", &image)),
+        (&b, web(&image, Some(port))),
+    ] {
+        ok(&g, t, "POST", "/v1/workloads", Some(&spec));
+    }
+    let secret = json!({"name": "db", "data": {"password": base64::engine::general_purpose::STANDARD.encode("pw-a")}});
+    ok(&g, &a, "POST", "/v1/secrets", Some(&secret.to_string()));
+    let a_web = address(&g, &a, "web");
+    let b_web = address(&g, &b, "web");
+    address(&g, &a, "client");
+    let a_version = ok(&g, &a, "GET", "/v1/workloads/web", None)["version"].clone();
+
+    // Every route, as team-b's admin, at team-a's names.
+    let doc = ok(&g, &b, "GET", "/v1/openapi.json", None);
+    let node = ok(&g, &admin, "GET", "/v1/nodes", None)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let volume = ok(&g, &a, "GET", "/v1/volumes", None)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(volume.starts_with("team-a."), "{volume}");
+    let mut tried = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let method = method.to_ascii_uppercase();
+            let fleet_only = op["responses"]["403"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("bound to namespaces"));
+            let concrete = path
+                .replace(
+                    "{name}",
+                    if path.starts_with("/v1/namespaces") {
+                        "team-a"
+                    } else {
+                        "web"
+                    },
+                )
+                .replace(
+                    "{id}",
+                    if path.starts_with("/v1/nodes") {
+                        &node
+                    } else if path.starts_with("/v1/volumes") {
+                        &volume
+                    } else {
+                        &a_id
+                    },
+                );
+            let body = match (method.as_str(), path.as_str()) {
+                ("POST", "/v1/workloads") | ("PUT", "/v1/workloads/{name}") => {
+                    Some(sleeper("web", &image))
+                }
+                ("POST", "/v1/workloads/{name}/scale") => Some(r#"{"replicas": 0}"#.into()),
+                ("POST", "/v1/workloads/{name}/exec") => Some(r#"{"command": ["true"]}"#.into()),
+                ("POST", "/v1/secrets") => Some(secret.to_string()),
+                ("PUT", "/v1/secrets/{name}") => Some(r#"{"data": {"k": "eA=="}}"#.into()),
+                ("POST", "/v1/api-tokens") => {
+                    Some(r#"{"name": "x", "role": "admin", "namespaces": ["team-a"]}"#.into())
+                }
+                ("POST", "/v1/namespaces") => Some(r#"{"name": "team-c"}"#.into()),
+                ("PUT", "/v1/namespaces/{name}") => {
+                    Some(r#"{"policy": {"allow_from": ["team-b"]}}"#.into())
+                }
+                ("POST", "/v1/join-tokens") => Some(r#"{"site": "default"}"#.into()),
+                _ => None,
+            };
+            let url = format!("{concrete}?namespace=team-a&follow=false");
+            let (code, v) = call(&g, &b, &method, &url, body.as_deref());
+            let public = op["security"] == json!([]);
+            let unscoped = matches!(
+                (method.as_str(), path.as_str()),
+                ("GET", "/v1/version")
+                    | ("GET", "/v1/sites")
+                    | ("GET", "/v1/namespaces")
+                    | ("GET", "/v1/api-tokens")
+            );
+            if fleet_only {
+                assert_eq!(code, 403, "{method} {url}: {v}");
+            } else if public || unscoped {
+                assert_eq!(code, 200, "{method} {url}: {v}");
+            } else {
+                assert_eq!(code, 404, "{method} {url}: {v}");
+            }
+            if code == 200 {
+                let text = v.to_string();
+                assert!(
+                    !text.contains("team-a") || path == "/v1/openapi.json",
+                    "{method} {url} shows team-a: {text}"
+                );
+                assert!(
+                    !text.contains(&a_web),
+                    "{method} {url} shows team-a's address: {text}"
+                );
+            }
+            tried += 1;
+        }
+    }
+    assert!(tried >= 40, "only {tried} routes");
+    // Nothing of team-a changed.
+    let w = ok(&g, &a, "GET", "/v1/workloads/web", None);
+    assert_eq!(w["version"], a_version, "{w}");
+    assert_eq!(w["spec"]["image"].as_str(), Some(image.as_str()));
+    assert_eq!(ok(&g, &a, "GET", "/v1/secrets", None)[0]["name"], "db");
+    assert_eq!(
+        ok(&g, &admin, "GET", "/v1/namespaces/team-a", None)["policy"]["allow_from"],
+        Value::Null
+    );
+
+    // Lists with no namespace, and with every one: only team-b's.
+    for path in [
+        "/v1/workloads",
+        "/v1/allocations",
+        "/v1/secrets",
+        "/v1/volumes",
+        "/v1/namespaces",
+    ] {
+        for q in ["", "?namespace=*"] {
+            let v = ok(&g, &b, "GET", &format!("{path}{q}"), None);
+            assert!(!v.to_string().contains("team-a"), "{path}{q}: {v}");
+        }
+    }
+    let mine = ok(&g, &b, "GET", "/v1/workloads?namespace=*", None);
+    assert_eq!(mine.as_array().unwrap().len(), 1, "{mine}");
+    assert_eq!(mine[0]["spec"]["namespace"], "team-b");
+    let events = ok(&g, &b, "GET", "/v1/events?follow=false", None).to_string();
+    assert!(
+        events.contains("team-b") && !events.contains("team-a"),
+        "{events}"
+    );
+    // Sites: the capacity, and only the tenant's own use.
+    let sites = ok(&g, &b, "GET", "/v1/sites", None);
+    assert_eq!(sites[0]["allocations"], 1, "{sites}");
+    assert!(sites[0]["cpu_millis"].as_u64().unwrap() > 0);
+    // Metrics: team-b's series with its token, none without one.
+    let (_, m) = g.call_as(Some(&b), "GET", "/metrics", None);
+    let m = m.as_str().unwrap_or_default().to_string();
+    assert!(
+        m.contains("skiff_namespace_reserved{namespace=\"team-b\",resource=\"cpu_millis\"} 100"),
+        "{m}"
+    );
+    assert!(!m.contains("team-a"), "{m}");
+    let (_, m) = g.call_as(None, "GET", "/metrics", None);
+    assert!(!m.as_str().unwrap_or_default().contains("skiff_namespace_"));
+    // A fleet admin sees both, by namespace.
+    let all = ok(&g, &admin, "GET", "/v1/workloads?namespace=*", None);
+    assert_eq!(all.as_array().unwrap().len(), 3, "{all}");
+
+    // Quotas, at submission and at scale, named.
+    let (code, v) = call(
+        &g,
+        &a,
+        "POST",
+        "/v1/workloads",
+        Some(&sleeper("big", &image).replace("cpu: 100m", "cpu: '1'")),
+    );
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(
+        v["message"], "quota exceeded: namespace team-a would use 1200m of 1 cpu",
+        "{v}"
+    );
+    let (code, v) = call(
+        &g,
+        &a,
+        "POST",
+        "/v1/workloads/client/scale",
+        Some(r#"{"replicas": 4}"#),
+    );
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(
+        v["message"], "quota exceeded: namespace team-a would use 5 of 4 allocations",
+        "{v}"
+    );
+    ok(
+        &g,
+        &a,
+        "POST",
+        "/v1/workloads/client/scale",
+        Some(r#"{"replicas": 2}"#),
+    );
+    // Policies: a tenant's namespace takes nothing from the host.
+    for (extra, rule) in [
+        ("network: host\n", "policy.allow_host_network"),
+        ("security: {privileged: true}\n", "policy.allow_privileged"),
+    ] {
+        let spec = format!("{}{extra}", sleeper("hostile", &image));
+        let (code, v) = call(&g, &a, "POST", "/v1/workloads", Some(&spec));
+        assert_eq!(code, 403, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(rule), "{v}");
+    }
+    assert_eq!(call(&g, &a, "GET", "/v1/workloads/hostile", None).0, 404);
+
+    // The network: its own namespace yes, the other no; published ports
+    // stay reachable from outside.
+    assert!(
+        reaches(&g, &a, "client", &a_web),
+        "team-a cannot reach its own web"
+    );
+    assert!(
+        !reaches(&g, &a, "client", &b_web),
+        "team-a reached team-b's web"
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-m", "5", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok", "{out:?}");
+    // team-b lets team-a in: then it can.
+    ok(
+        &g,
+        &admin,
+        "PUT",
+        "/v1/namespaces/team-b",
+        Some(r#"{"policy": {"allow_from": ["team-a"]}}"#),
+    );
+    eventually(
+        20,
+        || reaches(&g, &a, "client", &b_web),
+        || format!("team-a never let into team-b\n{}", g.log()),
+    );
+}
