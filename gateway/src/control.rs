@@ -641,6 +641,18 @@ impl State {
         }
     }
 
+    /// The instance type a launched node runs on: recorded on it, or (in
+    /// the moments after it joined, before the autoscaler saw it) on the
+    /// VM launched as it.
+    pub fn instance_type_of<'a>(&'a self, n: &'a NodeRecord) -> Option<&'a str> {
+        n.instance_type.as_deref().or_else(|| {
+            self.vms
+                .values()
+                .find(|v| v.node == n.id)
+                .map(|v| v.instance_type.as_str())
+        })
+    }
+
     /// Every node's desired set: its live, placed allocations.
     pub(crate) fn desired_sets(&self) -> HashMap<String, BTreeSet<String>> {
         let mut desired: HashMap<String, BTreeSet<String>> = HashMap::new();

@@ -367,3 +367,165 @@ fn two_tenants_cannot_see_change_or_reach_each_other_and_quotas_and_policies_ref
         || format!("team-a never let into team-b\n{}", g.log()),
     );
 }
+
+/// A namespace at its cloud-spend limit stays pending with the reason
+/// while another's burst launches a VM; one pinned to on-prem never
+/// bursts. The local cloud's "VMs" are network namespaces running a real
+/// agent, booted from the cloud-init the gateway renders.
+#[test]
+fn a_tenant_at_its_spend_limit_stays_pending_while_another_bursts_and_one_pinned_on_prem_never_does()
+ {
+    use skiff_cloud::local::{LocalCloud, LocalConfig};
+    use skiff_cloud::{CloudProvider, TAG_SITE};
+    use skiff_test_support::images::OciImage;
+    use skiff_test_support::net::NetSlot;
+    use skiff_test_support::registry::Registry;
+
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let slot = NetSlot::take().unwrap();
+    let vms = dir.path().join("vms");
+    let cloud = || {
+        LocalCloud::new(LocalConfig {
+            root: vms.clone(),
+            agent_bin: skiff_e2e::bin("skiff-agent"),
+            bridge: slot.bridge(),
+            subnet: slot.subnet().parse().unwrap(),
+            types: Vec::new(),
+        })
+    };
+    // Whatever happens, no VM outlives the test.
+    struct Terminate(LocalCloud);
+    impl Drop for Terminate {
+        fn drop(&mut self) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            if let Ok(all) = rt.block_on(self.0.describe(TAG_SITE, "local")) {
+                let ids: Vec<String> = all.into_iter().map(|i| i.id).collect();
+                let _ = rt.block_on(self.0.terminate(&ids));
+            }
+        }
+    }
+    let _terminate = Terminate(cloud());
+    let host = cloud().ensure_bridge().unwrap();
+    let registry = Registry::start_on(host).unwrap();
+    let image = OciImage::busybox(&dir.path().join("image"), "test", &[])
+        .unwrap()
+        .push(&registry, "skiff/busybox")
+        .unwrap();
+    let host = host.to_string();
+    let config = format!(
+        "heartbeat_interval = \"250ms\"\ndown_after = \"2s\"\nadvertise = [\"{host}\"]\n\
+         [[sites]]\nname = \"dc\"\nkind = \"static\"\n\
+         [[sites]]\nname = \"local\"\nkind = \"local\"\ncost_rank = 10\ngateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"60s\"\nscale_in_after = \"1s\"\n\
+         agent_config = \"[images]\\ninsecure_registries = [\\\"{}\\\"]\\n\"\n\
+         [[sites.instance_types]]\nname = \"local.small\"\ncpu = \"1\"\nmemory = \"1Gi\"\nprice_per_hour = \"0.10\"\n\
+         [sites.local]\nroot = \"{}\"\nagent_bin = \"{}\"\nbridge = \"{}\"\nsubnet = \"{}\"\n",
+        registry.host(),
+        vms.display(),
+        skiff_e2e::bin("skiff-agent").display(),
+        slot.bridge(),
+        slot.subnet()
+    );
+    let g = Gateway::start_on(&dir.path().join("gw"), &config, &host);
+    let admin = g.admin_token();
+    for ns in [
+        r#"{"name": "team-a", "quota": {"cloud_spend_per_hour": "0.001"}}"#,
+        r#"{"name": "team-b"}"#,
+        r#"{"name": "team-c", "policy": {"sites": ["dc"]}}"#,
+    ] {
+        ok(&g, &admin, "POST", "/v1/namespaces", Some(ns));
+    }
+    // Less than a VM, or a share of one, costs.
+    let spec = sleeper("job", &image).replace("cpu: 100m", "cpu: 800m");
+    // No node anywhere: each can only run on a VM launched for it. The
+    // limited and the pinned ones first, so a pass has weighed them by
+    // the time the other's VM runs its replica.
+    for ns in ["team-a", "team-c", "team-b"] {
+        ok(
+            &g,
+            &admin,
+            "POST",
+            &format!("/v1/workloads?namespace={ns}"),
+            Some(&spec),
+        );
+    }
+    let w = g.until(
+        "/v1/workloads/job?namespace=team-b",
+        "running on a VM",
+        90,
+        |w| {
+            w["allocations"][0]["state"] == "running"
+                && w["allocations"][0]["node"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("local-"))
+        },
+    );
+    assert_eq!(w["allocations"][0]["site"], "local", "{w}");
+    let a = ok(
+        &g,
+        &admin,
+        "GET",
+        "/v1/workloads/job?namespace=team-a",
+        None,
+    );
+    let alloc = &a["allocations"][0];
+    assert_eq!(alloc["state"], "pending", "{a}");
+    assert_eq!(
+        alloc["explanation"]["sites"]["local"],
+        "namespace team-a's cloud spend limit 0.001000/h reached (0.000000/h in use)",
+        "{a}"
+    );
+    // Nor does it take a share of team-b's VM: that costs too.
+    assert!(
+        alloc["explanation"]["excluded"]
+            .as_object()
+            .is_some_and(|e| e.contains_key("over the namespace's cloud spend limit")),
+        "{a}"
+    );
+    let c = ok(
+        &g,
+        &admin,
+        "GET",
+        "/v1/workloads/job?namespace=team-c",
+        None,
+    );
+    let alloc = &c["allocations"][0];
+    assert_eq!(alloc["state"], "pending", "{c}");
+    assert!(alloc["explanation"]["sites"].get("local").is_none(), "{c}");
+    // One VM, team-b's: nothing was launched for the other two.
+    assert_eq!(std::fs::read_dir(&vms).unwrap().count(), 1);
+    let sites = ok(&g, &admin, "GET", "/v1/sites", None);
+    let local = sites
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "local")
+        .unwrap();
+    assert_eq!(local["planned_launches"], json!([]), "{sites}");
+    // team-b's spend shows on its namespace: its share of the VM's price.
+    let b = ok(&g, &admin, "GET", "/v1/namespaces/team-b", None);
+    let spend: f64 = b["cloud_spend_per_hour"].as_str().unwrap().parse().unwrap();
+    assert!(spend > 0.0 && spend <= 0.1, "{b}");
+
+    // Cleanup: the VM goes with the work.
+    for ns in ["team-a", "team-b", "team-c"] {
+        ok(
+            &g,
+            &admin,
+            "DELETE",
+            &format!("/v1/workloads/job?namespace={ns}"),
+            None,
+        );
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    eventually(
+        30,
+        || {
+            rt.block_on(cloud().describe(TAG_SITE, "local"))
+                .unwrap()
+                .iter()
+                .all(|i| i.state == skiff_cloud::InstanceState::Terminated)
+        },
+        || format!("the VM was never scaled in\n{}", g.log()),
+    );
+}

@@ -416,10 +416,10 @@ pub fn spend_by_namespace(
     }
     for ((node, ns), (cpu, mem)) in held {
         let Some(n) = s.nodes.get(node) else { continue };
-        let Some(ty) = n.instance_type.as_ref() else {
+        let Some(ty) = s.instance_type_of(n) else {
             continue;
         };
-        let Some(&price) = prices.get(&(n.site.clone(), ty.clone())) else {
+        let Some(&price) = prices.get(&(n.site.clone(), ty.to_string())) else {
             continue;
         };
         let share = |used: u64, of: u64| {
@@ -434,7 +434,8 @@ pub fn spend_by_namespace(
             .min(1.0);
         *out.entry(ns.to_string()).or_default() += (price as f64 * frac).round() as u64;
     }
-    for vm in s.vms.values() {
+    // (A VM whose node joined is counted as that node.)
+    for vm in s.vms.values().filter(|v| !s.nodes.contains_key(&v.node)) {
         let Some(&price) = prices.get(&(vm.site.clone(), vm.instance_type.clone())) else {
             continue;
         };

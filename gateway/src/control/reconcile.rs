@@ -461,6 +461,18 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
     if pending.is_empty() {
         return None;
     }
+    // A launched node costs its instance type's price (the site budget
+    // and namespaces' spend limits count it).
+    let price_of = |n: &super::NodeRecord| -> u64 {
+        let Some(ty) = s.instance_type_of(n) else {
+            return 0;
+        };
+        sites
+            .iter()
+            .find(|site| site.name == n.site)
+            .and_then(|site| site.instance_types.iter().find(|t| t.name == ty))
+            .map_or(0, |t| t.price)
+    };
     let nodes = s
         .nodes
         .values()
@@ -472,7 +484,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
             labels: n.labels.clone(),
             arch: n.arch.clone(),
             os: n.os.clone(),
-            price: 0,
+            price: price_of(n),
             host_volumes: n.host_volumes.clone(),
         })
         .collect();

@@ -249,9 +249,47 @@ impl<'a> Scheduler<'a> {
         None
     }
 
+    /// What one replica of group `gi` on `node` adds to its namespace's
+    /// cloud spend: the node's price times the larger of the shares of its
+    /// CPU and memory the replica takes (0 on an unpriced node).
+    fn spend_on(&self, gi: usize, node: usize) -> u64 {
+        let n = &self.fleet.nodes[node];
+        if n.price == 0 {
+            return 0;
+        }
+        let d = &self.groups[gi].demand;
+        let share = |used: u64, of: u64| {
+            if of == 0 {
+                1.0
+            } else {
+                used as f64 / of as f64
+            }
+        };
+        let frac = share(d.cpu.millis(), n.allocatable.cpu.millis())
+            .max(share(d.memory.bytes(), n.allocatable.memory.bytes()))
+            .min(1.0);
+        (n.price as f64 * frac).round() as u64
+    }
+
+    /// Whether group `gi`'s namespace may spend what a replica on `node`
+    /// costs.
+    fn within_spend(&self, gi: usize, node: usize) -> bool {
+        match self.groups[gi]
+            .budget
+            .and_then(|b| self.cloud.budgets.get(b))
+        {
+            None => true,
+            Some(b) => {
+                let c = self.spend_on(gi, node);
+                c == 0 || b.spend + c <= b.limit
+            }
+        }
+    }
+
     fn node_ok(&self, gi: usize, node: usize, demand: &Res) -> bool {
         let st = &self.gs[gi];
         self.fleet.free[node].fits(demand)
+            && (self.groups[gi].budget.is_none() || self.within_spend(gi, node))
             && (st.ports.is_empty() || self.fleet.ports_free(node, &st.ports))
             && self.node_spread_ok(gi, node as u32)
             && (!st.name_constraint
@@ -292,6 +330,12 @@ impl<'a> Scheduler<'a> {
     }
 
     pub(crate) fn commit_node(&mut self, gi: usize, r: usize, node: usize) {
+        if let Some(b) = self.groups[gi].budget {
+            let c = self.spend_on(gi, node);
+            if let Some(b) = self.cloud.budgets.get_mut(b) {
+                b.spend += c;
+            }
+        }
         let st = &mut self.gs[gi];
         self.fleet.take(node, &st.demand, &st.ports);
         st.site_count[self.fleet.site_of[node]] += 1;
@@ -545,6 +589,8 @@ impl<'a> Scheduler<'a> {
             NodeFilter::InsufficientMemory
         } else if free.disk < st.demand.disk {
             NodeFilter::InsufficientDisk
+        } else if !self.within_spend(gi, i) {
+            NodeFilter::SpendLimit
         } else {
             return None;
         })

@@ -22,6 +22,9 @@ pub enum NodeFilter {
     DistinctNodes,
     /// Placing here would exceed the spread's max skew.
     SpreadSkew,
+    /// A priced (cloud) node whose share would take the workload's
+    /// namespace over its cloud spend limit.
+    SpendLimit,
 }
 
 impl fmt::Display for NodeFilter {
@@ -36,6 +39,7 @@ impl fmt::Display for NodeFilter {
             NodeFilter::InsufficientDisk => f.write_str("insufficient disk"),
             NodeFilter::PortInUse(p) => write!(f, "host port {p} in use"),
             NodeFilter::DistinctNodes => f.write_str("already runs a replica"),
+            NodeFilter::SpendLimit => f.write_str("over the namespace's cloud spend limit"),
             NodeFilter::SpreadSkew => f.write_str("spread skew"),
         }
     }

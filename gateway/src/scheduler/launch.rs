@@ -43,8 +43,9 @@ pub(crate) struct Cloud {
     sites: Vec<CloudSite>,
     vms: Vec<Vm>,
     launches: Vec<Launch>,
-    /// Namespaces' spend limits, spent down as VMs are opened for them.
-    budgets: Vec<super::model::SpendLimit>,
+    /// Namespaces' spend limits, spent down as VMs are opened for them
+    /// (and as their replicas take shares of priced nodes).
+    pub(super) budgets: Vec<super::model::SpendLimit>,
 }
 
 fn type_attrs(site: &super::model::SiteInfo, t: &InstanceType) -> Attrs {
