@@ -327,6 +327,9 @@ pub struct NamespaceArgs {
     /// Policy: allow host volumes.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub allow_host_volumes: Option<bool>,
+    /// Policy: require `security.user_namespace: true`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub require_user_namespace: Option<bool>,
     /// Policy: allow `security.privileged`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub allow_privileged: Option<bool>,

@@ -128,6 +128,7 @@ impl From<&ContainerSpec> for v1::ContainerSpec {
             security: (!c.security.is_default()).then(|| v1::Security {
                 privileged: c.security.privileged,
                 cap_add: c.security.cap_add.clone(),
+                user_namespace: c.security.user_namespace,
             }),
             image: c.image.to_string(),
             command: c.command.clone(),
@@ -428,6 +429,7 @@ impl TryFrom<&v1::ContainerSpec> for ContainerSpec {
                 .map(|s| crate::SecuritySpec {
                     privileged: s.privileged,
                     cap_add: s.cap_add.clone(),
+                    user_namespace: s.user_namespace,
                 })
                 .unwrap_or_default(),
         })

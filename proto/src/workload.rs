@@ -124,6 +124,10 @@ pub struct SecuritySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::spec::capabilities")]
     pub cap_add: Vec<String>,
+    /// Run in a user namespace: root in the container is an unprivileged
+    /// user on the host (the node's `runtime.userns_remap_range`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub user_namespace: bool,
 }
 
 impl SecuritySpec {

@@ -337,6 +337,66 @@ fn two_tenants_cannot_see_change_or_reach_each_other_and_quotas_and_policies_ref
         assert!(v["message"].as_str().unwrap().contains(rule), "{v}");
     }
     assert_eq!(call(&g, &a, "GET", "/v1/workloads/hostile", None).0, 404);
+    // A namespace that requires user namespaces: refused without, and
+    // with one, root in the container is uid 100000 on the host.
+    ok(
+        &g,
+        &admin,
+        "POST",
+        "/v1/namespaces",
+        Some(r#"{"name": "team-u", "policy": {"require_user_namespace": true}}"#),
+    );
+    let (code, v) = call(
+        &g,
+        &admin,
+        "POST",
+        "/v1/workloads?namespace=team-u",
+        Some(&sleeper("app", &image)),
+    );
+    assert_eq!(code, 403, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("policy.require_user_namespace"),
+        "{v}"
+    );
+    let mapped = format!(
+        "{}security: {{user_namespace: true}}\n",
+        sleeper("app", &image)
+    );
+    ok(
+        &g,
+        &admin,
+        "POST",
+        "/v1/workloads?namespace=team-u",
+        Some(&mapped),
+    );
+    address(&g, &admin, "app?namespace=team-u");
+    let (code, v) = call(
+        &g,
+        &admin,
+        "POST",
+        "/v1/workloads/app/exec?namespace=team-u",
+        Some(r#"{"command": ["cat", "/proc/self/uid_map"]}"#),
+    );
+    assert_eq!(code, 200, "{v}");
+    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    let out: String = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["data"].as_str().map(str::to_string))
+        .map(|d| {
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(d).unwrap()).unwrap()
+        })
+        .collect();
+    let map: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(map.first().copied(), Some("0"), "{out}");
+    assert_ne!(
+        map.get(1).copied(),
+        Some("0"),
+        "root is root on the host: {out}"
+    );
 
     // The network: its own namespace yes, the other no; published ports
     // stay reachable from outside.

@@ -370,6 +370,7 @@ impl Reconciler {
             mounts,
             privileged: spec.security.privileged,
             cap_add: spec.security.cap_add.clone(),
+            userns_remap: spec.security.user_namespace,
             namespace: Some(namespace_of(&a.namespace)),
             ..RunOptions::default()
         };

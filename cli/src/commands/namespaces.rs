@@ -63,6 +63,9 @@ fn policy(mut p: Policy, a: &NamespaceArgs) -> Result<Policy, CliError> {
     if let Some(b) = a.allow_host_volumes {
         p.allow_host_volumes = b;
     }
+    if let Some(b) = a.require_user_namespace {
+        p.require_user_namespace = b;
+    }
     if let Some(b) = a.allow_privileged {
         p.allow_privileged = b;
     }
@@ -188,6 +191,14 @@ pub async fn run(client: &Client, cmd: &NamespaceCommand) -> Result<ExitCode, Cl
             println!("  host network:      {}", yes(p.allow_host_network));
             println!("  host volumes:      {}", yes(p.allow_host_volumes));
             println!("  privileged:        {}", yes(p.allow_privileged));
+            println!(
+                "  user namespaces:   {}",
+                if p.require_user_namespace {
+                    "required"
+                } else {
+                    "optional"
+                }
+            );
             println!(
                 "  added capabilities: {}",
                 if p.allow_capabilities.is_empty() {

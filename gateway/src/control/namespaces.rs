@@ -78,6 +78,10 @@ pub struct Policy {
     /// `network: host`.
     #[serde(default)]
     pub allow_host_network: bool,
+    /// Its workloads must run in user namespaces
+    /// (`security.user_namespace: true`).
+    #[serde(default)]
+    pub require_user_namespace: bool,
     /// Volumes of kind `host` (a node's directories).
     #[serde(default)]
     pub allow_host_volumes: bool,
@@ -100,6 +104,7 @@ impl Default for Policy {
             allow_privileged: false,
             allow_capabilities: Vec::new(),
             allow_host_network: false,
+            require_user_namespace: false,
             allow_host_volumes: false,
             max_priority: None,
             allow_from: Vec::new(),
@@ -257,6 +262,11 @@ pub fn check_policy(rec: &NamespaceRecord, spec: &WorkloadSpec) -> Result<(), Co
     {
         return Err(forbidden(format!(
             "policy: namespace {ns} does not allow adding capability {c} (policy.allow_capabilities)"
+        )));
+    }
+    if p.require_user_namespace && !spec.security.user_namespace {
+        return Err(forbidden(format!(
+            "policy: namespace {ns} requires user namespaces: set security.user_namespace: true (policy.require_user_namespace)"
         )));
     }
     if spec.network == NetworkMode::Host && !p.allow_host_network {
@@ -649,6 +659,27 @@ mod tests {
             plain.namespace = DEFAULT.into();
             check_spec(&s, &plain).unwrap();
         }
+    }
+
+    #[test]
+    fn a_namespace_may_require_user_namespaces() {
+        let s = tenant(
+            Quota::default(),
+            Policy {
+                require_user_namespace: true,
+                ..Policy::default()
+            },
+        );
+        let sp = |extra: &str| {
+            spec(&format!(
+                "name: a\nnamespace: team-a\nimage: busybox\n{extra}"
+            ))
+        };
+        assert_eq!(
+            refused(check_spec(&s, &sp(""))),
+            "policy: namespace team-a requires user namespaces: set security.user_namespace: true (policy.require_user_namespace)"
+        );
+        check_spec(&s, &sp("security: {user_namespace: true}\n")).unwrap();
     }
 
     #[test]
