@@ -589,3 +589,141 @@ fn a_tenant_at_its_spend_limit_stays_pending_while_another_bursts_and_one_pinned
         || format!("the VM was never scaled in\n{}", g.log()),
     );
 }
+
+/// `skiff` with `token` against the gateway: (exit code, stdout, stderr).
+fn skiff(g: &Gateway, token: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(skiff_e2e::bin("skiff"))
+        .args(args)
+        .env("SKIFF_ADDR", &g.api)
+        .env("SKIFF_TOKEN", token)
+        .env("SKIFF_CONFIG", g.dir.join("no-such-config.toml"))
+        .env_remove("SKIFF_NAMESPACE")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_makes_namespaces_and_bound_tokens_and_works_in_one_namespace_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let admin = g.admin_token();
+    let (code, out, err) = skiff(
+        &g,
+        &admin,
+        &[
+            "namespace",
+            "create",
+            "team-x",
+            "--cpu",
+            "2",
+            "--allocations",
+            "3",
+            "--site",
+            "default",
+            "--allow-host-network",
+        ],
+        None,
+    );
+    assert_eq!((code, out.trim()), (0, "namespace team-x created"), "{err}");
+    let (code, out, err) = skiff(
+        &g,
+        &admin,
+        &["namespace", "set", "team-x", "--cpu", "4"],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = skiff(
+        &g,
+        &admin,
+        &["namespace", "show", "team-x", "-o", "json"],
+        None,
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["quota"]["cpu"], "4", "{v}");
+    assert_eq!(v["quota"]["allocations"], 3, "{v}");
+    assert_eq!(v["policy"]["sites"], json!(["default"]), "{v}");
+    assert_eq!(v["policy"]["allow_host_network"], true, "{v}");
+    let (code, out, err) = skiff(
+        &g,
+        &admin,
+        &[
+            "token",
+            "create",
+            "--role",
+            "operator",
+            "--namespaces",
+            "team-x",
+            "--name",
+            "x",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let t: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t["namespaces"], json!(["team-x"]), "{t}");
+    let tx = t["token"].as_str().unwrap().to_string();
+
+    // With the bound token, commands work in its namespace without -n.
+    let spec = "name: web\nimage: busybox\nresources: {cpu: 100m, memory: 16Mi}\n";
+    let (code, out, err) = skiff(&g, &tx, &["run", "-f", "-", "--detach"], Some(spec));
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = skiff(&g, &tx, &["ps", "-o", "json"], None);
+    let ps: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(ps[0]["spec"]["namespace"], "team-x", "{ps}");
+    let (code, _, err) = skiff(&g, &tx, &["scale", "web", "5"], None);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "skiff: quota exceeded: namespace team-x would use 5 of 3 allocations"
+    );
+    let (code, _, err) = skiff(&g, &tx, &["-n", "default", "ps"], None);
+    assert_eq!((code, err.trim()), (1, "skiff: no namespace default"));
+    let (code, _, err) = skiff(&g, &tx, &["nodes"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("this needs a fleet token"), "{err}");
+    // A fleet admin lists every namespace's, with the namespace.
+    let (_, out, _) = skiff(&g, &admin, &["ps", "-A"], None);
+    let header = out.lines().next().unwrap_or_default();
+    assert!(header.starts_with("NAMESPACE"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("team-x") && l.contains("web")),
+        "{out}"
+    );
+    let (_, out, _) = skiff(&g, &admin, &["ps"], None);
+    assert!(!out.contains("web"), "default has no web: {out}");
+
+    // A namespace with a workload is not deleted; empty, it is, with
+    // the tokens bound only to it.
+    let (code, _, err) = skiff(&g, &admin, &["namespace", "rm", "team-x"], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("namespace team-x still has 1 workloads"),
+        "{err}"
+    );
+    let (code, _, err) = skiff(&g, &admin, &["-n", "team-x", "rm", "web"], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = skiff(&g, &admin, &["namespace", "rm", "team-x"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = skiff(&g, &tx, &["ps"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown token"), "{err}");
+}
