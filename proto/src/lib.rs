@@ -33,7 +33,7 @@ pub use image::{ImageRef, is_tag};
 pub use parse::{Format, integral_json, parse_workloads};
 pub use quantity::{ByteSize, Cpu, QuantityError};
 pub use workload::{
-    BatchSpec, ContainerSpec, ExecProbe, HealthSpec, HttpProbe, LocalVolume, MAX_BACKOFF,
+    BatchSpec, ContainerSpec, ExecProbe, HealthSpec, HttpProbe, LocalVolume, MAX_BACKOFF, MAX_DISK,
     MAX_REPLICAS, MountPathError, MountSpec, NetworkMode, OnNodeLoss, Placement, PortSpec,
     Protocol, Resources, RestartPolicy, SecretRef, SecuritySpec, Spread, TcpProbe, TmpfsVolume,
     VolumeSpec, WorkloadKind, WorkloadSpec, check_mount_path, is_capability_name, is_secret_key,

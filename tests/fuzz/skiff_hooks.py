@@ -1,14 +1,17 @@
 """Schemathesis hooks for Skiff's API fuzzer (tests/tests/api_fuzz.rs).
 
 The workload spec's JSON Schema states every rule the gateway enforces but
-three that no JSON Schema can state, because they relate two values of one
-request; the OpenAPI document says them in words. For requests generated as
-valid, these hooks make those three hold, so "valid data accepted" checks
-everything else:
+a few that no JSON Schema can state, because they relate two values of one
+request (or the request and the gateway's state); the OpenAPI document
+says them in words. For requests generated as valid, these hooks make
+those hold, so "valid data accepted" checks everything else:
 
 * PUT /v1/workloads/{name}: the body's name is the path's;
 * a container port, and a host port, appear once per protocol;
-* `placement.prefer` names only sites in `placement.sites` (when given).
+* `placement.prefer` names only sites in `placement.sites` (when given);
+* the spec's `namespace` is one that exists (`default`: the fuzzer makes
+  none) and the request's;
+* a mount names a volume of `volumes`.
 
 Requests generated as invalid are left as they are.
 """
@@ -51,6 +54,13 @@ def map_case(context, case):
         body["name"] = case.path_parameters["name"]
     if isinstance(body.get("ports"), list):
         body["ports"] = _once_per_protocol(body["ports"])
+    if "namespace" in body:
+        body["namespace"] = "default"
+    if isinstance(body.get("mounts"), list):
+        names = {v.get("name") for v in body.get("volumes") or [] if isinstance(v, dict)}
+        body["mounts"] = [
+            m for m in body["mounts"] if not isinstance(m, dict) or m.get("volume") in names
+        ]
     placement = body.get("placement")
     if isinstance(placement, dict):
         sites = placement.get("sites") or []

@@ -5,10 +5,11 @@
 //! answers that match their schemas, invalid requests refused and valid
 //! ones accepted.
 //!
-//! Three rules of the spec bodies relate two values of one request, which
-//! no JSON Schema can state (the document says them in words): a PUT's
-//! name is its path's, a port appears once per protocol, and preferred
-//! sites are allowed ones. `tests/fuzz/skiff_hooks.py` makes requests
+//! A few rules of the spec bodies relate two values of one request (or
+//! the request and the gateway's state), which no JSON Schema can state
+//! (the document says them in words): a PUT's name is its path's, a port
+//! appears once per protocol, preferred sites are allowed ones, a mount
+//! names a volume of the spec, its namespace exists. `tests/fuzz/skiff_hooks.py` makes requests
 //! generated as valid keep them; everything else is the schema's alone.
 //!
 //! `GET /v1/events` and the logs route are fuzzed with `follow=false`:
@@ -47,18 +48,24 @@ fn the_api_does_what_its_openapi_document_says() {
 suppress-health-check = ["too_slow"]
 
 # Following, these streams never end: the fuzzer reads them as they stand.
+# Requests act in `default` (the only namespace that surely exists; a
+# namespace that does not is a 404, which tests/tests/tenants.rs covers).
 [[operations]]
 include-path = "/v1/events"
-parameters = { "query.follow" = "false" }
+parameters = { "query.follow" = "false", "query.namespace" = "default" }
 
 [[operations]]
 include-path = "/v1/workloads/{name}/logs"
-parameters = { "path.name" = "fuzzed", "query.follow" = "false" }
+parameters = { "path.name" = "fuzzed", "query.follow" = "false", "query.namespace" = "default" }
 
 # (The first entry that matches an operation is the one used.)
 [[operations]]
 include-path-regex = "^/v1/workloads/\\{name\\}"
-parameters = { "path.name" = "fuzzed" }
+parameters = { "path.name" = "fuzzed", "query.namespace" = "default" }
+
+[[operations]]
+include-path-regex = "^/v1/(workloads|allocations|secrets|volumes)"
+parameters = { "query.namespace" = "default" }
 "#,
     )
     .unwrap();

@@ -12,6 +12,10 @@ use super::error::{ApiError, ApiResult};
 pub(super) fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> ApiResult<T> {
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad(e.to_string()))?;
+    // Every JSON body is an object (serde would take a struct from an array).
+    if !value.is_object() {
+        return Err(ApiError::bad("the body is not a JSON object"));
+    }
     // JSON Schema counts `3.0` as an integer; so does the API.
     skiff_proto::integral_json(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {

@@ -112,7 +112,8 @@ pub(super) struct EventsQuery {
 #[utoipa::path(get, path = "/v1/events", tag = "fleet", params(EventsQuery),
     responses((status = 200, description = "A text/event-stream of events",
         content_type = "text/event-stream", body = Object),
-        (status = 400, description = "A bad query string", body = ApiError)))]
+        (status = 400, description = "A bad query string", body = ApiError),
+        (status = 404, description = "No such namespace", body = ApiError)))]
 pub(super) async fn events(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,

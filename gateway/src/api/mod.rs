@@ -364,6 +364,14 @@ fn add_spec_schemas(doc: &mut serde_json::Value) {
         schemas[name] = def;
     }
     schemas["WorkloadSpec"] = spec;
+    if let (Some(q), serde_json::Value::Object(props)) = (
+        schemas["Quota"]["properties"].as_object_mut(),
+        skiff_proto::schema::spec::quota_properties(),
+    ) {
+        for (k, v) in props {
+            q.insert(k, v);
+        }
+    }
     schemas["SecretCreate"] = secrets::request_schema(true);
     schemas["SecretUpdate"] = secrets::request_schema(false);
 }
@@ -456,6 +464,8 @@ pub fn openapi_for(sites: &[String]) -> serde_json::Value {
     add_spec_schemas(&mut doc);
     doc["components"]["schemas"]["JoinTokenRequest"]["properties"]["site"]["enum"] =
         serde_json::json!(sites);
+    doc["components"]["schemas"]["Policy"]["properties"]["sites"]["items"] =
+        serde_json::json!({"type": "string", "enum": sites});
     doc
 }
 

@@ -55,6 +55,20 @@ pub struct NamespaceUpdate {
     pub policy: Option<Policy>,
 }
 
+/// Refuses a body whose `quota` or `policy` is not an object (serde would
+/// take a struct from an array).
+fn objects(body: &[u8]) -> ApiResult<()> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(e.to_string()))?;
+    for field in ["quota", "policy"] {
+        match v.get(field) {
+            None | Some(serde_json::Value::Null | serde_json::Value::Object(_)) => {}
+            Some(_) => return Err(ApiError::bad(format!("{field}: not an object"))),
+        }
+    }
+    Ok(())
+}
+
 fn view(s: &AppState, st: &crate::control::State, rec: NamespaceRecord) -> NamespaceView {
     let prices = namespaces::prices(&s.control.config);
     let spend = namespaces::spend_by_namespace(st, &prices)
@@ -112,7 +126,9 @@ pub(super) async fn create(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<NamespaceView>)> {
-    let req: NamespaceRequest = json_body(&body?)?;
+    let body = body?;
+    let req: NamespaceRequest = json_body(&body)?;
+    objects(&body)?;
     let rec = s.control.put_namespace(
         NamespaceRecord {
             name: req.name,
@@ -138,7 +154,9 @@ pub(super) async fn update(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<NamespaceView>> {
-    let req: NamespaceUpdate = json_body(&body?)?;
+    let body = body?;
+    let req: NamespaceUpdate = json_body(&body)?;
+    objects(&body)?;
     let mut rec = s
         .control
         .read(|st| namespaces::get(st, &name).map(|r| r.into_owned()))
@@ -155,9 +173,9 @@ pub(super) async fn update(
 
 /// Deletes an empty namespace; tokens bound only to it are revoked.
 #[utoipa::path(delete, path = "/v1/namespaces/{name}", tag = "namespaces", params(("name" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 400, description = "default", body = ApiError),
+    responses((status = 204, description = "Deleted"),
         (status = 404, body = ApiError),
-        (status = 409, description = "It still has workloads, secrets or volumes", body = ApiError)))]
+        (status = 409, description = "It still has workloads, secrets or volumes, or it is default", body = ApiError)))]
 pub(super) async fn delete(
     State(s): State<AppState>,
     Path(name): Path<String>,

@@ -128,6 +128,7 @@ pub(super) async fn list(
 /// Creates a secret, encrypted at rest.
 #[utoipa::path(post, path = "/v1/secrets", tag = "secrets", request_body = SecretCreate, params(NamespaceQuery),
     responses((status = 201, body = SecretView), (status = 400, body = ApiError),
+        (status = 404, description = "No such namespace", body = ApiError),
         (status = 409, description = "The name is taken", body = ApiError),
         (status = 503, description = "No secrets key (over etcd: secrets_key_file)", body = ApiError)))]
 pub(super) async fn create(

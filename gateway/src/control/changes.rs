@@ -375,7 +375,7 @@ impl Control {
         let sites: Vec<String> = self.config.sites.iter().map(|s| s.name.clone()).collect();
         let name = rec.name.clone();
         let rec = self.write(|st, b| {
-            super::namespaces::check_record(&rec, &sites, &st.namespaces)?;
+            super::namespaces::check_record(&rec, &sites)?;
             let old = super::namespaces::get(st, &name).map(|r| r.created_ms);
             match (old, create) {
                 (Some(_), true) => {
@@ -413,7 +413,7 @@ impl Control {
     pub fn delete_namespace(&self, name: &str) -> Result<(), ControlError> {
         use skiff_proto::namespace::{DEFAULT, of_volume, split};
         if name == DEFAULT {
-            return Err(ControlError::Invalid(
+            return Err(ControlError::Conflict(
                 "namespace default cannot be deleted".into(),
             ));
         }

@@ -45,6 +45,7 @@ pub struct Quota {
     #[schema(value_type = Option<String>, example = "500Gi")]
     pub disk: Option<ByteSize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 4_294_967_295_u64)]
     pub allocations: Option<u32>,
     /// The cloud VMs launched for this namespace's pending work may cost
     /// this much per hour together (e.g. `"2.50"`); at the limit its work
@@ -87,6 +88,7 @@ pub struct Policy {
     pub allow_host_volumes: bool,
     /// The highest `priority` its workloads may have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 4_294_967_295_u64)]
     pub max_priority: Option<u32>,
     /// Other namespaces whose containers may open connections to this
     /// one's (its own always may; published ports stay reachable).
@@ -230,6 +232,9 @@ pub fn check_spec(s: &State, spec: &WorkloadSpec) -> Result<(), ControlError> {
         return Err(ControlError::NotFound(format!("no namespace {ns}")));
     };
     check_policy(&rec, spec)?;
+    if rec.quota == Quota::default() {
+        return Ok(());
+    }
     let key = spec.key();
     let mut after = declared(s, ns, Some(&key));
     after.add(spec, u64::from(spec.live_at_most()));
@@ -355,12 +360,9 @@ pub fn check_quota(rec: &NamespaceRecord, after: &Usage) -> Result<(), ControlEr
 }
 
 /// A namespace record an admin sends, checked: the name, the sites the
-/// fleet has, the price, the namespaces it lets in.
-pub fn check_record(
-    rec: &NamespaceRecord,
-    sites: &[String],
-    namespaces: &BTreeMap<String, NamespaceRecord>,
-) -> Result<(), ControlError> {
+/// fleet has, the quota's bounds. (`allow_from` may name a namespace
+/// made later.)
+pub fn check_record(rec: &NamespaceRecord, sites: &[String]) -> Result<(), ControlError> {
     if !is_valid_name(&rec.name) {
         return Err(ControlError::Invalid(format!(
             "name: {:?} is not a valid namespace name (lowercase letters, digits and '-', at most 63 characters)",
@@ -372,19 +374,30 @@ pub fn check_record(
             "policy.sites: no site {s} in the gateway's config"
         )));
     }
-    if let Some(p) = &rec.quota.cloud_spend_per_hour {
+    let q = &rec.quota;
+    if let Some(p) = &q.cloud_spend_per_hour {
+        let whole = p.split('.').next().unwrap_or_default();
+        if whole.len() > 12 {
+            return Err(ControlError::Invalid(format!(
+                "quota.cloud_spend_per_hour: {p:?} has more than 12 digits before the point"
+            )));
+        }
         parse_price(p)
             .map_err(|e| ControlError::Invalid(format!("quota.cloud_spend_per_hour: {e}")))?;
     }
-    if let Some(n) = rec
-        .policy
-        .allow_from
-        .iter()
-        .find(|n| n.as_str() != DEFAULT && !namespaces.contains_key(*n))
-    {
+    let max_cpu = skiff_proto::schema::spec::MAX_QUOTA_CPU;
+    if let Some(c) = q.cpu.filter(|c| *c > max_cpu) {
         return Err(ControlError::Invalid(format!(
-            "policy.allow_from: no namespace {n}"
+            "quota.cpu: {c} is more than {max_cpu}"
         )));
+    }
+    for (field, v) in [("memory", q.memory), ("disk", q.disk)] {
+        if let Some(b) = v.filter(|b| *b > skiff_proto::MAX_DISK) {
+            return Err(ControlError::Invalid(format!(
+                "quota.{field}: {b} is more than {}",
+                skiff_proto::MAX_DISK
+            )));
+        }
     }
     Ok(())
 }

@@ -150,6 +150,27 @@ pub fn secret_used(schema: &mut Schema) {
     );
 }
 
+/// The most CPU a namespace's quota may name.
+pub const MAX_QUOTA_CPU: crate::Cpu = crate::Cpu::from_cores(10_000_000);
+
+/// A namespace quota's fields (the gateway's `Quota`), for its OpenAPI
+/// schema: CPU up to [`MAX_QUOTA_CPU`], bytes up to `MAX_DISK`, a price
+/// of at most 12 digits and 6 decimals.
+pub fn quota_properties() -> serde_json::Value {
+    let [cpu, cpu_n] = quantity(&CPU_UNITS, 1000, None, MAX_QUOTA_CPU.millis());
+    let [bytes, bytes_n] = quantity(&byte_units(), 1, None, MAX_DISK.bytes());
+    let (bytes2, bytes2_n) = (bytes.clone(), bytes_n.clone());
+    json!({
+        "cpu": { "anyOf": [cpu, cpu_n, { "type": "null" }], "description": format!("Most CPU its workloads reserve together, at most {MAX_QUOTA_CPU} cores.") },
+        "memory": { "anyOf": [bytes2, bytes2_n, { "type": "null" }], "description": format!("Most memory, at most {MAX_DISK}.") },
+        "disk": { "anyOf": [bytes, bytes_n, { "type": "null" }], "description": format!("Most disk (scratch and local volumes), at most {MAX_DISK}.") },
+        "cloud_spend_per_hour": {
+            "anyOf": [{ "type": "string", "pattern": "^[0-9]{1,12}(\\.[0-9]{0,6})?$" }, { "type": "null" }],
+            "description": "Most the cloud capacity it holds may cost per hour, e.g. \"2.50\"."
+        }
+    })
+}
+
 /// Any size up to `MAX_DISK`, or none.
 pub fn disk(_: &mut SchemaGenerator) -> Schema {
     let [string, number] = quantity(&byte_units(), 1, None, MAX_DISK.bytes());
