@@ -350,13 +350,23 @@ impl NodeNet {
         }
     }
 
-    /// Whether membership of container `id` changes: `Some` joins it.
+    /// Sets (`Some`) or ends the membership of container `id`; whether
+    /// the isolation rules change with it (with a single namespace on the
+    /// node they never do: nothing is kept out, and no rewrite is needed).
     fn set_member(&self, id: &str, a: Option<&Attachment>) -> bool {
-        let mut members = self.members.lock().expect("lock");
-        match a.and_then(|a| Some((a.namespace.clone()?, a.address))) {
-            Some(m) => members.insert(id.to_string(), m.clone()) != Some(m),
-            None => members.remove(id).is_some(),
+        let before = self.isolation();
+        {
+            let mut members = self.members.lock().expect("lock");
+            match a.and_then(|a| Some((a.namespace.clone()?, a.address))) {
+                Some(m) => {
+                    members.insert(id.to_string(), m);
+                }
+                None => {
+                    members.remove(id);
+                }
+            }
         }
+        before.rules() != self.isolation().rules()
     }
 
     /// Makes the container's published ports live (before it starts, so
