@@ -73,16 +73,17 @@ impl Moto {
 /// Where the simulator learns what was launched.
 #[async_trait::async_trait]
 pub trait LaunchedVms: Send + Sync + 'static {
-    /// The site's instances, as the cloud lists them.
-    async fn instances(&self, site: &str) -> Vec<Instance>;
+    /// The site's instances, as the cloud lists them (`None`: the cloud
+    /// did not answer, which says nothing about them).
+    async fn instances(&self, site: &str) -> Option<Vec<Instance>>;
     /// The user data an instance was launched with.
     async fn user_data(&self, id: &str) -> Option<Secret>;
 }
 
 #[async_trait::async_trait]
 impl LaunchedVms for skiff_cloud::aws::AwsCloud {
-    async fn instances(&self, site: &str) -> Vec<Instance> {
-        self.describe(TAG_SITE, site).await.unwrap_or_default()
+    async fn instances(&self, site: &str) -> Option<Vec<Instance>> {
+        self.describe(TAG_SITE, site).await.ok()
     }
     async fn user_data(&self, id: &str) -> Option<Secret> {
         skiff_cloud::aws::AwsCloud::user_data(self, id).await.ok()
@@ -93,8 +94,9 @@ impl LaunchedVms for skiff_cloud::aws::AwsCloud {
 /// itself never returns it).
 #[async_trait::async_trait]
 impl LaunchedVms for crate::azure::FakeArm {
-    async fn instances(&self, site: &str) -> Vec<Instance> {
-        self.vms()
+    async fn instances(&self, site: &str) -> Option<Vec<Instance>> {
+        let vms = self
+            .vms()
             .into_iter()
             .filter(|v| v.tags.get(TAG_SITE).map(String::as_str) == Some(site))
             .map(|v| Instance {
@@ -108,7 +110,8 @@ impl LaunchedVms for crate::azure::FakeArm {
                 },
                 tags: v.tags,
             })
-            .collect()
+            .collect();
+        Some(vms)
     }
     async fn user_data(&self, id: &str) -> Option<Secret> {
         self.vms()
@@ -232,7 +235,13 @@ impl VmSimulator {
                 .unwrap();
             rt.block_on(async {
                 while !s.load(Ordering::SeqCst) {
-                    let listed = cloud.instances(&site).await;
+                    // A list that failed (a busy moto timing out) is no
+                    // news: powering everything off on it would kill
+                    // healthy VMs.
+                    let Some(listed) = cloud.instances(&site).await else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
                     // Gone from the cloud's list (Azure deletes): off too.
                     let gone: Vec<String> = b
                         .lock()
