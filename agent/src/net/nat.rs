@@ -34,13 +34,26 @@ use serde::{Deserialize, Serialize};
 /// The table's name on a node.
 pub const TABLE: &str = "skiff";
 
-/// An nftables failure, with what was being done.
+/// Where bridged IPv4 traffic is handed to netfilter's hooks.
+const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// A failure of Skiff's rules, with what was being done.
 #[derive(Debug, thiserror::Error)]
-#[error("nftables ({what}): {source}")]
-pub struct NatError {
-    pub what: &'static str,
-    #[source]
-    pub source: nftables::helper::NftablesError,
+pub enum NatError {
+    #[error("nftables ({what}): {source}")]
+    Nft {
+        what: &'static str,
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
+    /// Namespace isolation cannot hold: bridged traffic would bypass it.
+    #[error(
+        "namespace isolation needs bridged traffic in netfilter (modprobe br_netfilter): {BRIDGE_NF}: {source}"
+    )]
+    BridgeNetfilter {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The node's NAT rules.
@@ -318,7 +331,10 @@ impl Nat {
         let rules = isolation.rules();
         if !rules.is_empty() {
             // Docker needs the same: bridged IPv4 through iptables' hooks.
-            let _ = std::fs::write("/proc/sys/net/bridge/bridge-nf-call-iptables", "1");
+            // Without it the rules would not see traffic between containers
+            // of the node: fail rather than leave namespaces open.
+            std::fs::write(BRIDGE_NF, "1")
+                .map_err(|source| NatError::BridgeNetfilter { source })?;
             batch.add(NfListObject::Chain(Chain {
                 family: NfFamily::IP,
                 table: t.to_string().into(),
@@ -377,7 +393,7 @@ impl Nat {
                 ));
             }
         }
-        nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError {
+        nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError::Nft {
             what: "set up the skiff table",
             source,
         })
@@ -388,7 +404,7 @@ impl Nat {
         let mut batch = Batch::new();
         batch.add(NfListObject::Table(table(&self.table)));
         batch.delete(NfListObject::Table(table(&self.table)));
-        nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError {
+        nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError::Nft {
             what: "remove the skiff table",
             source,
         })

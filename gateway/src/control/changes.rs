@@ -374,9 +374,10 @@ impl Control {
     ) -> Result<NamespaceRecord, ControlError> {
         let sites: Vec<String> = self.config.sites.iter().map(|s| s.name.clone()).collect();
         let name = rec.name.clone();
-        let rec = self.write(|st, b| {
+        let (rec, nodes) = self.write(|st, b| {
             super::namespaces::check_record(&rec, &sites)?;
-            let old = super::namespaces::get(st, &name).map(|r| r.created_ms);
+            let before = super::namespaces::get(st, &name).map(|r| r.into_owned());
+            let old = before.as_ref().map(|r| r.created_ms);
             match (old, create) {
                 (Some(_), true) => {
                     return Err(ControlError::Conflict(format!("namespace {name} exists")));
@@ -392,17 +393,33 @@ impl Control {
             };
             b.put(Kind::Namespace, &name, &rec);
             st.namespaces.insert(name.clone(), rec.clone());
-            Ok(rec)
+            // Who may reach its containers is in the desired state of the
+            // nodes they run on: a new generation there (which every
+            // gateway pushes, whichever holds the session).
+            let mut nodes = std::collections::BTreeSet::new();
+            if before.is_some_and(|b| b.policy.allow_from != rec.policy.allow_from) {
+                nodes = st
+                    .allocations
+                    .values()
+                    .filter(|a| a.is_live() && a.namespace() == name)
+                    .filter_map(|a| a.node.clone())
+                    .collect();
+                for n in &nodes {
+                    if let Some(node) = st.nodes.get_mut(n) {
+                        node.generation += 1;
+                        b.put(Kind::Node, n, node);
+                    }
+                }
+            }
+            Ok((rec, nodes))
         })?;
         self.event(
             "namespace",
             &name,
             if create { "created" } else { "updated" },
         );
-        // Placement rules and network rules follow the policy.
-        let nodes: std::collections::BTreeSet<String> =
-            self.read(|st| st.nodes.keys().cloned().collect());
         self.push(&nodes);
+        // Placement follows the policy from the next pass.
         self.wake();
         Ok(rec)
     }

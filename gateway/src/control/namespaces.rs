@@ -152,13 +152,7 @@ pub struct Usage {
 impl Usage {
     fn add(&mut self, spec: &WorkloadSpec, copies: u64) {
         let r = &spec.resources;
-        let disk = r.disk.map_or(0, |d| d.bytes())
-            + spec
-                .volumes
-                .iter()
-                .filter_map(|v| v.local?.size)
-                .map(|s| s.bytes())
-                .sum::<u64>();
+        let disk = r.disk.map_or(0, |d| d.bytes()) + crate::scheduler::local_volume_bytes(spec);
         self.cpu_millis += r.cpu.millis() * copies;
         self.memory_bytes += r.memory.bytes() * copies;
         self.disk_bytes += disk * copies;
@@ -445,17 +439,9 @@ pub fn spend_by_namespace(
         let Some(&price) = prices.get(&(n.site.clone(), ty.to_string())) else {
             continue;
         };
-        let share = |used: u64, of: u64| {
-            if of == 0 {
-                1.0
-            } else {
-                used as f64 / of as f64
-            }
-        };
-        let frac = share(cpu, n.allocatable.cpu.millis())
-            .max(share(mem, n.allocatable.memory.bytes()))
-            .min(1.0);
-        *out.entry(ns.to_string()).or_default() += (price as f64 * frac).round() as u64;
+        let used = skiff_proto::cluster::Capacity::new(cpu, mem, 0);
+        *out.entry(ns.to_string()).or_default() +=
+            crate::scheduler::price_share(price, &used, &n.allocatable);
     }
     // (A VM whose node joined is counted as that node.)
     for vm in s.vms.values().filter(|v| !s.nodes.contains_key(&v.node)) {

@@ -257,18 +257,7 @@ impl<'a> Scheduler<'a> {
         if n.price == 0 {
             return 0;
         }
-        let d = &self.groups[gi].demand;
-        let share = |used: u64, of: u64| {
-            if of == 0 {
-                1.0
-            } else {
-                used as f64 / of as f64
-            }
-        };
-        let frac = share(d.cpu.millis(), n.allocatable.cpu.millis())
-            .max(share(d.memory.bytes(), n.allocatable.memory.bytes()))
-            .min(1.0);
-        (n.price as f64 * frac).round() as u64
+        super::model::price_share(n.price, &self.groups[gi].demand, &n.allocatable)
     }
 
     /// Whether group `gi`'s namespace may spend what a replica on `node`

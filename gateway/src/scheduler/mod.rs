@@ -39,6 +39,7 @@ pub use model::{
     NodeInfo, Options, Placement, Plan, Policy, Request, SiteInfo, Snapshot, SpendLimit, Target,
     Unplaced,
 };
+pub use model::{local_volume_bytes, price_share};
 
 /// Places `requests` (replicas of `groups`) on the fleet in `snapshot`.
 ///

@@ -125,7 +125,19 @@ pub struct Group {
 
 /// The disk a replica's local volumes may fill: the sum of their sizes
 /// (one without a size counts nothing).
-fn local_volume_bytes(spec: &WorkloadSpec) -> u64 {
+/// What holding `used` of a node with `of` costs of its `price`: the
+/// price times the larger of the CPU and memory shares (at most all of
+/// it). The placement engine's spend limits and the reported spend of
+/// namespaces both count this way.
+pub fn price_share(price: MicrosPerHour, used: &Capacity, of: &Capacity) -> MicrosPerHour {
+    let share = |u: u64, o: u64| if o == 0 { 1.0 } else { u as f64 / o as f64 };
+    let frac = share(used.cpu.millis(), of.cpu.millis())
+        .max(share(used.memory.bytes(), of.memory.bytes()))
+        .min(1.0);
+    (price as f64 * frac).round() as u64
+}
+
+pub fn local_volume_bytes(spec: &WorkloadSpec) -> u64 {
     spec.volumes
         .iter()
         .filter_map(|v| v.local?.size)
