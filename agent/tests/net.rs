@@ -267,6 +267,26 @@ async fn published_ports_reach_a_container_from_everywhere() {
         caller(&curl_until_up(Some(&outside), &url)),
         format!("{net}.2")
     );
+    // Its own address is no way in from another host, even one that
+    // routes the node's subnet through the node.
+    let route = outside.run(&[
+        "ip",
+        "route",
+        "add",
+        &node.subnet.to_string(),
+        "via",
+        &format!("{net}.1"),
+    ]);
+    assert!(route.status.success(), "{}", text(&route));
+    let direct = curl(
+        Some(&outside),
+        &format!("http://{server_ip}:8080/cgi-bin/ip"),
+    );
+    assert!(!direct.status.success(), "{}", text(&direct));
+    assert!(
+        curl(Some(&outside), &url).status.success(),
+        "the published port stopped answering"
+    );
     // From the host itself, on its address and on loopback.
     assert!(curl(None, &url).status.success());
     let local = curl(None, &format!("http://127.0.0.1:{tcp_port}/cgi-bin/ip"));

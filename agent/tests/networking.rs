@@ -548,8 +548,9 @@ fn networking_survives_kill_9_of_the_agent_and_leaves_nothing_after() {
     let rules = text(&nft_table(&f.agent.net.table()).stdout);
     assert_eq!(
         rules.matches("comment \"skiff:").count(),
-        3,
-        "egress, hairpin, loopback only: {rules}"
+        6,
+        "egress, hairpin, loopback, and the node-local rules (replies, published ports, \
+         nothing else from other hosts) only: {rules}"
     );
     let routes = Command::new("ip").args(["-4", "route"]).output().unwrap();
     let subnet = f.agent.net.subnet();

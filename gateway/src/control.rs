@@ -1277,7 +1277,7 @@ impl Control {
 
     /// The sites as the placement engine sees them, with the instance
     /// types set aside now.
-    fn site_infos(&self) -> Vec<scheduler::SiteInfo> {
+    pub(crate) fn site_infos(&self) -> Vec<scheduler::SiteInfo> {
         let price = |p: &str| crate::config::parse_price(p).ok();
         self.config
             .sites

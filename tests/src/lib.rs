@@ -15,6 +15,7 @@ use skiff_test_support::procs::ChildGuard;
 pub mod azure;
 pub mod cloud;
 pub mod etcd;
+pub mod hosts;
 
 /// A registry holding the busybox test image (built under `dir`); the
 /// registry (stopped when dropped) and the image's reference.
@@ -261,6 +262,8 @@ pub struct Agent {
     ca_hash: String,
     pub process: Option<ChildGuard>,
     pub net: NetSlot,
+    /// The host it runs on ([`hosts::Host`]), if not this machine.
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -270,6 +273,33 @@ impl Agent {
         let (token, hash) = gateway.join_token("default", "10m");
         let a = Agent::spawn(dir, name, gateway, &token, &hash);
         a.wait_up();
+        gateway.until(&format!("/v1/nodes/{name}"), "ready", 15, |v| {
+            v["status"] == "ready"
+        });
+        a
+    }
+
+    /// [`Agent::joined`] on `host` (it has the host's network), with the
+    /// node subnet the gateway gives it and `extra` config (TOML tables).
+    pub fn joined_on(
+        dir: &Path,
+        name: &str,
+        gateway: &Gateway,
+        host: &hosts::Host,
+        extra: &str,
+    ) -> Agent {
+        let (token, hash) = gateway.join_token("default", "10m");
+        let a = Self::spawn_at(
+            dir,
+            name,
+            &gateway.agent_url,
+            (&token, &hash),
+            (false, Some(&host.name)),
+            extra,
+        );
+        if std::panic::catch_unwind(|| a.wait_up()).is_err() {
+            panic!("agent {name} on {}:\n{}", host.name, a.log());
+        }
         gateway.until(&format!("/v1/nodes/{name}"), "ready", 15, |v| {
             v["status"] == "ready"
         });
@@ -315,7 +345,14 @@ impl Agent {
         own_subnet: bool,
         extra: &str,
     ) -> Agent {
-        Self::spawn_at(dir, name, &gateway.agent_url, auth, own_subnet, extra)
+        Self::spawn_at(
+            dir,
+            name,
+            &gateway.agent_url,
+            auth,
+            (own_subnet, None),
+            extra,
+        )
     }
 
     fn spawn_at(
@@ -323,7 +360,7 @@ impl Agent {
         name: &str,
         url: &str,
         (token, ca_hash): (&str, &str),
-        own_subnet: bool,
+        (own_subnet, netns): (bool, Option<&str>),
         extra: &str,
     ) -> Agent {
         let dir = dir.join(name);
@@ -343,6 +380,7 @@ impl Agent {
             ca_hash: ca_hash.to_string(),
             process: None,
             net,
+            netns: netns.map(String::from),
         };
         a.launch(Some(token));
         a
@@ -354,14 +392,8 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new(bin("skiff-agent"));
-        cmd.args(["serve", "--name", &self.name, "--state-dir"])
-            .arg(self.dir.join("state"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--config")
-            .arg(self.dir.join("agent.toml"))
-            .args(["--gateway", &self.url, "--ca-hash", &self.ca_hash])
+        let mut cmd = self.serve();
+        cmd.args(["--gateway", &self.url, "--ca-hash", &self.ca_hash])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -374,7 +406,7 @@ impl Agent {
     /// [`Agent::spawn`] with `--gateway` set to `urls` (several of one
     /// fleet, comma-separated).
     pub fn spawn_via(dir: &Path, name: &str, urls: &str, token: &str, ca_hash: &str) -> Agent {
-        Self::spawn_at(dir, name, urls, (token, ca_hash), true, "")
+        Self::spawn_at(dir, name, urls, (token, ca_hash), (true, None), "")
     }
 
     /// Starts it again after a kill (it has joined: no token).
@@ -440,6 +472,33 @@ impl Agent {
         (read("ca.crt"), read("node.crt"), read("node.key"))
     }
 
+    /// `skiff-agent serve` with its name, state, socket and config, on its
+    /// host.
+    fn serve(&self) -> Command {
+        let mut cmd = Command::new(bin("skiff-agent"));
+        cmd.args(["serve", "--name", &self.name, "--state-dir"])
+            .arg(self.dir.join("state"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg(self.dir.join("agent.toml"));
+        if let Some(ns) = &self.netns {
+            // Into the host's network only (`ip netns exec` would also
+            // remount /sys, hiding the cgroup hierarchies).
+            let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setns is async-signal-safe; nothing else runs in the
+            // child between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        cmd
+    }
+
     /// Kills it with SIGKILL (its containers keep running).
     pub fn kill9(&mut self) {
         if let Some(p) = self.process.as_mut() {
@@ -459,15 +518,7 @@ impl Drop for Agent {
             let log = std::fs::File::create(self.dir.join("cleanup.log")).unwrap();
             if let Ok(g) = ChildGuard::spawn(
                 "skiff-agent",
-                Command::new(bin("skiff-agent"))
-                    .args(["serve", "--name", &self.name, "--state-dir"])
-                    .arg(self.dir.join("state"))
-                    .arg("--socket")
-                    .arg(&self.socket)
-                    .arg("--config")
-                    .arg(self.dir.join("agent.toml"))
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log),
+                self.serve().stdout(log.try_clone().unwrap()).stderr(log),
             ) {
                 self.process = Some(g);
                 let deadline = Instant::now() + Duration::from_secs(10);

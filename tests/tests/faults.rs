@@ -257,3 +257,67 @@ fn a_silence_shorter_than_the_grace_reschedules_nothing() {
     assert_eq!(down, 0, "{events}");
     println!("scenario blip: silent_s=1.0 grace_s=2.0 rescheduled=0 restarted=0");
 }
+
+#[test]
+fn a_partitioned_host_is_replaced_and_after_healing_its_stale_copies_stop() {
+    // Each agent on a host of its own (a network namespace on a shared
+    // LAN): a host can be cut off as a whole.
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let f = skiff_e2e::hosts::Fleet::start(dir.path(), CONFIG, &["node-a", "node-b"]);
+    let (g, a, b) = (&f.gateway, &f.agents[0], &f.agents[1]);
+    assert_eq!(g.call("POST", "/v1/nodes/node-b/cordon", None).0, 200);
+    run_web(g, &f.image, 3);
+    assert_eq!(g.call("POST", "/v1/nodes/node-b/uncordon", None).0, 200);
+    let before = containers_of(a, "web");
+    assert_eq!(before.len(), 3);
+
+    // The host's link goes: nothing in or out, its agent and containers
+    // run on, cut off.
+    let cut = Instant::now();
+    f.hosts[0].partition();
+    eventually(30, || node_status(g, "node-a") == "down", || g.log());
+    let detected = cut.elapsed();
+    eventually(
+        60,
+        || containers_of(b, "web").len() == 3 && running_count(g, "web") == 3,
+        || format!("{:?}\n{}", live(g, "web"), g.log()),
+    );
+    let replaced = cut.elapsed();
+    assert!(
+        live(g, "web").values().all(|(node, _, _)| node == "node-b"),
+        "{:?}",
+        live(g, "web")
+    );
+    // Cut off, node-a's copies still run (its agent cannot know).
+    assert_eq!(containers_of(a, "web"), before);
+    // 30 s in all, as a WAN link that drops for a while.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(cut.elapsed()));
+
+    let healed = Instant::now();
+    f.hosts[0].heal();
+    eventually(
+        60,
+        || containers_of(a, "web").is_empty() && node_status(g, "node-a") == "ready",
+        || format!("{:?}\n{}\n{}", a.containers(), a.log(), g.log()),
+    );
+    let stale_stopped = healed.elapsed();
+    // Exactly the desired count, all on node-b, none restarted there.
+    assert_eq!(containers_of(b, "web").len(), 3);
+    assert_eq!(running_count(g, "web"), 3);
+    assert!(
+        live(g, "web")
+            .values()
+            .all(|(node, _, restarts)| node == "node-b" && *restarts == 0),
+        "{:?}",
+        live(g, "web")
+    );
+    println!(
+        "scenario partition: partitioned_s={:.1} detect_down_s={:.2} replacements_running_s={:.2} \
+         copies_above_desired_after_heal_s={:.2}",
+        (healed - cut).as_secs_f64(),
+        detected.as_secs_f64(),
+        replaced.as_secs_f64(),
+        stale_stopped.as_secs_f64()
+    );
+}

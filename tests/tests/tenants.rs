@@ -428,6 +428,75 @@ fn two_tenants_cannot_see_change_or_reach_each_other_and_quotas_and_policies_ref
     );
 }
 
+/// Across nodes, each on a host of its own (a network namespace on a
+/// shared LAN) whose node subnets the operator routes: a container's
+/// address is no way in from another node, for another namespace's
+/// containers nor its own, and a published port is.
+#[test]
+fn across_nodes_a_tenant_reaches_another_only_through_published_ports() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let f = skiff_e2e::hosts::Fleet::start(dir.path(), CONFIG, &["node-0", "node-1"]);
+    let (g, hosts, image) = (&f.gateway, &f.hosts, &f.image);
+    // The operator routes each node's subnet through its host.
+    let admin = g.admin_token();
+    let subnet = |node: &str| {
+        ok(g, &admin, "GET", &format!("/v1/nodes/{node}"), None)["subnet"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    hosts[0].route(&subnet("node-1"), hosts[1].address);
+    hosts[1].route(&subnet("node-0"), hosts[0].address);
+    for ns in ["team-a", "team-b"] {
+        ok(
+            g,
+            &admin,
+            "POST",
+            "/v1/namespaces",
+            Some(&json!({ "name": ns }).to_string()),
+        );
+    }
+    let (a, _) = api_token(g, "team-a", "admin", &["team-a"]);
+    let (b, _) = api_token(g, "team-b", "admin", &["team-b"]);
+    let on = |node: &str| format!("placement: {{constraints: [\"node.name == {node}\"]}}\n");
+    let port = skiff_e2e::free_port();
+    for (t, spec) in [
+        (&a, sleeper("client", image) + &on("node-0")),
+        (&a, web(image, None) + &on("node-1")),
+        (&b, web(image, Some(port)) + &on("node-1")),
+    ] {
+        ok(g, t, "POST", "/v1/workloads", Some(&spec));
+    }
+    let a_web = address(g, &a, "web");
+    let b_web = address(g, &b, "web");
+    address(g, &a, "client");
+    // The route is there: the client reaches node-1's host, and through
+    // it team-b's published port.
+    let published = exec(
+        g,
+        &a,
+        "client",
+        &[
+            "busybox",
+            "timeout",
+            "3",
+            "wget",
+            "-qO-",
+            &format!("http://{}:{port}/", hosts[1].address),
+        ],
+    );
+    assert_eq!(published, 0, "team-b's published port did not answer");
+    assert!(
+        !reaches(g, &a, "client", &b_web),
+        "team-a reached team-b's web on another node"
+    );
+    assert!(
+        !reaches(g, &a, "client", &a_web),
+        "team-a reached its own web's address on another node"
+    );
+}
+
 /// A namespace at its cloud-spend limit stays pending with the reason
 /// while another's burst launches a VM; one pinned to on-prem never
 /// bursts. The local cloud's "VMs" are network namespaces running a real

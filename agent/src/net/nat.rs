@@ -10,11 +10,17 @@
 //! * hairpin and loopback: a container reaching a published port of the
 //!   node, and `127.0.0.1:port`, are masqueraded so the answer comes back
 //!   the way it went;
-//! * namespace isolation: in the `forward` hook (bridged traffic passes it
+//! * node-local addresses: in the `forward` hook, a new connection routed
+//!   to a container from beyond the node (another host, another node's
+//!   bridge) is dropped unless it came through a published port, even
+//!   where the operator routes the node subnets (as Docker 28 does by
+//!   default): the address of a container is not a way in from other
+//!   hosts, so no other node's container, of any namespace, reaches it;
+//! * namespace isolation: in the same hook (bridged traffic passes it
 //!   through `br_netfilter`), a new connection from a container of one
-//!   namespace to one of another is dropped unless the destination's
-//!   namespace lets the source's in. Replies of allowed connections and
-//!   published ports (DNAT) pass.
+//!   namespace to one of another on the node is dropped unless the
+//!   destination's namespace lets the source's in. Replies of allowed
+//!   connections and published ports (DNAT) pass.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -183,6 +189,12 @@ fn oifname() -> Expression<'static> {
     }))
 }
 
+fn iifname() -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta {
+        key: MetaKey::Iifname,
+    }))
+}
+
 fn nat_chain(table: &str, name: &'static str, hook: NfHook, prio: i32) -> NfListObject<'static> {
     NfListObject::Chain(Chain {
         family: NfFamily::IP,
@@ -213,13 +225,13 @@ fn rule(
 
 impl Nat {
     /// Creates (or re-creates, after an agent restart) the table with the
-    /// egress rules only, and turns on IPv4 forwarding.
+    /// egress and node-local rules only, and turns on IPv4 forwarding.
     pub fn ensure(&self) -> Result<(), NatError> {
         self.apply(&[], &Isolation::default())
     }
 
-    /// Replaces the table with the egress rules, `ports` and the
-    /// namespace isolation rules, in one transaction; turns on IPv4
+    /// Replaces the table with the egress and node-local rules, `ports`
+    /// and the namespace isolation rules, in one transaction; turns on IPv4
     /// forwarding (and, on the bridge, routing of loopback-sourced
     /// packets, for `127.0.0.1:port`, and the netfilter hooks of bridged
     /// traffic, for isolation).
@@ -335,63 +347,76 @@ impl Nat {
             // of the node: fail rather than leave namespaces open.
             std::fs::write(BRIDGE_NF, "1")
                 .map_err(|source| NatError::BridgeNetfilter { source })?;
-            batch.add(NfListObject::Chain(Chain {
-                family: NfFamily::IP,
-                table: t.to_string().into(),
-                name: "isolate".into(),
-                _type: Some(NfChainType::Filter),
-                hook: Some(NfHook::Forward),
-                prio: Some(0),
-                ..Chain::default()
-            }));
-            let ct = |key: &'static str| {
-                Expression::Named(NamedExpression::CT(CT {
-                    key: key.into(),
-                    family: None,
-                    dir: None,
-                }))
-            };
+        }
+        batch.add(NfListObject::Chain(Chain {
+            family: NfFamily::IP,
+            table: t.to_string().into(),
+            name: "isolate".into(),
+            _type: Some(NfChainType::Filter),
+            hook: Some(NfHook::Forward),
+            prio: Some(0),
+            ..Chain::default()
+        }));
+        let ct = |key: &'static str| {
+            Expression::Named(NamedExpression::CT(CT {
+                key: key.into(),
+                family: None,
+                dir: None,
+            }))
+        };
+        batch.add(rule(
+            t,
+            "isolate",
+            vec![
+                matches(
+                    ct("state"),
+                    Expression::List(vec![
+                        Expression::String("established".into()),
+                        Expression::String("related".into()),
+                    ]),
+                    Operator::IN,
+                ),
+                Statement::Accept(None),
+            ],
+            "skiff: replies".into(),
+        ));
+        batch.add(rule(
+            t,
+            "isolate",
+            vec![
+                matches(
+                    ct("status"),
+                    Expression::String("dnat".into()),
+                    Operator::IN,
+                ),
+                Statement::Accept(None),
+            ],
+            "skiff: published ports".into(),
+        ));
+        // Routed in from beyond the node (bridged traffic between the
+        // node's own containers comes in on the bridge itself).
+        batch.add(rule(
+            t,
+            "isolate",
+            vec![
+                matches(oifname(), bridge(), Operator::EQ),
+                matches(iifname(), bridge(), Operator::NEQ),
+                matches(field("ip", "daddr"), prefix(self.subnet), Operator::EQ),
+                Statement::Drop(None),
+            ],
+            "skiff: containers are reached from other hosts only through published ports".into(),
+        ));
+        for (ns, own, denied) in rules {
             batch.add(rule(
                 t,
                 "isolate",
                 vec![
-                    matches(
-                        ct("state"),
-                        Expression::List(vec![
-                            Expression::String("established".into()),
-                            Expression::String("related".into()),
-                        ]),
-                        Operator::IN,
-                    ),
-                    Statement::Accept(None),
+                    matches(field("ip", "daddr"), addr_set(own), Operator::EQ),
+                    matches(field("ip", "saddr"), addr_set(&denied), Operator::EQ),
+                    Statement::Drop(None),
                 ],
-                "skiff: replies".into(),
+                format!("skiff: namespace {ns} keeps others out"),
             ));
-            batch.add(rule(
-                t,
-                "isolate",
-                vec![
-                    matches(
-                        ct("status"),
-                        Expression::String("dnat".into()),
-                        Operator::IN,
-                    ),
-                    Statement::Accept(None),
-                ],
-                "skiff: published ports".into(),
-            ));
-            for (ns, own, denied) in rules {
-                batch.add(rule(
-                    t,
-                    "isolate",
-                    vec![
-                        matches(field("ip", "daddr"), addr_set(own), Operator::EQ),
-                        matches(field("ip", "saddr"), addr_set(&denied), Operator::EQ),
-                        Statement::Drop(None),
-                    ],
-                    format!("skiff: namespace {ns} keeps others out"),
-                ));
-            }
         }
         nftables::helper::apply_ruleset(&batch.to_nftables()).map_err(|source| NatError::Nft {
             what: "set up the skiff table",

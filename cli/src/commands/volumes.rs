@@ -26,34 +26,42 @@ pub async fn run(client: &Client, cmd: &VolumeCommand) -> Result<ExitCode, CliEr
             if out.structured(&volumes).map_err(io("stdout"))? {
                 return Ok(ExitCode::SUCCESS);
             }
+            let all = client.all_namespaces();
             let rows: Vec<Vec<String>> = volumes
                 .iter()
                 .map(|v| {
-                    vec![
-                        v.record.id.clone(),
-                        v.record.workload.clone(),
-                        v.record.instance.to_string(),
-                        v.record.node.clone(),
-                        v.record.site.clone(),
-                        size(v),
-                        if v.record.removing {
-                            "removing"
-                        } else {
-                            "kept"
-                        }
-                        .into(),
-                        age(v.record.created_ms),
-                    ]
+                    all.then(|| v.namespace.clone())
+                        .into_iter()
+                        .chain([
+                            v.record.id.clone(),
+                            v.record.workload.clone(),
+                            v.record.instance.to_string(),
+                            v.record.node.clone(),
+                            v.record.site.clone(),
+                            size(v),
+                            if v.record.removing {
+                                "removing"
+                            } else {
+                                "kept"
+                            }
+                            .into(),
+                            age(v.record.created_ms),
+                        ])
+                        .collect()
                 })
                 .collect();
-            table(
-                &out,
-                &[
-                    "ID", "WORKLOAD", "SLOT", "NODE", "SITE", "SIZE", "STATE", "AGE",
-                ],
-                &rows,
-            )
-            .map_err(io("stdout"))?;
+            let header = [
+                "NAMESPACE",
+                "ID",
+                "WORKLOAD",
+                "SLOT",
+                "NODE",
+                "SITE",
+                "SIZE",
+                "STATE",
+                "AGE",
+            ];
+            table(&out, &header[usize::from(!all)..], &rows).map_err(io("stdout"))?;
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Rm { ids } => {

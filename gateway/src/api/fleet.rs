@@ -249,9 +249,10 @@ pub(super) async fn metrics(
 
 fn namespace_rows(s: &AppState, caller: &Caller) -> Vec<crate::metrics::NamespaceRow> {
     use crate::control::namespaces;
-    let prices = namespaces::prices(&s.control.config);
+    let prices = namespaces::Prices::of(&s.control.site_infos());
     s.control.read(|st| {
         let spend = namespaces::spend_by_namespace(st, &prices);
+        let mut in_use = namespaces::in_use_by_namespace(st);
         let mut names: Vec<String> = st.namespaces.keys().cloned().collect();
         if !st.namespaces.contains_key(skiff_proto::namespace::DEFAULT) {
             names.push(skiff_proto::namespace::DEFAULT.to_string());
@@ -274,7 +275,7 @@ fn namespace_rows(s: &AppState, caller: &Caller) -> Vec<crate::metrics::Namespac
                 .collect();
                 Some(crate::metrics::NamespaceRow {
                     reserved: namespaces::declared(st, &n, None),
-                    in_use: namespaces::in_use(st, &n),
+                    in_use: in_use.remove(&n).unwrap_or_default(),
                     quota,
                     spend: spend.get(&n).copied().unwrap_or(0),
                     namespace: n,

@@ -7,6 +7,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -69,18 +71,36 @@ fn objects(body: &[u8]) -> ApiResult<()> {
     Ok(())
 }
 
-fn view(s: &AppState, st: &crate::control::State, rec: NamespaceRecord) -> NamespaceView {
-    let prices = namespaces::prices(&s.control.config);
-    let spend = namespaces::spend_by_namespace(st, &prices)
-        .get(&rec.name)
-        .copied()
-        .unwrap_or(0);
-    NamespaceView {
-        reserved: namespaces::declared(st, &rec.name, None),
-        in_use: namespaces::in_use(st, &rec.name),
-        cloud_spend_per_hour: crate::scheduler::money(spend),
-        record: rec,
+/// What the views of namespaces are made of, each summed once over the
+/// state (one pass, however many namespaces are shown).
+struct Sums {
+    spend: HashMap<String, u64>,
+    in_use: HashMap<String, Usage>,
+}
+
+impl Sums {
+    fn of(s: &AppState, st: &crate::control::State) -> Sums {
+        let prices = namespaces::Prices::of(&s.control.site_infos());
+        Sums {
+            spend: namespaces::spend_by_namespace(st, &prices),
+            in_use: namespaces::in_use_by_namespace(st),
+        }
     }
+
+    fn view(&self, st: &crate::control::State, rec: NamespaceRecord) -> NamespaceView {
+        NamespaceView {
+            reserved: namespaces::declared(st, &rec.name, None),
+            in_use: self.in_use.get(&rec.name).copied().unwrap_or_default(),
+            cloud_spend_per_hour: crate::scheduler::money(
+                self.spend.get(&rec.name).copied().unwrap_or(0),
+            ),
+            record: rec,
+        }
+    }
+}
+
+fn view(s: &AppState, st: &crate::control::State, rec: NamespaceRecord) -> NamespaceView {
+    Sums::of(s, st).view(st, rec)
 }
 
 /// The namespaces the token may see.
@@ -91,6 +111,7 @@ pub(super) async fn list(
     Extension(caller): Extension<Caller>,
 ) -> Json<Vec<NamespaceView>> {
     Json(s.control.read(|st| {
+        let sums = Sums::of(&s, st);
         let mut names: Vec<String> = st.namespaces.keys().cloned().collect();
         if !names.iter().any(|n| n == skiff_proto::namespace::DEFAULT) {
             names.insert(0, skiff_proto::namespace::DEFAULT.to_string());
@@ -98,7 +119,7 @@ pub(super) async fn list(
         names
             .into_iter()
             .filter(|n| caller.sees(n))
-            .filter_map(|n| namespaces::get(st, &n).map(|r| view(&s, st, r.into_owned())))
+            .filter_map(|n| namespaces::get(st, &n).map(|r| sums.view(st, r.into_owned())))
             .collect()
     }))
 }

@@ -199,18 +199,18 @@ pub fn declared(s: &State, ns: &str, except: Option<&str>) -> Usage {
     u
 }
 
-/// What namespace `ns`'s live allocations reserve now.
-pub fn in_use(s: &State, ns: &str) -> Usage {
-    let mut u = Usage::default();
+/// What each namespace's live allocations reserve now, in one pass over
+/// the allocations (a namespace with none has no entry).
+pub fn in_use_by_namespace(s: &State) -> HashMap<String, Usage> {
+    let mut by: HashMap<String, Usage> = HashMap::new();
     for a in s.allocations.values().filter(|a| a.is_live()) {
-        if skiff_proto::namespace::of_allocation(&a.id) != ns {
-            continue;
-        }
         if let Some(w) = s.workloads.get(&a.workload) {
-            u.add(&w.spec, 1);
+            by.entry(skiff_proto::namespace::of_allocation(&a.id).to_string())
+                .or_default()
+                .add(&w.spec, 1);
         }
     }
-    u
+    by
 }
 
 fn forbidden(m: String) -> ControlError {
@@ -396,20 +396,38 @@ pub fn check_record(rec: &NamespaceRecord, sites: &[String]) -> Result<(), Contr
     Ok(())
 }
 
-/// Price per hour (millionths) of each site's instance types.
-pub fn prices(config: &crate::config::GatewayConfig) -> HashMap<(String, String), u64> {
-    config
-        .sites
-        .iter()
-        .flat_map(|s| {
-            s.instance_types.iter().filter_map(move |t| {
-                Some((
-                    (s.name.clone(), t.name.clone()),
-                    parse_price(&t.price_per_hour).ok()?,
-                ))
-            })
-        })
-        .collect()
+/// Price per hour (millionths) of each site's instance types, as the
+/// placement engine was given them: the one table that the scheduler's
+/// node prices, the namespaces' spend limits and the reported spend read.
+#[derive(Debug, Default)]
+pub struct Prices(HashMap<(String, String), u64>);
+
+impl Prices {
+    pub fn of(sites: &[crate::scheduler::SiteInfo]) -> Prices {
+        Prices(
+            sites
+                .iter()
+                .flat_map(|site| {
+                    site.instance_types
+                        .iter()
+                        .map(move |t| ((site.name.clone(), t.name.clone()), t.price))
+                })
+                .collect(),
+        )
+    }
+
+    /// What `ty` costs at `site` (`None`: not a type of the site).
+    pub fn get(&self, site: &str, ty: &str) -> Option<u64> {
+        self.0.get(&(site.to_string(), ty.to_string())).copied()
+    }
+
+    /// What node `n` costs: its instance type's price (0 for a node that
+    /// was not launched, or of a type no longer configured).
+    pub fn of_node(&self, s: &State, n: &super::NodeRecord) -> u64 {
+        s.instance_type_of(n)
+            .and_then(|ty| self.get(&n.site, ty))
+            .unwrap_or(0)
+    }
 }
 
 /// What every namespace spends on cloud VMs, in millionths per hour: of
@@ -417,10 +435,7 @@ pub fn prices(config: &crate::config::GatewayConfig) -> HashMap<(String, String)
 /// and memory the namespace's live allocations hold; of each VM still
 /// launching, its price times the share of the allocations it was
 /// launched for that are the namespace's.
-pub fn spend_by_namespace(
-    s: &State,
-    prices: &HashMap<(String, String), u64>,
-) -> HashMap<String, u64> {
+pub fn spend_by_namespace(s: &State, prices: &Prices) -> HashMap<String, u64> {
     let mut out: HashMap<String, u64> = HashMap::new();
     let mut held: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
     for a in s.allocations.values().filter(|a| a.is_live()) {
@@ -433,19 +448,17 @@ pub fn spend_by_namespace(
     }
     for ((node, ns), (cpu, mem)) in held {
         let Some(n) = s.nodes.get(node) else { continue };
-        let Some(ty) = s.instance_type_of(n) else {
+        let price = prices.of_node(s, n);
+        if price == 0 {
             continue;
-        };
-        let Some(&price) = prices.get(&(n.site.clone(), ty.to_string())) else {
-            continue;
-        };
+        }
         let used = skiff_proto::cluster::Capacity::new(cpu, mem, 0);
         *out.entry(ns.to_string()).or_default() +=
             crate::scheduler::price_share(price, &used, &n.allocatable);
     }
     // (A VM whose node joined is counted as that node.)
     for vm in s.vms.values().filter(|v| !s.nodes.contains_key(&v.node)) {
-        let Some(&price) = prices.get(&(vm.site.clone(), vm.instance_type.clone())) else {
+        let Some(price) = prices.get(&vm.site, &vm.instance_type) else {
             continue;
         };
         if vm.allocations.is_empty() {
@@ -501,10 +514,7 @@ pub fn restrict(g: &mut crate::scheduler::Group, rec: &NamespaceRecord) {
 
 /// The spend limits of the namespaces that have one, with what each
 /// spends now, at the prices of `sites`.
-pub fn budgets(
-    s: &State,
-    sites: &[crate::scheduler::SiteInfo],
-) -> Vec<crate::scheduler::SpendLimit> {
+pub fn budgets(s: &State, prices: &Prices) -> Vec<crate::scheduler::SpendLimit> {
     let limited: Vec<(&String, u64)> = s
         .namespaces
         .iter()
@@ -513,15 +523,7 @@ pub fn budgets(
     if limited.is_empty() {
         return Vec::new();
     }
-    let prices: HashMap<(String, String), u64> = sites
-        .iter()
-        .flat_map(|site| {
-            site.instance_types
-                .iter()
-                .map(move |t| ((site.name.clone(), t.name.clone()), t.price))
-        })
-        .collect();
-    let spend = spend_by_namespace(s, &prices);
+    let spend = spend_by_namespace(s, prices);
     limited
         .into_iter()
         .map(|(n, limit)| crate::scheduler::SpendLimit {

@@ -463,16 +463,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
     }
     // A launched node costs its instance type's price (the site budget
     // and namespaces' spend limits count it).
-    let price_of = |n: &super::NodeRecord| -> u64 {
-        let Some(ty) = s.instance_type_of(n) else {
-            return 0;
-        };
-        sites
-            .iter()
-            .find(|site| site.name == n.site)
-            .and_then(|site| site.instance_types.iter().find(|t| t.name == ty))
-            .map_or(0, |t| t.price)
-    };
+    let prices = super::namespaces::Prices::of(sites);
     let nodes = s
         .nodes
         .values()
@@ -484,14 +475,14 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
             labels: n.labels.clone(),
             arch: n.arch.clone(),
             os: n.os.clone(),
-            price: price_of(n),
+            price: prices.of_node(s, n),
             host_volumes: n.host_volumes.clone(),
         })
         .collect();
     let mut groups = Vec::new();
     let mut group_of: HashMap<&str, usize> = HashMap::new();
     // Namespaces' rules: where they may run, and what they may spend.
-    let budgets = super::namespaces::budgets(s, sites);
+    let budgets = super::namespaces::budgets(s, &prices);
     for (name, w) in &s.workloads {
         group_of.insert(name, groups.len());
         let mut g = scheduler::Group::from_spec(&w.spec);

@@ -111,8 +111,10 @@ fn mark_removing(s: &mut State, b: &mut Batch, id: &str) -> Option<String> {
 /// size limit from the workload's spec and whether its node enforces it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VolumeView {
+    /// The record, its `workload` by name (its namespace beside it).
     #[serde(flatten)]
     pub record: VolumeRecord,
+    pub namespace: String,
     /// The spec's `local.size`, in bytes (none: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
@@ -134,8 +136,13 @@ pub(crate) fn view(s: &State, r: &VolumeRecord) -> VolumeView {
     let size_not_enforced = size_bytes
         .and_then(|_| s.nodes.get(&r.node))
         .and_then(|n| n.volume_quota_missing.clone());
+    let (namespace, workload) = skiff_proto::namespace::split(&r.workload);
     VolumeView {
-        record: r.clone(),
+        record: VolumeRecord {
+            workload: workload.to_string(),
+            ..r.clone()
+        },
+        namespace: namespace.to_string(),
         size_bytes,
         size_not_enforced,
     }
