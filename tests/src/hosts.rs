@@ -6,8 +6,8 @@
 //! containers' links are the host's, as on a machine of its own.
 //!
 //! The LAN takes a test network slot ([`NetSlot`]): bridge `sktb<n>`,
-//! `10.251.<n>.0/24`. Dropping a host deletes its namespace (its links go
-//! with it); dropping the LAN deletes the bridge. [`Host::partition`] cuts
+//! `10.251.<n>.0/24`. Dropping a host deletes its link and namespace;
+//! dropping the LAN gives back the slot, which deletes the bridge. [`Host::partition`] cuts
 //! a host off (both ways) until [`Host::heal`].
 
 use std::net::Ipv4Addr;
@@ -30,8 +30,7 @@ pub struct Host {
     pub address: Ipv4Addr,
     /// Its end of the LAN, on this machine.
     link: HostLink,
-    // Last: after the link (whose deletion fails quietly once the
-    // namespace took its peer with it).
+    // Dropped after the link (whose peer inside goes with it).
     pub netns: Netns,
 }
 
@@ -101,14 +100,6 @@ impl Lan {
 impl Default for Lan {
     fn default() -> Self {
         Lan::new()
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.slot.bridge()])
-            .output();
     }
 }
 

@@ -52,10 +52,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+/// Polls `f` every 50 ms until it holds; fails the test after `timeout`
+/// with `why()`.
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool, why: impl Fn() -> String) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(Instant::now() < deadline, "{}", why());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -154,9 +156,11 @@ impl Gateway {
         .unwrap();
         self.process = Some(child);
         let addr: std::net::SocketAddr = self.listen.parse().unwrap();
-        wait_for("the gateway's API", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(addr).is_ok()
-        });
+        wait_for(
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(addr).is_ok(),
+            || format!("timed out waiting for the gateway's API:\n{}", self.log()),
+        );
     }
 
     pub fn log(&self) -> String {
@@ -297,9 +301,7 @@ impl Agent {
             (false, Some(&host.name)),
             extra,
         );
-        if std::panic::catch_unwind(|| a.wait_up()).is_err() {
-            panic!("agent {name} on {}:\n{}", host.name, a.log());
-        }
+        a.wait_up();
         gateway.until(&format!("/v1/nodes/{name}"), "ready", 15, |v| {
             v["status"] == "ready"
         });
@@ -392,7 +394,7 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
-        let mut cmd = self.serve();
+        let mut cmd = self.serve().expect("the agent's host");
         cmd.args(["--gateway", &self.url, "--ca-hash", &self.ca_hash])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -418,9 +420,15 @@ impl Agent {
     /// Waits until its local API answers.
     pub fn wait_up(&self) {
         wait_for(
-            &format!("agent {} to listen", self.name),
             Duration::from_secs(15),
             || std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
+            || {
+                format!(
+                    "timed out waiting for agent {} to listen:\n{}",
+                    self.name,
+                    self.log()
+                )
+            },
         );
     }
 
@@ -474,7 +482,7 @@ impl Agent {
 
     /// `skiff-agent serve` with its name, state, socket and config, on its
     /// host.
-    fn serve(&self) -> Command {
+    fn serve(&self) -> std::io::Result<Command> {
         let mut cmd = Command::new(bin("skiff-agent"));
         cmd.args(["serve", "--name", &self.name, "--state-dir"])
             .arg(self.dir.join("state"))
@@ -485,7 +493,7 @@ impl Agent {
         if let Some(ns) = &self.netns {
             // Into the host's network only (`ip netns exec` would also
             // remount /sys, hiding the cgroup hierarchies).
-            let netns = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+            let netns = std::fs::File::open(format!("/run/netns/{ns}"))?;
             use std::os::unix::process::CommandExt;
             // SAFETY: setns is async-signal-safe; nothing else runs in the
             // child between fork and exec.
@@ -496,7 +504,7 @@ impl Agent {
                 });
             }
         }
-        cmd
+        Ok(cmd)
     }
 
     /// Kills it with SIGKILL (its containers keep running).
@@ -516,9 +524,15 @@ impl Drop for Agent {
         }
         if self.dir.join("state/containers").is_dir() {
             let log = std::fs::File::create(self.dir.join("cleanup.log")).unwrap();
+            // (A host already gone took the containers' network with it:
+            // they are still removed, by an agent on this machine's.)
+            let mut cmd = self.serve().unwrap_or_else(|_| {
+                self.netns = None;
+                self.serve().expect("no host")
+            });
             if let Ok(g) = ChildGuard::spawn(
                 "skiff-agent",
-                self.serve().stdout(log.try_clone().unwrap()).stderr(log),
+                cmd.stdout(log.try_clone().unwrap()).stderr(log),
             ) {
                 self.process = Some(g);
                 let deadline = Instant::now() + Duration::from_secs(10);

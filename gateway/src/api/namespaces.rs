@@ -2,13 +2,13 @@
 //! use. Fleet admins make, change and delete them; a namespace's token
 //! sees only the namespaces it is bound to.
 
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -79,10 +79,9 @@ struct Sums {
 }
 
 impl Sums {
-    fn of(s: &AppState, st: &crate::control::State) -> Sums {
-        let prices = namespaces::Prices::of(&s.control.site_infos());
+    fn of(prices: &namespaces::Prices, st: &crate::control::State) -> Sums {
         Sums {
-            spend: namespaces::spend_by_namespace(st, &prices),
+            spend: namespaces::spend_by_namespace(st, prices),
             in_use: namespaces::in_use_by_namespace(st),
         }
     }
@@ -99,8 +98,14 @@ impl Sums {
     }
 }
 
-fn view(s: &AppState, st: &crate::control::State, rec: NamespaceRecord) -> NamespaceView {
-    Sums::of(s, st).view(st, rec)
+/// The price table, made before the state is locked.
+fn prices(s: &AppState) -> namespaces::Prices {
+    namespaces::Prices::of(&s.control.site_infos())
+}
+
+fn view(s: &AppState, rec: NamespaceRecord) -> NamespaceView {
+    let prices = prices(s);
+    s.control.read(|st| Sums::of(&prices, st).view(st, rec))
 }
 
 /// The namespaces the token may see.
@@ -110,8 +115,9 @@ pub(super) async fn list(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Json<Vec<NamespaceView>> {
+    let prices = prices(&s);
     Json(s.control.read(|st| {
-        let sums = Sums::of(&s, st);
+        let sums = Sums::of(&prices, st);
         let mut names: Vec<String> = st.namespaces.keys().cloned().collect();
         if !names.iter().any(|n| n == skiff_proto::namespace::DEFAULT) {
             names.insert(0, skiff_proto::namespace::DEFAULT.to_string());
@@ -133,8 +139,11 @@ pub(super) async fn get(
     Path(name): Path<String>,
 ) -> ApiResult<Json<NamespaceView>> {
     super::scope::visible(&s, &caller, &name)?;
+    let prices = prices(&s);
     s.control
-        .read(|st| namespaces::get(st, &name).map(|r| view(&s, st, r.into_owned())))
+        .read(|st| {
+            namespaces::get(st, &name).map(|r| Sums::of(&prices, st).view(st, r.into_owned()))
+        })
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no namespace {name}")))
 }
@@ -159,10 +168,7 @@ pub(super) async fn create(
         },
         true,
     )?;
-    Ok((
-        StatusCode::CREATED,
-        Json(s.control.read(|st| view(&s, st, rec))),
-    ))
+    Ok((StatusCode::CREATED, Json(view(&s, rec))))
 }
 
 /// Changes a namespace's quota or policy (`default`'s too).
@@ -189,7 +195,7 @@ pub(super) async fn update(
         rec.policy = p;
     }
     let rec = s.control.put_namespace(rec, false)?;
-    Ok(Json(s.control.read(|st| view(&s, st, rec))))
+    Ok(Json(view(&s, rec)))
 }
 
 /// Deletes an empty namespace; tokens bound only to it are revoked.

@@ -399,18 +399,21 @@ pub fn check_record(rec: &NamespaceRecord, sites: &[String]) -> Result<(), Contr
 /// Price per hour (millionths) of each site's instance types, as the
 /// placement engine was given them: the one table that the scheduler's
 /// node prices, the namespaces' spend limits and the reported spend read.
-#[derive(Debug, Default)]
-pub struct Prices(HashMap<(String, String), u64>);
+#[derive(Debug)]
+pub struct Prices(HashMap<String, HashMap<String, u64>>);
 
 impl Prices {
     pub fn of(sites: &[crate::scheduler::SiteInfo]) -> Prices {
         Prices(
             sites
                 .iter()
-                .flat_map(|site| {
-                    site.instance_types
+                .map(|site| {
+                    let types = site
+                        .instance_types
                         .iter()
-                        .map(move |t| ((site.name.clone(), t.name.clone()), t.price))
+                        .map(|t| (t.name.clone(), t.price))
+                        .collect();
+                    (site.name.clone(), types)
                 })
                 .collect(),
         )
@@ -418,7 +421,7 @@ impl Prices {
 
     /// What `ty` costs at `site` (`None`: not a type of the site).
     pub fn get(&self, site: &str, ty: &str) -> Option<u64> {
-        self.0.get(&(site.to_string(), ty.to_string())).copied()
+        self.0.get(site)?.get(ty).copied()
     }
 
     /// What node `n` costs: its instance type's price (0 for a node that
