@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use skiff_gateway::scheduler::{
-    Group, InstanceType, NodeInfo, Options, Request, Scheduler, SiteInfo, Snapshot, Target, place,
+    Group, InstanceType, NODE_ADDRESSES, NodeInfo, Options, Request, Scheduler, SiteInfo, Snapshot,
+    Target, place,
 };
 use skiff_proto::Spread;
 use skiff_proto::cluster::{Capacity, NodeStatus, SiteKind};
@@ -61,6 +62,7 @@ fn node(id: String, site: &str, cpu_cores: u64, mem_gib: u64) -> NodeInfo {
         site: site.into(),
         status: NodeStatus::Ready,
         allocatable: Capacity::new(cpu_cores * 1000, mem_gib * GI, 0),
+        addresses: NODE_ADDRESSES,
         labels: BTreeMap::new(),
         arch: "amd64".into(),
         os: "linux".into(),
@@ -73,6 +75,7 @@ fn group(name: String, cpu_millis: u64, mem: u64) -> Group {
     Group {
         workload: name,
         demand: Capacity::new(cpu_millis, mem, 0),
+        address: true,
         priority: 50,
         host_ports: vec![],
         sites: vec![],

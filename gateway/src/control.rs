@@ -244,6 +244,11 @@ pub struct NodeRecord {
     pub capacity: Capacity,
     #[schema(value_type = Object)]
     pub allocatable: Capacity,
+    /// Container addresses its agent has (one per allocation on the
+    /// bridge network); unset before an agent reports it, when its /24
+    /// counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_allocations: Option<u32>,
     #[serde(default)]
     pub os: String,
     #[serde(default)]
@@ -280,6 +285,14 @@ impl NodeRecord {
             (_, false, true) => NodeStatus::Cordoned,
             (s, false, false) => s,
         }
+    }
+
+    /// The most bridge-networked allocations it can run at once: what its
+    /// agent reported, or the addresses of the subnet it was given.
+    pub fn addresses(&self) -> u32 {
+        self.max_allocations.unwrap_or_else(|| {
+            u32::try_from(self.subnet.hosts().count().saturating_sub(1)).unwrap_or(u32::MAX)
+        })
     }
 
     /// The record as the API returns it: its status is [`Self::shown_status`].

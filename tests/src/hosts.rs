@@ -8,7 +8,10 @@
 //! The LAN takes a test network slot ([`NetSlot`]): bridge `sktb<n>`,
 //! `10.251.<n>.0/24`. Dropping a host deletes its link and namespace;
 //! dropping the LAN gives back the slot, which deletes the bridge. [`Host::partition`] cuts
-//! a host off (both ways) until [`Host::heal`].
+//! a host off (both ways) until [`Host::heal`]; [`Fleet::reboot`] reboots
+//! one (everything of it killed, its network made afresh, its agent
+//! started again); [`Fleet::cut_registry`] makes the registry unreachable
+//! from every host until the guard it gives is dropped.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -26,12 +29,27 @@ pub struct Lan {
 #[derive(Debug)]
 pub struct Host {
     pub name: String,
+    /// Its number on the LAN.
+    index: u8,
     /// Its address on the LAN.
     pub address: Ipv4Addr,
     /// Its end of the LAN, on this machine.
     link: HostLink,
     // Dropped after the link (whose peer inside goes with it).
     pub netns: Netns,
+}
+
+/// Runs `cmd` with `sh -c`; it must succeed.
+fn sh(cmd: &str) {
+    let o = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 fn run(cmd: &str) {
@@ -73,9 +91,31 @@ impl Lan {
         let n = self.slot.n;
         let name = format!("skh{n}-{i}");
         let netns = Netns::new(&name).unwrap();
+        let link = HostLink(format!("skh{n}v{i}"));
+        let address = self.wire(&name, i);
+        Host {
+            name,
+            index: i,
+            address,
+            link,
+            netns,
+        }
+    }
+
+    /// Host `host` rebooted, as far as its network goes: its namespace
+    /// made afresh (the bridge, nftables table and container links of the
+    /// old one gone with it), with the same name, link and address.
+    pub fn reboot(&self, host: &Host) {
+        run(&format!("ip netns del {}", host.name));
+        run(&format!("ip netns add {}", host.name));
+        self.wire(&host.name, host.index);
+    }
+
+    /// Links namespace `name` to the LAN as host `i`: its address.
+    fn wire(&self, name: &str, i: u8) -> Ipv4Addr {
+        let n = self.slot.n;
         let (outer, inner) = (format!("skh{n}v{i}"), format!("skh{n}i{i}"));
         let _ = Command::new("ip").args(["link", "del", &outer]).output();
-        let link = HostLink(outer.clone());
         let address = Ipv4Addr::new(10, 251, n as u8, i + 2);
         for cmd in [
             format!("ip link add {outer} type veth peer name {inner}"),
@@ -88,12 +128,7 @@ impl Lan {
         ] {
             run(&cmd);
         }
-        Host {
-            name,
-            address,
-            link,
-            netns,
-        }
+        address
     }
 }
 
@@ -139,18 +174,27 @@ pub struct Fleet {
     pub image: String,
     pub registry: skiff_test_support::registry::Registry,
     pub lan: Lan,
+    /// The directory it made for itself ([`Fleet::start_temp`]): last.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Fleet {
     /// With the gateway's `config` (TOML; its `advertise` is added), its
-    /// state and the agents' under `dir`.
+    /// state and the agents' under `dir`, every node in site `default`.
     pub fn start(dir: &std::path::Path, config: &str, nodes: &[&str]) -> Fleet {
+        let nodes: Vec<(&str, &str)> = nodes.iter().map(|n| (*n, "default")).collect();
+        Fleet::start_in_sites(dir, config, &nodes)
+    }
+
+    /// [`Fleet::start`] with each node (name, site) joined to its site.
+    pub fn start_in_sites(dir: &std::path::Path, config: &str, nodes: &[(&str, &str)]) -> Fleet {
         let lan = Lan::new();
         let registry = skiff_test_support::registry::Registry::start_on(lan.address()).unwrap();
         let image = skiff_test_support::images::OciImage::busybox(&dir.join("image"), "test", &[])
             .and_then(|i| i.push(&registry, "skiff/busybox"))
             .unwrap();
-        let config = format!("{config}advertise = [\"{}\"]\n", lan.address());
+        // First: `config` may end in a table.
+        let config = format!("advertise = [\"{}\"]\n{config}", lan.address());
         let gateway =
             crate::Gateway::start_on(&dir.join("gw"), &config, &lan.address().to_string());
         let images = format!(
@@ -161,7 +205,7 @@ impl Fleet {
         let agents = nodes
             .iter()
             .zip(&hosts)
-            .map(|(n, h)| crate::Agent::joined_on(dir, n, &gateway, h, &images))
+            .map(|(n, h)| crate::Agent::joined_on(dir, *n, &gateway, h, &images))
             .collect();
         Fleet {
             agents,
@@ -170,6 +214,186 @@ impl Fleet {
             image,
             registry,
             lan,
+            dir: None,
         }
+    }
+
+    /// [`Fleet::start`] in a temporary directory of its own, removed
+    /// after everything else of it.
+    pub fn start_temp(config: &str, nodes: &[&str]) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fleet::start(dir.path(), config, nodes);
+        f.dir = Some(dir);
+        f
+    }
+}
+
+impl Fleet {
+    /// Reboots host `i`: its agent killed (`kill -9`) and every container
+    /// of it with its shim, their mounts and cgroups gone, its network
+    /// made afresh; then its agent is started again on the same state
+    /// directory, as a host's service manager would at boot.
+    pub fn reboot(&mut self, i: usize) {
+        let agent = &mut self.agents[i];
+        let containers = agent.containers();
+        agent.kill9();
+        let pids: Vec<i32> = containers
+            .iter()
+            .flat_map(|c| [&c["pid"], &c["shim_pid"]])
+            .filter_map(|p| p.as_i64())
+            .map(|p| p as i32)
+            .collect();
+        for &pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        crate::wait_for(
+            std::time::Duration::from_secs(10),
+            || {
+                pids.iter()
+                    .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            },
+            || format!("{pids:?} outlived the reboot"),
+        );
+        // What a reboot takes with it: every mount under the agent's
+        // directory (root filesystems, the secrets tmpfs) and the
+        // containers' cgroups.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| std::path::Path::new(m).starts_with(&agent.dir))
+            .collect();
+        under.reverse();
+        for m in under {
+            nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH)
+                .unwrap_or_else(|e| panic!("unmount {m}: {e}"));
+        }
+        for c in &containers {
+            let Some(id) = c["id"].as_str() else { continue };
+            for controller in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+                let _ = std::fs::remove_dir(controller.path().join("skiff").join(id));
+            }
+        }
+        // And every process left in the host's network (its agent's
+        // warm shims, anything else of it).
+        kill_in_netns(&self.hosts[i].name);
+        self.lan.reboot(&self.hosts[i]);
+        agent.restart();
+    }
+
+    /// Makes the registry unreachable from every host (its packets
+    /// dropped, as a lost route or firewall would) until the guard is
+    /// dropped.
+    pub fn cut_registry(&self) -> RegistryCut {
+        let table = format!("skiff-fault-{}", self.lan.slot.n);
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .output();
+        let addr = self.registry.addr();
+        let rules = format!(
+            "table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  \
+             ip daddr {} tcp dport {} drop\n }}\n}}\n",
+            addr.ip(),
+            addr.port()
+        );
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        {
+            use std::io::Write;
+            nft.stdin
+                .take()
+                .unwrap()
+                .write_all(rules.as_bytes())
+                .unwrap();
+        }
+        assert!(nft.wait().unwrap().success(), "nft: {rules}");
+        RegistryCut(table)
+    }
+}
+
+/// Kills every process in network namespace `name` (`/run/netns/NAME`).
+fn kill_in_netns(name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap()
+        .ino();
+    let theirs = std::ffi::OsString::from(format!("net:[{ino}]"));
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read_link(p.path().join("ns/net")).is_ok_and(|l| l.as_os_str() == theirs) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The registry cut off ([`Fleet::cut_registry`]) while it lives.
+#[derive(Debug)]
+pub struct RegistryCut(String);
+
+impl Drop for RegistryCut {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .output();
+    }
+}
+
+/// A small filesystem of its own (ext4 in a loop-mounted file, no blocks
+/// reserved for root) mounted on a directory: a host's disk that fills.
+/// Unmounted (lazily) and its file removed when dropped.
+#[derive(Debug)]
+pub struct LoopDisk {
+    pub mount: std::path::PathBuf,
+    image: std::path::PathBuf,
+}
+
+impl LoopDisk {
+    /// `size_mib` MiB mounted on `mount` (made if missing).
+    pub fn mount(mount: &std::path::Path, size_mib: u64) -> LoopDisk {
+        std::fs::create_dir_all(mount).unwrap();
+        let image = mount.with_extension("ext4");
+        let disk = LoopDisk {
+            mount: mount.to_path_buf(),
+            image,
+        };
+        sh(&format!(
+            "truncate -s {size_mib}M {0} && mkfs.ext4 -q -m 0 {0} && mount -o loop {0} {1}",
+            disk.image.display(),
+            mount.display()
+        ));
+        disk
+    }
+
+    /// Bytes free on it.
+    pub fn available(&self) -> u64 {
+        let s = nix::sys::statvfs::statvfs(&self.mount).unwrap();
+        s.blocks_available() as u64 * s.fragment_size() as u64
+    }
+
+    /// Grows it to `size_mib` MiB while mounted (space freed, as an
+    /// operator adding some would).
+    pub fn grow(&self, size_mib: u64) {
+        sh(&format!(
+            "truncate -s {size_mib}M {0} && dev=$(losetup -j {0} -O NAME -n) && losetup -c $dev && resize2fs -f $dev >/dev/null 2>&1",
+            self.image.display()
+        ));
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&self.image);
     }
 }

@@ -167,6 +167,14 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
 
+    /// Kills it with SIGKILL, as a crash: nothing in flight is finished or
+    /// handed over.
+    pub fn kill9(&mut self) {
+        if let Some(p) = self.process.as_mut() {
+            p.kill9();
+        }
+    }
+
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.dir.join("state/admin.token"))
             .unwrap()
@@ -255,6 +263,43 @@ impl Gateway {
     }
 }
 
+/// `POST /v1/workloads` to `api`: the status, 0 when nothing answered.
+pub fn post_workload(api: &str, token: &str, body: &str) -> u16 {
+    use std::io::Write;
+    let mut child = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+        ])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(["--data-binary", "@-"])
+        .arg(format!("{api}/v1/workloads"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
 /// A `skiff-agent serve` linked to a gateway.
 #[derive(Debug)]
 pub struct Agent {
@@ -283,16 +328,17 @@ impl Agent {
         a
     }
 
-    /// [`Agent::joined`] on `host` (it has the host's network), with the
-    /// node subnet the gateway gives it and `extra` config (TOML tables).
+    /// [`Agent::joined`] to `site` on `host` (it has the host's network),
+    /// with the node subnet the gateway gives it and `extra` config (TOML
+    /// tables).
     pub fn joined_on(
         dir: &Path,
-        name: &str,
+        (name, site): (&str, &str),
         gateway: &Gateway,
         host: &hosts::Host,
         extra: &str,
     ) -> Agent {
-        let (token, hash) = gateway.join_token("default", "10m");
+        let (token, hash) = gateway.join_token(site, "10m");
         let a = Self::spawn_at(
             dir,
             name,
@@ -505,6 +551,14 @@ impl Agent {
             }
         }
         Ok(cmd)
+    }
+
+    /// Stops it as its service manager would for an upgrade (SIGTERM, 10 s
+    /// grace): its containers keep running.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(10));
+        }
     }
 
     /// Kills it with SIGKILL (its containers keep running).

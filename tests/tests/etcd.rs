@@ -199,7 +199,7 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
                 // As the CLI given every gateway does: the next one when
                 // one cannot be connected to.
                 for api in &apis {
-                    let code = post(api, &token, &sleeper(&name, &image));
+                    let code = skiff_e2e::post_workload(api, &token, &sleeper(&name, &image));
                     *codes.entry(code).or_default() += 1;
                     match code {
                         0 => continue,
@@ -410,43 +410,6 @@ fn three_gateways_over_etcd_survive_a_killed_leader_a_paused_one_and_lost_quorum
             "{w} was never submitted"
         );
     }
-}
-
-/// `POST /v1/workloads` to `api`: the status, 0 when nothing answered.
-fn post(api: &str, token: &str, body: &str) -> u16 {
-    use std::io::Write;
-    let mut child = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-m",
-            "10",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-        ])
-        .arg("-H")
-        .arg(format!("Authorization: Bearer {token}"))
-        .args(["--data-binary", "@-"])
-        .arg(format!("{api}/v1/workloads"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0)
 }
 
 fn signal(pid: i32, sig: &str) {

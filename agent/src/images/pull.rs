@@ -112,8 +112,10 @@ fn auth_for(registry: &str, config: &ImagesConfig) -> OciAuth {
     }
 }
 
-fn registry_err(e: impl std::fmt::Display) -> ImageError {
-    ImageError::Registry(e.to_string())
+/// With its causes: "error sending request" alone does not say whether
+/// the registry refused, timed out or could not be resolved.
+fn registry_err(e: impl std::error::Error) -> ImageError {
+    ImageError::Registry(skiff_proto::error_chain(&e))
 }
 
 fn bad_manifest(e: impl std::fmt::Display) -> ImageError {

@@ -222,6 +222,7 @@ async fn session(
         host_volumes: link.config.volumes.keys().cloned().collect(),
         volumes: node_volumes.held(),
         volume_quota_missing: node_volumes.quota_missing().unwrap_or_default(),
+        max_allocations: link.runtime.container_addresses(),
     };
     tx.send(AgentMessage {
         kind: Some(agent_message::Kind::Register(register)),

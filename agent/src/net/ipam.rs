@@ -66,6 +66,12 @@ impl Ipam {
         self.subnet
     }
 
+    /// How many containers can hold an address at once: the subnet's
+    /// hosts but the bridge's.
+    pub fn capacity(&self) -> u32 {
+        u32::try_from(self.subnet.hosts().count().saturating_sub(1)).unwrap_or(u32::MAX)
+    }
+
     /// The gateway: the bridge's address.
     pub fn gateway(&self) -> Ipv4Addr {
         self.gateway

@@ -485,6 +485,11 @@ impl NodeNet {
         self.apply().await
     }
 
+    /// How many containers can hold an address at once.
+    pub fn address_capacity(&self) -> u32 {
+        self.ipam.capacity()
+    }
+
     /// The resolver configuration for containers of this node.
     pub fn resolv_conf(&self) -> String {
         if self.config.dns.is_empty() {

@@ -1080,6 +1080,12 @@ impl Runtime {
         }
     }
 
+    /// The most containers on the bridge network it can run at once (one
+    /// address each from the node's subnet).
+    pub fn container_addresses(&self) -> u32 {
+        self.net.address_capacity()
+    }
+
     /// The path of a container's log file.
     pub fn log_path(&self, key: &str) -> Result<(ContainerRecord, PathBuf), RuntimeError> {
         let record = self.resolve(key)?;

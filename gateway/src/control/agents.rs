@@ -68,6 +68,7 @@ impl Control {
                 stale_volumes: Vec::new(),
                 capacity: Default::default(),
                 allocatable: Default::default(),
+                max_allocations: None,
                 os: String::new(),
                 arch: String::new(),
                 agent_version: String::new(),
@@ -112,6 +113,7 @@ impl Control {
             r.status = NodeStatus::Ready;
             r.capacity = reg.capacity.unwrap_or_default().into();
             r.allocatable = reg.allocatable.unwrap_or_default().into();
+            r.max_allocations = Some(reg.max_allocations).filter(|&m| m > 0);
             r.labels = reg.labels.clone().into_iter().collect();
             r.host_volumes = reg.host_volumes.clone();
             r.host_volumes.sort();

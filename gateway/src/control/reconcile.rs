@@ -472,6 +472,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
             site: n.site.clone(),
             status: n.shown_status(),
             allocatable: n.allocatable,
+            addresses: n.addresses(),
             labels: n.labels.clone(),
             arch: n.arch.clone(),
             os: n.os.clone(),
@@ -503,6 +504,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
                 node,
                 workload: a.workload.clone(),
                 demand: g.demand,
+                address: g.address,
                 priority: g.priority,
                 host_ports: g.host_ports.clone(),
             })

@@ -377,7 +377,7 @@ impl<'a> Scheduler<'a> {
                 .iter()
                 .map(|(p, pr)| port_key(*p, *pr))
                 .collect();
-            self.fleet.give(node, &Res::of(&alloc.demand), &ports);
+            self.fleet.give(node, &alloc.res(), &ports);
             if let Some(&vg) = self.group_of_workload.get(alloc.workload.as_str()) {
                 let vs = &mut self.gs[vg];
                 vs.site_count[self.fleet.site_of[node]] -= 1;
@@ -462,13 +462,13 @@ impl<'a> Scheduler<'a> {
         });
         let mut victims = port_holders;
         for &a in &victims {
-            free.add(&Res::of(&allocs[a as usize].demand));
+            free.add(&allocs[a as usize].res());
         }
         for a in candidates {
             if free.fits(demand) {
                 break;
             }
-            free.add(&Res::of(&allocs[a as usize].demand));
+            free.add(&allocs[a as usize].res());
             victims.push(a);
         }
         if !free.fits(demand) || victims.is_empty() {
@@ -484,7 +484,7 @@ impl<'a> Scheduler<'a> {
                 .iter()
                 .any(|(p, pr)| ports.contains(&port_key(*p, *pr)));
             let mut without = free;
-            without.sub(&Res::of(&allocs[a].demand));
+            without.sub(&allocs[a].res());
             if !holds_port && without.fits(demand) {
                 free = without;
                 victims.remove(i);
@@ -495,10 +495,7 @@ impl<'a> Scheduler<'a> {
             .map(|&a| allocs[a as usize].priority)
             .max()
             .unwrap_or(0);
-        let freed = victims
-            .iter()
-            .map(|&a| Res::of(&allocs[a as usize].demand).mem)
-            .sum();
+        let freed = victims.iter().map(|&a| allocs[a as usize].res().mem).sum();
         Some(((top, victims.len(), freed), victims))
     }
 
@@ -578,6 +575,8 @@ impl<'a> Scheduler<'a> {
             NodeFilter::InsufficientMemory
         } else if free.disk < st.demand.disk {
             NodeFilter::InsufficientDisk
+        } else if free.addrs < st.demand.addrs {
+            NodeFilter::NoFreeAddress
         } else if !self.within_spend(gi, i) {
             NodeFilter::SpendLimit
         } else {
@@ -682,7 +681,7 @@ impl GroupState {
                 eligible_nodes += class.index.len();
             }
         }
-        let demand = Res::of(&g.demand);
+        let demand = Res::demand(&g.demand, g.address);
         let domain = site_order
             .iter()
             .copied()

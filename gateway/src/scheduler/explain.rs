@@ -16,6 +16,8 @@ pub enum NodeFilter {
     InsufficientCpu,
     InsufficientMemory,
     InsufficientDisk,
+    /// Every container address of its subnet is taken.
+    NoFreeAddress,
     /// The host port and protocol, e.g. `80/tcp`.
     PortInUse(String),
     /// A replica of the workload is already there.
@@ -37,6 +39,7 @@ impl fmt::Display for NodeFilter {
             NodeFilter::InsufficientCpu => f.write_str("insufficient cpu"),
             NodeFilter::InsufficientMemory => f.write_str("insufficient memory"),
             NodeFilter::InsufficientDisk => f.write_str("insufficient disk"),
+            NodeFilter::NoFreeAddress => f.write_str("no free container address"),
             NodeFilter::PortInUse(p) => write!(f, "host port {p} in use"),
             NodeFilter::DistinctNodes => f.write_str("already runs a replica"),
             NodeFilter::SpendLimit => f.write_str("over the namespace's cloud spend limit"),

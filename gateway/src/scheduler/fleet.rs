@@ -13,16 +13,17 @@ use skiff_proto::cluster::{Capacity, NodeStatus};
 use skiff_proto::{Attribute, Constraint, Protocol};
 
 use super::error::PlanError;
-use super::model::{NodeInfo, Snapshot};
+use super::model::{ExistingAllocation, InstanceType, NODE_ADDRESSES, NodeInfo, Snapshot};
 
-/// Capacity as three plain integers (millicores, bytes, bytes). Signed, so
-/// a node whose allocations exceed what it has (its allocatable shrank)
-/// stays in deficit until enough is evicted.
+/// Capacity as plain integers (millicores, bytes, bytes, container
+/// addresses). Signed, so a node whose allocations exceed what it has (its
+/// allocatable shrank) stays in deficit until enough is evicted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Res {
     pub cpu: i64,
     pub mem: i64,
     pub disk: i64,
+    pub addrs: i64,
 }
 
 fn signed(v: u64) -> i64 {
@@ -30,25 +31,53 @@ fn signed(v: u64) -> i64 {
 }
 
 impl Res {
-    pub fn of(c: &Capacity) -> Self {
+    /// What a node or a VM shape has: its capacity and `addresses`
+    /// container addresses.
+    pub fn room(c: &Capacity, addresses: u32) -> Self {
         Self {
             cpu: signed(c.cpu.millis()),
             mem: signed(c.memory.bytes()),
             disk: signed(c.disk.bytes()),
+            addrs: i64::from(addresses),
+        }
+    }
+    /// What one replica takes: its capacity, and a container address when
+    /// it is on its node's bridge network.
+    pub fn demand(c: &Capacity, address: bool) -> Self {
+        Self {
+            addrs: i64::from(address),
+            ..Self::room(c, 0)
         }
     }
     pub fn fits(&self, d: &Res) -> bool {
-        d.cpu <= self.cpu && d.mem <= self.mem && d.disk <= self.disk
+        d.cpu <= self.cpu && d.mem <= self.mem && d.disk <= self.disk && d.addrs <= self.addrs
     }
     pub fn sub(&mut self, d: &Res) {
         self.cpu -= d.cpu;
         self.mem -= d.mem;
         self.disk -= d.disk;
+        self.addrs -= d.addrs;
     }
     pub fn add(&mut self, d: &Res) {
         self.cpu += d.cpu;
         self.mem += d.mem;
         self.disk += d.disk;
+        self.addrs += d.addrs;
+    }
+}
+
+impl ExistingAllocation {
+    /// What it takes of its node.
+    pub(crate) fn res(&self) -> Res {
+        Res::demand(&self.demand, self.address)
+    }
+}
+
+impl InstanceType {
+    /// What a VM of this shape has once joined: its allocatable, and the
+    /// container addresses of the /24 the gateway gives every node.
+    pub(crate) fn room(&self) -> Res {
+        Res::room(&self.allocatable, NODE_ADDRESSES)
     }
 }
 
@@ -199,7 +228,9 @@ impl<'a> Fleet<'a> {
                 });
                 next
             });
-            fleet.free.push(Res::of(&node.allocatable));
+            fleet
+                .free
+                .push(Res::room(&node.allocatable, node.addresses));
             fleet.rank.push(mix(seed, i as u64));
             fleet.site_of.push(site);
             fleet.class_of.push(class);
@@ -213,7 +244,7 @@ impl<'a> Fleet<'a> {
                         node: alloc.node.clone(),
                     })?;
             let node = node as usize;
-            fleet.free[node].sub(&Res::of(&alloc.demand));
+            fleet.free[node].sub(&alloc.res());
             fleet.ports[node].extend(alloc.host_ports.iter().map(|(p, pr)| port_key(*p, *pr)));
             fleet.allocs_on[node].push(a as u32);
             fleet.alloc_node.push(node as u32);

@@ -107,7 +107,7 @@ impl Cloud {
             vms.push(Vm {
                 site: s,
                 ty,
-                free: Res::of(&sites[s].types[ty].allocatable),
+                free: sites[s].types[ty].room(),
                 ports: Vec::new(),
                 groups: HashMap::new(),
                 target: Target::Launching(vm.id.clone()),
@@ -166,7 +166,7 @@ impl Cloud {
         let site = &self.sites[s];
         (0..site.types.len()).filter(move |&t| {
             !site.types[t].held
-                && Res::of(&site.types[t].allocatable).fits(demand)
+                && site.types[t].room().fits(demand)
                 && site.attrs[t].satisfies(&g.constraints, None)
                 && site.attrs[t].missing_volume(&g.host_volumes).is_none()
         })
@@ -193,11 +193,7 @@ impl Cloud {
         if let Some(v) = g.host_volumes.first() {
             return format!("a new VM publishes no host volume {v}");
         }
-        if !site
-            .types
-            .iter()
-            .any(|t| Res::of(&t.allocatable).fits(demand))
-        {
+        if !site.types.iter().any(|t| t.room().fits(demand)) {
             return format!(
                 "no instance type fits {} CPU, {} memory",
                 skiff_proto::Cpu::from_millis(demand.cpu.max(0) as u64),
@@ -357,7 +353,7 @@ impl Scheduler<'_> {
                 self.cloud.vms.push(Vm {
                     site: s,
                     ty: t,
-                    free: Res::of(&site.types[t].allocatable),
+                    free: site.types[t].room(),
                     ports: Vec::new(),
                     groups: HashMap::new(),
                     target: Target::NewVm(self.cloud.launches.len() - 1),
@@ -381,7 +377,7 @@ impl Scheduler<'_> {
     ) -> u128 {
         const K: u128 = 1 << 40;
         let site = &self.cloud.sites[s];
-        let mut free = Res::of(&site.types[t].allocatable);
+        let mut free = site.types[t].room();
         let mut used_ports: Vec<u32> = Vec::new();
         let mut distinct: BTreeMap<usize, ()> = BTreeMap::new();
         let mut value = 0u128;

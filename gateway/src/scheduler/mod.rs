@@ -36,8 +36,8 @@ pub use explain::{Explanation, NodeFilter};
 pub use launch::money;
 pub use model::{
     Eviction, ExistingAllocation, Group, InstanceType, Launch, LaunchingVm, MicrosPerHour,
-    NodeInfo, Options, Placement, Plan, Policy, Request, SiteInfo, Snapshot, SpendLimit, Target,
-    Unplaced,
+    NODE_ADDRESSES, NodeInfo, Options, Placement, Plan, Policy, Request, SiteInfo, Snapshot,
+    SpendLimit, Target, Unplaced,
 };
 pub use model::{local_volume_bytes, price_share};
 

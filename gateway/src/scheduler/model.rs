@@ -12,6 +12,11 @@ use super::explain::Explanation;
 /// A price in millionths of a currency unit per hour (exact, no floats).
 pub type MicrosPerHour = u64;
 
+/// Container addresses of a node given a /24 from the fleet's pool (the
+/// bridge takes one of its 254 hosts): the most bridge-networked
+/// allocations a launched VM can hold.
+pub const NODE_ADDRESSES: u32 = 253;
+
 /// A shape a cloud site can launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceType {
@@ -50,6 +55,9 @@ pub struct NodeInfo {
     pub site: String,
     pub status: NodeStatus,
     pub allocatable: Capacity,
+    /// Container addresses it has: at most this many allocations on the
+    /// bridge network run there at once.
+    pub addresses: u32,
     pub labels: BTreeMap<String, String>,
     pub arch: String,
     pub os: String,
@@ -77,6 +85,8 @@ pub struct ExistingAllocation {
     pub node: String,
     pub workload: String,
     pub demand: Capacity,
+    /// Holds one of its node's container addresses (bridge network).
+    pub address: bool,
     pub priority: u32,
     pub host_ports: Vec<(u16, Protocol)>,
 }
@@ -106,6 +116,8 @@ pub struct SpendLimit {
 pub struct Group {
     pub workload: String,
     pub demand: Capacity,
+    /// Each replica takes a container address of its node (bridge network).
+    pub address: bool,
     pub priority: u32,
     pub host_ports: Vec<(u16, Protocol)>,
     /// Allowed sites; empty allows all.
@@ -161,6 +173,7 @@ impl Group {
                 r.memory.bytes(),
                 r.disk.map_or(0, |d| d.bytes()) + local_volume_bytes(spec),
             ),
+            address: spec.network == skiff_proto::NetworkMode::Bridge,
             priority: spec.priority,
             distinct_nodes: spec.placement.distinct_nodes || !host_ports.is_empty(),
             host_ports,

@@ -83,6 +83,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                         node: snap_nodes[n].id.clone(),
                         workload: format!("old{}", i % 3),
                         demand: Capacity::new(cpu, mem * GI / 4, 0),
+                        address: true,
                         priority: prio,
                         host_ports: port
                             .map(|p| vec![(8000 + p, Protocol::Tcp)])

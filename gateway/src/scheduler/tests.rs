@@ -37,6 +37,7 @@ pub(super) fn node(id: &str, site: &str, cores: u64, mem_gib: u64) -> NodeInfo {
         site: site.into(),
         status: NodeStatus::Ready,
         allocatable: Capacity::new(cores * 1000, mem_gib * GI, 0),
+        addresses: NODE_ADDRESSES,
         labels: BTreeMap::new(),
         arch: "amd64".into(),
         os: "linux".into(),
@@ -49,6 +50,7 @@ pub(super) fn group(name: &str, cpu_millis: u64, mem_gib: u64) -> Group {
     Group {
         workload: name.into(),
         demand: Capacity::new(cpu_millis, mem_gib * GI, 0),
+        address: true,
         priority: 50,
         host_ports: Vec::new(),
         sites: Vec::new(),
@@ -75,6 +77,7 @@ fn alloc(
         node: node.into(),
         workload: workload.into(),
         demand: Capacity::new(cpu, mem_gib * GI, 0),
+        address: true,
         priority: prio,
         host_ports: Vec::new(),
     }
@@ -229,6 +232,51 @@ fn host_ports_never_collide() {
         why.to_string(),
         "0/2 nodes fit: 1 host port 80/tcp in use, 1 already runs a replica; dc1: static site: it only has the nodes that join it; preemption: no node frees enough by evicting allocations below priority 50"
     );
+}
+
+#[test]
+fn a_node_takes_no_more_bridged_replicas_than_it_has_addresses() {
+    // Tiny replicas bin-pack onto the fullest node until its addresses
+    // run out; the rest go to the next node, and past both, nowhere.
+    let mut a = node("a", "dc1", 64, 256);
+    a.addresses = 3;
+    let mut b = node("b", "dc1", 64, 256);
+    b.addresses = 2;
+    let mut snap = onprem(vec![a, b]);
+    snap.allocations.push(alloc("x", "a", "other", 1, 0, 50));
+    let plan = run(&snap, &[group("web", 1, 0)], &requests(0, 5));
+    let on = |n: &str| {
+        landed(&plan, 5)
+            .iter()
+            .filter(|l| l.as_deref() == Some(n))
+            .count()
+    };
+    assert_eq!((on("a"), on("b")), (2, 2));
+    assert_eq!(plan.unplaced.len(), 1);
+    let why = &plan.unplaced[0].explanation;
+    assert_eq!(why.excluded.get(&NodeFilter::NoFreeAddress), Some(&2));
+    assert!(
+        why.to_string()
+            .starts_with("0/2 nodes fit: 2 no free container address;"),
+        "{why}"
+    );
+    // Host-networked replicas take no address: they still fit.
+    let mut host = group("agent", 1, 0);
+    host.address = false;
+    let mut full = snap.clone();
+    for i in 0..3 {
+        full.allocations.push(alloc(
+            &format!("y{i}"),
+            if i < 2 { "a" } else { "b" },
+            "web",
+            1,
+            0,
+            50,
+        ));
+    }
+    full.allocations.push(alloc("y3", "b", "web", 1, 0, 50));
+    let plan = run(&full, &[host], &requests(0, 2));
+    assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
 }
 
 #[test]
