@@ -351,6 +351,8 @@ impl Drop for RegistryCut {
 
 /// A small filesystem of its own (ext4 in a loop-mounted file, no blocks
 /// reserved for root) mounted on a directory: a host's disk that fills.
+/// Most of it can be taken by a ballast file, freed later as an operator
+/// clearing space would (ext4 cannot be grown online in every sandbox).
 /// Unmounted (lazily) and its file removed when dropped.
 #[derive(Debug)]
 pub struct LoopDisk {
@@ -359,8 +361,9 @@ pub struct LoopDisk {
 }
 
 impl LoopDisk {
-    /// `size_mib` MiB mounted on `mount` (made if missing).
-    pub fn mount(mount: &std::path::Path, size_mib: u64) -> LoopDisk {
+    /// `size_mib` MiB mounted on `mount` (made if missing), of which all
+    /// but `free_mib` MiB are taken by a ballast file.
+    pub fn mount(mount: &std::path::Path, size_mib: u64, free_mib: u64) -> LoopDisk {
         std::fs::create_dir_all(mount).unwrap();
         let image = mount.with_extension("ext4");
         let disk = LoopDisk {
@@ -372,7 +375,18 @@ impl LoopDisk {
             disk.image.display(),
             mount.display()
         ));
+        let ballast = disk.available().saturating_sub(free_mib << 20);
+        if ballast > 0 {
+            sh(&format!(
+                "fallocate -l {ballast} {}",
+                disk.ballast().display()
+            ));
+        }
         disk
+    }
+
+    fn ballast(&self) -> std::path::PathBuf {
+        self.mount.join("ballast")
     }
 
     /// Bytes free on it.
@@ -381,13 +395,9 @@ impl LoopDisk {
         s.blocks_available() as u64 * s.fragment_size() as u64
     }
 
-    /// Grows it to `size_mib` MiB while mounted (space freed, as an
-    /// operator adding some would).
-    pub fn grow(&self, size_mib: u64) {
-        sh(&format!(
-            "truncate -s {size_mib}M {0} && dev=$(losetup -j {0} -O NAME -n) && losetup -c $dev && resize2fs -f $dev >/dev/null 2>&1",
-            self.image.display()
-        ));
+    /// Removes the ballast: the space it took is free again.
+    pub fn free_ballast(&self) {
+        std::fs::remove_file(self.ballast()).unwrap();
     }
 }
 

@@ -355,3 +355,595 @@ fn with_the_registry_unreachable_allocations_wait_with_the_reason_and_start_when
         started.as_secs_f64()
     );
 }
+
+/// Live allocations by workload, from `GET /v1/allocations`: workload →
+/// [(node, state)].
+fn live_by_workload(g: &Gateway) -> BTreeMap<String, Vec<(String, String)>> {
+    let (_, v) = g.call("GET", "/v1/allocations", None);
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for a in v.as_array().cloned().unwrap_or_default() {
+        let state = a["state"].as_str().unwrap_or_default();
+        if state != "stopped" && state != "lost" {
+            out.entry(a["workload"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push((
+                    a["node"].as_str().unwrap_or_default().to_string(),
+                    state.to_string(),
+                ));
+        }
+    }
+    out
+}
+
+/// Running containers per workload over every host.
+fn containers_by_workload(agents: &[Agent]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for a in agents {
+        for c in a.containers() {
+            if c["state"] == "running"
+                && let Some(w) = c["labels"]["skiff.workload"].as_str()
+            {
+                *out.entry(w.to_string()).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The store a gateway scenario runs on.
+enum Store {
+    Embedded,
+    Etcd,
+}
+
+/// 500 single-replica workloads submitted one after another, as a client
+/// that retries until it has an answer does; the gateway `kill -9`ed
+/// after the first 150 are acknowledged and started again.
+fn a_gateway_killed_mid_submissions(store: Store) {
+    require_root();
+    const TOTAL: usize = 500;
+    const KILL_AFTER: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    // Declared first, so it stops after the fleet.
+    let etcd = matches!(store, Store::Etcd)
+        .then(|| skiff_e2e::etcd::Etcd::start(&dir.path().join("etcd")));
+    let config = match &etcd {
+        None => CONFIG.to_string(),
+        Some(e) => format!(
+            "{CONFIG}\n[etcd]\nendpoints = {}\nlease_ttl = \"2s\"\n",
+            e.endpoints_toml()
+        ),
+    };
+    let mut f = Fleet::start(dir.path(), &config, &["node-a", "node-b", "node-c"]);
+    let (api, token, image) = (
+        f.gateway.api.clone(),
+        f.gateway.admin_token(),
+        f.image.clone(),
+    );
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let submitter = {
+        let acked = std::sync::Arc::clone(&acked);
+        std::thread::spawn(move || {
+            // name → the answer that settled it (202, or 409: committed
+            // before, its answer lost to the crash).
+            let mut settled: BTreeMap<String, u16> = BTreeMap::new();
+            let mut retries = 0u32;
+            for i in 0..TOTAL {
+                let name = format!("w{i:03}");
+                let spec = format!(
+                    "name: {name}\nimage: {image}\ncommand: [\"sleep\", \"3600\"]\n\
+                     resources: {{cpu: 1m, memory: 4Mi}}\nstop_timeout: 1s\n"
+                );
+                loop {
+                    match skiff_e2e::post_workload(&api, &token, &spec) {
+                        code @ (202 | 409) => {
+                            settled.insert(name, code);
+                            acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            break;
+                        }
+                        // Nothing answered, or not yet able to: again.
+                        0 | 502 | 503 => {
+                            retries += 1;
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        other => panic!("{name}: answered {other}"),
+                    }
+                }
+            }
+            (settled, retries)
+        })
+    };
+    eventually(
+        120,
+        || acked.load(std::sync::atomic::Ordering::SeqCst) >= KILL_AFTER,
+        || f.gateway.log(),
+    );
+    let acked_at_kill = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let t = Instant::now();
+    f.gateway.kill9();
+    f.gateway.restart();
+    let back = t.elapsed();
+    let (settled, retries) = submitter.join().unwrap();
+    let lost_answers = settled.values().filter(|c| **c == 409).count();
+
+    // Every acknowledged submission exists, once.
+    let (code, list) = f.gateway.call("GET", "/v1/workloads", None);
+    assert_eq!(code, 200, "{list}");
+    let names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["name"].as_str().map(str::to_string))
+        .collect();
+    let missing: Vec<&String> = settled.keys().filter(|n| !names.contains(n)).collect();
+    assert!(missing.is_empty(), "acknowledged but gone: {missing:?}");
+    assert_eq!(names.len(), TOTAL, "{names:?}");
+
+    // One replica each, running, one container each on the hosts.
+    let t = Instant::now();
+    let mut most_live = 0;
+    eventually(
+        300,
+        || {
+            let l = live_by_workload(&f.gateway);
+            most_live = most_live.max(l.values().map(Vec::len).max().unwrap_or(0));
+            l.len() == TOTAL
+                && l.values().all(|a| a.len() == 1 && a[0].1 == "running")
+                && containers_by_workload(&f.agents)
+                    .values()
+                    .filter(|n| **n == 1)
+                    .count()
+                    == TOTAL
+        },
+        || {
+            let l = live_by_workload(&f.gateway);
+            let not: Vec<_> = l
+                .iter()
+                .filter(|(_, a)| a.len() != 1 || a[0].1 != "running")
+                .take(10)
+                .collect();
+            format!(
+                "{} live; not one running: {not:?}\n{}",
+                l.len(),
+                f.gateway.log()
+            )
+        },
+    );
+    let converged = t.elapsed();
+    let per_node =
+        live_by_workload(&f.gateway)
+            .values()
+            .fold(BTreeMap::<String, usize>::new(), |mut m, a| {
+                *m.entry(a[0].0.clone()).or_default() += 1;
+                m
+            });
+    let store = if etcd.is_some() { "etcd" } else { "embedded" };
+    println!(
+        "scenario gateway-kill-9 ({store}): submitted={TOTAL} acknowledged_before_kill={acked_at_kill} \
+         gateway_back_s={:.2} retries={retries} answers_lost_then_409={lost_answers} \
+         lost_acknowledged=0 duplicated=0 most_live_per_workload={most_live} \
+         all_running_after_s={:.2} per_node={per_node:?}",
+        back.as_secs_f64(),
+        converged.as_secs_f64()
+    );
+    assert_eq!(most_live, 1, "a workload had two live allocations");
+}
+
+#[test]
+fn a_gateway_killed_mid_500_submissions_loses_no_acknowledged_one_on_the_embedded_store() {
+    a_gateway_killed_mid_submissions(Store::Embedded);
+}
+
+#[test]
+fn a_gateway_killed_mid_500_submissions_loses_no_acknowledged_one_on_etcd() {
+    a_gateway_killed_mid_submissions(Store::Etcd);
+}
+
+#[test]
+fn a_rolling_restart_of_every_agent_keeps_all_but_one_replica_running() {
+    let mut f = fleet(&["node-a", "node-b", "node-c"]);
+    for name in ["web", "api"] {
+        let spec = format!(
+            "{}placement: {{distinct_nodes: true}}\n",
+            sleeper(name, &f.image, 3)
+        );
+        assert_eq!(f.gateway.call("POST", "/v1/workloads", Some(&spec)).0, 202);
+    }
+    eventually(
+        60,
+        || running_count(&f.gateway, "web") == 3 && running_count(&f.gateway, "api") == 3,
+        || format!("{:?}", live_by_workload(&f.gateway)),
+    );
+    let before = containers_by_workload(&f.agents);
+    // A sampler of the API's view, while each agent is stopped (SIGTERM)
+    // and started again, one after another, as an upgrade does.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, api, token) = (
+            std::sync::Arc::clone(&stop),
+            f.gateway.api.clone(),
+            f.gateway.admin_token(),
+        );
+        std::thread::spawn(move || {
+            let mut least: BTreeMap<String, usize> = BTreeMap::new();
+            let mut samples = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = std::process::Command::new("curl")
+                    .args(["-sS", "-m", "5", "-H"])
+                    .arg(format!("Authorization: Bearer {token}"))
+                    .arg(format!("{api}/v1/allocations"))
+                    .output()
+                    .unwrap();
+                let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) else {
+                    continue;
+                };
+                let mut running: BTreeMap<String, usize> =
+                    [("web".to_string(), 0), ("api".to_string(), 0)].into();
+                for a in v.as_array().cloned().unwrap_or_default() {
+                    if a["state"] == "running" {
+                        *running
+                            .entry(a["workload"].as_str().unwrap_or_default().to_string())
+                            .or_default() += 1;
+                    }
+                }
+                for (w, n) in running {
+                    let m = least.entry(w).or_insert(n);
+                    *m = (*m).min(n);
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (least, samples)
+        })
+    };
+    let t = Instant::now();
+    for i in 0..f.agents.len() {
+        f.agents[i].stop();
+        f.agents[i].restart();
+        let node = ["node-a", "node-b", "node-c"][i];
+        eventually(
+            30,
+            || node_status(&f.gateway, node) == "ready",
+            || f.agents[i].log(),
+        );
+    }
+    let rolled = t.elapsed();
+    eventually(
+        60,
+        || running_count(&f.gateway, "web") == 3 && running_count(&f.gateway, "api") == 3,
+        || format!("{:?}", live_by_workload(&f.gateway)),
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (least, samples) = sampler.join().unwrap();
+    println!(
+        "scenario rolling-agent-restart: agents=3 rolled_in_s={:.2} samples={samples} \
+         least_running={least:?} (replicas=3)",
+        rolled.as_secs_f64()
+    );
+    assert!(samples > 10, "{samples} samples");
+    assert!(least.values().all(|n| *n >= 2), "{least:?}");
+    // Nothing was restarted: the same containers run.
+    assert_eq!(containers_by_workload(&f.agents), before);
+}
+
+#[test]
+fn a_rebooted_host_reports_its_containers_gone_and_the_fleet_restores_the_count() {
+    let mut f = fleet(&["node-a"]);
+    run_web(&f.gateway, &f.image, 3);
+    let before = containers_of(&f.agents[0], "web");
+    let t = Instant::now();
+    f.reboot(0);
+    f.agents[0].wait_up();
+    let agent_up = t.elapsed();
+    eventually(
+        60,
+        || running_count(&f.gateway, "web") == 3 && containers_of(&f.agents[0], "web").len() == 3,
+        || format!("{:?}\n{}", live(&f.gateway, "web"), f.agents[0].log()),
+    );
+    let restored = t.elapsed();
+    let after = containers_of(&f.agents[0], "web");
+    // Started afresh: the old ones died with the host.
+    let last_before = before.values().map(|(_, at)| *at).max().unwrap_or(0);
+    assert!(
+        after.values().all(|(_, at)| *at > last_before),
+        "{before:?} {after:?}"
+    );
+    assert_eq!(live(&f.gateway, "web").len(), 3);
+    println!(
+        "scenario host-reboot: containers=3 agent_up_s={:.2} restored_s={:.2} duplicated=0",
+        agent_up.as_secs_f64(),
+        restored.as_secs_f64()
+    );
+}
+
+/// Allocation ids of `name` by node.
+fn placed(g: &Gateway, name: &str) -> BTreeMap<String, String> {
+    live(g, name)
+        .into_iter()
+        .map(|(id, (node, _, _))| (id, node))
+        .collect()
+}
+
+#[test]
+fn a_lost_site_moves_what_may_run_elsewhere_and_its_return_moves_nothing_twice() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{CONFIG}\n[[sites]]\nname = \"dc1\"\nkind = \"static\"\ncost_rank = 0\n\n\
+         [[sites]]\nname = \"dc2\"\nkind = \"static\"\ncost_rank = 1\n"
+    );
+    let f = Fleet::start_in_sites(
+        dir.path(),
+        &config,
+        &[("node-a", "dc1"), ("node-b", "dc1"), ("node-c", "dc2")],
+    );
+    let g = &f.gateway;
+    // `web` may run anywhere (dc1 first: it is cheaper); `local` only in
+    // dc1.
+    run_web(g, &f.image, 4);
+    let pinned = format!(
+        "{}placement: {{sites: [dc1]}}\n",
+        sleeper("local", &f.image, 2)
+    );
+    assert_eq!(g.call("POST", "/v1/workloads", Some(&pinned)).0, 202);
+    eventually(
+        60,
+        || running_count(g, "local") == 2,
+        || format!("{:?}", live(g, "local")),
+    );
+    let in_dc1 = |n: &String| n == "node-a" || n == "node-b";
+    assert!(
+        placed(g, "web").values().all(in_dc1),
+        "{:?}",
+        placed(g, "web")
+    );
+
+    // dc1 lost: both its hosts cut off.
+    let t = Instant::now();
+    f.hosts[0].partition();
+    f.hosts[1].partition();
+    eventually(
+        30,
+        || node_status(g, "node-a") == "down" && node_status(g, "node-b") == "down",
+        || g.log(),
+    );
+    let detected = t.elapsed();
+    eventually(
+        60,
+        || {
+            let p = placed(g, "web");
+            running_count(g, "web") == 4 && p.len() == 4 && p.values().all(|n| n == "node-c")
+        },
+        || format!("{:?}", live(g, "web")),
+    );
+    let moved = t.elapsed();
+    let after_move = placed(g, "web");
+    // `local` may not leave dc1: it waits there.
+    assert!(
+        placed(g, "local").values().all(in_dc1),
+        "{:?}",
+        live(g, "local")
+    );
+    // The lost hosts' containers run on, cut off.
+    assert_eq!(
+        containers_of(&f.agents[0], "web").len() + containers_of(&f.agents[1], "web").len(),
+        4
+    );
+
+    // dc1 back: its stale copies stop; `web` stays where it moved (no
+    // allocation moves twice), `local` runs in dc1 again.
+    let healed = Instant::now();
+    f.hosts[0].heal();
+    f.hosts[1].heal();
+    eventually(
+        60,
+        || {
+            containers_of(&f.agents[0], "web").is_empty()
+                && containers_of(&f.agents[1], "web").is_empty()
+                && running_count(g, "local") == 2
+                && containers_of(&f.agents[0], "local").len()
+                    + containers_of(&f.agents[1], "local").len()
+                    == 2
+        },
+        || {
+            format!(
+                "{:?}\n{:?}\n{}",
+                live(g, "web"),
+                live(g, "local"),
+                f.agents[0].log()
+            )
+        },
+    );
+    let converged = healed.elapsed();
+    assert_eq!(placed(g, "web"), after_move, "web moved again");
+    assert_eq!(containers_of(&f.agents[2], "web").len(), 4);
+    assert_eq!(running_count(g, "web"), 4);
+    println!(
+        "scenario site-loss: site=dc1 nodes=2 detected_s={:.2} moved_s={:.2} \
+         converged_after_return_s={:.2} moved_twice=0 web_on_dc2=4 local_back_in_dc1=2",
+        detected.as_secs_f64(),
+        moved.as_secs_f64(),
+        converged.as_secs_f64()
+    );
+}
+
+/// An image whose second layer is `mib` MiB that does not compress.
+fn big_image(
+    dir: &std::path::Path,
+    registry: &skiff_test_support::registry::Registry,
+    mib: usize,
+) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..mib << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    skiff_test_support::images::OciImage::busybox(dir, "big", &[vec![("/noise".into(), noise)]])
+        .and_then(|i| i.push(registry, "skiff/big"))
+        .unwrap()
+}
+
+/// Blobs in an agent's image store whose content is not what their name
+/// (a sha256) says.
+fn corrupt_blobs(state: &std::path::Path) -> Vec<String> {
+    use sha2::Digest as _;
+    let blobs = state.join("images/blobs/sha256");
+    let mut bad = Vec::new();
+    for entry in std::fs::read_dir(&blobs).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let hex = hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()));
+        if hex != name {
+            bad.push(name);
+        }
+    }
+    bad
+}
+
+/// The message of `name`'s first live allocation.
+fn message_of(g: &Gateway, name: &str) -> String {
+    let (_, w) = g.call("GET", &format!("/v1/workloads/{name}"), None);
+    w["allocations"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find_map(|x| x["message"].as_str().filter(|m| !m.is_empty()))
+        })
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_full_disk_fails_pulls_and_starts_with_the_reason_corrupts_nothing_and_recovers_once_freed() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    // node-a's state directory on a disk of its own with 96 MiB free;
+    // declared before the fleet, so unmounted after its agent stops.
+    let disk = skiff_e2e::hosts::LoopDisk::mount(&dir.path().join("node-a").join("state"), 640, 96);
+    let mut f = Fleet::start(dir.path(), CONFIG, &["node-a"]);
+    let g = &f.gateway;
+    run_web(g, &f.image, 1);
+
+    // A pull that does not fit: the allocation says why, the image store
+    // keeps nothing of it.
+    let big = big_image(&dir.path().join("big"), &f.registry, 128);
+    let free_before = disk.available();
+    assert_eq!(
+        g.call("POST", "/v1/workloads", Some(&sleeper("big", &big, 1)))
+            .0,
+        202
+    );
+    let t = Instant::now();
+    let mut why = String::new();
+    eventually(
+        90,
+        || {
+            why = message_of(g, "big");
+            why.contains("No space left on device") || why.contains("no space")
+        },
+        || format!("{:?}\n{}", live(g, "big"), f.agents[0].log()),
+    );
+    let pull_reason = t.elapsed();
+    assert!(why.contains(&big) || why.contains("pull"), "{why}");
+    // What the failed pull wrote is given back (within 4 MiB).
+    eventually(
+        30,
+        || disk.available() + (4 << 20) >= free_before,
+        || format!("{} of {free_before} free", disk.available()),
+    );
+    assert_eq!(running_count(g, "web"), 1);
+
+    // Space freed: the same allocation pulls and starts.
+    disk.free_ballast();
+    let t = Instant::now();
+    eventually(
+        120,
+        || running_count(g, "big") == 1 && containers_of(&f.agents[0], "big").len() == 1,
+        || format!("{:?}\n{}", live(g, "big"), f.agents[0].log()),
+    );
+    let pull_recovered = t.elapsed();
+    assert_eq!(g.call("DELETE", "/v1/workloads/big", None).0, 202);
+    eventually(
+        30,
+        || containers_of(&f.agents[0], "big").is_empty(),
+        || f.agents[0].log(),
+    );
+
+    // A container fills the disk: the agent goes on, and what starts
+    // meanwhile either runs (a container needs little space of its own)
+    // or fails with the reason, never hangs without one.
+    let filler = format!(
+        "name: filler\nimage: {}\ncommand: [\"sh\", \"-c\", \"dd if=/dev/zero of=/fill bs=1M; sleep 3600\"]\n\
+         resources: {{cpu: 10m, memory: 8Mi}}\nstop_timeout: 1s\n",
+        f.image
+    );
+    assert_eq!(g.call("POST", "/v1/workloads", Some(&filler)).0, 202);
+    eventually(
+        60,
+        || disk.available() < (1 << 20),
+        || format!("{} free\n{}", disk.available(), f.agents[0].log()),
+    );
+    assert_eq!(
+        g.call("POST", "/v1/workloads", Some(&sleeper("late", &f.image, 1)))
+            .0,
+        202
+    );
+    let t = Instant::now();
+    let mut late_why = String::new();
+    eventually(
+        90,
+        || {
+            late_why = message_of(g, "late");
+            running_count(g, "late") == 1 || late_why.to_lowercase().contains("no space")
+        },
+        || format!("{:?}\n{}", live(g, "late"), f.agents[0].log()),
+    );
+    let start_outcome = t.elapsed();
+    let late_ran_on_a_full_disk = running_count(g, "late") == 1;
+    assert_eq!(running_count(g, "web"), 1, "what ran runs on");
+    assert_eq!(running_count(g, "filler"), 1, "the filler itself runs on");
+
+    // The filler gone: `late` starts; the agent, started again, opens
+    // its databases and image store as they were.
+    assert_eq!(g.call("DELETE", "/v1/workloads/filler", None).0, 202);
+    let t = Instant::now();
+    eventually(
+        120,
+        || running_count(g, "late") == 1 && containers_of(&f.agents[0], "late").len() == 1,
+        || format!("{:?}\n{}", live(g, "late"), f.agents[0].log()),
+    );
+    let start_recovered = t.elapsed();
+    let running = containers_of(&f.agents[0], "web");
+    f.agents[0].kill9();
+    f.agents[0].restart();
+    f.agents[0].wait_up();
+    eventually(
+        30,
+        || node_status(&f.gateway, "node-a") == "ready" && running_count(&f.gateway, "late") == 1,
+        || f.agents[0].log(),
+    );
+    assert_eq!(containers_of(&f.agents[0], "web"), running);
+    let images = f.agents[0].cli(&["images"]);
+    let listed = String::from_utf8_lossy(&images.stdout);
+    assert!(
+        images.status.success() && listed.contains("skiff/busybox") && listed.contains("skiff/big"),
+        "{listed}{}",
+        String::from_utf8_lossy(&images.stderr)
+    );
+    let corrupted = corrupt_blobs(&dir.path().join("node-a").join("state"));
+    assert!(corrupted.is_empty(), "{corrupted:?}");
+    println!(
+        "scenario disk-full: pull_reason_s={:.2} reason={why:?} pull_started_after_space_s={:.2} \
+         full_disk_start_outcome_s={:.2} ran_on_full_disk={late_ran_on_a_full_disk} \
+         reason={late_why:?} running_after_space_s={:.2} corrupted_blobs={}",
+        pull_reason.as_secs_f64(),
+        pull_recovered.as_secs_f64(),
+        start_outcome.as_secs_f64(),
+        start_recovered.as_secs_f64(),
+        corrupted.len()
+    );
+}

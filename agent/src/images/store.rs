@@ -30,13 +30,17 @@ pub struct ContentStore {
     seq: AtomicU64,
 }
 
-/// A blob being written; becomes visible only through [`BlobWriter::commit`].
+/// A blob being written; becomes visible only through
+/// [`ContentStore::commit_blob`]. Dropped uncommitted (a failed download,
+/// a full disk), it removes what it wrote at once rather than leaving the
+/// space taken until the next open.
 #[derive(Debug)]
 pub struct BlobWriter {
     file: io::BufWriter<File>,
     path: PathBuf,
     hasher: Sha256,
     bytes: u64,
+    committed: bool,
 }
 
 impl BlobWriter {
@@ -110,29 +114,23 @@ impl ContentStore {
             path,
             hasher: Sha256::new(),
             bytes: 0,
+            committed: false,
         })
     }
 
     /// Verifies the written blob against `expected` and makes it visible.
-    pub fn commit_blob(&self, w: BlobWriter, expected: &Digest) -> Result<(), ImageError> {
-        let BlobWriter {
-            file,
-            path,
-            hasher,
-            bytes,
-        } = w;
-        let actual = Digest::from_hasher(hasher);
-        let file = file.into_inner().map_err(|e| e.into_error())?;
+    pub fn commit_blob(&self, mut w: BlobWriter, expected: &Digest) -> Result<(), ImageError> {
+        let actual = Digest::from_hasher(std::mem::take(&mut w.hasher));
         if &actual != expected {
-            let _ = fs::remove_file(&path);
             return Err(ImageError::DigestMismatch {
-                what: format!("blob {expected} ({bytes} bytes)"),
+                what: format!("blob {expected} ({} bytes)", w.bytes),
                 actual: actual.to_string(),
             });
         }
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&path, self.blob_path(expected))?;
+        w.file.flush()?;
+        w.file.get_ref().sync_all()?;
+        fs::rename(&w.path, self.blob_path(expected))?;
+        w.committed = true;
         fsync_dir(&self.root.join("blobs/sha256"))?;
         Ok(())
     }
@@ -296,6 +294,15 @@ impl ContentStore {
     }
 }
 
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: `open` wipes `tmp/` anyway.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// A scratch directory removed when dropped.
 #[derive(Debug)]
 pub struct Scratch(PathBuf);
@@ -309,5 +316,46 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn debris(store: &ContentStore) -> usize {
+        fs::read_dir(store.root().join("tmp")).unwrap().count()
+    }
+
+    #[test]
+    fn a_download_given_up_or_refused_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let data = vec![7u8; 3 << 20];
+
+        // Given up half-way (the stream failed, the disk filled).
+        let mut w = store.begin_blob().unwrap();
+        w.write(&data[..1 << 20]).unwrap();
+        drop(w);
+        assert_eq!(debris(&store), 0);
+
+        // Refused: the bytes are not what the digest says.
+        let mut w = store.begin_blob().unwrap();
+        w.write(&data).unwrap();
+        let wrong = Digest::of(b"something else");
+        assert!(matches!(
+            store.commit_blob(w, &wrong),
+            Err(ImageError::DigestMismatch { .. })
+        ));
+        assert_eq!(debris(&store), 0);
+        assert!(!store.has_blob(&wrong));
+
+        // Committed: visible under `blobs/`, nothing left in `tmp/`.
+        let digest = Digest::of(&data);
+        let mut w = store.begin_blob().unwrap();
+        w.write(&data).unwrap();
+        store.commit_blob(w, &digest).unwrap();
+        assert_eq!(debris(&store), 0);
+        assert_eq!(store.read_blob(&digest).unwrap(), data);
     }
 }
