@@ -293,6 +293,29 @@ fn containers_survive_kill_9_of_the_agent_and_are_re_adopted() {
 }
 
 #[test]
+fn a_container_killed_with_the_agent_as_a_reboot_would_is_reported_gone_and_stops_at_once() {
+    let (_d, mut agent, img) = setup();
+    agent.ok(&["run", "-d", "--name", "doomed", &img, "sleep", "3600"]);
+    let v = agent.until("doomed", "running", |v| v["state"] == "running");
+    // Everything of the host dies at once: the agent (its last record
+    // updates, never waited for, with it), the shim, the process.
+    agent.process.as_mut().unwrap().kill9();
+    for pid in [&v["shim_pid"], &v["pid"]] {
+        let pid = pid.as_i64().unwrap() as i32;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    agent.restart();
+    let after = agent.until("doomed", "exited", |v| v["state"] == "exited");
+    assert_eq!(after["reason"], "lost", "{after}");
+    // A stop or a removal of what is gone returns, as for any exited one.
+    agent.ok(&["stop", "doomed"]);
+    agent.ok(&["rm", "doomed"]);
+}
+
+#[test]
 fn restart_policies_restart_with_back_off() {
     let (_d, agent, img) = setup();
     agent.ok(&[

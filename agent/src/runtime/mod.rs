@@ -1161,7 +1161,11 @@ impl Runtime {
             let new_exit = exit
                 .as_ref()
                 .is_some_and(|e| record.finished_ms != Some(e.finished_unix_ms));
-            let was_up = matches!(record.state, State::Running | State::Restarting);
+            // A start's record is not waited for: after a crash it may
+            // still say `created`, but the state file, written by the shim
+            // once the process runs, says it started.
+            let was_up = matches!(record.state, State::Running | State::Restarting)
+                || (record.state == State::Created && state.is_some());
             if new_exit || was_up {
                 // Ended while the agent was away (or its supervisor was lost).
                 if let Some(s) = &state {
