@@ -640,3 +640,131 @@ fn a_batch_job_bursts_to_aws_in_moto_and_its_vm_scales_in_once_the_job_is_done()
     assert_eq!(onprem.running().len(), 1);
     drop(g);
 }
+
+#[test]
+fn a_gateway_killed_between_a_launch_and_its_record_leaves_no_instance_unmanaged() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    let slot = NetSlot::take().unwrap();
+    let host = vm_host(dir.path(), &slot);
+    let (settings_toml, settings) = aws_site(&moto);
+    let cloud = Arc::new(rt().block_on(AwsCloud::new("aws-us-east-1", settings, Vec::new())));
+    let site = cloud_site("aws-us-east-1", "aws", 2, "t3.medium", &settings_toml);
+    let (_registry, image, insecure, mut g) =
+        gateway_for_vms(dir.path(), host, &[site], Moto::env());
+    let _onprem = full_onprem(dir.path(), &g, &insecure, &image);
+    let sim = VmSimulator::start(cloud.clone(), "aws-us-east-1", vm_cloud(dir.path(), &slot));
+    let rt = rt();
+    let listed = || {
+        rt.block_on(cloud.describe(TAG_SITE, "aws-us-east-1"))
+            .unwrap_or_default()
+    };
+
+    // A burst: the moment its launch reaches the cloud, the gateway is
+    // killed (`kill -9`); whether its record was made is a race.
+    assert_eq!(
+        g.call("POST", "/v1/workloads", Some(&sleeper("web", &image)))
+            .0,
+        202
+    );
+    let mut launched = Vec::new();
+    eventually(
+        60,
+        || {
+            launched = listed();
+            !launched.is_empty()
+        },
+        || g.log(),
+    );
+    g.kill9();
+    let first = launched[0].clone();
+    // And a launch certain to be unrecorded (the window is a few
+    // milliseconds wide): what the dead gateway would have left, with
+    // its cluster's tags, through the same adapter.
+    let tags = std::collections::BTreeMap::from([
+        (
+            skiff_cloud::TAG_CLUSTER.to_string(),
+            first.tags[skiff_cloud::TAG_CLUSTER].clone(),
+        ),
+        (TAG_SITE.to_string(), "aws-us-east-1".to_string()),
+    ]);
+    let orphan = rt
+        .block_on(cloud.launch(&skiff_cloud::LaunchRequest {
+            site: "aws-us-east-1".into(),
+            instance_type: "t3.medium".into(),
+            count: 1,
+            user_data: skiff_cloud::Secret(String::new()),
+            tags,
+            spot: false,
+        }))
+        .unwrap()
+        .remove(0);
+
+    let t = std::time::Instant::now();
+    g.restart();
+    // Started again: the unrecorded instance is terminated, the work runs
+    // on a VM the gateway knows, and no instance of the cluster runs
+    // that is not a node's or a VM it waits for.
+    let state_of = |id: &str| listed().into_iter().find(|i| i.id == id).map(|i| i.state);
+    eventually(
+        120,
+        || {
+            matches!(
+                state_of(&orphan.id),
+                None | Some(InstanceState::Terminated | InstanceState::Stopping)
+            )
+        },
+        || g.log(),
+    );
+    let terminated = t.elapsed();
+    let w = g.until("/v1/workloads/web", "running on a cloud VM", 120, |w| {
+        w["allocations"][0]["state"] == "running" && w["allocations"][0]["site"] == "aws-us-east-1"
+    });
+    let node = w["allocations"][0]["node"].as_str().unwrap().to_string();
+    let running_for = t.elapsed();
+    let (_, nodes) = g.call("GET", "/v1/nodes", None);
+    let known: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["instance_id"].as_str().map(str::to_string))
+        .collect();
+    let unmanaged: Vec<_> = listed()
+        .into_iter()
+        .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running))
+        .filter(|i| !known.contains(&i.id))
+        .collect();
+    assert!(unmanaged.is_empty(), "running unmanaged: {unmanaged:?}");
+    // The first launch: adopted (its VM recorded before the kill, it is
+    // the node) or terminated like the other.
+    let outcome = if known.contains(&first.id) {
+        "adopted"
+    } else {
+        assert!(
+            matches!(
+                state_of(&first.id),
+                None | Some(InstanceState::Terminated | InstanceState::Stopping)
+            ),
+            "{first:?}"
+        );
+        "terminated"
+    };
+    assert!(
+        g.log().contains(&format!(
+            "terminated {}: tagged for this cluster but never recorded",
+            orphan.id
+        )),
+        "{}",
+        g.log()
+    );
+    println!(
+        "scenario orphan-vm: unrecorded_terminated_after_restart_s={:.2} first_launch={outcome} \
+         web_running_on={node} after_s={:.2} unmanaged={}",
+        terminated.as_secs_f64(),
+        running_for.as_secs_f64(),
+        unmanaged.len()
+    );
+    drop(sim);
+    drop(g);
+}
