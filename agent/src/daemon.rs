@@ -39,12 +39,10 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let images = ImageStore::open(&config.state_dir.join("images"), config.images.clone())
         .with_context(|| format!("image store in {}", config.state_dir.display()))?;
     let images = Arc::new(images);
-    // Joined before anything listens: a refused join stops the agent. The
-    // gateway gives the node its container subnet (unless the config
-    // sets one).
-    let joined = crate::link::identity(&config)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    // Joined before anything listens: a refused join stops the agent (an
+    // unreachable gateway is waited for). The gateway gives the node its
+    // container subnet (unless the config sets one).
+    let joined = crate::link::identity(&config).await?;
     if let Some((_, id)) = &joined
         && config.network.subnet.is_none()
     {

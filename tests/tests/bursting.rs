@@ -53,6 +53,20 @@ fn vm_host(dir: &std::path::Path, slot: &NetSlot) -> std::net::Ipv4Addr {
     vm_cloud(dir, slot).ensure_bridge().unwrap()
 }
 
+/// What the agents of the VMs booted under `dir` logged.
+fn vm_logs(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir.join("vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let log = std::fs::read_to_string(e.path().join("agent.log")).unwrap_or_default();
+        out += &format!("VM {}:\n{log}\n", e.file_name().to_string_lossy());
+    }
+    out
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -718,9 +732,26 @@ fn a_gateway_killed_between_a_launch_and_its_record_leaves_no_instance_unmanaged
         || g.log(),
     );
     let terminated = t.elapsed();
-    let w = g.until("/v1/workloads/web", "running on a cloud VM", 120, |w| {
-        w["allocations"][0]["state"] == "running" && w["allocations"][0]["site"] == "aws-us-east-1"
-    });
+    let last = std::cell::RefCell::new(serde_json::Value::Null);
+    eventually(
+        120,
+        || {
+            let w = g.call("GET", "/v1/workloads/web", None).1;
+            let up = w["allocations"][0]["state"] == "running"
+                && w["allocations"][0]["site"] == "aws-us-east-1";
+            *last.borrow_mut() = w;
+            up
+        },
+        || {
+            format!(
+                "web never ran on a cloud VM: {}\n{}\n{}",
+                last.borrow(),
+                g.log(),
+                vm_logs(dir.path())
+            )
+        },
+    );
+    let w = last.into_inner();
     let node = w["allocations"][0]["node"].as_str().unwrap().to_string();
     let running_for = t.elapsed();
     let (_, nodes) = g.call("GET", "/v1/nodes", None);

@@ -87,6 +87,34 @@ fn joins_are_refused_with_used_expired_or_forged_tokens_and_a_wrong_ca() {
 }
 
 #[test]
+fn an_agent_started_while_its_gateway_is_down_waits_and_joins_when_it_is_back() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start(&dir.path().join("gw"), CONFIG);
+    let (token, hash) = g.join_token("default", "10m");
+    // A VM that boots before its gateway is back from a restart.
+    g.kill9();
+    let mut a = Agent::spawn(dir.path(), "node-a", &g, &token, &hash);
+    eventually(
+        15,
+        || {
+            a.log()
+                .contains("no gateway answered the join; trying again")
+        },
+        || a.log(),
+    );
+    assert!(
+        a.process.as_mut().unwrap().is_running(),
+        "the agent gave up on a gateway that did not answer:\n{}",
+        a.log()
+    );
+    g.restart();
+    a.wait_up();
+    g.until("/v1/nodes/node-a", "ready", 30, |v| v["status"] == "ready");
+    assert!(a.log().contains("joined the gateway"), "{}", a.log());
+}
+
+#[test]
 fn a_workload_runs_moves_off_a_dead_agent_and_leaves_no_duplicate() {
     require_root();
     let dir = tempfile::tempdir().unwrap();

@@ -179,15 +179,75 @@ pub fn host_port(url: &str) -> Result<(String, u16), String> {
     Ok((host, port))
 }
 
+/// Why a join failed. Only [`JoinError::Unreachable`] is worth trying
+/// again: the others are answers that do not change on their own.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// Nothing answered at the URL, or the connection broke (a gateway
+    /// not up yet, restarting, or a network on its way back).
+    #[error("gateway {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The gateway answered no: a token used, expired or forged, a CA
+    /// that does not match the pin, a URL that is not one.
+    #[error("gateway {url}: {source}")]
+    Refused {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    /// This node could not make its key or keep its identity.
+    #[error("{0}")]
+    Local(String),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl JoinError {
+    /// Whether trying the same join again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, JoinError::Unreachable { .. })
+    }
+
+    fn unreachable(url: &str, e: impl Into<BoxError>) -> Self {
+        JoinError::Unreachable {
+            url: url.to_string(),
+            source: e.into(),
+        }
+    }
+
+    fn refused(url: &str, e: impl Into<BoxError>) -> Self {
+        JoinError::Refused {
+            url: url.to_string(),
+            source: e.into(),
+        }
+    }
+}
+
+/// A refused join call, by its gRPC status: a transport failure or a
+/// gateway that is going away is unreachable, any other answer a refusal.
+fn from_status(url: &str, status: tonic::Status) -> JoinError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+            JoinError::unreachable(url, status.message().to_string())
+        }
+        _ => JoinError::refused(url, format!("refused the join: {}", status.message())),
+    }
+}
+
 /// Fetches the gateway's CA over TLS, accepted only if it has the pinned
 /// hash (and the gateway's certificate is signed by it).
-async fn fetch_ca(url: &str, pin: &str) -> Result<Vec<u8>, String> {
-    let (host, port) = host_port(url)?;
+async fn fetch_ca(url: &str, pin: &str) -> Result<Vec<u8>, JoinError> {
+    let (host, port) = host_port(url).map_err(|e| JoinError::refused(url, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCa::new(pin, Arc::clone(&provider)));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| JoinError::Local(format!("TLS client: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
@@ -197,19 +257,27 @@ async fn fetch_ca(url: &str, pin: &str) -> Result<Vec<u8>, String> {
         tokio::net::TcpStream::connect((host.as_str(), port)),
     )
     .await
-    .map_err(|_| format!("gateway {url}: connect timed out"))?
-    .map_err(|e| format!("gateway {url}: {e}"))?;
-    let name = ServerName::try_from(host.clone()).map_err(|e| format!("gateway {url}: {e}"))?;
-    connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("gateway {url}: {e}"))?;
+    .map_err(|_| JoinError::unreachable(url, "connect timed out"))?
+    .map_err(|e| JoinError::unreachable(url, e))?;
+    let name = ServerName::try_from(host.clone()).map_err(|e| JoinError::refused(url, e))?;
+    connector.connect(name, tcp).await.map_err(|e| {
+        // A certificate refused (the pin) is an answer; a connection cut
+        // during the handshake is not.
+        let tls = e
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+        if tls {
+            JoinError::refused(url, e)
+        } else {
+            JoinError::unreachable(url, e)
+        }
+    })?;
     verifier
         .found
         .lock()
         .expect("lock")
         .clone()
-        .ok_or_else(|| format!("gateway {url}: no CA in its chain"))
+        .ok_or_else(|| JoinError::refused(url, "no CA in its chain"))
 }
 
 /// Joins the gateway at `url` with `token`, pinning the CA `ca_hash`;
@@ -220,11 +288,14 @@ pub async fn join(
     token: &str,
     ca_hash: &str,
     name: &str,
-) -> Result<Identity, String> {
+) -> Result<Identity, JoinError> {
     let ca_der = fetch_ca(url, ca_hash).await?;
     let ca_pem = pem("CERTIFICATE", &ca_der);
-    let (key, csr) = new_key(name)?;
-    let channel = super::channel(url, &ca_pem, None).await?;
+    let (key, csr) = new_key(name).map_err(JoinError::Local)?;
+    let channel = super::channel(url, &ca_pem, None).await.map_err(|e| {
+        let e = e.strip_prefix(&format!("gateway {url}: ")).unwrap_or(&e);
+        JoinError::unreachable(url, e.to_string())
+    })?;
     let resp = v1::join_client::JoinClient::new(channel)
         .join(v1::JoinRequest {
             token: token.to_string(),
@@ -233,7 +304,7 @@ pub async fn join(
             instance_id: String::new(),
         })
         .await
-        .map_err(|s| format!("gateway {url} refused the join: {}", s.message()))?
+        .map_err(|s| from_status(url, s))?
         .into_inner();
     let id = Identity {
         node_id: resp.node_id.clone(),
@@ -245,7 +316,7 @@ pub async fn join(
         not_after_ms: resp.not_after_unix_ms,
         subnet: resp.container_subnet.parse().ok(),
     };
-    save(state_dir, url, &id)?;
+    save(state_dir, url, &id).map_err(JoinError::Local)?;
     Ok(id)
 }
 
@@ -313,6 +384,25 @@ fn save(state_dir: &Path, url: &str, id: &Identity) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_gateway_that_did_not_answer_is_tried_again() {
+        let url = "https://10.0.0.1:7071";
+        let gone = from_status(url, tonic::Status::unavailable("connection refused"));
+        assert!(gone.is_transient(), "{gone}");
+        for refused in [
+            tonic::Status::unauthenticated("join token was already used"),
+            tonic::Status::invalid_argument("bad certificate request"),
+        ] {
+            let e = from_status(url, refused);
+            assert!(!e.is_transient(), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("gateway https://10.0.0.1:7071: refused the join: "),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn gateway_urls() {

@@ -66,13 +66,32 @@ pub struct Link {
     pub images: Arc<ImageStore>,
 }
 
+/// How long to wait before the `attempt`th try again (with jitter).
+fn backoff(attempt: u32) -> Duration {
+    use rand::Rng;
+    skiff_proto::wire::reconnect_backoff(attempt, rand::rng().random_range(0.0..=1.0))
+}
+
+/// Why the first join failed: what each gateway answered.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("join_token: required for the first start with a gateway")]
+    NoToken,
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Failed(Vec<join::JoinError>),
+}
+
 /// Joins if needed (before anything else starts: a refused join stops
 /// the agent with the reason) and returns the identity.
 /// With several gateways, the join goes to each in turn until one takes
-/// it; the error says what each answered.
+/// it; while none answers at all (a gateway not up yet or restarting, a
+/// VM booted before its gateway is back) the agent tries again with
+/// back-off, as it reconnects a session; an answer that refuses (a token
+/// used, expired or forged, a CA that does not match the pin) stops it,
+/// with what each gateway answered.
 pub async fn identity(
     config: &AgentConfig,
-) -> Result<Option<(Vec<String>, join::Identity)>, String> {
+) -> Result<Option<(Vec<String>, join::Identity)>, IdentityError> {
     let Some(gw) = &config.gateway else {
         return Ok(None);
     };
@@ -84,18 +103,28 @@ pub async fn identity(
         .join_token
         .as_ref()
         .map(crate::config::SecretString::expose)
-        .ok_or("join_token: required for the first start with a gateway")?;
-    let mut errors = Vec::new();
-    for url in &urls {
-        match join::join(&config.state_dir, url, token, &gw.ca_hash, &config.name).await {
-            Ok(id) => {
-                tracing::info!(node = %id.node_id, site = %id.site, gateway = %url, "joined the gateway");
-                return Ok(Some((urls, id)));
+        .ok_or(IdentityError::NoToken)?;
+    let mut attempt = 0u32;
+    loop {
+        let mut errors = Vec::new();
+        for url in &urls {
+            match join::join(&config.state_dir, url, token, &gw.ca_hash, &config.name).await {
+                Ok(id) => {
+                    tracing::info!(node = %id.node_id, site = %id.site, gateway = %url, "joined the gateway");
+                    return Ok(Some((urls, id)));
+                }
+                Err(e) => errors.push(e),
             }
-            Err(e) => errors.push(e),
         }
+        if !errors.iter().all(join::JoinError::is_transient) {
+            return Err(IdentityError::Failed(errors));
+        }
+        let wait = backoff(attempt);
+        let errors = IdentityError::Failed(errors);
+        tracing::warn!(error = %errors, retry_in = ?wait, "no gateway answered the join; trying again");
+        tokio::time::sleep(wait).await;
+        attempt = attempt.saturating_add(1);
     }
-    Err(errors.join("; "))
 }
 
 /// Keeps a session open until `stop`; reconnects with back-off.
@@ -129,10 +158,7 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
         if started.elapsed() > Duration::from_secs(30) {
             attempt = 0;
         }
-        let wait = {
-            use rand::Rng;
-            skiff_proto::wire::reconnect_backoff(attempt, rand::rng().random_range(0.0..=1.0))
-        };
+        let wait = backoff(attempt);
         attempt += 1;
         tokio::select! {
             () = stop.cancelled() => return,
