@@ -754,6 +754,11 @@ fn a_gateway_killed_between_a_launch_and_its_record_leaves_no_instance_unmanaged
     let w = last.into_inner();
     let node = w["allocations"][0]["node"].as_str().unwrap().to_string();
     let running_for = t.elapsed();
+    // A VM's node takes its instance at the autoscaler's next pass after
+    // it registered (until then the VM record holds it).
+    g.until(&format!("/v1/nodes/{node}"), "on its instance", 10, |n| {
+        n["instance_id"].is_string()
+    });
     let (_, nodes) = g.call("GET", "/v1/nodes", None);
     let known: Vec<String> = nodes
         .as_array()

@@ -52,7 +52,6 @@ impl Control {
             let (cert, not_after) = pki
                 .issue_node(&r.csr_der, &id, lifetime)
                 .map_err(|e| ControlError::Invalid(e.to_string()))?;
-            let vm = s.vms.values().find(|v| v.node == id && v.site == site);
             let node = NodeRecord {
                 id: id.clone(),
                 site: site.clone(),
@@ -76,12 +75,8 @@ impl Control {
                 hostname: String::new(),
                 joined_ms: now,
                 generation: 1,
-                // A VM launched for this node: it is the node's instance
-                // from its join (its record stays until the node is up,
-                // for the join timeout), so no listing shows a running
-                // instance of the cluster that no node owns.
-                instance_id: vm.map(|v| v.id.clone()),
-                instance_type: vm.map(|v| v.instance_type.clone()),
+                instance_id: None,
+                instance_type: None,
                 idle_since_ms: None,
                 scale_in: None,
             };
