@@ -292,13 +292,9 @@ fn containers_survive_kill_9_of_the_agent_and_are_re_adopted() {
     agent.ok(&["rm", "-f", "counter", "quitter"]);
 }
 
-#[test]
-fn a_container_killed_with_the_agent_as_a_reboot_would_is_reported_gone_and_stops_at_once() {
-    let (_d, mut agent, img) = setup();
-    agent.ok(&["run", "-d", "--name", "doomed", &img, "sleep", "3600"]);
-    let v = agent.until("doomed", "running", |v| v["state"] == "running");
-    // Everything of the host dies at once: the agent (its last record
-    // updates, never waited for, with it), the shim, the process.
+/// `kill -9` of the agent, then of the shim and the process of the
+/// container `v` (its `inspect`), as a host losing power.
+fn host_dies(agent: &mut common::Agent, v: &serde_json::Value) {
     agent.process.as_mut().unwrap().kill9();
     for pid in [&v["shim_pid"], &v["pid"]] {
         let pid = pid.as_i64().unwrap() as i32;
@@ -307,12 +303,60 @@ fn a_container_killed_with_the_agent_as_a_reboot_would_is_reported_gone_and_stop
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+#[test]
+fn a_container_killed_with_the_agent_as_a_reboot_would_is_reported_gone_and_stops_at_once() {
+    let (_d, mut agent, img) = setup();
+    agent.ok(&["run", "-d", "--name", "doomed", &img, "sleep", "3600"]);
+    let v = agent.until("doomed", "running", |v| v["state"] == "running");
+    // Everything of the host dies at once: the agent (its last record
+    // updates, never waited for, with it), the shim, the process.
+    host_dies(&mut agent, &v);
     agent.restart();
     let after = agent.until("doomed", "exited", |v| v["state"] == "exited");
     assert_eq!(after["reason"], "lost", "{after}");
     // A stop or a removal of what is gone returns, as for any exited one.
     agent.ok(&["stop", "doomed"]);
     agent.ok(&["rm", "doomed"]);
+}
+
+#[test]
+fn a_container_created_but_never_started_stops_at_once() {
+    let (_d, mut agent, img) = setup();
+    agent.ok(&["run", "-d", "--name", "unborn", &img, "sleep", "3600"]);
+    let v = agent.until("unborn", "running", |v| v["state"] == "running");
+    // The host dies between the container's creation and its start: the
+    // agent, the shim and the process at once, and no trace of a start.
+    host_dies(&mut agent, &v);
+    let id = v["id"].as_str().unwrap();
+    let dir = agent.state.join("containers").join(id);
+    std::fs::remove_file(dir.join("state.json")).unwrap();
+    agent.restart();
+    let after = agent.until("unborn", "created", |v| v["state"] == "created");
+    assert!(after["exit_code"].is_null(), "{after}");
+    // A stop has nothing to wait for: it returns (it used to wait for
+    // an exit that could never come), and the container can go.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let socket = agent.socket.clone();
+    std::thread::spawn(move || {
+        let out = std::process::Command::new(common::BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["stop", "unborn"])
+            .output()
+            .unwrap();
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("stop of a never-started container hangs:\n{}", agent.log()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.ok(&["rm", "unborn"]);
 }
 
 #[test]

@@ -156,7 +156,8 @@ pub struct RunOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
     pub exit_code: i32,
-    /// `exited`, `killed`, `oom-killed` or `failed-to-start`.
+    /// `exited`, `killed`, `oom-killed`, `failed-to-start` or (a stop of
+    /// a container that never ran) `never-started`.
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -186,6 +187,9 @@ struct Live {
     tx: watch::Sender<ContainerRecord>,
     /// Set by stop/kill/remove: the restart policy must not restart it.
     stopping: bool,
+    /// A start is under way: a stop waits for it, then stops what it
+    /// started (a created container without one has nothing to stop).
+    starting: bool,
 }
 
 /// The runtime of one agent.
@@ -520,6 +524,7 @@ impl Runtime {
             Live {
                 tx,
                 stopping: false,
+                starting: false,
             },
         );
         tracing::info!(container = %record.name, id = %record.id, image = %record.image, "created");
@@ -571,7 +576,12 @@ impl Runtime {
         }
         if let Some(l) = self.live.lock().expect("lock").get_mut(&record.id) {
             l.stopping = false;
+            l.starting = true;
         }
+        let _starting = Starting {
+            rt: self,
+            id: record.id.clone(),
+        };
         let dir = self.dir(&record.id);
         let _ = std::fs::remove_file(dir.join(EXIT));
         let _ = std::fs::remove_file(dir.join(STATE));
@@ -857,9 +867,30 @@ impl Runtime {
         key: &str,
         timeout: Option<Duration>,
     ) -> Result<ExitInfo, RuntimeError> {
-        let record = self.resolve(key)?;
-        if let Some(l) = self.live.lock().expect("lock").get_mut(&record.id) {
-            l.stopping = true;
+        let mut record = self.resolve(key)?;
+        let starting = {
+            let mut live = self.live.lock().expect("lock");
+            live.get_mut(&record.id).is_some_and(|l| {
+                l.stopping = true;
+                l.starting
+            })
+        };
+        if record.state == State::Created && record.exit_code.is_none() {
+            if !starting {
+                // Never started (or its start failed before a process
+                // ran): nothing to stop, and nothing will exit.
+                return Ok(ExitInfo {
+                    exit_code: 0,
+                    reason: "never-started".into(),
+                    message: None,
+                });
+            }
+            // A start under way: what it starts is stopped.
+            let mut rx = self.subscribe(&record.id)?;
+            let _ = rx
+                .wait_for(|r| r.state != State::Created || r.exit_code.is_some())
+                .await;
+            record = self.resolve(&record.id)?;
         }
         if record.state == State::Running {
             let spec: Option<ContainerSpec> = read_json(&self.dir(&record.id), shim::CONFIG);
@@ -1134,6 +1165,7 @@ impl Runtime {
                 Live {
                     tx,
                     stopping: false,
+                    starting: false,
                 },
             );
             let dir = self.dir(&record.id);
@@ -1276,4 +1308,18 @@ fn spawn_shim(
         ),
     });
     Ok((child, report))
+}
+
+/// Clears a container's `starting` mark however its start ends.
+struct Starting<'a> {
+    rt: &'a Runtime,
+    id: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if let Some(l) = self.rt.live.lock().expect("lock").get_mut(&self.id) {
+            l.starting = false;
+        }
+    }
 }
