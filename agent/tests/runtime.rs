@@ -337,26 +337,32 @@ fn a_container_created_but_never_started_stops_at_once() {
     assert!(after["exit_code"].is_null(), "{after}");
     // A stop has nothing to wait for: it returns (it used to wait for
     // an exit that could never come), and the container can go.
+    stop_returns(&agent, "unborn");
+    agent.ok(&["rm", "unborn"]);
+}
+
+/// `skiff-agent stop NAME`, which must succeed and not hang.
+fn stop_returns(agent: &common::Agent, name: &str) {
     let (tx, rx) = std::sync::mpsc::channel();
     let socket = agent.socket.clone();
+    let container = name.to_string();
     std::thread::spawn(move || {
         let out = std::process::Command::new(common::BIN)
             .arg("--socket")
             .arg(&socket)
-            .args(["stop", "unborn"])
+            .args(["stop", &container])
             .output()
             .unwrap();
         let _ = tx.send(out);
     });
     let out = rx
         .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("stop of a never-started container hangs:\n{}", agent.log()));
+        .unwrap_or_else(|_| panic!("stop {name} hangs:\n{}", agent.log()));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    agent.ok(&["rm", "unborn"]);
 }
 
 #[test]
@@ -393,6 +399,14 @@ fn restart_policies_restart_with_back_off() {
         v["restarts"], 0,
         "a clean exit is not restarted under on-failure"
     );
+    // Stopped while it waits out its back-off (seconds by now): the stop
+    // returns, and it stays down with its last exit.
+    agent.until("flaky", "backing off", |v| {
+        v["state"] == "restarting" && v["restarts"].as_u64().unwrap_or(0) >= 5
+    });
+    stop_returns(&agent, "flaky");
+    let v = agent.until("flaky", "exited", |v| v["state"] == "exited");
+    assert_eq!(v["exit_code"], 1, "{v}");
     agent.ok(&["rm", "-f", "flaky", "done"]);
 }
 

@@ -571,6 +571,10 @@ impl Runtime {
     async fn start_inner(self: &Arc<Self>, key: &str) -> Result<ContainerRecord, RuntimeError> {
         let _busy = self.warm.busy();
         let mut record = self.resolve(key)?;
+        let _starting = Starting {
+            rt: self,
+            id: record.id.clone(),
+        };
         if matches!(record.state, State::Running) {
             return Ok(record);
         }
@@ -578,10 +582,6 @@ impl Runtime {
             l.stopping = false;
             l.starting = true;
         }
-        let _starting = Starting {
-            rt: self,
-            id: record.id.clone(),
-        };
         let dir = self.dir(&record.id);
         let _ = std::fs::remove_file(dir.join(EXIT));
         let _ = std::fs::remove_file(dir.join(STATE));
@@ -779,12 +779,12 @@ impl Runtime {
         let id = id.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let still = rt
-                .live
-                .lock()
-                .expect("lock")
-                .get(&id)
-                .is_some_and(|l| !l.stopping);
+            // Marked starting with the check, so that a stop from here on
+            // waits for this start and stops what it starts.
+            let still = rt.live.lock().expect("lock").get_mut(&id).is_some_and(|l| {
+                l.starting |= !l.stopping;
+                !l.stopping
+            });
             if still && let Err(e) = rt.start(&id).await {
                 tracing::warn!(container = %id, error = %e, "restart failed");
             }
@@ -867,31 +867,51 @@ impl Runtime {
         key: &str,
         timeout: Option<Duration>,
     ) -> Result<ExitInfo, RuntimeError> {
-        let mut record = self.resolve(key)?;
-        let starting = {
-            let mut live = self.live.lock().expect("lock");
-            live.get_mut(&record.id).is_some_and(|l| {
-                l.stopping = true;
-                l.starting
-            })
+        // Not running and not about to be: created and never started, or
+        // waiting out a restart's back-off.
+        let idle = |r: &ContainerRecord| {
+            (r.state == State::Created && r.exit_code.is_none()) || r.state == State::Restarting
         };
-        if record.state == State::Created && record.exit_code.is_none() {
-            if !starting {
+        let record = loop {
+            let mut record = self.resolve(key)?;
+            // Marked stopping (no restart from here) and, under the same
+            // lock, whether a start is under way, heard of when it ends.
+            let starting = {
+                let mut live = self.live.lock().expect("lock");
+                live.get_mut(&record.id).map(|l| {
+                    l.stopping = true;
+                    (l.starting, l.tx.subscribe())
+                })
+            };
+            if !idle(&record) {
+                break record;
+            }
+            match starting {
+                // A start under way: what it starts is stopped.
+                Some((true, mut rx)) => {
+                    let _ = rx.changed().await;
+                }
+                // Between restarts: it stays down, with its last exit.
+                _ if record.state == State::Restarting => {
+                    record.state = State::Exited;
+                    self.update(&record);
+                    return Ok(ExitInfo {
+                        exit_code: record.exit_code.unwrap_or(255),
+                        reason: record.reason.unwrap_or_else(|| "exited".into()),
+                        message: record.message,
+                    });
+                }
                 // Never started (or its start failed before a process
                 // ran): nothing to stop, and nothing will exit.
-                return Ok(ExitInfo {
-                    exit_code: 0,
-                    reason: "never-started".into(),
-                    message: None,
-                });
+                _ => {
+                    return Ok(ExitInfo {
+                        exit_code: 0,
+                        reason: "never-started".into(),
+                        message: None,
+                    });
+                }
             }
-            // A start under way: what it starts is stopped.
-            let mut rx = self.subscribe(&record.id)?;
-            let _ = rx
-                .wait_for(|r| r.state != State::Created || r.exit_code.is_some())
-                .await;
-            record = self.resolve(&record.id)?;
-        }
+        };
         if record.state == State::Running {
             let spec: Option<ContainerSpec> = read_json(&self.dir(&record.id), shim::CONFIG);
             let timeout = timeout.unwrap_or_else(|| {
@@ -1320,6 +1340,8 @@ impl Drop for Starting<'_> {
     fn drop(&mut self) {
         if let Some(l) = self.rt.live.lock().expect("lock").get_mut(&self.id) {
             l.starting = false;
+            // A stop waiting for this start looks again.
+            l.tx.send_modify(|_| {});
         }
     }
 }
