@@ -260,16 +260,8 @@ impl Fleet {
         // What a reboot takes with it: every mount under the agent's
         // directory (root filesystems, the secrets tmpfs) and the
         // containers' cgroups.
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let mut under: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| std::path::Path::new(m).starts_with(&agent.dir))
-            .collect();
-        under.reverse();
-        for m in under {
-            nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH)
-                .unwrap_or_else(|e| panic!("unmount {m}: {e}"));
+        if let Err(e) = crate::unmount_under(&agent.dir) {
+            panic!("{e}");
         }
         for c in &containers {
             let Some(id) = c["id"].as_str() else { continue };

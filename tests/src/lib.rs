@@ -607,5 +607,30 @@ impl Drop for Agent {
             args.extend(ids.iter().map(String::as_str));
             let _ = self.cli(&args);
         }
+        // What the agent keeps mounted past its own end (its secrets
+        // tmpfs, as a host keeps /run) goes with the test's directory.
+        if let Some(mut p) = self.process.take() {
+            p.stop(Duration::from_secs(5));
+        }
+        if let Err(e) = unmount_under(&self.dir) {
+            eprintln!("agent {}: {e}", self.name);
+        }
     }
+}
+
+/// Unmounts (lazily) every mount under `dir`, the innermost first.
+pub fn unmount_under(dir: &Path) -> Result<(), String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let mut under: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .collect();
+    under.reverse();
+    for m in under {
+        nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| format!("unmount {m}: {e}"))?;
+    }
+    Ok(())
 }
