@@ -284,8 +284,11 @@ impl Autoscaler {
     /// gateway is in flight meanwhile (a pass launches after it), and a
     /// former leader's launch could not be recorded (its writes are
     /// fenced), so an unknown instance is never one about to be known.
+    /// One whose node joined all the same (its agent was quicker than
+    /// the sweep) is adopted: the node's instance, scaled in as any.
     async fn sweep(&self) {
         let now = self.control.clock.now();
+        let now_ms = self.control.clock.now_ms();
         {
             let mut last = self.swept.lock().expect("lock");
             if last.is_some_and(|t| now.duration_since(t) < SWEEP_EVERY) {
@@ -301,16 +304,57 @@ impl Autoscaler {
                     continue;
                 }
             };
+            let up = |i: &&skiff_cloud::Instance| {
+                !matches!(
+                    i.state,
+                    skiff_cloud::InstanceState::Terminated | skiff_cloud::InstanceState::Stopping
+                )
+            };
+            // Unrecorded, but its node joined (its agent was quicker than
+            // this pass): the node's instance from now on, so that it
+            // scales in like any launched node.
+            let adopted: Vec<VmRecord> = self.control.read(|s| {
+                found
+                    .iter()
+                    .filter(up)
+                    .filter(|i| !s.vms.contains_key(&i.id))
+                    .filter_map(|i| {
+                        let node = s.nodes.get(i.tags.get(TAG_NODE)?)?;
+                        (node.instance_id.is_none()
+                            && !s
+                                .nodes
+                                .values()
+                                .any(|n| n.instance_id.as_deref() == Some(i.id.as_str())))
+                        .then(|| VmRecord {
+                            id: i.id.clone(),
+                            site: site.clone(),
+                            instance_type: i.instance_type.clone(),
+                            node: node.id.clone(),
+                            launched_ms: now_ms,
+                            allocations: Vec::new(),
+                        })
+                    })
+                    .collect()
+            });
+            for vm in &adopted {
+                match self.control.vm_joined(vm) {
+                    Ok(()) => self.control.event(
+                        "site",
+                        site,
+                        format!(
+                            "adopted {}: never recorded, but its node {} joined",
+                            vm.id, vm.node
+                        ),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(vm = %vm.id, node = %vm.node, error = %e, "adopt an unrecorded instance (tried again later)")
+                    }
+                }
+            }
             let orphans: Vec<String> = self.control.read(|s| {
                 found
                     .iter()
-                    .filter(|i| {
-                        !matches!(
-                            i.state,
-                            skiff_cloud::InstanceState::Terminated
-                                | skiff_cloud::InstanceState::Stopping
-                        )
-                    })
+                    .filter(up)
                     .filter(|i| {
                         let node = i.tags.get(TAG_NODE);
                         !s.vms.contains_key(&i.id)
