@@ -178,6 +178,7 @@ fn c1m(scale: f64) {
             id: format!("a{i}"),
             group: i / replicas,
             node: None,
+            existing_only: false,
         })
         .collect();
 
@@ -233,6 +234,7 @@ fn packing() {
                 id: format!("w{gi}-{r}"),
                 group: gi,
                 node: None,
+                existing_only: false,
             });
         }
     }
@@ -317,6 +319,7 @@ fn launch() {
             id: format!("p{i}"),
             group: i % groups.len(),
             node: None,
+            existing_only: false,
         })
         .collect();
     let start = Instant::now();

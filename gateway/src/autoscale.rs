@@ -14,7 +14,12 @@
 //!   site's type aside (60 s quota/capacity, 30 s throttling or transient,
 //!   5 min auth/invalid); the next plan, made at once, goes elsewhere.
 //! * Scale-in: a launched node idle for `scale_in_after` is cordoned, then
-//!   terminated and removed, each phase recorded on the node first.
+//!   terminated and removed, each phase recorded on the node first (one
+//!   emptied by consolidation at once: it was emptied to go).
+//! * Consolidation: every `consolidation.interval` a launched node whose
+//!   work fits on capacity already paid for is emptied, one at a time
+//!   (see [`crate::control::reconcile::consolidate`]); a move whose
+//!   replacement finds no room within an interval is called off.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,9 +31,11 @@ use skiff_cloud::{
     terminate_owned, with_retry,
 };
 
+use crate::control::reconcile::consolidate;
 use crate::control::vms::ScaleIn;
-use crate::control::{Control, ControlError, PlannedLaunch, VmRecord};
+use crate::control::{Control, ControlError, MoveCause, PlannedLaunch, Vacate, VmRecord};
 use crate::pki::{Pki, random_hex};
+use crate::scheduler::money;
 use futures::StreamExt;
 
 /// Launches and retires VMs for the sites that have a provider.
@@ -43,11 +50,16 @@ pub struct Autoscaler {
     /// When the clouds were last searched for instances of this cluster
     /// that nothing records ([`Autoscaler::sweep`]).
     swept: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the fleet was last looked at for consolidation (ms).
+    consolidated: std::sync::Mutex<Option<i64>>,
 }
 
 /// How often the clouds are searched for unrecorded instances (and at a
 /// gateway's first pass as leader).
 const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// Nodes consolidation tries per interval (each costs a placement).
+const CONSOLIDATION_CANDIDATES: usize = 16;
 
 /// Most launch calls in flight for one site and type.
 const LAUNCH_CONCURRENCY: usize = 16;
@@ -92,6 +104,7 @@ impl Autoscaler {
             providers,
             cluster,
             swept: std::sync::Mutex::new(None),
+            consolidated: std::sync::Mutex::new(None),
         }
     }
 
@@ -122,6 +135,7 @@ impl Autoscaler {
         self.sweep().await;
         self.settle().await;
         self.scale_in().await;
+        self.consolidate();
         let Some(planned) = self.control.take_fresh_plan() else {
             return;
         };
@@ -478,6 +492,8 @@ impl Autoscaler {
             work: usize,
             idle_since: Option<i64>,
             phase: Option<String>,
+            /// Emptied by consolidation: it goes once empty.
+            vacated: bool,
         }
         let steps: Vec<Step> = self.control.read(|s| {
             s.nodes
@@ -502,6 +518,10 @@ impl Autoscaler {
                             .count(),
                         idle_since: n.idle_since_ms,
                         phase: n.scale_in.clone(),
+                        vacated: n
+                            .vacating
+                            .as_ref()
+                            .is_some_and(|v| v.cause == MoveCause::Consolidation),
                     })
                 })
                 .collect()
@@ -513,6 +533,7 @@ impl Autoscaler {
                 .site(&st.site)
                 .and_then(|c| c.scale_in_after)
                 .map_or(Duration::from_secs(600), |d| d.std());
+            let after = if st.vacated { Duration::ZERO } else { after };
             let set = |step| self.control.scale_in_step(&st.node, step);
             match (st.phase.as_deref(), st.work) {
                 (None, 0) => match st.idle_since {
@@ -577,6 +598,98 @@ impl Autoscaler {
                         tracing::warn!(node = %st.node, error = %e, "scale-in: drain (tried again next pass)");
                     }
                 }
+            }
+        }
+    }
+
+    /// Every `consolidation.interval`: calls off a move whose replacement
+    /// found no room, then empties the node consolidation picks (an event
+    /// with the saving it expects).
+    fn consolidate(&self) {
+        let c = &self.control.config.consolidation;
+        let now = self.control.clock.now_ms();
+        {
+            let mut last = self.consolidated.lock().expect("lock");
+            if !c.enabled || last.is_some_and(|t| now - t < c.interval.as_millis() as i64) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let interval = c.interval.as_millis() as i64;
+        let stuck: Vec<(String, String)> = self.control.read(|s| {
+            s.nodes
+                .values()
+                .filter_map(|n| {
+                    let v = n.vacating.as_ref()?;
+                    if v.cause != MoveCause::Consolidation || now - v.since_ms < interval {
+                        return None;
+                    }
+                    let unplaced = s.allocations.values().find(|a| {
+                        a.is_live()
+                            && a.node.is_none()
+                            && a.moved.as_ref().is_some_and(|m| m.from_node == n.id)
+                    })?;
+                    Some((n.id.clone(), unplaced.message.clone()))
+                })
+                .collect()
+        });
+        for (node, why) in stuck {
+            match self.control.stop_vacating(&node) {
+                Ok(()) => self.control.event(
+                    "node",
+                    &node,
+                    format!(
+                        "consolidation: called off emptying it: a replica found no room ({why})"
+                    ),
+                ),
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "consolidation: call off a move (tried again next pass)");
+                }
+            }
+        }
+        let rules = consolidate::Rules {
+            min_saving: c.min_saving,
+            cool_down_ms: c.cool_down.as_millis() as i64,
+            max_moves_per_site_hour: c.max_moves_per_site_per_hour,
+            max_candidates: CONSOLIDATION_CANDIDATES,
+        };
+        let sites = self.control.site_infos();
+        let d = match self
+            .control
+            .read(|s| consolidate::plan(s, now, &sites, &rules))
+        {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "consolidation: plan");
+                return;
+            }
+        };
+        let v = Vacate {
+            cause: MoveCause::Consolidation,
+            since_ms: now,
+            saving_micros_per_hour: d.saving,
+            max_moving: c.max_moving_per_workload,
+            notice: String::new(),
+        };
+        match self.control.vacate(&d.node, v) {
+            Ok(true) => {
+                let onto: Vec<&str> = d.onto.iter().map(String::as_str).collect();
+                self.control.event(
+                    "node",
+                    &d.node,
+                    format!(
+                        "consolidation: emptying it ({} replica(s) fit on {}); saves {}/h once it scales in",
+                        d.replicas,
+                        onto.join(", "),
+                        money(d.saving)
+                    ),
+                );
+                self.control.wake();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(node = %d.node, error = %e, "consolidation: start emptying a node (tried again next interval)");
             }
         }
     }

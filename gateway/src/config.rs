@@ -175,7 +175,81 @@ pub struct FileConfig {
     /// State on etcd, shared by several gateways (instead of the embedded
     /// database in `state_dir`).
     pub etcd: Option<EtcdConfig>,
+    /// How cloud VMs are emptied onto capacity the fleet already pays for.
+    pub consolidation: ConsolidationConfig,
     pub sites: Vec<SiteConfig>,
+}
+
+/// `[consolidation]`: emptying launched VMs whose work fits on capacity
+/// the fleet already pays for (on-prem nodes, other VMs), so that they
+/// scale in. Each replica moves by starting elsewhere first.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsolidationConfig {
+    /// Off: VMs are handed back only once idle (`scale_in_after`).
+    pub enabled: bool,
+    /// How often the fleet is looked at (default 1m).
+    pub interval: skiff_proto::Duration,
+    /// Emptying a VM must save at least this much per hour (default
+    /// `"0.01"`).
+    pub min_saving_per_hour: String,
+    /// A workload moved is not moved again for this long (default 10m).
+    pub cool_down: skiff_proto::Duration,
+    /// Most replicas of one workload starting elsewhere at once (default
+    /// 1): the rest keep running meanwhile.
+    pub max_moving_per_workload: u32,
+    /// Most replicas moved off one site's VMs in an hour (default 20).
+    pub max_moves_per_site_per_hour: u32,
+}
+
+impl Default for ConsolidationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: skiff_proto::Duration::from_secs(60),
+            min_saving_per_hour: "0.01".into(),
+            cool_down: skiff_proto::Duration::from_secs(600),
+            max_moving_per_workload: 1,
+            max_moves_per_site_per_hour: 20,
+        }
+    }
+}
+
+/// `[consolidation]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consolidation {
+    pub enabled: bool,
+    pub interval: Duration,
+    /// Millionths per hour.
+    pub min_saving: u64,
+    pub cool_down: Duration,
+    pub max_moving_per_workload: u32,
+    pub max_moves_per_site_per_hour: u32,
+}
+
+impl Consolidation {
+    fn check(c: &ConsolidationConfig) -> Result<Self, ConfigError> {
+        let key = |k: &str| format!("consolidation.{k}");
+        if c.interval.std() < Duration::from_secs(1) {
+            return Err(bad(&key("interval"), "must be at least 1s"));
+        }
+        if c.max_moving_per_workload == 0 {
+            return Err(bad(
+                &key("max_moving_per_workload"),
+                "must be at least 1 (nothing could move)",
+            ));
+        }
+        let min_saving = parse_price(&c.min_saving_per_hour)
+            .map_err(|e| bad(&key("min_saving_per_hour"), e.to_string()))?;
+        Ok(Self {
+            enabled: c.enabled,
+            interval: c.interval.std(),
+            min_saving,
+            cool_down: c.cool_down.std(),
+            max_moving_per_workload: c.max_moving_per_workload,
+            max_moves_per_site_per_hour: c.max_moves_per_site_per_hour,
+        })
+    }
 }
 
 /// `[etcd]`: the etcd cluster several gateways keep the fleet's state in.
@@ -246,6 +320,7 @@ impl Default for FileConfig {
             peer_url: None,
             secrets_key_file: None,
             etcd: None,
+            consolidation: ConsolidationConfig::default(),
             sites: vec![SiteConfig {
                 name: "default".into(),
                 kind: SiteKind::Static,
@@ -299,6 +374,7 @@ pub struct GatewayConfig {
     pub secrets_key_given: bool,
     /// State on etcd; `None`: the embedded database.
     pub etcd: Option<EtcdConfig>,
+    pub consolidation: Consolidation,
     pub sites: Vec<SiteConfig>,
 }
 
@@ -393,6 +469,7 @@ impl GatewayConfig {
                 })?;
             }
         }
+        let consolidation = Consolidation::check(&file.consolidation)?;
         let max_body =
             usize::try_from(file.max_body.bytes()).map_err(|_| bad("max_body", "too large"))?;
         if max_body < 1024 {
@@ -483,6 +560,7 @@ impl GatewayConfig {
             max_body,
             max_fleet_replicas: file.max_fleet_replicas,
             cert_lifetime: file.cert_lifetime.std(),
+            consolidation,
             sites: file.sites,
         })
     }

@@ -141,6 +141,48 @@ pub struct AllocationRecord {
     /// workload's name in it); not stored: the id starts with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Started to take over from a replica on a node being emptied
+    /// (consolidation, a cloud's notice): where that replica was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
+}
+
+/// Where a replica started by a move came from, and why it moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Moved {
+    pub from_node: String,
+    pub from_site: String,
+    /// `consolidation` or `notice`.
+    pub cause: MoveCause,
+}
+
+/// Why a node is emptied with its work started elsewhere first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveCause {
+    /// Its work fits on capacity the fleet already pays for (on-prem, or
+    /// other VMs): emptied so that it scales in.
+    Consolidation,
+    /// Its cloud takes it back soon (a spot interruption or a scheduled
+    /// eviction).
+    Notice,
+}
+
+/// A node being emptied: each replica on it is started elsewhere, and
+/// stops once that one runs; then it scales in (or its cloud takes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Vacate {
+    pub cause: MoveCause,
+    pub since_ms: i64,
+    /// What emptying it saves per hour, in millionths (consolidation).
+    #[serde(default)]
+    pub saving_micros_per_hour: u64,
+    /// Most replicas of one workload starting elsewhere at once
+    /// (consolidation's disruption budget; a notice moves all at once).
+    pub max_moving: u32,
+    /// What the cloud said, for a notice (`spot interruption at …`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notice: String,
 }
 
 /// Why a pending allocation is not running yet.
@@ -272,6 +314,10 @@ pub struct NodeRecord {
     /// Where its scale-in is: `cordoned`, then `terminating`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_in: Option<String>,
+    /// Being emptied, its work started elsewhere first (consolidation, a
+    /// cloud's notice); it takes no new work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vacating: Option<Vacate>,
 }
 
 impl NodeRecord {
@@ -279,7 +325,11 @@ impl NodeRecord {
     /// a live node being drained is `draining`, a cordoned one
     /// `cordoned` (the stored `status` is liveness only: ready or down).
     pub fn shown_status(&self) -> NodeStatus {
-        match (self.status, self.draining, self.unschedulable) {
+        match (
+            self.status,
+            self.draining || self.vacating.is_some(),
+            self.unschedulable,
+        ) {
             (NodeStatus::Down, _, _) => NodeStatus::Down,
             (_, true, _) => NodeStatus::Draining,
             (_, false, true) => NodeStatus::Cordoned,

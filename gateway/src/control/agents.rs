@@ -79,6 +79,7 @@ impl Control {
                 instance_type: None,
                 idle_since_ms: None,
                 scale_in: None,
+                vacating: None,
             };
             b.put(Kind::Node, &id, &node);
             s.nodes.insert(id.clone(), node);

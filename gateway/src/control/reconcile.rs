@@ -23,6 +23,7 @@ use skiff_proto::cluster::{AllocationState, NodeStatus};
 use super::{AllocationRecord, Explanation, JobStatus, PlannedLaunch, State};
 use crate::scheduler;
 
+pub mod consolidate;
 mod jobs;
 mod system;
 mod volumes;
@@ -352,6 +353,7 @@ fn keep_replicas(
             pinned_to,
             instance: None,
             namespace: None,
+            moved: None,
         };
     for (name, w) in &s.workloads {
         let mut live = live.remove(name.as_str()).unwrap_or_default();
@@ -369,6 +371,17 @@ fn keep_replicas(
                 live.sort_by_cached_key(|a| stop_order(s, sites, w, &on_node, a));
             }
         };
+        if w.spec.batch_rules().is_none()
+            && let Some(moving) = moving_off(s, &mut live)
+        {
+            let (stops, adds) = move_replicas(s, sites, w, &on_node, moving, &mut live);
+            stop.extend(stops);
+            new.extend(adds.into_iter().map(|moved| AllocationRecord {
+                moved,
+                ..pending(name, w, None)
+            }));
+            continue;
+        }
         let (want, mut add) = match w.spec.batch_rules() {
             Some(rules) => {
                 let job = jobs
@@ -452,6 +465,96 @@ fn keep_replicas(
     }
 }
 
+/// The node being emptied that `a` is on, if it is (and it can move: a
+/// replica with local volumes stays with them).
+fn vacating_under<'a>(s: &'a State, a: &Replica) -> Option<&'a super::NodeRecord> {
+    let n = s.nodes.get(a.node.as_deref()?)?;
+    (n.vacating.is_some() && a.pinned_to.is_none() && a.instance.is_none()).then_some(n)
+}
+
+/// Takes a service's replicas on nodes being emptied out of `live`
+/// (`None`: it has none).
+fn moving_off(s: &State, live: &mut Vec<Replica>) -> Option<Vec<Replica>> {
+    if !live.iter().any(|a| vacating_under(s, a).is_some()) {
+        return None;
+    }
+    let (moving, rest) = std::mem::take(live)
+        .into_iter()
+        .partition(|a| vacating_under(s, a).is_some());
+    *live = rest;
+    Some(moving)
+}
+
+/// A service with replicas on nodes being emptied (`moving`; `rest` are
+/// the others): each is started elsewhere first, at most the node's
+/// `max_moving` at once, and stops once its replacement runs, so as many
+/// run as ran before. A scale-down meanwhile stops the surplus of the
+/// rest as usual. What to stop, and the replacements to add (each with
+/// where it moves from; `None`: one the workload lacked anyway).
+fn move_replicas(
+    s: &State,
+    sites: &[scheduler::SiteInfo],
+    w: &super::WorkloadRecord,
+    on_node: &HashMap<&str, usize>,
+    moving: Vec<Replica>,
+    rest: &mut Vec<Replica>,
+) -> (Vec<(String, &'static str)>, Vec<Option<super::Moved>>) {
+    let want = w.spec.replicas as usize;
+    let mut stop = Vec::new();
+    if rest.len() > want {
+        rest.sort_by_cached_key(|a| stop_order(s, sites, w, on_node, a));
+        let extra = rest.len() - want;
+        stop.extend(
+            rest.drain(..extra)
+                .map(|a| (a.id, "replaced or scaled down")),
+        );
+    }
+    let ready = rest
+        .iter()
+        .filter(|a| a.state == AllocationState::Running && a.version == w.version)
+        .count();
+    // Each running replacement lets one moving replica go.
+    let done = moving
+        .len()
+        .min((ready + moving.len()).saturating_sub(want));
+    stop.extend(
+        moving[..done]
+            .iter()
+            .map(|a| (a.id.clone(), "moved: its replacement runs")),
+    );
+    let left = &moving[done..];
+    let lacking = want.saturating_sub(rest.len() + left.len());
+    let starting = rest.len() - ready;
+    let budget = left
+        .iter()
+        .filter_map(|a| vacating_under(s, a)?.vacating.as_ref())
+        .map(|v| v.max_moving as usize)
+        .min()
+        .unwrap_or(0);
+    let moves = want
+        .saturating_sub(rest.len() + lacking)
+        .min(left.len())
+        .min(budget.saturating_sub(starting));
+    let mut adds: Vec<Option<super::Moved>> = vec![None; lacking];
+    adds.extend(left.iter().take(moves).filter_map(|a| {
+        let n = vacating_under(s, a)?;
+        Some(Some(super::Moved {
+            from_node: n.id.clone(),
+            from_site: n.site.clone(),
+            cause: n.vacating.as_ref()?.cause,
+        }))
+    }));
+    (stop, adds)
+}
+
+/// The placement engine's view of the fleet: its nodes and what runs on
+/// them, the workloads' rules (by group) and namespaces' spend limits.
+struct FleetView<'a> {
+    snapshot: scheduler::Snapshot,
+    groups: Vec<scheduler::Group>,
+    group_of: HashMap<&'a str, usize>,
+}
+
 /// The placement engine's view of the fleet and of what is pending.
 fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> Option<Input> {
     let pending: Vec<&AllocationRecord> = draft
@@ -461,6 +564,65 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
     if pending.is_empty() {
         return None;
     }
+    let FleetView {
+        mut snapshot,
+        groups,
+        group_of,
+    } = fleet_view(s, draft, sites);
+    // The room of a launching VM is reserved for the allocations it was
+    // launched for (by group).
+    let mut reserved_groups: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut reserved = BTreeMap::new();
+    for v in s.vms.values() {
+        for id in &v.allocations {
+            if let Some(a) = draft.get(s, id)
+                && a.state == AllocationState::Pending
+                && a.node.is_none()
+                && let Some(&g) = group_of.get(a.workload.as_str())
+            {
+                reserved_groups.entry(v.id.as_str()).or_default().push(g);
+                reserved.insert(id.clone(), v.id.clone());
+            }
+        }
+    }
+    let requests = pending
+        .iter()
+        .filter(|a| !reserved.contains_key(&a.id))
+        .filter_map(|a| {
+            Some(scheduler::Request {
+                id: a.id.clone(),
+                group: *group_of.get(a.workload.as_str())?,
+                node: a.pinned_to.clone(),
+                // A consolidation's move goes where the fleet has room,
+                // or not at all (then it is called off).
+                existing_only: a
+                    .moved
+                    .as_ref()
+                    .is_some_and(|m| m.cause == super::MoveCause::Consolidation),
+            })
+        })
+        .collect();
+    snapshot.launching = s
+        .vms
+        .values()
+        .map(|v| scheduler::LaunchingVm {
+            id: v.id.clone(),
+            site: v.site.clone(),
+            instance_type: v.instance_type.clone(),
+            reserved: reserved_groups.remove(v.id.as_str()).unwrap_or_default(),
+        })
+        .collect();
+    Some(Input {
+        snapshot,
+        groups,
+        requests,
+        reserved,
+    })
+}
+
+/// The fleet as the placement engine sees it (no VM launching: callers
+/// add those).
+fn fleet_view<'a>(s: &'a State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> FleetView<'a> {
     // A launched node costs its instance type's price (the site budget
     // and namespaces' spend limits count it).
     let prices = super::namespaces::Prices::of(sites);
@@ -481,7 +643,7 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
         })
         .collect();
     let mut groups = Vec::new();
-    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    let mut group_of: HashMap<&'a str, usize> = HashMap::new();
     // Namespaces' rules: where they may run, and what they may spend.
     let budgets = super::namespaces::budgets(s, &prices);
     for (name, w) in &s.workloads {
@@ -510,55 +672,17 @@ fn placement_input(s: &State, draft: &Draft, sites: &[scheduler::SiteInfo]) -> O
             })
         })
         .collect();
-    // The room of a launching VM is reserved for the allocations it was
-    // launched for (by group).
-    let mut reserved_groups: HashMap<&str, Vec<usize>> = HashMap::new();
-    let mut reserved = BTreeMap::new();
-    for v in s.vms.values() {
-        for id in &v.allocations {
-            if let Some(a) = draft.get(s, id)
-                && a.state == AllocationState::Pending
-                && a.node.is_none()
-                && let Some(&g) = group_of.get(a.workload.as_str())
-            {
-                reserved_groups.entry(v.id.as_str()).or_default().push(g);
-                reserved.insert(id.clone(), v.id.clone());
-            }
-        }
-    }
-    let requests = pending
-        .iter()
-        .filter(|a| !reserved.contains_key(&a.id))
-        .filter_map(|a| {
-            Some(scheduler::Request {
-                id: a.id.clone(),
-                group: *group_of.get(a.workload.as_str())?,
-                node: a.pinned_to.clone(),
-            })
-        })
-        .collect();
-    let launching = s
-        .vms
-        .values()
-        .map(|v| scheduler::LaunchingVm {
-            id: v.id.clone(),
-            site: v.site.clone(),
-            instance_type: v.instance_type.clone(),
-            reserved: reserved_groups.remove(v.id.as_str()).unwrap_or_default(),
-        })
-        .collect();
-    Some(Input {
+    FleetView {
         snapshot: scheduler::Snapshot {
             sites: sites.to_vec(),
             nodes,
             allocations,
-            launching,
+            launching: Vec::new(),
             budgets,
         },
         groups,
-        requests,
-        reserved,
-    })
+        group_of,
+    }
 }
 
 /// The rest of a pass, given the placement engine's plan for it: the plan

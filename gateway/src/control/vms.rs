@@ -1,9 +1,9 @@
 //! The autoscaler's state changes, named: a VM launched is recorded, a VM
 //! whose node joined hands its instance to the node, a VM gone is
-//! forgotten, and a launched node goes through the phases of its
-//! scale-in. Each is one commit.
+//! forgotten, a launched node goes through the phases of its scale-in,
+//! and a node is emptied (or no longer). Each is one commit.
 
-use super::{Control, ControlError, NodeRecord, VmRecord};
+use super::{Control, ControlError, NodeRecord, Vacate, VmRecord};
 use crate::store::Kind;
 
 /// A step of a launched node's scale-in, recorded on it before it is
@@ -77,6 +77,42 @@ impl Control {
         self.write(|s, b| {
             if let Some(n) = s.nodes.get_mut(node) {
                 step.apply(n);
+                b.put(Kind::Node, node, n);
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts emptying `node` (its replicas start elsewhere, then stop):
+    /// whether it did; not when the node is gone, not ready, cordoned,
+    /// draining, scaling in or already being emptied (it changed since
+    /// the decision).
+    pub fn vacate(&self, node: &str, v: Vacate) -> Result<bool, ControlError> {
+        self.write(|s, b| {
+            let Some(n) = s.nodes.get_mut(node) else {
+                return Ok(false);
+            };
+            if n.status != skiff_proto::cluster::NodeStatus::Ready
+                || n.unschedulable
+                || n.draining
+                || n.scale_in.is_some()
+                || n.vacating.is_some()
+            {
+                return Ok(false);
+            }
+            n.vacating = Some(v);
+            b.put(Kind::Node, node, n);
+            Ok(true)
+        })
+    }
+
+    /// Stops emptying `node`: it takes work again (what moved stays where
+    /// it went; a replica whose move found no room stays).
+    pub fn stop_vacating(&self, node: &str) -> Result<(), ControlError> {
+        self.write(|s, b| {
+            if let Some(n) = s.nodes.get_mut(node)
+                && n.vacating.take().is_some()
+            {
                 b.put(Kind::Node, node, n);
             }
             Ok(())

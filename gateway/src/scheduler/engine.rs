@@ -149,7 +149,7 @@ impl<'a> Scheduler<'a> {
             self.commit_node(gi, r, node);
             return true;
         }
-        if self.opts.preemption && self.preempt(gi, r) {
+        if self.opts.preemption && !requests[r].existing_only && self.preempt(gi, r) {
             return true;
         }
         self.leftovers.push(r);
@@ -511,7 +511,9 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             let sites = self.sites_for(gi);
-            if let Some(target) = self.place_virtual(gi, &sites, requests, &leftovers[pos..]) {
+            if !requests[r].existing_only
+                && let Some(target) = self.place_virtual(gi, &sites, requests, &leftovers[pos..])
+            {
                 let site = self.cloud.vm_site(&target);
                 self.gs[gi].site_count[site] += 1;
                 self.plan.placements.push(Placement { request: r, target });

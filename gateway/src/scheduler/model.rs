@@ -197,6 +197,10 @@ pub struct Request {
     /// node): placed there when it fits, otherwise left unplaced, never
     /// on a VM and never by evicting anything.
     pub node: Option<String>,
+    /// Placed on a joined node or not at all: no VM is launched for it and
+    /// nothing is evicted (a consolidation's move, which must save what it
+    /// set out to).
+    pub existing_only: bool,
 }
 
 /// How to score nodes that fit.

@@ -120,6 +120,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                         id: format!("w{gi}-{r}"),
                         group: gi,
                         node: None,
+                        existing_only: false,
                     });
                 }
                 gs.push(g);

@@ -89,6 +89,7 @@ pub(super) fn requests(group: usize, n: usize) -> Vec<Request> {
             id: format!("g{group}-{i}"),
             group,
             node: None,
+            existing_only: false,
         })
         .collect()
 }
@@ -531,6 +532,7 @@ fn a_pinned_request_goes_to_its_node_or_waits_and_never_to_a_vm() {
         id: id.into(),
         group: 0,
         node: Some(node.into()),
+        existing_only: false,
     };
     let reqs = [pin("a", "roomy"), pin("b", "full"), pin("c", "gone")];
     let plan = run(&snap, &groups, &reqs);

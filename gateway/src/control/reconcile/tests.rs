@@ -87,6 +87,7 @@ fn alloc(id: &str, node: Option<&str>, state: AllocationState, version: u64) -> 
         pinned_to: None,
         instance: None,
         namespace: None,
+        moved: None,
     }
 }
 
@@ -814,4 +815,82 @@ fn scaling_down_stops_cloud_replicas_first_and_the_one_that_empties_a_launched_v
     let c = reconcile(&s, NOW + 2, &sites).unwrap();
     apply(&mut s, c);
     assert_eq!(live(&s), BTreeSet::from(["on-n1-a".into()]));
+}
+
+#[test]
+fn replicas_on_a_node_being_emptied_start_elsewhere_before_they_stop() {
+    // Both replicas of web (1 CPU each) on c1, which is being emptied
+    // (`max_moving` at a time); n1 has room for both.
+    let emptying = |cause, max_moving| {
+        let mut s = fleet(
+            &[("n1", "ready"), ("c1", "ready")],
+            2,
+            vec![
+                alloc("old-1", Some("c1"), AllocationState::Running, 1),
+                alloc("old-2", Some("c1"), AllocationState::Running, 1),
+            ],
+        );
+        s.nodes.get_mut("c1").unwrap().vacating = Some(crate::control::Vacate {
+            cause,
+            since_ms: NOW,
+            saving_micros_per_hour: 0,
+            max_moving,
+            notice: String::new(),
+        });
+        s
+    };
+    let mut s = emptying(crate::control::MoveCause::Consolidation, 1);
+    let running = |s: &State| {
+        s.allocations
+            .values()
+            .filter(|a| a.state == AllocationState::Running)
+            .count()
+    };
+    let mut moved = Vec::new();
+    for step in 0..6 {
+        let c = reconcile(&s, NOW + step, &dc1()).unwrap();
+        apply(&mut s, c);
+        // What started comes up (the agent's report).
+        for a in s.allocations.values_mut() {
+            if a.state == AllocationState::Starting {
+                a.state = AllocationState::Running;
+            }
+        }
+        assert!(running(&s) >= 2, "step {step}: fewer than 2 running");
+        let live: Vec<_> = s.allocations.values().filter(|a| a.is_live()).collect();
+        assert!(live.len() <= 3, "step {step}: more than one moving at once");
+        for a in live.iter().filter(|a| a.node.as_deref() == Some("n1")) {
+            if !moved.contains(&a.id) {
+                moved.push(a.id.clone());
+                let m = a.moved.as_ref().expect("a move");
+                assert_eq!(
+                    (m.from_node.as_str(), m.cause),
+                    ("c1", crate::control::MoveCause::Consolidation)
+                );
+            }
+        }
+    }
+    // Both moved, and the old ones stopped once their replacements ran.
+    assert_eq!(moved.len(), 2);
+    let on_c1: Vec<_> = s
+        .allocations
+        .values()
+        .filter(|a| a.node.as_deref() == Some("c1"))
+        .map(|a| (a.state, a.message.as_str()))
+        .collect();
+    assert_eq!(
+        on_c1,
+        [(AllocationState::Stopped, "moved: its replacement runs"); 2]
+    );
+    // A notice moves every replica at once.
+    let s = emptying(crate::control::MoveCause::Notice, u32::MAX);
+    let c = reconcile(&s, NOW, &dc1()).unwrap();
+    assert_eq!(on(&c, "n1").len(), 2);
+    assert!(
+        c.allocations
+            .values()
+            .filter(|a| a.state == AllocationState::Stopped)
+            .count()
+            == 0
+    );
 }
