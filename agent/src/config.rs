@@ -52,6 +52,9 @@ pub struct FileConfig {
     /// Host directories published to workloads by name.
     #[serde(default)]
     pub volumes: BTreeMap<String, HostVolume>,
+    /// `[notices]`: watch the cloud's spot and eviction notices.
+    #[serde(default)]
+    pub notices: crate::notices::NoticesConfig,
 }
 
 /// What the node keeps for itself: the gateway places work only in the
@@ -115,6 +118,8 @@ pub struct AgentConfig {
     pub reserve: Reserve,
     /// Host volumes, by name (`[volumes.NAME] path = "/srv/data"`).
     pub volumes: BTreeMap<String, HostVolume>,
+    /// The cloud's notices that it takes this VM back (spot).
+    pub notices: crate::notices::NoticesConfig,
 }
 
 impl AgentConfig {
@@ -230,6 +235,9 @@ impl AgentConfig {
             .validate()
             .map_err(|(key, reason)| bad(&key, reason))?;
         crate::volumes::validate(&file.volumes).map_err(|(key, reason)| bad(&key, reason))?;
+        file.notices
+            .validate()
+            .map_err(|(key, reason)| bad(&key, reason))?;
         let images = file.images;
         if images.concurrent_downloads == 0 || images.concurrent_downloads > 64 {
             return Err(bad(
@@ -265,6 +273,7 @@ impl AgentConfig {
             network,
             reserve: file.reserve,
             volumes: file.volumes,
+            notices: file.notices,
         })
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! * [`net`]: node networking (bridge, addresses, egress, published ports).
 //! * [`link`]: the link to the gateway (join, session, desired state).
+//! * [`notices`]: the cloud's notice that it takes the VM back (spot).
 
 pub mod api;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod images;
 pub mod link;
 pub mod metrics;
 pub mod net;
+pub mod notices;
 pub mod quota;
 pub mod runtime;
 pub mod secrets;

@@ -15,7 +15,7 @@
 //!   5 min auth/invalid); the next plan, made at once, goes elsewhere.
 //! * Scale-in: a launched node idle for `scale_in_after` is cordoned, then
 //!   terminated and removed, each phase recorded on the node first (one
-//!   emptied by consolidation at once: it was emptied to go).
+//!   emptied by consolidation or for a notice at once: it was emptied to go).
 //! * Consolidation: every `consolidation.interval` a launched node whose
 //!   work fits on capacity already paid for is emptied, one at a time
 //!   (see [`crate::control::reconcile::consolidate`]); a move whose
@@ -247,7 +247,7 @@ impl Autoscaler {
             labels: BTreeMap::from([("skiff/site".to_string(), site.to_string())]),
             agent_url: None,
             agent_sha256: None,
-            agent_config: cfg.agent_config.clone().unwrap_or_default(),
+            agent_config: cfg.vm_agent_config(instance_type),
         }
         .render()
         .map_err(|e| invalid(e.to_string()))?;
@@ -261,7 +261,7 @@ impl Autoscaler {
                 (TAG_SITE.to_string(), site.to_string()),
                 (TAG_NODE.to_string(), node.clone()),
             ]),
-            spot: false,
+            spot: cfg.is_spot(instance_type),
         };
         let launched = with_retry(Backoff::default(), || provider.launch(&req)).await?;
         let instance = launched
@@ -492,7 +492,8 @@ impl Autoscaler {
             work: usize,
             idle_since: Option<i64>,
             phase: Option<String>,
-            /// Emptied by consolidation: it goes once empty.
+            /// Emptied (by consolidation, or for its cloud's notice): it
+            /// goes once empty.
             vacated: bool,
         }
         let steps: Vec<Step> = self.control.read(|s| {
@@ -518,10 +519,7 @@ impl Autoscaler {
                             .count(),
                         idle_since: n.idle_since_ms,
                         phase: n.scale_in.clone(),
-                        vacated: n
-                            .vacating
-                            .as_ref()
-                            .is_some_and(|v| v.cause == MoveCause::Consolidation),
+                        vacated: n.vacating.is_some(),
                     })
                 })
                 .collect()
@@ -786,6 +784,7 @@ mod tests {
                 disk: "20Gi".parse().unwrap(),
                 price_per_hour: "0.12".into(),
                 arch: "amd64".into(),
+                spot: false,
             }];
             sites.push(az);
             clouds.push(("azure-westeurope", fake("D2s", 120_000)));

@@ -93,6 +93,10 @@ pub struct InstanceTypeConfig {
     pub price_per_hour: String,
     #[serde(default = "amd64")]
     pub arch: String,
+    /// Launched as spot (AWS) or spot priority (Azure): cheaper, and the
+    /// cloud may take it back with a notice, which its agent watches.
+    #[serde(default)]
+    pub spot: bool,
 }
 
 fn no_disk() -> skiff_proto::ByteSize {
@@ -570,6 +574,38 @@ impl GatewayConfig {
     }
 }
 
+impl SiteConfig {
+    /// Whether its VMs of `instance_type` are spot (the type's `spot`, or
+    /// the cloud settings' for the whole site).
+    pub fn is_spot(&self, instance_type: &str) -> bool {
+        self.instance_types
+            .iter()
+            .any(|t| t.name == instance_type && t.spot)
+            || self.aws.as_ref().is_some_and(|a| a.spot)
+            || self.azure.as_ref().is_some_and(|a| a.spot)
+    }
+
+    /// The agent config its VMs of `instance_type` get: the site's
+    /// `agent_config`, and for a spot VM of AWS or Azure `[notices]` for
+    /// that cloud (unless the site's config has its own).
+    pub fn vm_agent_config(&self, instance_type: &str) -> String {
+        let mut config = self.agent_config.clone().unwrap_or_default();
+        let cloud = match self.kind {
+            SiteKind::Aws => "aws",
+            SiteKind::Azure => "azure",
+            _ => return config,
+        };
+        let has_own = config.lines().any(|l| l.trim() == "[notices]");
+        if self.is_spot(instance_type) && !has_own {
+            if !config.is_empty() && !config.ends_with('\n') {
+                config.push('\n');
+            }
+            config.push_str(&format!("[notices]\ncloud = \"{cloud}\"\n"));
+        }
+        config
+    }
+}
+
 /// Environment variables that set top-level keys of the file:
 /// `SKIFF_GATEWAY_DOWN_AFTER=3s` sets `down_after`; `ADVERTISE` is a
 /// comma-separated list. (Sites are declared in the file only.)
@@ -639,6 +675,53 @@ mod tests {
             config: Some(p),
             ..Overrides::default()
         })
+    }
+
+    #[test]
+    fn consolidation_is_on_by_default_and_bad_values_name_their_key() {
+        let c = load("").unwrap().consolidation;
+        assert!(c.enabled);
+        assert_eq!(
+            (c.interval, c.cool_down, c.min_saving),
+            (Duration::from_secs(60), Duration::from_secs(600), 10_000)
+        );
+        let e = load("[consolidation]\nmax_moving_per_workload = 0\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("consolidation.max_moving_per_workload"),
+            "{e}"
+        );
+        let e = load("[consolidation]\nmin_saving_per_hour = \"ten\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("consolidation.min_saving_per_hour"),
+            "{e}"
+        );
+        let e = load("[consolidation]\ninterval = \"10ms\"\n").unwrap_err();
+        assert!(e.to_string().contains("consolidation.interval"), "{e}");
+    }
+
+    #[test]
+    fn spot_vms_of_a_cloud_site_watch_their_clouds_notices() {
+        let c = load(
+            "[[sites]]\nname = \"aws\"\nkind = \"aws\"\nagent_config = \"[reserve]\\ncpu = \\\"200m\\\"\"\n\
+             [[sites.instance_types]]\nname = \"m.spot\"\ncpu = \"2\"\nmemory = \"8Gi\"\nprice_per_hour = \"0.03\"\nspot = true\n\
+             [[sites.instance_types]]\nname = \"m.large\"\ncpu = \"2\"\nmemory = \"8Gi\"\nprice_per_hour = \"0.09\"\n",
+        )
+        .unwrap();
+        let aws = &c.sites[0];
+        assert!(aws.is_spot("m.spot") && !aws.is_spot("m.large"));
+        assert_eq!(
+            aws.vm_agent_config("m.spot"),
+            "[reserve]\ncpu = \"200m\"\n[notices]\ncloud = \"aws\"\n"
+        );
+        assert_eq!(aws.vm_agent_config("m.large"), "[reserve]\ncpu = \"200m\"");
+        // The site's own [notices] is kept as it is.
+        let mut own = aws.clone();
+        own.agent_config = Some("[notices]\ncloud = \"aws\"\npoll_interval = \"2s\"\n".into());
+        assert_eq!(
+            own.vm_agent_config("m.spot"),
+            own.agent_config.clone().unwrap()
+        );
     }
 
     #[test]

@@ -1537,6 +1537,7 @@ pub(crate) mod testing {
                 disk: "20Gi".parse().unwrap(),
                 price_per_hour: "0.096".into(),
                 arch: "amd64".into(),
+                spot: false,
             }],
             ..site("aws-us-east-1", skiff_proto::cluster::SiteKind::Aws)
         }

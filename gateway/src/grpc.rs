@@ -62,6 +62,23 @@ impl AgentPort {
         }
     }
 
+    /// A node's cloud notice, recorded by the leader.
+    async fn notice(&self, node: &str, n: &v1::Notice) -> Result<(), ControlError> {
+        match self.leader() {
+            Some(l) => match l.notice(node, n).await {
+                Err(e) if crate::peers::leads_now(&e) => self.control.notice(node, n),
+                other => other,
+            },
+            None => match self.control.notice(node, n) {
+                Err(e) if self.lost_lead(&e) => match self.leader() {
+                    Some(l) => l.notice(node, n).await,
+                    None => Err(e),
+                },
+                other => other,
+            },
+        }
+    }
+
     /// Where changes go when this gateway does not lead: the leader.
     fn leader(&self) -> Option<&dyn crate::peers::Peers> {
         self.peers.as_deref().filter(|_| !self.control.is_leader())
@@ -243,6 +260,11 @@ impl v1::session_server::Session for AgentPort {
                     }
                     Some(agent_message::Kind::Allocations(r)) => {
                         port.report(&node2, &r).await;
+                    }
+                    Some(agent_message::Kind::Notice(n)) => {
+                        if let Err(e) = port.notice(&node2, &n).await {
+                            tracing::warn!(node = %node2, error = %e, "record a node's cloud notice (the agent tells the next session)");
+                        }
                     }
                     Some(agent_message::Kind::NodeStatus(_)) => {}
                     Some(agent_message::Kind::Register(_)) | None => {}

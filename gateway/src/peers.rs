@@ -61,6 +61,8 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
         cert_hash: &str,
         not_after: i64,
     ) -> Result<(), ControlError>;
+    /// A node's cloud takes it back soon.
+    async fn notice(&self, node: &str, notice: &v1::Notice) -> Result<(), ControlError>;
     /// Every gateway of the fleet.
     async fn gateways(&self) -> Vec<GatewayView>;
     /// Opens a stream (logs, exec) to a node whose session another

@@ -1,10 +1,15 @@
 //! Elasticity end to end, as root, on the local cloud provider (real
 //! agents in network namespaces as VMs): consolidation empties a VM whose
 //! work fits elsewhere, freed on-prem capacity takes cloud work back,
-//! scaling down goes by cost, and a flapping load moves nothing twice
-//! within the cool-down. Every emptied VM scales in.
+//! scaling down goes by cost, a flapping load moves nothing twice within
+//! the cool-down, and a spot notice (from a fake instance metadata
+//! service) moves a VM's work before the VM goes. Every emptied VM scales
+//! in.
 
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -32,6 +37,12 @@ struct Fleet {
 
 impl Fleet {
     fn start(consolidation: &str) -> Fleet {
+        Self::start_with(consolidation, |_| String::new())
+    }
+
+    /// [`Fleet::start`] with more agent config for the cloud site's VMs,
+    /// made from the host's address on their bridge.
+    fn start_with(consolidation: &str, vm_config: impl Fn(std::net::Ipv4Addr) -> String) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let slot = NetSlot::take().unwrap();
         let vms = dir.path().join("vms");
@@ -51,9 +62,10 @@ impl Fleet {
              [[sites]]\nname = \"onprem\"\nkind = \"static\"\n\
              [[sites]]\nname = \"cloud\"\nkind = \"local\"\ncost_rank = 10\nmax_nodes = 3\n\
              gateway_url = \"{{{{agent_url}}}}\"\njoin_timeout = \"60s\"\nscale_in_after = \"1s\"\n\
-             agent_config = '''\n{insecure}'''\n\
+             agent_config = '''\n{insecure}{}'''\n\
              [[sites.instance_types]]\nname = \"local.small\"\ncpu = \"1900m\"\nmemory = \"3Gi\"\nprice_per_hour = \"0.10\"\n\
              [sites.local]\nroot = \"{}\"\nagent_bin = \"{}\"\nbridge = \"{}\"\nsubnet = \"{}\"\n",
+            vm_config(host),
             vms.display(),
             skiff_e2e::bin("skiff-agent").display(),
             slot.bridge(),
@@ -393,4 +405,165 @@ fn a_flapping_load_moves_nothing_twice_within_the_cool_down() {
     );
     // a never moved.
     assert_eq!(moves(&f.g, "a"), []);
+}
+
+/// A fake EC2 instance metadata service (IMDSv2: a session token, then
+/// `spot/instance-action` with it) on the VMs' bridge. It answers 404 (no
+/// notice) until armed for a VM's address, then AWS's interruption notice.
+struct FakeImds {
+    port: u16,
+    seen: Arc<Mutex<BTreeSet<IpAddr>>>,
+    armed: Arc<Mutex<BTreeSet<IpAddr>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+#[derive(Clone)]
+struct Imds {
+    seen: Arc<Mutex<BTreeSet<IpAddr>>>,
+    armed: Arc<Mutex<BTreeSet<IpAddr>>>,
+}
+
+const IMDS_TOKEN: &str = "imds-session-1";
+
+async fn instance_action(
+    axum::extract::State(st): axum::extract::State<Imds>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    if headers
+        .get("x-aws-ec2-metadata-token")
+        .is_none_or(|t| t != IMDS_TOKEN)
+    {
+        return (StatusCode::UNAUTHORIZED, String::new());
+    }
+    st.seen.lock().unwrap().insert(peer.ip());
+    if !st.armed.lock().unwrap().contains(&peer.ip()) {
+        return (StatusCode::NOT_FOUND, "Not Found".into());
+    }
+    (
+        StatusCode::OK,
+        r#"{"action": "terminate", "time": "2099-01-01T00:02:00Z"}"#.into(),
+    )
+}
+
+impl FakeImds {
+    fn start(host: std::net::Ipv4Addr) -> FakeImds {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind((host, 0)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let st = Imds {
+            seen: Arc::default(),
+            armed: Arc::default(),
+        };
+        let app = axum::Router::new()
+            .route(
+                "/latest/api/token",
+                axum::routing::put(|| async { IMDS_TOKEN }),
+            )
+            .route(
+                "/latest/meta-data/spot/instance-action",
+                axum::routing::get(instance_action),
+            )
+            .with_state(st.clone());
+        rt.spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
+        FakeImds {
+            port,
+            seen: st.seen,
+            armed: st.armed,
+            _rt: rt,
+        }
+    }
+
+    /// Interrupts every VM that has asked so far.
+    fn interrupt_seen(&self) -> usize {
+        let seen = self.seen.lock().unwrap().clone();
+        let n = seen.len();
+        self.armed.lock().unwrap().extend(seen);
+        n
+    }
+}
+
+#[test]
+fn a_spot_notice_drains_the_vm_and_its_work_runs_elsewhere_before_the_vm_goes() {
+    require_root();
+    let imds = std::sync::OnceLock::new();
+    let f = Fleet::start_with("enabled = false\n", |host| {
+        let i = imds.get_or_init(|| FakeImds::start(host));
+        format!(
+            "[notices]\ncloud = \"aws\"\nmetadata_url = \"http://{host}:{}\"\npoll_interval = \"200ms\"\n",
+            i.port
+        )
+    });
+    let imds = imds.get().unwrap();
+    // web runs in the cloud only, on one VM.
+    f.apply("web", 1, "500m", "placement: {sites: [cloud]}\n");
+    let first = f.running("web", 1, 90, is_cloud).remove(0);
+    eventually(
+        30,
+        || !imds.seen.lock().unwrap().is_empty(),
+        || "the VM's agent never asked the metadata service".into(),
+    );
+    // Its cloud takes it back: a new VM is launched and web starts there
+    // before the old replica stops; web never stops running meanwhile.
+    assert_eq!(imds.interrupt_seen(), 1);
+    f.g.until(
+        &format!("/v1/nodes/{first}"),
+        "draining for the notice",
+        30,
+        |n| n["status"] == "draining" && n["vacating"]["cause"] == "notice",
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, w) = f.g.call("GET", "/v1/workloads/web", None);
+        let running: Vec<&Value> = live(&w)
+            .into_iter()
+            .filter(|a| a["state"] == "running")
+            .collect();
+        assert!(!running.is_empty(), "web stopped running: {w}");
+        let old_stopped = w["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["node"] == first.as_str() && a["state"] == "stopped");
+        if old_stopped {
+            let old = w["allocations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["node"] == first.as_str())
+                .unwrap();
+            assert_eq!(old["message"], "moved: its replacement runs", "{w}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never moved: {w}\n{}", f.g.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let now_on = f.running("web", 1, 30, |n| is_cloud(n) && n != first);
+    let m = moves(&f.g, "web");
+    assert_eq!(m, [], "a notice's move is not consolidation's");
+    // The emptied VM is handed back; the new one is not interrupted.
+    eventually(
+        60,
+        || f.g.call("GET", &format!("/v1/nodes/{first}"), None).0 == 404,
+        || format!("the interrupted VM was never scaled in:\n{}", f.g.log()),
+    );
+    assert_eq!(f.cloud_nodes(), now_on);
+    let log = f.g.log();
+    assert!(
+        log.contains("notice from its cloud: spot interruption: terminate at 2099-01-01T00:02:00Z"),
+        "{log}"
+    );
 }

@@ -140,13 +140,32 @@ pub async fn run(mut link: Link, stop: CancellationToken) {
         &link.identity.site,
     );
     tokio::spawn(rec.run(desired_rx, report_tx));
+    // The cloud's notice that it takes this VM back, as it stands.
+    let (notice_tx, mut notice_rx) = watch::channel::<Option<v1::Notice>>(None);
+    let vm = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tokio::spawn(crate::notices::watch(
+        link.config.notices.clone(),
+        vm,
+        notice_tx,
+        stop.clone(),
+    ));
     let mut attempt: u32 = 0;
     loop {
         if stop.is_cancelled() {
             return;
         }
         let started = std::time::Instant::now();
-        match session(&mut link, &desired_tx, &mut report_rx, &stop).await {
+        match session(
+            &mut link,
+            &desired_tx,
+            &mut report_rx,
+            &mut notice_rx,
+            &stop,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 // The next gateway of the fleet, if it has several.
@@ -197,6 +216,7 @@ async fn session(
     link: &mut Link,
     desired: &watch::Sender<Option<v1::DesiredState>>,
     reports: &mut mpsc::Receiver<v1::AllocationStatusReport>,
+    notices: &mut watch::Receiver<Option<v1::Notice>>,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let id = link.identity.clone();
@@ -284,6 +304,15 @@ async fn session(
         Duration::from_millis((id.renew_at_ms() - crate::runtime::shim::now_ms()).max(0) as u64);
     let renew = tokio::time::sleep(renew_in);
     tokio::pin!(renew);
+    // A notice that stands is told to every session.
+    let standing = notices.borrow_and_update().clone();
+    if let Some(n) = standing {
+        tx.send(AgentMessage {
+            kind: Some(agent_message::Kind::Notice(n)),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    }
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -301,6 +330,14 @@ async fn session(
                 tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) })
                     .await
                     .map_err(|e| e.to_string())?;
+            }
+            Ok(()) = notices.changed() => {
+                let n = notices.borrow_and_update().clone();
+                if let Some(n) = n {
+                    tx.send(AgentMessage { kind: Some(agent_message::Kind::Notice(n)) })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
             }
             Some(report) = reports.recv() => {
                 tx.send(AgentMessage { kind: Some(agent_message::Kind::Allocations(report)) })

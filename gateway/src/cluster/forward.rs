@@ -62,6 +62,11 @@ pub enum AgentChange {
     Seen {
         nodes: Vec<String>,
     },
+    /// A node's cloud takes it back soon.
+    Notice {
+        node: String,
+        notice: String,
+    },
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -165,6 +170,9 @@ fn apply(c: &Cluster, change: AgentChange) -> Result<String, ControlError> {
             control.heard_from_many(&nodes);
             Ok(String::new())
         }
+        AgentChange::Notice { node, notice } => unb64::<v1::Notice>(&notice)
+            .and_then(|n| control.notice(&node, &n))
+            .map(|()| String::new()),
     }
 }
 
@@ -506,6 +514,15 @@ impl Peers for Cluster {
             node: node.to_string(),
             cert_hash: cert_hash.to_string(),
             not_after_ms: not_after,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn notice(&self, node: &str, notice: &v1::Notice) -> Result<(), ControlError> {
+        self.send(&AgentChange::Notice {
+            node: node.to_string(),
+            notice: b64(notice),
         })
         .await
         .map(|_| ())

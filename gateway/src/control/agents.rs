@@ -1,5 +1,5 @@
 //! What agents change, as typed operations: a join, a session's
-//! registration, a renewed certificate. The agent port calls them on the
+//! registration, a renewed certificate, their cloud's notice. The agent port calls them on the
 //! leader, and a follower hands them to the leader (`crate::cluster`).
 
 use skiff_proto::cluster::NodeStatus;
@@ -166,6 +166,50 @@ impl Control {
             Ok(())
         })?;
         self.event("node", node, "certificate renewed");
+        Ok(())
+    }
+
+    /// The node's cloud takes it back soon (a spot interruption, an
+    /// eviction): it is emptied at once, every replica started elsewhere
+    /// before it stops (a launch if need be), whatever consolidation was
+    /// doing with it. The same notice again changes nothing.
+    pub fn notice(&self, node: &str, n: &v1::Notice) -> Result<(), ControlError> {
+        let deadline = match n.deadline_unix_ms {
+            0 => String::new(),
+            ms => format!(" (in {} s)", ((ms - self.clock.now_ms()) / 1000).max(0)),
+        };
+        let message = format!("{}{deadline}", n.message);
+        let fresh = self.write(|s, b| {
+            let now = self.clock.now_ms();
+            let rec = s
+                .nodes
+                .get_mut(node)
+                .ok_or_else(|| ControlError::NotFound(node.to_string()))?;
+            if rec
+                .vacating
+                .as_ref()
+                .is_some_and(|v| v.cause == super::MoveCause::Notice)
+            {
+                return Ok(false);
+            }
+            rec.vacating = Some(super::Vacate {
+                cause: super::MoveCause::Notice,
+                since_ms: now,
+                saving_micros_per_hour: 0,
+                max_moving: u32::MAX,
+                notice: message.clone(),
+            });
+            b.put(Kind::Node, node, rec);
+            Ok(true)
+        })?;
+        if fresh {
+            self.event(
+                "node",
+                node,
+                format!("notice from its cloud: {message}; its work starts elsewhere now"),
+            );
+            self.wake();
+        }
         Ok(())
     }
 }

@@ -63,7 +63,12 @@ pub fn plan(
     sites: &[scheduler::SiteInfo],
     rules: &Rules,
 ) -> Result<Option<Decision>, ReconcileError> {
-    let settled = s.vms.is_empty() && !s.nodes.values().any(|n| n.vacating.is_some());
+    let settled = s.vms.is_empty()
+        && !s.nodes.values().any(|n| {
+            n.vacating
+                .as_ref()
+                .is_some_and(|v| v.cause == MoveCause::Consolidation)
+        });
     if !settled {
         return Ok(None);
     }
@@ -92,6 +97,7 @@ pub fn plan(
             || n.draining
             || n.unschedulable
             || n.scale_in.is_some()
+            || n.vacating.is_some()
         {
             continue;
         }

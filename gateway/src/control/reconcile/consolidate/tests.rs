@@ -263,13 +263,25 @@ fn nothing_moves_while_a_vm_launches_or_a_node_is_being_emptied() {
     assert_eq!(plan(&s, NOW, &sites(), &rules()).unwrap(), None);
     let mut s = half_empty_pair();
     s.nodes.get_mut("c2").unwrap().vacating = Some(Vacate {
-        cause: MoveCause::Notice,
+        cause: MoveCause::Consolidation,
         since_ms: NOW,
-        saving_micros_per_hour: 0,
+        saving_micros_per_hour: 100_000,
         max_moving: 1,
-        notice: "spot interruption".into(),
+        notice: String::new(),
     });
     assert_eq!(plan(&s, NOW, &sites(), &rules()).unwrap(), None);
+    // A node emptied for its cloud's notice is not consolidation's, and
+    // holds nothing up: nothing can move onto it, though.
+    let v = s.nodes.get_mut("c2").unwrap().vacating.as_mut().unwrap();
+    v.cause = MoveCause::Notice;
+    assert_eq!(plan(&s, NOW, &sites(), &rules()).unwrap(), None);
+    s.nodes
+        .insert("c3".into(), node("c3", "cloud", 2, Some("c.small")));
+    let d = plan(&s, NOW, &sites(), &rules()).unwrap().unwrap();
+    assert_eq!(
+        (d.node.as_str(), d.onto.first().map(String::as_str)),
+        ("c1", Some("c3"))
+    );
 }
 
 #[test]
