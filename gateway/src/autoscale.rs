@@ -779,8 +779,8 @@ mod tests {
             az.gateway_url = gateway_url;
             az.instance_types = vec![crate::config::InstanceTypeConfig {
                 name: "D2s".into(),
-                cpu: "2".parse().unwrap(),
-                memory: "8Gi".parse().unwrap(),
+                cpu: Some("2".parse().unwrap()),
+                memory: Some("8Gi".parse().unwrap()),
                 disk: "20Gi".parse().unwrap(),
                 price_per_hour: "0.12".into(),
                 arch: "amd64".into(),

@@ -81,9 +81,13 @@ pub struct LocalSiteConfig {
 #[serde(deny_unknown_fields)]
 pub struct InstanceTypeConfig {
     pub name: String,
-    /// What workloads can use on it (after the agent's reserve).
-    pub cpu: skiff_proto::Cpu,
-    pub memory: skiff_proto::ByteSize,
+    /// What workloads can use on it (after the agent's reserve). On AWS
+    /// and Azure both may be left out: the gateway asks the cloud for the
+    /// type's shape at start (less the agent's default reserve).
+    #[serde(default)]
+    pub cpu: Option<skiff_proto::Cpu>,
+    #[serde(default)]
+    pub memory: Option<skiff_proto::ByteSize>,
     /// Disk workloads can use on it (`resources.disk`), e.g. `"20Gi"`;
     /// default 0: a workload asking for disk is never launched a VM of
     /// this type.
@@ -465,6 +469,18 @@ impl GatewayConfig {
                     .map_err(|e| bad(&format!("sites[{i}].budget_per_hour"), e.to_string()))?;
             }
             for (j, t) in s.instance_types.iter().enumerate() {
+                let asks_cloud = matches!(s.kind, SiteKind::Aws | SiteKind::Azure);
+                for (key, missing) in [("cpu", t.cpu.is_none()), ("memory", t.memory.is_none())] {
+                    if missing && !asks_cloud {
+                        return Err(bad(
+                            &format!("sites[{i}].instance_types[{j}].{key}"),
+                            format!(
+                                "required for kind = \"{}\" (only AWS and Azure tell a type's shape)",
+                                s.kind
+                            ),
+                        ));
+                    }
+                }
                 parse_price(&t.price_per_hour).map_err(|e| {
                     bad(
                         &format!("sites[{i}].instance_types[{j}].price_per_hour"),

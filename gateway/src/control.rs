@@ -1358,9 +1358,11 @@ impl Control {
                     .map(|t| scheduler::InstanceType {
                         held: self.is_held(&c.name, &t.name),
                         name: t.name.clone(),
+                        // Every shape is known once the gateway started
+                        // (`crate::instance_types::resolve`).
                         allocatable: Capacity::new(
-                            t.cpu.millis(),
-                            t.memory.bytes(),
+                            t.cpu.map_or(0, |c| c.millis()),
+                            t.memory.map_or(0, |m| m.bytes()),
                             t.disk.bytes(),
                         ),
                         price: price(&t.price_per_hour).unwrap_or(0),
@@ -1532,8 +1534,8 @@ pub(crate) mod testing {
             max_nodes: Some(10),
             instance_types: vec![InstanceTypeConfig {
                 name: "m.large".into(),
-                cpu: "2".parse().unwrap(),
-                memory: "8Gi".parse().unwrap(),
+                cpu: Some("2".parse().unwrap()),
+                memory: Some("8Gi".parse().unwrap()),
                 disk: "20Gi".parse().unwrap(),
                 price_per_hour: "0.096".into(),
                 arch: "amd64".into(),

@@ -47,8 +47,8 @@ pub async fn run_until(
             .iter()
             .map(|t| skiff_cloud::InstanceType {
                 name: t.name.clone(),
-                cpu_millis: t.cpu.millis(),
-                memory_bytes: t.memory.bytes(),
+                cpu_millis: t.cpu.map_or(0, |c| c.millis()),
+                memory_bytes: t.memory.map_or(0, |m| m.bytes()),
                 price_micros_per_hour: crate::config::parse_price(&t.price_per_hour).unwrap_or(0),
                 arch: t.arch.clone(),
             })
@@ -94,6 +94,9 @@ pub async fn run_until(
             );
         }
     }
+    // Every listed type is one its cloud offers, with its shape.
+    let mut config = config;
+    crate::instance_types::resolve(&mut config, &providers).await?;
     let api_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen {}", config.listen))?;

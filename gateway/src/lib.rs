@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod grpc;
+pub mod instance_types;
 pub mod metrics;
 pub mod peers;
 pub mod pki;

@@ -306,3 +306,81 @@ fn azure_launches_pages_and_cleans_up_after_an_allocation_failure() {
     assert!(arm.nics().is_empty(), "{:?}", arm.nics());
     assert!(arm.disks().is_empty(), "{:?}", arm.disks());
 }
+
+/// A gateway config with one AWS site on moto listing `types` (TOML
+/// tables of `[[sites.instance_types]]`).
+fn aws_gateway_config(moto: &Moto, types: &str) -> String {
+    format!(
+        "[[sites]]\nname = \"aws\"\nkind = \"aws\"\n{types}\
+         [sites.aws]\nregion = \"us-east-1\"\nendpoint = \"{}\"\nimage_id = \"ami-760aaa0f\"\n",
+        moto.endpoint
+    )
+}
+
+#[test]
+fn types_named_alone_take_their_shape_from_ec2_and_one_the_region_lacks_stops_the_start() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    // t3.medium by name only; c5.xlarge with the operator's own shape.
+    let config = aws_gateway_config(
+        &moto,
+        "[[sites.instance_types]]\nname = \"t3.medium\"\nprice_per_hour = \"0.0416\"\n\
+         [[sites.instance_types]]\nname = \"c5.xlarge\"\ncpu = \"3\"\nmemory = \"6Gi\"\nprice_per_hour = \"0.17\"\n",
+    );
+    let g =
+        skiff_e2e::Gateway::start_env(&dir.path().join("gw"), &config, "127.0.0.1", Moto::env());
+    let (code, sites) = g.call("GET", "/v1/sites", None);
+    assert_eq!(code, 200, "{sites}");
+    let types = &sites
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "aws")
+        .unwrap()["instance_types"];
+    // EC2's 2 vCPUs and 4 GiB, less the agent's default reserve.
+    assert_eq!(types[0]["name"], "t3.medium");
+    assert_eq!(types[0]["cpu_millis"], 1900);
+    assert_eq!(types[0]["memory_bytes"], (4u64 << 30) - (256 << 20));
+    assert_eq!(types[0]["price_per_hour"], "0.0416");
+    assert_eq!(
+        (
+            types[1]["cpu_millis"].as_u64(),
+            types[1]["memory_bytes"].as_u64()
+        ),
+        (Some(3000), Some(6 << 30))
+    );
+    drop(g);
+
+    // A type us-east-1 does not have: the gateway does not start, and says
+    // which.
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        aws_gateway_config(
+            &moto,
+            "[[sites.instance_types]]\nname = \"m9.huge\"\nprice_per_hour = \"1\"\n",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(skiff_e2e::bin("skiff-gateway"))
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(dir.path().join("bad-state"))
+        .args(["--listen", &format!("127.0.0.1:{}", skiff_e2e::free_port())])
+        .args([
+            "--agent-listen",
+            &format!("127.0.0.1:{}", skiff_e2e::free_port()),
+        ])
+        .arg("--config")
+        .arg(&path)
+        .envs(Moto::env())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("site aws:") && stderr.contains("m9.huge"),
+        "{stderr}"
+    );
+    println!("refused at start: {}", stderr.trim());
+}

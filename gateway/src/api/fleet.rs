@@ -34,6 +34,23 @@ pub struct SiteView {
     /// VMs the placement engine asks this site for (launched by the
     /// autoscaler).
     pub planned_launches: Vec<PlannedLaunch>,
+    /// What it can launch, with the shapes placement uses (from the
+    /// config, or the cloud's for types listed by name).
+    pub instance_types: Vec<InstanceTypeView>,
+}
+
+/// An instance type a cloud site can launch.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceTypeView {
+    pub name: String,
+    /// What workloads can use on one (after the agent's reserve).
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    /// Per hour, e.g. `"0.096"`.
+    pub price_per_hour: String,
+    pub arch: String,
+    pub spot: bool,
 }
 
 /// Every configured site: its nodes' capacity, what runs there, and the
@@ -87,6 +104,19 @@ pub(super) async fn sites(
                         .iter()
                         .filter(|p| p.site == site.name)
                         .cloned()
+                        .collect(),
+                    instance_types: site
+                        .instance_types
+                        .iter()
+                        .map(|t| InstanceTypeView {
+                            name: t.name.clone(),
+                            cpu_millis: t.cpu.map_or(0, |c| c.millis()),
+                            memory_bytes: t.memory.map_or(0, |m| m.bytes()),
+                            disk_bytes: t.disk.bytes(),
+                            price_per_hour: t.price_per_hour.clone(),
+                            arch: t.arch.clone(),
+                            spot: t.spot,
+                        })
                         .collect(),
                 }
             })
