@@ -206,7 +206,7 @@ pub struct ConsolidationConfig {
     /// Most replicas of one workload starting elsewhere at once (default
     /// 1): the rest keep running meanwhile.
     pub max_moving_per_workload: u32,
-    /// Most replicas moved off one site's VMs in an hour (default 20).
+    /// Most replicas moved off one site's VMs in an hour (default 100).
     pub max_moves_per_site_per_hour: u32,
 }
 
@@ -218,7 +218,7 @@ impl Default for ConsolidationConfig {
             min_saving_per_hour: "0.01".into(),
             cool_down: skiff_proto::Duration::from_secs(600),
             max_moving_per_workload: 1,
-            max_moves_per_site_per_hour: 20,
+            max_moves_per_site_per_hour: 100,
         }
     }
 }

@@ -1047,8 +1047,10 @@ impl Control {
         });
     }
 
-    /// Marks nodes not heard from within `down_after` as down.
-    fn check_liveness(&self) {
+    /// Marks nodes not heard from within `down_after` as down (the
+    /// liveness loop runs it four times a heartbeat; a simulation on its
+    /// own clock calls it itself).
+    pub fn check_liveness(&self) {
         let now = self.clock.now();
         let stale: Vec<String> = {
             let seen = self.last_seen.lock().expect("lock");

@@ -6,9 +6,8 @@
 //! one by one, each started before the old one stops, and the emptied VM
 //! scales in).
 //!
-//! A node is a candidate only when no VM is launching (consolidating then
-//! could undo a launch), nothing else is being emptied (one move at a
-//! time), all its work runs and can move
+//! A node is a candidate only when nothing else is being emptied (one
+//! move at a time), all its work runs and can move
 //! (services without local volumes; batch runs finish where they are),
 //! no workload on it moved within the cool-down, and its site's moves in
 //! the last hour leave room for its replicas. Candidates are tried, the
@@ -63,12 +62,11 @@ pub fn plan(
     sites: &[scheduler::SiteInfo],
     rules: &Rules,
 ) -> Result<Option<Decision>, ReconcileError> {
-    let settled = s.vms.is_empty()
-        && !s.nodes.values().any(|n| {
-            n.vacating
-                .as_ref()
-                .is_some_and(|v| v.cause == MoveCause::Consolidation)
-        });
+    let settled = !s.nodes.values().any(|n| {
+        n.vacating
+            .as_ref()
+            .is_some_and(|v| v.cause == MoveCause::Consolidation)
+    });
     if !settled {
         return Ok(None);
     }
