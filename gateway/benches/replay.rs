@@ -357,6 +357,8 @@ struct Figures {
     /// Cores of joined cloud VMs, and cores their replicas asked for.
     cloud_core_hours: f64,
     used_core_hours: f64,
+    /// On-prem cores idle while cloud VMs ran work.
+    onprem_idle_core_hours: f64,
     vms: usize,
     max_wait_past_boot_s: u64,
     /// The replica that waited longest past boot.
@@ -587,6 +589,8 @@ fn day(trace: &[Line], consolidation: bool) -> Figures {
     let mut demand: HashMap<String, (u32, f64)> = HashMap::new();
     let mut lower_bound = 0.0;
     let mut cloud_core_s = 0.0;
+    // On-prem cores without work while the cloud ran some.
+    let mut onprem_idle_core_s = 0.0;
     let mut used_core_s = 0.0;
     let mut fractional = 0.0;
     let mut memo = HashMap::new();
@@ -834,12 +838,24 @@ fn day(trace: &[Line], consolidation: bool) -> Figures {
             for v in vms.values().filter(|v| v.joined_s.is_some() && v.ended_s.is_none()) {
                 cloud_core_s += TYPES.iter().find(|t| t.0 == v.instance_type).map_or(0, |t| t.1) as f64;
             }
+            let mut onprem_used = 0.0;
+            let mut in_cloud = false;
             for a in s.allocations.values().filter(|a| a.is_live()) {
-                if a.node.as_ref().is_some_and(|n| vms.contains_key(n))
-                    && let Some(w) = s.workloads.get(&a.workload)
-                {
-                    used_core_s += w.spec.resources.cpu.millis() as f64 / 1000.0;
+                let Some(w) = s.workloads.get(&a.workload) else {
+                    continue;
+                };
+                let cores = w.spec.resources.cpu.millis() as f64 / 1000.0;
+                match a.node.as_ref() {
+                    Some(n) if vms.contains_key(n) => {
+                        used_core_s += cores;
+                        in_cloud = true;
+                    }
+                    Some(_) => onprem_used += cores,
+                    None => {}
                 }
+            }
+            if in_cloud {
+                onprem_idle_core_s += onprem_cores - onprem_used;
             }
             for v in vms.values() {
                 let up = v.joined_s.is_some() && v.ended_s.is_none();
@@ -897,6 +913,7 @@ fn day(trace: &[Line], consolidation: bool) -> Figures {
         by_type,
         cloud_core_hours: cloud_core_s / 3600.0,
         used_core_hours: used_core_s / 3600.0,
+        onprem_idle_core_hours: onprem_idle_core_s / 3600.0,
         vms: g.vms.len(),
         max_wait_past_boot_s: max_wait_past_boot,
         worst_wait: worst,
@@ -943,11 +960,12 @@ fn print(label: &str, f: &Figures) {
     );
     println!("replay {label}: longest wait past boot: {}", f.worst_wait);
     println!(
-        "replay {label}: by type: {}; cloud cores {:.0} core-h, used {:.0} core-h ({:.1}%)",
+        "replay {label}: by type: {}; cloud cores {:.0} core-h, used {:.0} core-h ({:.1}%); on-prem idle while the cloud ran work {:.0} core-h",
         f.by_type,
         f.cloud_core_hours,
         f.used_core_hours,
-        f.used_core_hours / f.cloud_core_hours * 100.0
+        f.used_core_hours / f.cloud_core_hours * 100.0,
+        f.onprem_idle_core_hours
     );
 }
 
