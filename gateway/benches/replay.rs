@@ -710,14 +710,17 @@ fn day(trace: &[Line], consolidation: bool) -> Figures {
         }
         for node in noticed {
             spot_notices += 1;
-            let _ = control.notice(
+            // A node already scaled in has nothing left to move.
+            if let Err(e) = control.notice(
                 &node,
                 &v1::Notice {
                     kind: "aws-spot-terminate".into(),
                     message: "spot interruption".into(),
                     deadline_unix_ms: clock.now_ms() + SPOT_NOTICE.as_millis() as i64,
                 },
-            );
+            ) {
+                eprintln!("replay: notice for {node}: {e}");
+            }
         }
         for node in taken {
             live_nodes.remove(&node);
